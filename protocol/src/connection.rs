@@ -1,0 +1,159 @@
+//! Async frame reading and writing over any byte stream.
+//!
+//! [`FrameReader`] owns a `BytesMut` read buffer: it asks [`frame::check`] whether a whole frame
+//! is there, reserves room for the whole frame once its head is known (one allocation per large
+//! frame), and splits frames off without copying. [`FrameWriter`] writes the head and header
+//! through a small buffer and large bodies straight to the socket.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+use crate::frame::{self, Frame, FrameError, FrameLimits, MessageType};
+
+/// What reading a frame can end in besides a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("connection reset mid-frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    limits: FrameLimits,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, limits: FrameLimits) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(64 * 1024),
+            limits,
+        }
+    }
+
+    /// Reads the next frame. `Ok(None)` is a clean end of stream between frames; a stream that
+    /// ends inside a frame is [`ReadError::Truncated`]; garbage is a [`FrameError`] (the caller
+    /// should log it and close the connection).
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            match frame::check(&self.buf, &self.limits) {
+                Ok(head) => {
+                    let needed = head.frame_len();
+                    if self.buf.len() >= needed {
+                        return Ok(Some(frame::parse(&mut self.buf, &self.limits)?));
+                    }
+                    self.buf.reserve(needed - self.buf.len());
+                }
+                Err(FrameError::Incomplete) => {
+                    if self.buf.capacity() - self.buf.len() < 4096 {
+                        self.buf.reserve(64 * 1024);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated {
+                        buffered: self.buf.len(),
+                    })
+                };
+            }
+        }
+    }
+}
+
+pub struct FrameWriter<W: AsyncWrite> {
+    inner: BufWriter<W>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(inner: W) -> FrameWriter<W> {
+        FrameWriter {
+            inner: BufWriter::with_capacity(64 * 1024, inner),
+        }
+    }
+
+    /// Writes one frame into the buffer (and large bodies straight through). Call
+    /// [`FrameWriter::flush`] when no more frames are queued.
+    pub async fn write_frame(&mut self, frame: &OutFrame) -> std::io::Result<()> {
+        let head = frame::head_for(
+            frame.kind,
+            frame.request_id,
+            &frame.header,
+            &frame.body,
+            frame.with_crc,
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.inner.write_all(&head.encode()).await?;
+        self.inner.write_all(&frame.header).await?;
+        for piece in &frame.body {
+            self.inner.write_all(piece).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().await
+    }
+
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.inner.shutdown().await
+    }
+}
+
+/// A frame to send: the body is kept in pieces so batches are never copied into one buffer.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    pub kind: MessageType,
+    pub request_id: u64,
+    pub header: Bytes,
+    pub body: Vec<Bytes>,
+    pub with_crc: bool,
+}
+
+impl OutFrame {
+    /// A frame whose header is the protobuf `message`.
+    pub fn new(kind: MessageType, request_id: u64, message: &impl prost::Message) -> OutFrame {
+        OutFrame {
+            kind,
+            request_id,
+            header: Bytes::from(message.encode_to_vec()),
+            body: Vec::new(),
+            with_crc: true,
+        }
+    }
+
+    pub fn with_body(mut self, body: Vec<Bytes>) -> OutFrame {
+        self.body = body;
+        self
+    }
+
+    /// Sends the body without a frame CRC (chunks: every batch carries its own).
+    pub fn without_crc(mut self) -> OutFrame {
+        self.with_crc = false;
+        self
+    }
+
+    /// An error answer to request `request_id`.
+    pub fn error(request_id: u64, code: crate::ErrorCode, message: impl Into<String>) -> OutFrame {
+        OutFrame::new(
+            MessageType::Error,
+            request_id,
+            &crate::pb::ErrorHeader {
+                code: code as u32,
+                message: message.into(),
+            },
+        )
+    }
+
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+}

@@ -1,0 +1,446 @@
+//! The data-plane frame codec.
+//!
+//! Every message on a push or fetch connection is one frame:
+//!
+//! ```text
+//!  0        4     5     6        8                  16          20          24          28
+//!  +--------+-----+-----+--------+------------------+-----------+-----------+-----------+
+//!  | magic  | ver | type| flags  |    request id    | header len|  body len |   crc32   |
+//!  | "SLUC" | u8  | u8  |  u16   |       u64        |    u32    |    u32    |    u32    |
+//!  +--------+-----+-----+--------+------------------+-----------+-----------+-----------+
+//!  | header: `header len` bytes, a protobuf message chosen by `type`                      |
+//!  +--------------------------------------------------------------------------------------+
+//!  | body: `body len` raw bytes (batches for pushes and chunks)                           |
+//!  +--------------------------------------------------------------------------------------+
+//! ```
+//!
+//! All integers are big-endian. When flag [`FLAG_CRC`] is set, `crc32` is the CRC32 of the
+//! header followed by the body; chunk responses leave it unset because every batch they carry
+//! has its own CRC, verified by the reader, so the server can send file bytes untouched.
+//!
+//! Decoding never trusts a length: [`check`] rejects a bad magic, version or type and any length
+//! above [`FrameLimits`] before a byte of the frame is buffered, so a garbage or hostile peer
+//! costs at most one frame head of work before its connection is closed.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// `"SLUC"`.
+pub const MAGIC: u32 = 0x534C_5543;
+pub const VERSION: u8 = 1;
+pub const HEAD_LEN: usize = 28;
+/// The frame carries a CRC32 of header and body.
+pub const FLAG_CRC: u16 = 1;
+
+/// What a frame carries. Requests and their responses share the request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageType {
+    /// Client -> worker: batches for one partition location. Header: `PushHeader`.
+    PushData = 1,
+    /// Client -> worker: batches for many partition locations of one worker. Header: `PushHeader`.
+    PushMergedData = 2,
+    /// Success with no payload. Header: `Ack`.
+    Ack = 3,
+    /// Failure of the request with the same id. Header: `ErrorHeader`.
+    Error = 4,
+    /// Reader -> worker: list the chunks of a committed location. Header: `OpenStreamHeader`.
+    OpenStream = 5,
+    /// Answer to `OpenStream`. Header: `StreamOpenedHeader`.
+    StreamOpened = 6,
+    /// Reader -> worker: read one chunk. Header: `FetchChunkHeader`.
+    FetchChunk = 7,
+    /// Answer to `FetchChunk`; the body is the chunk's bytes. Header empty.
+    ChunkData = 8,
+    /// Master -> worker: reserve locations. Header: `ReserveHeader`.
+    Reserve = 9,
+    /// Master -> worker: commit locations. Header: `CommitHeader`.
+    Commit = 10,
+    /// Answer to `Commit`. Header: `CommittedHeader`.
+    Committed = 11,
+    /// Master -> worker: delete a shuffle or an application. Header: `DestroyHeader`.
+    Destroy = 12,
+}
+
+impl MessageType {
+    pub fn from_u8(value: u8) -> Option<MessageType> {
+        use MessageType::*;
+        Some(match value {
+            1 => PushData,
+            2 => PushMergedData,
+            3 => Ack,
+            4 => Error,
+            5 => OpenStream,
+            6 => StreamOpened,
+            7 => FetchChunk,
+            8 => ChunkData,
+            9 => Reserve,
+            10 => Commit,
+            11 => Committed,
+            12 => Destroy,
+            _ => return None,
+        })
+    }
+}
+
+/// Caps applied while decoding. A frame above them is an error, not an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    pub max_header: u32,
+    pub max_body: u32,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits {
+            max_header: 16 << 20,
+            max_body: 256 << 20,
+        }
+    }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Not enough bytes buffered yet: read more. Cheap, returned on the hot path.
+    #[error("incomplete frame")]
+    Incomplete,
+    #[error("bad magic {0:#010x}")]
+    BadMagic(u32),
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("header of {len} bytes exceeds the limit of {max}")]
+    HeaderTooLarge { len: u32, max: u32 },
+    #[error("body of {len} bytes exceeds the limit of {max}")]
+    BodyTooLarge { len: u32, max: u32 },
+    #[error("checksum mismatch: frame says {expected:#010x}, bytes give {actual:#010x}")]
+    Checksum { expected: u32, actual: u32 },
+}
+
+/// The decoded fixed part of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub kind: MessageType,
+    pub flags: u16,
+    pub request_id: u64,
+    pub header_len: u32,
+    pub body_len: u32,
+    pub crc: u32,
+}
+
+impl FrameHead {
+    /// Head plus header plus body.
+    pub fn frame_len(&self) -> usize {
+        HEAD_LEN + self.header_len as usize + self.body_len as usize
+    }
+
+    pub fn encode(&self) -> [u8; HEAD_LEN] {
+        let mut out = [0u8; HEAD_LEN];
+        out[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        out[4] = VERSION;
+        out[5] = self.kind as u8;
+        out[6..8].copy_from_slice(&self.flags.to_be_bytes());
+        out[8..16].copy_from_slice(&self.request_id.to_be_bytes());
+        out[16..20].copy_from_slice(&self.header_len.to_be_bytes());
+        out[20..24].copy_from_slice(&self.body_len.to_be_bytes());
+        out[24..28].copy_from_slice(&self.crc.to_be_bytes());
+        out
+    }
+}
+
+/// A decoded frame. `header` and `body` share the read buffer's allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: MessageType,
+    pub request_id: u64,
+    pub header: Bytes,
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// Decodes the protobuf header as `M`.
+    pub fn decode_header<M: prost::Message + Default>(
+        &self,
+        what: &'static str,
+    ) -> Result<M, crate::ProtocolError> {
+        M::decode(self.header.clone()).map_err(|source| crate::ProtocolError::Decode { what, source })
+    }
+}
+
+/// Validates the head at the start of `buf` without consuming anything. Returns the head once
+/// the head itself is buffered (the rest of the frame may still be missing: compare
+/// [`FrameHead::frame_len`] with `buf.len()`), [`FrameError::Incomplete`] before that, and an
+/// error for anything malformed.
+pub fn check(buf: &[u8], limits: &FrameLimits) -> Result<FrameHead, FrameError> {
+    if buf.len() < 4 {
+        // Reject garbage as early as its first bytes allow.
+        let prefix = &MAGIC.to_be_bytes()[..buf.len()];
+        return if buf == prefix {
+            Err(FrameError::Incomplete)
+        } else {
+            let mut padded = [0u8; 4];
+            padded[..buf.len()].copy_from_slice(buf);
+            Err(FrameError::BadMagic(u32::from_be_bytes(padded)))
+        };
+    }
+    let magic = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if magic != MAGIC {
+        return Err(FrameError::BadMagic(magic));
+    }
+    if buf.len() < HEAD_LEN {
+        return Err(FrameError::Incomplete);
+    }
+    let mut head = &buf[4..HEAD_LEN];
+    let version = head.get_u8();
+    if version != VERSION {
+        return Err(FrameError::UnsupportedVersion(version));
+    }
+    let raw_kind = head.get_u8();
+    let kind = MessageType::from_u8(raw_kind).ok_or(FrameError::UnknownType(raw_kind))?;
+    let flags = head.get_u16();
+    let request_id = head.get_u64();
+    let header_len = head.get_u32();
+    let body_len = head.get_u32();
+    let crc = head.get_u32();
+    if header_len > limits.max_header {
+        return Err(FrameError::HeaderTooLarge {
+            len: header_len,
+            max: limits.max_header,
+        });
+    }
+    if body_len > limits.max_body {
+        return Err(FrameError::BodyTooLarge {
+            len: body_len,
+            max: limits.max_body,
+        });
+    }
+    Ok(FrameHead {
+        kind,
+        flags,
+        request_id,
+        header_len,
+        body_len,
+        crc,
+    })
+}
+
+/// Splits one whole frame off the front of `buf`, verifying its CRC when flagged. Returns
+/// [`FrameError::Incomplete`] (consuming nothing) until the whole frame is buffered.
+pub fn parse(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Frame, FrameError> {
+    let head = check(buf, limits)?;
+    if buf.len() < head.frame_len() {
+        return Err(FrameError::Incomplete);
+    }
+    buf.advance(HEAD_LEN);
+    let header = buf.split_to(head.header_len as usize).freeze();
+    let body = buf.split_to(head.body_len as usize).freeze();
+    if head.flags & FLAG_CRC != 0 {
+        let actual = crc_of(&header, std::slice::from_ref(&body));
+        if actual != head.crc {
+            return Err(FrameError::Checksum {
+                expected: head.crc,
+                actual,
+            });
+        }
+    }
+    Ok(Frame {
+        kind: head.kind,
+        request_id: head.request_id,
+        header,
+        body,
+    })
+}
+
+/// CRC32 of a header followed by body pieces.
+pub fn crc_of(header: &[u8], body: &[Bytes]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    for piece in body {
+        hasher.update(piece);
+    }
+    hasher.finalize()
+}
+
+/// Builds the head for an outgoing frame whose body is `body` (in pieces, written back to back).
+/// Errors if a length does not fit the wire format.
+pub fn head_for(
+    kind: MessageType,
+    request_id: u64,
+    header: &[u8],
+    body: &[Bytes],
+    with_crc: bool,
+) -> Result<FrameHead, FrameError> {
+    let body_len: usize = body.iter().map(Bytes::len).sum();
+    let header_len = u32::try_from(header.len()).map_err(|_| FrameError::HeaderTooLarge {
+        len: u32::MAX,
+        max: u32::MAX,
+    })?;
+    let body_len = u32::try_from(body_len).map_err(|_| FrameError::BodyTooLarge {
+        len: u32::MAX,
+        max: u32::MAX,
+    })?;
+    let (flags, crc) = if with_crc {
+        (FLAG_CRC, crc_of(header, body))
+    } else {
+        (0, 0)
+    };
+    Ok(FrameHead {
+        kind,
+        flags,
+        request_id,
+        header_len,
+        body_len,
+        crc,
+    })
+}
+
+/// Encodes a whole frame into one contiguous buffer (tests and small frames).
+pub fn encode_to_vec(
+    kind: MessageType,
+    request_id: u64,
+    header: &[u8],
+    body: &[Bytes],
+    with_crc: bool,
+) -> Result<Vec<u8>, FrameError> {
+    let head = head_for(kind, request_id, header, body, with_crc)?;
+    let mut out = Vec::with_capacity(head.frame_len());
+    out.extend_from_slice(&head.encode());
+    out.extend_from_slice(header);
+    for piece in body {
+        out.extend_from_slice(piece);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KINDS: [MessageType; 12] = [
+        MessageType::PushData,
+        MessageType::PushMergedData,
+        MessageType::Ack,
+        MessageType::Error,
+        MessageType::OpenStream,
+        MessageType::StreamOpened,
+        MessageType::FetchChunk,
+        MessageType::ChunkData,
+        MessageType::Reserve,
+        MessageType::Commit,
+        MessageType::Committed,
+        MessageType::Destroy,
+    ];
+
+    fn small_limits() -> FrameLimits {
+        FrameLimits {
+            max_header: 1024,
+            max_body: 64 * 1024,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(
+            kind in 0usize..KINDS.len(),
+            request_id: u64,
+            header in proptest::collection::vec(any::<u8>(), 0..512),
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4096), 0..4),
+            with_crc: bool,
+        ) {
+            let body: Vec<Bytes> = pieces.into_iter().map(Bytes::from).collect();
+            let encoded = encode_to_vec(KINDS[kind], request_id, &header, &body, with_crc).unwrap();
+            let mut buf = BytesMut::from(&encoded[..]);
+            let frame = parse(&mut buf, &small_limits()).unwrap();
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(frame.kind, KINDS[kind]);
+            prop_assert_eq!(frame.request_id, request_id);
+            prop_assert_eq!(&frame.header[..], &header[..]);
+            prop_assert_eq!(frame.body, body.concat());
+        }
+
+        #[test]
+        fn every_truncation_is_incomplete(
+            header in proptest::collection::vec(any::<u8>(), 0..64),
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let encoded = encode_to_vec(MessageType::PushData, 7, &header, &[Bytes::from(body)], true).unwrap();
+            for cut in 0..encoded.len() {
+                let mut buf = BytesMut::from(&encoded[..cut]);
+                prop_assert_eq!(parse(&mut buf, &small_limits()), Err(FrameError::Incomplete));
+                prop_assert_eq!(buf.len(), cut, "an incomplete parse consumed bytes");
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic_and_never_over_read(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            match parse(&mut buf, &small_limits()) {
+                Ok(frame) => prop_assert!(frame.header.len() <= 1024 && frame.body.len() <= 64 * 1024),
+                Err(_) => prop_assert_eq!(buf.len(), bytes.len()),
+            }
+        }
+
+        #[test]
+        fn a_flipped_bit_is_caught(
+            body in proptest::collection::vec(any::<u8>(), 1..512),
+            position: prop::sample::Index,
+            bit in 0u8..8,
+        ) {
+            let encoded = encode_to_vec(MessageType::PushData, 1, b"hdr", &[Bytes::from(body)], true).unwrap();
+            let mut corrupted = encoded.clone();
+            // Corrupt the header or the body (the head's own fields are checked separately).
+            let at = HEAD_LEN + position.index(encoded.len() - HEAD_LEN);
+            corrupted[at] ^= 1 << bit;
+            let mut buf = BytesMut::from(&corrupted[..]);
+            let is_checksum_error = matches!(parse(&mut buf, &small_limits()), Err(FrameError::Checksum { .. }));
+            prop_assert!(is_checksum_error);
+        }
+    }
+
+    #[test]
+    fn oversized_lengths_are_rejected_from_the_head_alone() {
+        let limits = small_limits();
+        let mut head = head_for(MessageType::PushData, 1, b"", &[], false).unwrap();
+        head.body_len = limits.max_body + 1;
+        assert_eq!(
+            check(&head.encode(), &limits),
+            Err(FrameError::BodyTooLarge {
+                len: limits.max_body + 1,
+                max: limits.max_body
+            })
+        );
+        head.body_len = 0;
+        head.header_len = u32::MAX;
+        assert!(matches!(
+            check(&head.encode(), &limits),
+            Err(FrameError::HeaderTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_rejected_at_the_first_wrong_byte() {
+        let limits = small_limits();
+        assert!(matches!(check(b"G", &limits), Err(FrameError::BadMagic(_))));
+        assert!(matches!(check(b"GET / HTTP/1.1\r\n", &limits), Err(FrameError::BadMagic(_))));
+        assert_eq!(check(b"SL", &limits), Err(FrameError::Incomplete));
+        let mut head = head_for(MessageType::Ack, 1, b"", &[], false).unwrap().encode();
+        head[4] = 9;
+        assert_eq!(check(&head, &limits), Err(FrameError::UnsupportedVersion(9)));
+        head[4] = VERSION;
+        head[5] = 200;
+        assert_eq!(check(&head, &limits), Err(FrameError::UnknownType(200)));
+    }
+
+    #[test]
+    fn two_frames_in_one_buffer_parse_one_at_a_time() {
+        let mut bytes = encode_to_vec(MessageType::Ack, 1, b"a", &[], false).unwrap();
+        bytes.extend(encode_to_vec(MessageType::Ack, 2, b"b", &[Bytes::from_static(b"xyz")], true).unwrap());
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(parse(&mut buf, &small_limits()).unwrap().request_id, 1);
+        let second = parse(&mut buf, &small_limits()).unwrap();
+        assert_eq!((second.request_id, &second.body[..]), (2, &b"xyz"[..]));
+        assert_eq!(parse(&mut buf, &small_limits()), Err(FrameError::Incomplete));
+    }
+}

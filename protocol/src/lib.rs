@@ -1,0 +1,37 @@
+//! The Sluice wire protocol, shared by every other crate.
+//!
+//! - [`pb`]: messages and the `Master` gRPC service generated from `proto/sluice.proto`
+//!   (control plane). Generated code lives here only.
+//! - [`frame`]: the data-plane frame codec. A frame is a fixed 28-byte head, a protobuf header and
+//!   a raw body. [`frame::check`] validates a head cheaply before [`frame::parse`] splits a frame
+//!   out of the read buffer without copying the body.
+//! - [`connection`]: async frame reader and writer over any byte stream.
+//! - [`rpc`]: a multiplexed request/response client over one connection (request ids), used for
+//!   pushes, fetches and the master's calls into workers.
+//! - [`batch`]: the batch format shared by writers, workers' files and readers: a 28-byte head
+//!   (map, attempt, batch id, lengths, codec, CRC32) and the (LZ4-compressed) payload.
+//! - [`error`]: [`ErrorCode`], the small closed set of codes every error maps to, and
+//!   [`ProtocolError`].
+//! - [`ids`]: id types ([`ShuffleKey`], [`WorkerId`]) and conversions.
+//!
+//! Data flows: a client encodes records into batches ([`batch::encode`]), groups batches per
+//! worker into a push frame ([`frame::MessageType::PushMergedData`]) and sends it with
+//! [`rpc::RpcClient::call`]. The worker's connection loop reads frames with
+//! [`connection::FrameReader`] and answers on the same connection. Readers fetch chunks of whole
+//! batches and decode them with [`batch::BatchIter`].
+
+pub mod batch;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod rpc;
+
+/// Generated protobuf messages and gRPC stubs.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("sluice.v1");
+}
+
+pub use error::{ErrorCode, ProtocolError, ProtocolResult};
+pub use ids::{ShuffleKey, WorkerId};

@@ -1,0 +1,225 @@
+//! A multiplexed request/response client over one framed TCP connection.
+//!
+//! Many requests may be in flight on one connection; responses come back in any order and are
+//! matched by request id. One task writes queued frames (flushing when the queue is empty, so
+//! small frames coalesce), one task reads responses and completes the waiting callers. When the
+//! connection breaks, every waiting caller gets [`ProtocolError::Closed`] and the client reports
+//! itself closed so pools can replace it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connection::{FrameReader, FrameWriter, OutFrame};
+use crate::frame::{Frame, FrameLimits, MessageType};
+use crate::{pb, ErrorCode, ProtocolError, ProtocolResult};
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ProtocolResult<Frame>>>>>;
+
+pub struct RpcClient {
+    peer: String,
+    outgoing: mpsc::Sender<OutFrame>,
+    pending: Pending,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient").field("peer", &self.peer).finish()
+    }
+}
+
+impl RpcClient {
+    /// Connects to `addr` (`host:port`) within `timeout`.
+    pub async fn connect(
+        addr: &str,
+        limits: FrameLimits,
+        timeout: Duration,
+    ) -> ProtocolResult<RpcClient> {
+        let peer = addr.to_string();
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(ProtocolError::Io { peer, source }),
+            Err(_) => {
+                return Err(ProtocolError::Timeout {
+                    peer,
+                    millis: timeout.as_millis() as u64,
+                })
+            }
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|source| ProtocolError::Io {
+                peer: peer.clone(),
+                source,
+            })?;
+        let (read_half, write_half) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let (outgoing, queue) = mpsc::channel(256);
+        tokio::spawn(write_loop(
+            FrameWriter::new(write_half),
+            queue,
+            closed.clone(),
+        ));
+        tokio::spawn(read_loop(
+            FrameReader::new(read_half, limits),
+            pending.clone(),
+            closed.clone(),
+            peer.clone(),
+        ));
+        Ok(RpcClient {
+            peer,
+            outgoing,
+            pending,
+            next_id: AtomicU64::new(1),
+            closed,
+        })
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Whether the connection has broken; a closed client fails every call.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends `frame` (its request id is assigned here) and waits up to `timeout` for the answer.
+    /// An `Error` answer becomes [`ProtocolError::Remote`].
+    pub async fn call(&self, mut frame: OutFrame, timeout: Duration) -> ProtocolResult<Frame> {
+        if self.is_closed() {
+            return Err(ProtocolError::Closed {
+                peer: self.peer.clone(),
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        frame.request_id = id;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        let guard = PendingGuard {
+            pending: &self.pending,
+            id,
+        };
+        if self.outgoing.send(frame).await.is_err() {
+            return Err(ProtocolError::Closed {
+                peer: self.peer.clone(),
+            });
+        }
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer?,
+            Ok(Err(_)) => {
+                return Err(ProtocolError::Closed {
+                    peer: self.peer.clone(),
+                })
+            }
+            Err(_) => {
+                return Err(ProtocolError::Timeout {
+                    peer: self.peer.clone(),
+                    millis: timeout.as_millis() as u64,
+                })
+            }
+        };
+        drop(guard);
+        if answer.kind == MessageType::Error {
+            let error: pb::ErrorHeader = answer.decode_header("error")?;
+            return Err(ProtocolError::Remote {
+                peer: self.peer.clone(),
+                code: ErrorCode::from_u32(error.code),
+                message: error.message,
+            });
+        }
+        Ok(answer)
+    }
+
+    /// Like [`RpcClient::call`], but fails unless the answer has type `expected`.
+    pub async fn call_expecting(
+        &self,
+        frame: OutFrame,
+        expected: MessageType,
+        timeout: Duration,
+    ) -> ProtocolResult<Frame> {
+        let answer = self.call(frame, timeout).await?;
+        if answer.kind != expected {
+            return Err(ProtocolError::UnexpectedResponse {
+                peer: self.peer.clone(),
+                kind: answer.kind,
+            });
+        }
+        Ok(answer)
+    }
+}
+
+impl Drop for RpcClient {
+    fn drop(&mut self) {
+        // The write loop ends when the sender drops; the read loop ends when the peer closes.
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Removes a pending entry when a call is abandoned (timeout or cancellation).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().unwrap().remove(&self.id);
+    }
+}
+
+async fn write_loop(
+    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut queue: mpsc::Receiver<OutFrame>,
+    closed: Arc<AtomicBool>,
+) {
+    while let Some(frame) = queue.recv().await {
+        let mut result = writer.write_frame(&frame).await;
+        while result.is_ok() {
+            match queue.try_recv() {
+                Ok(next) => result = writer.write_frame(&next).await,
+                Err(_) => break,
+            }
+        }
+        if result.is_err() || writer.flush().await.is_err() {
+            closed.store(true, Ordering::Release);
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_loop(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    pending: Pending,
+    closed: Arc<AtomicBool>,
+    peer: String,
+) {
+    let error = loop {
+        match reader.read_frame().await {
+            Ok(Some(frame)) => {
+                let waiter = pending.lock().unwrap().remove(&frame.request_id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(frame));
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    closed.store(true, Ordering::Release);
+    if let Some(error) = &error {
+        tracing::warn!(peer = %peer, error = %error, "connection broke");
+    }
+    let waiters: Vec<_> = pending.lock().unwrap().drain().collect();
+    for (_, waiter) in waiters {
+        let _ = waiter.send(Err(ProtocolError::Closed { peer: peer.clone() }));
+    }
+}

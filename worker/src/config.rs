@@ -1,0 +1,128 @@
+//! Worker configuration. Every key is documented where it is declared; unknown keys are errors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::engine::EngineChoice;
+
+/// Which disk write engine to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoEngineConfig {
+    /// io_uring where the kernel allows it, else positional writes.
+    #[default]
+    Auto,
+    /// io_uring, or refuse to start.
+    IoUring,
+    /// Positional writes from a thread per disk.
+    Sync,
+}
+
+impl From<IoEngineConfig> for EngineChoice {
+    fn from(value: IoEngineConfig) -> Self {
+        match value {
+            IoEngineConfig::Auto => EngineChoice::Auto,
+            IoEngineConfig::IoUring => EngineChoice::Uring,
+            IoEngineConfig::Sync => EngineChoice::Sync,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Stable worker id (a StatefulSet pod name). Default: `<host>:<push port>`.
+    pub id: Option<String>,
+    /// Address (`host:port`) of the master's gRPC endpoint.
+    pub master: String,
+    /// Host name or address that clients and the master use to reach this worker.
+    pub host: String,
+    /// Address the push server binds to (`0` port: any free port).
+    pub push_listen: String,
+    /// Address the fetch server binds to.
+    pub fetch_listen: String,
+    /// Data directories, one per disk. Each gets its own flusher.
+    pub data_dirs: Vec<PathBuf>,
+    /// Memory for partition buffers. Above it the worker stops reading pushes and answers `Busy`.
+    pub memory_budget: ByteSize,
+    /// A partition's buffer is flushed to disk once it holds this much.
+    pub flush_buffer_size: ByteSize,
+    /// Largest chunk a reader fetches in one request.
+    pub chunk_size: ByteSize,
+    /// Disk write engine: `auto`, `io_uring` or `sync`.
+    pub io_engine: IoEngineConfig,
+    /// fsync data and index files when a partition is committed.
+    pub fsync_on_commit: bool,
+    /// How often the worker heartbeats to the master.
+    #[serde(with = "crate::config::duration")]
+    pub heartbeat_interval: Duration,
+    /// How long a push waits for memory below the budget before the worker answers `Busy`.
+    #[serde(with = "crate::config::duration")]
+    pub busy_wait: Duration,
+    /// Largest frame body accepted on the push and fetch ports.
+    pub max_frame_body: ByteSize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: None,
+            master: "127.0.0.1:9097".into(),
+            host: "127.0.0.1".into(),
+            push_listen: "0.0.0.0:9098".into(),
+            fetch_listen: "0.0.0.0:9099".into(),
+            data_dirs: vec![PathBuf::from("/var/lib/sluice")],
+            memory_budget: ByteSize::gib(1),
+            flush_buffer_size: ByteSize::kib(512),
+            chunk_size: ByteSize::mib(4),
+            io_engine: IoEngineConfig::Auto,
+            fsync_on_commit: false,
+            heartbeat_interval: Duration::from_secs(3),
+            busy_wait: Duration::from_millis(500),
+            max_frame_body: ByteSize::mib(256),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the values that types alone cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data_dirs.is_empty() {
+            return Err("data_dirs: at least one data directory is needed".into());
+        }
+        if self.memory_budget.as_u64() == 0 {
+            return Err("memory_budget: must be above 0".into());
+        }
+        if self.chunk_size.as_u64() == 0 || self.chunk_size.as_u64() > self.max_frame_body.as_u64()
+        {
+            return Err("chunk_size: must be above 0 and at most max_frame_body".into());
+        }
+        if self.max_frame_body.as_u64() > u64::from(u32::MAX) {
+            return Err("max_frame_body: must be below 4GiB".into());
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err("heartbeat_interval: must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Durations as human-readable strings (`"3s"`, `"500ms"`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
