@@ -1,1 +1,229 @@
-fn main() {}
+//! `sluice`: the one binary. Parses arguments, installs logging, binds listeners and calls the
+//! libraries.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::bench::{self, BenchOptions};
+use sluice::config;
+use sluice::local::{LocalCluster, LocalOptions};
+use sluice_master::MasterConfig;
+use sluice_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A remote shuffle service for Apache Spark"
+)]
+struct Cli {
+    /// Log format on stderr. The level comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a master. Settings: `--config FILE`, SLUICE_MASTER_<KEY> variables, `--<key> VALUE`.
+    Master {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        settings: Vec<String>,
+    },
+    /// Run a worker. Settings: `--config FILE`, SLUICE_WORKER_<KEY> variables, `--<key> VALUE`.
+    Worker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        settings: Vec<String>,
+    },
+    /// Run a master and N workers in this process on loopback ports. Prints one JSON line with
+    /// their addresses when ready; stops on SIGINT or SIGTERM.
+    Local {
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Memory budget of each worker (e.g. 512MiB).
+        #[arg(long)]
+        memory_budget: Option<bytesize::ByteSize>,
+    },
+    /// Push a shuffle through a cluster and read it back; prints a JSON report as its last line.
+    Bench {
+        /// Master of an existing cluster; without it an embedded cluster is started.
+        #[arg(long)]
+        master: Option<String>,
+        /// Workers of the embedded cluster.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long)]
+        maps: u32,
+        #[arg(long)]
+        partitions: u32,
+        /// Bytes each map writes (e.g. 64MiB).
+        #[arg(long)]
+        bytes_per_map: bytesize::ByteSize,
+        /// Size of each record (e.g. 100, 1KiB).
+        #[arg(long, default_value = "100")]
+        record_size: bytesize::ByteSize,
+        /// Check every record's content and count lost and duplicated records exactly.
+        #[arg(long)]
+        verify: bool,
+        /// Maps written, and partition ranges read, at once (default: 2 x cores).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Bytes sent through loopback TCP to measure the machine's limit (0 skips it).
+        #[arg(long, default_value = "2GiB")]
+        loopback_bytes: bytesize::ByteSize,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("signal received, shutting down");
+        token.cancel();
+    });
+    Ok(())
+}
+
+fn load<T>(settings: &[String], env_prefix: &str) -> anyhow::Result<T>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Default,
+{
+    let (file, flags) = config::parse_flags(settings)?;
+    config::load(
+        file.as_deref().map(Path::new),
+        env_prefix,
+        std::env::vars(),
+        &flags,
+    )
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Master { settings } => {
+            let config: MasterConfig = load(&settings, "SLUICE_MASTER_")?;
+            let listener = bind(&config.listen, "master").await?;
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone())?;
+            sluice_master::run(config, listener, shutdown).await?;
+        }
+        Command::Worker { settings } => {
+            let config: WorkerConfig = load(&settings, "SLUICE_WORKER_")?;
+            let listeners = sluice_worker::Listeners {
+                push: bind(&config.push_listen, "push").await?,
+                fetch: bind(&config.fetch_listen, "fetch").await?,
+            };
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone())?;
+            sluice_worker::run(config, listeners, shutdown).await?;
+        }
+        Command::Local {
+            workers,
+            data_dir,
+            memory_budget,
+        } => {
+            let mut options = LocalOptions::new(workers, data_dir);
+            if let Some(budget) = memory_budget {
+                options.worker.memory_budget = budget;
+            }
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone())?;
+            let cluster = LocalCluster::start(options).await?;
+            println!("{}", cluster.ready_line());
+            shutdown.cancelled().await;
+            cluster.shutdown().await?;
+        }
+        Command::Bench {
+            master,
+            workers,
+            maps,
+            partitions,
+            bytes_per_map,
+            record_size,
+            verify,
+            concurrency,
+            loopback_bytes,
+        } => {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let options = BenchOptions {
+                master,
+                workers,
+                maps,
+                partitions,
+                bytes_per_map: bytes_per_map.as_u64(),
+                record_size: record_size.as_u64() as usize,
+                verify,
+                concurrency: concurrency.unwrap_or(2 * cores),
+                loopback_bytes: loopback_bytes.as_u64(),
+            };
+            let report = bench::run(&options).await?;
+            if let Some(error) = &report.error {
+                eprintln!("bench failed: {error}");
+            }
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,196 @@
-//! placeholder
+//! The Sluice Rust client core, used by the JVM bridge, the benchmark, chaos tests and tests.
+//!
+//! - [`SluiceClient`]: one per process. Talks to the master (gRPC) and keeps one multiplexed
+//!   connection per worker port. Registers and unregisters shuffles, heartbeats applications,
+//!   and makes writers and readers.
+//! - [`writer::ShuffleWriter`]: one per map attempt. Buffers records per partition, cuts them into
+//!   LZ4-compressed, checksummed batches tagged `(map, attempt, batch id)`, merges batches bound
+//!   for the same worker into one push, keeps a bounded number of pushes in flight, and on
+//!   `finish` waits for every ack and reports the map's output to the master.
+//! - [`reader::ShuffleReader`]: reads a partition range (optionally a map range): waits for the
+//!   commit, streams every committed file of each partition with bounded prefetch, verifies each
+//!   batch's checksum, drops losing attempts and repeated batches, decompresses, and at the end of
+//!   each partition compares what it read with what the winning attempts reported.
+//!
+//! No JNI or Spark types appear here.
+
+pub mod config;
+pub mod error;
+pub mod reader;
+pub mod writer;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use sluice_protocol::frame::FrameLimits;
+use sluice_protocol::pb;
+use sluice_protocol::pb::master_client::MasterClient;
+use sluice_protocol::rpc::RpcPool;
+use sluice_protocol::ShuffleKey;
+use tonic::transport::Channel;
+
+pub use config::ClientConfig;
+pub use error::{ClientError, ClientResult};
+pub use reader::ShuffleReader;
+pub use writer::{MapOutput, ShuffleWriter};
+
+/// Largest gRPC message the client accepts (layouts of large partition ranges).
+const MAX_MESSAGE: usize = 256 << 20;
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub config: ClientConfig,
+    pub master: MasterClient<Channel>,
+    pub workers: RpcPool,
+}
+
+impl Inner {
+    pub fn master_error(&self, status: tonic::Status) -> ClientError {
+        ClientError::Master {
+            addr: self.config.master.clone(),
+            status,
+        }
+    }
+}
+
+/// A shuffle's placement, as its writers need it.
+#[derive(Debug, Clone)]
+pub struct ShuffleHandle {
+    pub key: ShuffleKey,
+    pub num_maps: u32,
+    pub num_partitions: u32,
+    pub locations: pb::ShuffleLocations,
+}
+
+/// The process-wide client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SluiceClient {
+    inner: Arc<Inner>,
+}
+
+impl SluiceClient {
+    /// Creates a client. The master connection is made on first use, so a master that is not
+    /// up yet (or restarts) is not an error here.
+    pub fn new(config: ClientConfig) -> ClientResult<SluiceClient> {
+        let endpoint = Channel::from_shared(format!("http://{}", config.master))
+            .map_err(|e| {
+                ClientError::InvalidArgument(format!("master address {:?}: {e}", config.master))
+            })?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true);
+        let master = MasterClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let workers = RpcPool::new(FrameLimits::default(), config.connect_timeout);
+        Ok(SluiceClient {
+            inner: Arc::new(Inner {
+                config,
+                master,
+                workers,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Registers a shuffle (idempotent) and returns where its partitions go.
+    pub async fn register_shuffle(
+        &self,
+        key: &ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+    ) -> ClientResult<Arc<ShuffleHandle>> {
+        let response = self
+            .inner
+            .master
+            .clone()
+            .register_shuffle(pb::RegisterShuffleRequest {
+                shuffle: Some(key.to_pb()),
+                num_maps,
+                num_partitions,
+                replication: 1,
+            })
+            .await
+            .map_err(|s| self.inner.master_error(s))?
+            .into_inner();
+        let locations = response.locations.unwrap_or_default();
+        let n = num_partitions as usize;
+        let valid = locations.primary_worker.len() == n
+            && locations.epoch.len() == n
+            && locations
+                .primary_worker
+                .iter()
+                .all(|w| (*w as usize) < locations.workers.len());
+        if !valid {
+            return Err(self.inner.master_error(tonic::Status::internal(
+                "master answered an inconsistent placement",
+            )));
+        }
+        Ok(Arc::new(ShuffleHandle {
+            key: key.clone(),
+            num_maps,
+            num_partitions,
+            locations,
+        }))
+    }
+
+    /// Deletes a shuffle on the master and its workers.
+    pub async fn unregister_shuffle(&self, key: &ShuffleKey) -> ClientResult<()> {
+        self.inner
+            .master
+            .clone()
+            .unregister_shuffle(pb::UnregisterShuffleRequest {
+                shuffle: Some(key.to_pb()),
+            })
+            .await
+            .map_err(|s| self.inner.master_error(s))?;
+        Ok(())
+    }
+
+    /// Tells the master the application is alive (its data is kept).
+    pub async fn app_heartbeat(&self, app_id: &str) -> ClientResult<()> {
+        self.inner
+            .master
+            .clone()
+            .app_heartbeat(pb::AppHeartbeatRequest {
+                app_id: app_id.to_string(),
+            })
+            .await
+            .map_err(|s| self.inner.master_error(s))?;
+        Ok(())
+    }
+
+    pub async fn cluster_status(&self) -> ClientResult<pb::ClusterStatusResponse> {
+        Ok(self
+            .inner
+            .master
+            .clone()
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .map_err(|s| self.inner.master_error(s))?
+            .into_inner())
+    }
+
+    /// A writer for one attempt of one map.
+    pub fn writer(
+        &self,
+        handle: Arc<ShuffleHandle>,
+        map_id: u32,
+        attempt: u32,
+    ) -> ClientResult<ShuffleWriter> {
+        ShuffleWriter::new(self.inner.clone(), handle, map_id, attempt)
+    }
+
+    /// A reader of partitions `partitions` and, when given, only maps `maps` (`[start, end)`).
+    /// Waits for the shuffle's commit.
+    pub async fn reader(
+        &self,
+        key: &ShuffleKey,
+        partitions: Range<u32>,
+        maps: Option<Range<u32>>,
+    ) -> ClientResult<ShuffleReader> {
+        ShuffleReader::open(self.inner.clone(), key.clone(), partitions, maps).await
+    }
+}

@@ -1,1 +1,56 @@
-//! placeholder
+//! The Sluice master: worker membership, partition placement, the shuffle registry and commit
+//! coordination.
+//!
+//! - [`service`]: the `Master` gRPC service. Workers register and heartbeat; writers register
+//!   shuffles (placed by [`placement`] and reserved on the workers over the data-plane port) and
+//!   report map ends; when the last map ends the master has every worker holding the shuffle
+//!   commit its files, and readers' `GetShuffleLayout` calls (which wait for that commit) get
+//!   the committed copies and what each winning map wrote.
+//! - [`state`]: the registry itself, plain data under one lock.
+//! - Background tasks declare silent workers lost and delete expired applications' data.
+//!
+//! HA (Raft) is not here yet: one master holds the state in memory.
+
+pub mod config;
+pub mod error;
+pub mod placement;
+pub mod service;
+pub mod state;
+
+use sluice_protocol::pb::master_server::MasterServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::MasterConfig;
+pub use error::{MasterError, MasterResult};
+pub use service::MasterService;
+
+/// Largest gRPC message, both ways (layouts of large partition ranges).
+pub const MAX_MESSAGE: usize = 256 << 20;
+
+/// Serves the master on an already bound listener until `shutdown` is cancelled.
+pub async fn run(
+    config: MasterConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> MasterResult<()> {
+    config.validate().map_err(MasterError::Config)?;
+    let addr = listener.local_addr()?;
+    let service = MasterService::new(config);
+    service.spawn_background(shutdown.clone());
+    tracing::info!(%addr, "master started");
+    tonic::transport::Server::builder()
+        .add_service(
+            MasterServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
+        .await?;
+    tracing::info!(%addr, "master stopped");
+    Ok(())
+}

@@ -184,7 +184,10 @@ pub fn verify(head: &BatchHead, batch: &[u8]) -> Result<(), BatchError> {
             available: batch.len(),
         });
     }
-    let actual = crc_for(&batch[..BATCH_HEAD_LEN], &batch[BATCH_HEAD_LEN..head.total_len()]);
+    let actual = crc_for(
+        &batch[..BATCH_HEAD_LEN],
+        &batch[BATCH_HEAD_LEN..head.total_len()],
+    );
     if actual != head.crc {
         return Err(BatchError::Checksum {
             map_id: head.map_id,

@@ -164,7 +164,8 @@ impl Frame {
         &self,
         what: &'static str,
     ) -> Result<M, crate::ProtocolError> {
-        M::decode(self.header.clone()).map_err(|source| crate::ProtocolError::Decode { what, source })
+        M::decode(self.header.clone())
+            .map_err(|source| crate::ProtocolError::Decode { what, source })
     }
 }
 
@@ -423,11 +424,19 @@ mod tests {
     fn garbage_is_rejected_at_the_first_wrong_byte() {
         let limits = small_limits();
         assert!(matches!(check(b"G", &limits), Err(FrameError::BadMagic(_))));
-        assert!(matches!(check(b"GET / HTTP/1.1\r\n", &limits), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            check(b"GET / HTTP/1.1\r\n", &limits),
+            Err(FrameError::BadMagic(_))
+        ));
         assert_eq!(check(b"SL", &limits), Err(FrameError::Incomplete));
-        let mut head = head_for(MessageType::Ack, 1, b"", &[], false).unwrap().encode();
+        let mut head = head_for(MessageType::Ack, 1, b"", &[], false)
+            .unwrap()
+            .encode();
         head[4] = 9;
-        assert_eq!(check(&head, &limits), Err(FrameError::UnsupportedVersion(9)));
+        assert_eq!(
+            check(&head, &limits),
+            Err(FrameError::UnsupportedVersion(9))
+        );
         head[4] = VERSION;
         head[5] = 200;
         assert_eq!(check(&head, &limits), Err(FrameError::UnknownType(200)));
@@ -436,11 +445,23 @@ mod tests {
     #[test]
     fn two_frames_in_one_buffer_parse_one_at_a_time() {
         let mut bytes = encode_to_vec(MessageType::Ack, 1, b"a", &[], false).unwrap();
-        bytes.extend(encode_to_vec(MessageType::Ack, 2, b"b", &[Bytes::from_static(b"xyz")], true).unwrap());
+        bytes.extend(
+            encode_to_vec(
+                MessageType::Ack,
+                2,
+                b"b",
+                &[Bytes::from_static(b"xyz")],
+                true,
+            )
+            .unwrap(),
+        );
         let mut buf = BytesMut::from(&bytes[..]);
         assert_eq!(parse(&mut buf, &small_limits()).unwrap().request_id, 1);
         let second = parse(&mut buf, &small_limits()).unwrap();
         assert_eq!((second.request_id, &second.body[..]), (2, &b"xyz"[..]));
-        assert_eq!(parse(&mut buf, &small_limits()), Err(FrameError::Incomplete));
+        assert_eq!(
+            parse(&mut buf, &small_limits()),
+            Err(FrameError::Incomplete)
+        );
     }
 }

@@ -30,7 +30,9 @@ pub struct RpcClient {
 
 impl std::fmt::Debug for RpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcClient").field("peer", &self.peer).finish()
+        f.debug_struct("RpcClient")
+            .field("peer", &self.peer)
+            .finish()
     }
 }
 
@@ -221,5 +223,52 @@ async fn read_loop(
     let waiters: Vec<_> = pending.lock().unwrap().drain().collect();
     for (_, waiter) in waiters {
         let _ = waiter.send(Err(ProtocolError::Closed { peer: peer.clone() }));
+    }
+}
+
+/// One shared [`RpcClient`] per peer address, replaced when its connection breaks.
+#[derive(Debug)]
+pub struct RpcPool {
+    clients: Mutex<HashMap<String, Arc<RpcClient>>>,
+    limits: FrameLimits,
+    connect_timeout: Duration,
+}
+
+impl RpcPool {
+    pub fn new(limits: FrameLimits, connect_timeout: Duration) -> RpcPool {
+        RpcPool {
+            clients: Mutex::default(),
+            limits,
+            connect_timeout,
+        }
+    }
+
+    /// The open client for `addr`, connecting if there is none or the last one broke.
+    pub async fn get(&self, addr: &str) -> ProtocolResult<Arc<RpcClient>> {
+        if let Some(client) = self.clients.lock().unwrap().get(addr) {
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+        }
+        let client = Arc::new(RpcClient::connect(addr, self.limits, self.connect_timeout).await?);
+        self.clients
+            .lock()
+            .unwrap()
+            .insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends `frame` to `addr` and waits for an answer of type `expected`.
+    pub async fn call(
+        &self,
+        addr: &str,
+        frame: OutFrame,
+        expected: MessageType,
+        timeout: Duration,
+    ) -> ProtocolResult<Frame> {
+        self.get(addr)
+            .await?
+            .call_expecting(frame, expected, timeout)
+            .await
     }
 }

@@ -34,8 +34,8 @@ impl From<IoEngineConfig> for EngineChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Stable worker id (a StatefulSet pod name). Default: `<host>:<push port>`.
-    pub id: Option<String>,
+    /// Stable worker id (a StatefulSet pod name). Empty: `<host>-<push port>`.
+    pub id: String,
     /// Address (`host:port`) of the master's gRPC endpoint.
     pub master: String,
     /// Host name or address that clients and the master use to reach this worker.
@@ -69,7 +69,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            id: None,
+            id: String::new(),
             master: "127.0.0.1:9097".into(),
             host: "127.0.0.1".into(),
             push_listen: "0.0.0.0:9098".into(),

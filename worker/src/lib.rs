@@ -1,1 +1,140 @@
-//! placeholder
+//! The Sluice worker: takes pushed batches into memory buffers, appends them to per-partition
+//! files, commits them when the master says the shuffle's maps have ended, and serves them back.
+//!
+//! - [`server`]: the push port (pushes from writers; reserve, commit and destroy from the master)
+//!   and the fetch port (open stream, fetch chunk).
+//! - [`memory`]: the memory budget that turns into TCP backpressure and `Busy` answers.
+//! - [`storage`]: partition buffers, one write engine (flusher) per data directory, the
+//!   append-only data files with their batch indexes, commit, chunked reads, deletion.
+//! - [`heartbeat`]: registration with the master and heartbeats with disk and memory figures.
+//! - [`config`]: [`WorkerConfig`].
+//!
+//! A push frame's body is read once into a buffer; each partition's slice of it is a zero-copy
+//! `Bytes` that sits in the partition's pending list until its flusher writes it at the file's
+//! tail, then the memory is released.
+
+pub mod config;
+pub mod error;
+pub mod heartbeat;
+pub mod memory;
+pub mod server;
+pub mod storage;
+
+use std::sync::Arc;
+
+use sluice_protocol::frame::FrameLimits;
+use sluice_protocol::pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::WorkerConfig;
+pub use error::{WorkerError, WorkerResult};
+
+use memory::MemoryBudget;
+use storage::disk::Disk;
+use storage::Store;
+
+/// State shared by the worker's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: WorkerConfig,
+    pub info: pb::WorkerInfo,
+    pub store: Store,
+    pub limits: FrameLimits,
+}
+
+/// The worker's bound listeners. The binary binds them from the config; tests bind
+/// `127.0.0.1:0`.
+#[derive(Debug)]
+pub struct Listeners {
+    pub push: TcpListener,
+    pub fetch: TcpListener,
+}
+
+/// Opens data directories and engines, then serves until `shutdown` is cancelled.
+pub async fn run(
+    config: WorkerConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> WorkerResult<()> {
+    let shared = Arc::new(start(config, &listeners)?);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server::accept_loop(
+        listeners.push,
+        shared.clone(),
+        server::Port::Push,
+        shutdown.clone(),
+    ));
+    tasks.spawn(server::accept_loop(
+        listeners.fetch,
+        shared.clone(),
+        server::Port::Fetch,
+        shutdown.clone(),
+    ));
+    tasks.spawn(heartbeat::run(shared.clone(), shutdown.clone()));
+    tasks.spawn(relieve_pressure(shared.clone(), shutdown.clone()));
+    tracing::info!(
+        worker = %shared.info.id,
+        push = %shared.info.push_addr(),
+        fetch = %shared.info.fetch_addr(),
+        "worker started"
+    );
+    while tasks.join_next().await.is_some() {}
+    tracing::info!(worker = %shared.info.id, "worker stopped");
+    Ok(())
+}
+
+fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
+    config.validate().map_err(WorkerError::Config)?;
+    let port = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map(|a| u32::from(a.port()))
+            .map_err(|e| WorkerError::io("reading the listener address", e))
+    };
+    let push_port = port(&listeners.push)?;
+    let fetch_port = port(&listeners.fetch)?;
+    let id = if config.id.is_empty() {
+        format!("{}-{}", config.host, push_port)
+    } else {
+        config.id.clone()
+    };
+    sluice_protocol::ids::validate_app_id(&id)
+        .map_err(|_| WorkerError::Config(format!("id: {id:?} must be [A-Za-z0-9._-]+")))?;
+    let mut disks = Vec::new();
+    for (i, dir) in config.data_dirs.iter().enumerate() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            WorkerError::io(format!("creating data directory {}", dir.display()), e)
+        })?;
+        let engine = storage::engine::open_engine(config.io_engine.into(), &i.to_string())
+            .map_err(|e| WorkerError::Config(format!("io_engine: {e}")))?;
+        tracing::info!(dir = %dir.display(), engine = engine.kind().as_str(), "data directory ready");
+        disks.push(Arc::new(Disk::new(dir.clone(), engine)));
+    }
+    let memory = Arc::new(MemoryBudget::new(config.memory_budget.as_u64()));
+    let limits = FrameLimits {
+        max_header: 16 << 20,
+        max_body: config.max_frame_body.as_u64() as u32,
+    };
+    Ok(Shared {
+        info: pb::WorkerInfo {
+            id,
+            host: config.host.clone(),
+            push_port,
+            fetch_port,
+        },
+        store: Store::new(disks, memory, config.fsync_on_commit),
+        limits,
+        config,
+    })
+}
+
+/// Flushes every partition's buffer whenever memory use crosses half the budget.
+async fn relieve_pressure(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shared.store.memory().pressure() => shared.store.flush_all_pending(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! `sluice bench`: a load generator over the Rust client.
+//!
+//! Writes `maps` map outputs of `bytes_per_map` bytes of self-checking records (see
+//! [`crate::records`]) spread uniformly over `partitions`, then reads every partition back. With
+//! `verify`, every record's payload is checked and each record id is tracked in a bitset, so
+//! `lost` and `duplicated` are exact. The same run measures this machine's loopback TCP
+//! throughput so the figures can be read against the machine's own limit.
+
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+use sluice_client::{ClientConfig, SluiceClient};
+use sluice_protocol::ShuffleKey;
+use tokio::sync::Semaphore;
+
+use crate::local::{LocalCluster, LocalOptions};
+use crate::records;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// An existing cluster's master; `None` starts an embedded cluster.
+    pub master: Option<String>,
+    /// Workers of the embedded cluster.
+    pub workers: usize,
+    pub maps: u32,
+    pub partitions: u32,
+    pub bytes_per_map: u64,
+    pub record_size: usize,
+    pub verify: bool,
+    /// Maps written (and partition ranges read) at once.
+    pub concurrency: usize,
+    /// Bytes pushed through loopback TCP to measure the machine's limit (0: skip).
+    pub loopback_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BenchReport {
+    pub workers: usize,
+    pub maps: u32,
+    pub partitions: u32,
+    pub record_size: usize,
+    pub write_bytes: u64,
+    pub write_secs: f64,
+    /// Gigabytes (1e9 bytes) of raw records per second.
+    pub write_gbps: f64,
+    pub read_bytes: u64,
+    pub read_secs: f64,
+    pub read_gbps: f64,
+    pub records_written: u64,
+    pub records_read: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+    pub verified: bool,
+    /// This machine's loopback TCP throughput in GB/s, measured in the same run.
+    pub loopback_gbps: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl BenchReport {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.lost == 0 && self.duplicated == 0 && self.corrupted == 0
+    }
+}
+
+fn gbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs / 1e9
+    } else {
+        0.0
+    }
+}
+
+/// Pushes `bytes` through a loopback TCP connection between two threads; returns GB/s.
+pub fn measure_loopback(bytes: u64) -> anyhow::Result<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut stream, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    let buf = vec![0x5Au8; 1 << 20];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(buf.len() as u64) as usize;
+        stream.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    drop(stream);
+    let received = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("loopback reader panicked"))??;
+    Ok(gbps(received, started.elapsed().as_secs_f64()))
+}
+
+/// One bit per record id, shared by the readers.
+struct Seen {
+    bits: Vec<Vec<AtomicU64>>,
+}
+
+impl Seen {
+    fn new(maps: u32, records_per_map: u64) -> Seen {
+        let words = records_per_map.div_ceil(64) as usize;
+        Seen {
+            bits: (0..maps)
+                .map(|_| (0..words).map(|_| AtomicU64::new(0)).collect())
+                .collect(),
+        }
+    }
+
+    /// Marks a record; `None` when the id is outside what was written, else whether it was new.
+    fn mark(&self, id: records::RecordId) -> Option<bool> {
+        let word = self.bits.get(id.map as usize)?.get(id.seq as usize / 64)?;
+        let bit = 1u64 << (id.seq % 64);
+        Some(word.fetch_or(bit, Ordering::Relaxed) & bit == 0)
+    }
+
+    fn count(&self) -> u64 {
+        self.bits
+            .iter()
+            .flatten()
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+            .sum()
+    }
+}
+
+#[derive(Default)]
+struct ReadTotals {
+    bytes: u64,
+    records: u64,
+    duplicated: u64,
+    corrupted: u64,
+}
+
+pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(
+        options.maps > 0 && options.partitions > 0,
+        "--maps and --partitions must be at least 1"
+    );
+    anyhow::ensure!(
+        options.record_size >= records::RECORD_HEAD,
+        "--record-size must be at least {} bytes",
+        records::RECORD_HEAD
+    );
+    let loopback_gbps = if options.loopback_bytes > 0 {
+        let bytes = options.loopback_bytes;
+        tokio::task::spawn_blocking(move || measure_loopback(bytes)).await??
+    } else {
+        0.0
+    };
+    eprintln!("loopback tcp: {loopback_gbps:.2} GB/s");
+    let data_dir = tempfile::tempdir().context("creating a data directory")?;
+    let cluster = match &options.master {
+        Some(_) => None,
+        None => {
+            Some(LocalCluster::start(LocalOptions::new(options.workers, data_dir.path())).await?)
+        }
+    };
+    let master = match (&options.master, &cluster) {
+        (Some(master), _) => master.clone(),
+        (None, Some(cluster)) => cluster.master_addr.clone(),
+        (None, None) => unreachable!("an embedded cluster was started"),
+    };
+    let client = SluiceClient::new(ClientConfig::new(master))?;
+    let result = run_on(&client, options).await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await?;
+    }
+    let mut report = result?;
+    report.loopback_gbps = loopback_gbps;
+    report.workers = if options.master.is_some() {
+        client
+            .cluster_status()
+            .await
+            .map(|s| s.workers.iter().filter(|w| w.alive).count())
+            .unwrap_or(0)
+    } else {
+        options.workers
+    };
+    Ok(report)
+}
+
+async fn run_on(client: &SluiceClient, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let app = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let key = ShuffleKey::new(app.as_str(), 0);
+    let handle = client
+        .register_shuffle(&key, options.maps, options.partitions)
+        .await?;
+    let records_per_map = options.bytes_per_map.div_ceil(options.record_size as u64);
+    let mut report = BenchReport {
+        maps: options.maps,
+        partitions: options.partitions,
+        record_size: options.record_size,
+        verified: options.verify,
+        records_written: records_per_map * u64::from(options.maps),
+        ..BenchReport::default()
+    };
+
+    eprintln!(
+        "writing {} maps x {} bytes over {} partitions",
+        options.maps, options.bytes_per_map, options.partitions
+    );
+    let started = Instant::now();
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut maps = tokio::task::JoinSet::new();
+    for map in 0..options.maps {
+        let permit = permits.clone().acquire_owned().await?;
+        let (client, handle) = (client.clone(), handle.clone());
+        let (record_size, partitions) = (options.record_size, options.partitions);
+        maps.spawn(async move {
+            let _permit = permit;
+            let mut writer = client.writer(handle, map, 0)?;
+            let mut rng = rng_seed(map);
+            let mut record = Vec::with_capacity(record_size);
+            let mut bytes = 0u64;
+            for seq in 0..records_per_map {
+                record.clear();
+                records::encode(&mut record, map, seq as u32, record_size);
+                let partition = (next(&mut rng) % u64::from(partitions)) as u32;
+                writer.write(partition, &record).await?;
+                bytes += record.len() as u64;
+            }
+            writer.finish().await?;
+            anyhow::Ok(bytes)
+        });
+    }
+    while let Some(done) = maps.join_next().await {
+        report.write_bytes += done??;
+    }
+    report.write_secs = started.elapsed().as_secs_f64();
+    report.write_gbps = gbps(report.write_bytes, report.write_secs);
+    eprintln!("write: {:.2} GB/s", report.write_gbps);
+
+    let started = Instant::now();
+    let seen = Arc::new(Seen::new(options.maps, records_per_map));
+    let mut readers = tokio::task::JoinSet::new();
+    for range in split(options.partitions, options.concurrency.max(1)) {
+        let (client, key, seen) = (client.clone(), key.clone(), seen.clone());
+        let verify = options.verify;
+        readers.spawn(async move {
+            let mut reader = client.reader(&key, range, None).await?;
+            let mut totals = ReadTotals::default();
+            while let Some(block) = reader.next().await? {
+                totals.bytes += block.len() as u64;
+                records::parse(&block, verify, |id, _, intact| {
+                    totals.records += 1;
+                    if !intact {
+                        totals.corrupted += 1;
+                    }
+                    if verify && seen.mark(id) != Some(true) {
+                        totals.duplicated += 1;
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("malformed records: {e}"))?;
+            }
+            anyhow::Ok(totals)
+        });
+    }
+    let mut error = None;
+    while let Some(done) = readers.join_next().await {
+        match done? {
+            Ok(totals) => {
+                report.read_bytes += totals.bytes;
+                report.records_read += totals.records;
+                report.duplicated += totals.duplicated;
+                report.corrupted += totals.corrupted;
+            }
+            Err(e) => error = Some(format!("{e:#}")),
+        }
+    }
+    report.read_secs = started.elapsed().as_secs_f64();
+    report.read_gbps = gbps(report.read_bytes, report.read_secs);
+    eprintln!("read: {:.2} GB/s", report.read_gbps);
+    if options.verify {
+        report.lost = report.records_written - seen.count();
+    } else {
+        report.lost = report.records_written.saturating_sub(report.records_read);
+        report.duplicated = report.records_read.saturating_sub(report.records_written);
+    }
+    report.error = error;
+    if let Err(e) = client.unregister_shuffle(&key).await {
+        eprintln!("unregistering the benchmark shuffle failed: {e}");
+    }
+    Ok(report)
+}
+
+/// `n` contiguous ranges covering `0..total`.
+fn split(total: u32, n: usize) -> Vec<Range<u32>> {
+    let n = (n as u32).clamp(1, total);
+    (0..n)
+        .map(|i| (total * i / n)..(total * (i + 1) / n))
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+fn rng_seed(map: u32) -> u64 {
+    (u64::from(map) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_every_partition_once() {
+        for (total, n) in [(1, 4), (200, 3), (7, 7), (10_000, 2)] {
+            let ranges = split(total, n);
+            let covered: Vec<u32> = ranges.into_iter().flatten().collect();
+            assert_eq!(covered, (0..total).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn loopback_measures_something() {
+        assert!(measure_loopback(8 << 20).unwrap() > 0.0);
+    }
+}

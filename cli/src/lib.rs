@@ -1,0 +1,13 @@
+//! The `sluice` binary's library: configuration loading, the in-process local cluster and the
+//! benchmark. `main.rs` only parses arguments, installs logging, binds and calls into here or
+//! into the master and worker libraries.
+//!
+//! - [`config`]: TOML file, environment and flag overrides, unknown keys rejected.
+//! - [`local`]: [`local::LocalCluster`], a master and N workers in one process on loopback.
+//! - [`bench`]: the load generator behind `sluice bench`.
+//! - [`records`]: self-checking records used by the benchmark and tests.
+
+pub mod bench;
+pub mod config;
+pub mod local;
+pub mod records;

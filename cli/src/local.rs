@@ -1,0 +1,224 @@
+//! An in-process cluster: one master and N workers on loopback ports, each with its own data
+//! directory. `sluice local` runs one until a signal; tests and the embedded benchmark use it
+//! directly.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sluice_client::{ClientConfig, SluiceClient};
+use sluice_master::MasterConfig;
+use sluice_protocol::pb;
+use sluice_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long `start` waits for every worker to register.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub workers: usize,
+    pub data_dir: PathBuf,
+    pub master: MasterConfig,
+    /// Template for every worker; `id`, `master`, `data_dirs` and listen addresses are set per
+    /// worker.
+    pub worker: WorkerConfig,
+}
+
+impl LocalOptions {
+    pub fn new(workers: usize, data_dir: impl Into<PathBuf>) -> LocalOptions {
+        LocalOptions {
+            workers,
+            data_dir: data_dir.into(),
+            master: MasterConfig::default(),
+            worker: WorkerConfig {
+                heartbeat_interval: Duration::from_millis(500),
+                memory_budget: bytesize::ByteSize::mib(512),
+                ..WorkerConfig::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LocalWorker {
+    info: pb::WorkerInfo,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub master_addr: String,
+    shutdown: CancellationToken,
+    master: Option<JoinHandle<anyhow::Result<()>>>,
+    workers: Vec<LocalWorker>,
+}
+
+async fn bind() -> anyhow::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")
+}
+
+impl LocalCluster {
+    /// Starts the master and workers and waits until every worker has registered.
+    pub async fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
+        if options.workers == 0 {
+            bail!("--workers must be at least 1");
+        }
+        let shutdown = CancellationToken::new();
+        let listener = bind().await?;
+        let master_addr = listener.local_addr()?.to_string();
+        let master = tokio::spawn(sluice_master::run(
+            options.master.clone(),
+            listener,
+            shutdown.child_token(),
+        ));
+        let master = tokio::spawn(async move { Ok(master.await??) });
+        let mut cluster = LocalCluster {
+            master_addr,
+            shutdown,
+            master: Some(master),
+            workers: Vec::new(),
+        };
+        for i in 0..options.workers {
+            let data_dir = options.data_dir.join(format!("worker-{i}"));
+            let config = WorkerConfig {
+                id: format!("worker-{i}"),
+                data_dirs: vec![data_dir.clone()],
+                ..options.worker.clone()
+            };
+            cluster.start_worker(config, data_dir).await?;
+        }
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    async fn start_worker(
+        &mut self,
+        mut config: WorkerConfig,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<()> {
+        let push = bind().await?;
+        let fetch = bind().await?;
+        config.master = self.master_addr.clone();
+        let info = pb::WorkerInfo {
+            id: config.id.clone(),
+            host: config.host.clone(),
+            push_port: u32::from(push.local_addr()?.port()),
+            fetch_port: u32::from(fetch.local_addr()?.port()),
+        };
+        let shutdown = self.shutdown.child_token();
+        let task = tokio::spawn(sluice_worker::run(
+            config,
+            sluice_worker::Listeners { push, fetch },
+            shutdown.clone(),
+        ));
+        let task = tokio::spawn(async move { Ok(task.await??) });
+        self.workers.push(LocalWorker {
+            info,
+            data_dir,
+            shutdown,
+            task: Some(task),
+        });
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            poll.tick().await;
+            if let Some(failed) = self
+                .workers
+                .iter_mut()
+                .find(|w| w.task.as_ref().is_some_and(|t| t.is_finished()))
+            {
+                let id = failed.info.id.clone();
+                if let Some(task) = failed.task.take() {
+                    task.await??;
+                }
+                bail!("worker {id} stopped during start-up");
+            }
+            if let Ok(status) = client.cluster_status().await {
+                let alive = status.workers.iter().filter(|w| w.alive).count();
+                if alive >= self.workers.len() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("workers did not register with the master within {READY_TIMEOUT:?}");
+            }
+        }
+    }
+
+    /// A client of this cluster with default settings.
+    pub fn client(&self) -> anyhow::Result<SluiceClient> {
+        Ok(SluiceClient::new(ClientConfig::new(
+            self.master_addr.clone(),
+        ))?)
+    }
+
+    pub fn workers(&self) -> Vec<pb::WorkerInfo> {
+        self.workers.iter().map(|w| w.info.clone()).collect()
+    }
+
+    /// The data directory of worker `index`.
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.workers[index].data_dir.clone()
+    }
+
+    /// The one JSON line `sluice local` prints when ready.
+    pub fn ready_line(&self) -> String {
+        let workers: Vec<serde_json::Value> = self
+            .workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.info.id,
+                    "push": w.info.push_addr(),
+                    "fetch": w.info.fetch_addr(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "master": self.master_addr, "workers": workers }).to_string()
+    }
+
+    /// Stops worker `index` (its ports close; the master will declare it lost).
+    pub async fn stop_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        let worker = &mut self.workers[index];
+        worker.shutdown.cancel();
+        if let Some(task) = worker.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// Stops everything and waits for every task.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut result = Ok(());
+        for worker in &mut self.workers {
+            if let Some(task) = worker.task.take() {
+                if let Err(e) = task.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                    result = Err(e);
+                }
+            }
+        }
+        if let Some(master) = self.master.take() {
+            master.await??;
+        }
+        result
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,46 @@
+//! Client settings.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// The master's gRPC address (`host:port`).
+    pub master: String,
+    /// Raw bytes buffered per partition before they are cut into a batch.
+    pub batch_size: usize,
+    /// Bytes of batches gathered per worker before a merged push is sent.
+    pub push_size: usize,
+    /// Pushes a writer keeps in flight before `write` waits for acks.
+    pub max_inflight_pushes: usize,
+    /// Raw bytes a writer buffers over all partitions before it cuts every buffer into batches.
+    pub max_buffered: usize,
+    /// LZ4-compress batches.
+    pub compression: bool,
+    pub connect_timeout: Duration,
+    /// Limit for one push or fetch request.
+    pub request_timeout: Duration,
+    /// How long a push keeps retrying while the worker answers `Busy` or is unreachable.
+    pub push_retry_timeout: Duration,
+    /// Chunks a reader fetches ahead.
+    pub prefetch_chunks: usize,
+    /// How long a reader waits for the shuffle's commit.
+    pub layout_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(master: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            master: master.into(),
+            batch_size: 256 * 1024,
+            push_size: 1024 * 1024,
+            max_inflight_pushes: 16,
+            max_buffered: 64 * 1024 * 1024,
+            compression: true,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            push_retry_timeout: Duration::from_secs(120),
+            prefetch_chunks: 4,
+            layout_timeout: Duration::from_secs(600),
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The partition reader.
+//!
+//! Work is a queue of items in read order: the chunks of every committed file of a partition
+//! (every epoch), then an end-of-partition marker. The first `prefetch_chunks` chunk items have
+//! their fetches running ahead. Each fetched chunk is walked batch by batch: the CRC is checked,
+//! batches of losing attempts, of maps outside the map range, and repeats of a `(map, batch id)`
+//! are dropped, and the rest is decompressed and handed out. At the end marker, the bytes,
+//! batch counts and checksums read per map are compared with what the winning attempts
+//! reported: any difference is data loss, never a short or wrong answer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_protocol::batch::{self, BatchIter};
+use sluice_protocol::connection::OutFrame;
+use sluice_protocol::frame::MessageType;
+use sluice_protocol::{pb, ShuffleKey};
+use tokio::task::JoinHandle;
+
+use crate::error::{ClientError, ClientResult};
+use crate::Inner;
+
+/// How long one layout request waits on the master before asking again.
+const LAYOUT_POLL_MS: u32 = 30_000;
+
+enum Item {
+    Chunk {
+        partition: u32,
+        worker: String,
+        location: pb::LocationRef,
+        chunk: pb::Chunk,
+        fetch: Option<JoinHandle<ClientResult<Bytes>>>,
+    },
+    End {
+        layout: usize,
+    },
+}
+
+/// What has been read of the current partition.
+#[derive(Default)]
+struct Seen {
+    batches: HashSet<(u32, u32)>,
+    per_map: HashMap<u32, pb::BatchStats>,
+}
+
+pub struct ShuffleReader {
+    inner: Arc<Inner>,
+    key: ShuffleKey,
+    layout: pb::GetShuffleLayoutResponse,
+    maps: Range<u32>,
+    next_layout: usize,
+    queue: VecDeque<Item>,
+    seen: Seen,
+    out: VecDeque<Bytes>,
+}
+
+impl std::fmt::Debug for ShuffleReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShuffleReader")
+            .field("shuffle", &self.key)
+            .field("maps", &self.maps)
+            .finish()
+    }
+}
+
+impl Drop for ShuffleReader {
+    fn drop(&mut self) {
+        for item in &self.queue {
+            if let Item::Chunk {
+                fetch: Some(task), ..
+            } = item
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl ShuffleReader {
+    pub(crate) async fn open(
+        inner: Arc<Inner>,
+        key: ShuffleKey,
+        partitions: Range<u32>,
+        maps: Option<Range<u32>>,
+    ) -> ClientResult<ShuffleReader> {
+        if partitions.is_empty() {
+            return Err(ClientError::InvalidArgument(format!(
+                "empty partition range {partitions:?}"
+            )));
+        }
+        let started = Instant::now();
+        let layout = loop {
+            let layout = inner
+                .master
+                .clone()
+                .get_shuffle_layout(pb::GetShuffleLayoutRequest {
+                    shuffle: Some(key.to_pb()),
+                    start_partition: partitions.start,
+                    end_partition: partitions.end,
+                    wait_ms: LAYOUT_POLL_MS,
+                })
+                .await
+                .map_err(|s| inner.master_error(s))?
+                .into_inner();
+            if layout.committed {
+                break layout;
+            }
+            if started.elapsed() > inner.config.layout_timeout {
+                return Err(ClientError::Timeout(format!(
+                    "shuffle {key} was not committed within {:?}",
+                    inner.config.layout_timeout
+                )));
+            }
+        };
+        let maps = maps.unwrap_or(0..layout.winning_attempt.len() as u32);
+        Ok(ShuffleReader {
+            inner,
+            key,
+            layout,
+            maps,
+            next_layout: 0,
+            queue: VecDeque::new(),
+            seen: Seen::default(),
+            out: VecDeque::new(),
+        })
+    }
+
+    /// The next block of raw bytes (one batch's records), or `None` at the end of the range.
+    pub async fn next(&mut self) -> ClientResult<Option<Bytes>> {
+        loop {
+            if let Some(bytes) = self.out.pop_front() {
+                return Ok(Some(bytes));
+            }
+            self.fill().await?;
+            self.start_fetches();
+            match self.queue.pop_front() {
+                None => return Ok(None),
+                Some(Item::Chunk {
+                    partition,
+                    worker,
+                    location,
+                    chunk,
+                    fetch,
+                }) => {
+                    let task =
+                        fetch.unwrap_or_else(|| self.spawn_fetch(&worker, &location, &chunk));
+                    let bytes = task.await.map_err(|e| ClientError::Fetch {
+                        worker: worker.clone(),
+                        source: sluice_protocol::ProtocolError::Closed {
+                            peer: format!("{worker} (fetch task: {e})"),
+                        },
+                    })??;
+                    self.take_chunk(partition, bytes)?;
+                }
+                Some(Item::End { layout }) => self.end_partition(layout)?,
+            }
+        }
+    }
+
+    fn queued_chunks(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|i| matches!(i, Item::Chunk { .. }))
+            .count()
+    }
+
+    /// Opens the next partitions' streams until enough chunks are queued to prefetch.
+    async fn fill(&mut self) -> ClientResult<()> {
+        while self.next_layout < self.layout.partitions.len()
+            && (self.queue.is_empty() || self.queued_chunks() < self.inner.config.prefetch_chunks)
+        {
+            let index = self.next_layout;
+            self.next_layout += 1;
+            self.open_partition(index).await?;
+        }
+        Ok(())
+    }
+
+    fn expected_in_range<'a>(
+        &'a self,
+        partition: &'a pb::PartitionLayout,
+    ) -> impl Iterator<Item = &'a pb::ExpectedMap> {
+        partition
+            .expected
+            .iter()
+            .filter(|e| self.maps.contains(&e.map_id))
+    }
+
+    async fn open_partition(&mut self, index: usize) -> ClientResult<()> {
+        let partition = &self.layout.partitions[index];
+        let expects_data = self
+            .expected_in_range(partition)
+            .any(|e| e.stats.is_some_and(|s| s.batches > 0));
+        let mut items = Vec::new();
+        for location in &partition.locations {
+            if !location.ok {
+                if expects_data {
+                    return Err(self.lost(
+                        partition.partition,
+                        format!(
+                            "epoch {} copy has no committed file: {}",
+                            location.epoch, location.error
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if location.stats.is_some_and(|s| s.batches == 0) {
+                continue;
+            }
+            let worker = self
+                .layout
+                .workers
+                .get(location.worker as usize)
+                .ok_or_else(|| {
+                    self.lost(partition.partition, "layout names an unknown worker".into())
+                })?
+                .fetch_addr();
+            let location_ref = pb::LocationRef {
+                shuffle: Some(self.key.to_pb()),
+                partition: partition.partition,
+                epoch: location.epoch,
+                role: location.role,
+            };
+            let header = pb::OpenStreamHeader {
+                location: Some(location_ref.clone()),
+                start_map: self.maps.start,
+                end_map: if self.maps.end == u32::MAX {
+                    0
+                } else {
+                    self.maps.end
+                },
+            };
+            let opened = self
+                .inner
+                .workers
+                .call(
+                    &worker,
+                    OutFrame::new(MessageType::OpenStream, 0, &header),
+                    MessageType::StreamOpened,
+                    self.inner.config.request_timeout,
+                )
+                .await
+                .and_then(|frame| frame.decode_header::<pb::StreamOpenedHeader>("stream opened"))
+                .map_err(|source| ClientError::Fetch {
+                    worker: worker.clone(),
+                    source,
+                })?;
+            for chunk in opened.chunks {
+                items.push(Item::Chunk {
+                    partition: partition.partition,
+                    worker: worker.clone(),
+                    location: location_ref.clone(),
+                    chunk,
+                    fetch: None,
+                });
+            }
+        }
+        self.queue.extend(items);
+        self.queue.push_back(Item::End { layout: index });
+        Ok(())
+    }
+
+    fn spawn_fetch(
+        &self,
+        worker: &str,
+        location: &pb::LocationRef,
+        chunk: &pb::Chunk,
+    ) -> JoinHandle<ClientResult<Bytes>> {
+        let inner = self.inner.clone();
+        let worker = worker.to_string();
+        let frame = OutFrame::new(
+            MessageType::FetchChunk,
+            0,
+            &pb::FetchChunkHeader {
+                location: Some(location.clone()),
+                chunk: Some(chunk.clone()),
+            },
+        );
+        tokio::spawn(async move {
+            inner
+                .workers
+                .call(
+                    &worker,
+                    frame,
+                    MessageType::ChunkData,
+                    inner.config.request_timeout,
+                )
+                .await
+                .map(|frame| frame.body)
+                .map_err(|source| ClientError::Fetch { worker, source })
+        })
+    }
+
+    fn start_fetches(&mut self) {
+        let mut budget = self.inner.config.prefetch_chunks.max(1);
+        let mut spawns = Vec::new();
+        for (i, item) in self.queue.iter().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if let Item::Chunk { fetch, .. } = item {
+                budget -= 1;
+                if fetch.is_none() {
+                    spawns.push(i);
+                }
+            }
+        }
+        for i in spawns {
+            let task = match &self.queue[i] {
+                Item::Chunk {
+                    worker,
+                    location,
+                    chunk,
+                    ..
+                } => self.spawn_fetch(worker, location, chunk),
+                Item::End { .. } => continue,
+            };
+            if let Item::Chunk { fetch, .. } = &mut self.queue[i] {
+                *fetch = Some(task);
+            }
+        }
+    }
+
+    fn lost(&self, partition: u32, reason: String) -> ClientError {
+        ClientError::DataLost {
+            shuffle: self.key.to_string(),
+            partition,
+            reason,
+        }
+    }
+
+    fn take_chunk(&mut self, partition: u32, bytes: Bytes) -> ClientResult<()> {
+        for item in BatchIter::new(bytes) {
+            let (head, whole) =
+                item.map_err(|e| self.lost(partition, format!("malformed batch: {e}")))?;
+            batch::verify(&head, &whole).map_err(|e| self.lost(partition, e.to_string()))?;
+            let winner = self
+                .layout
+                .winning_attempt
+                .get(head.map_id as usize)
+                .copied();
+            if !self.maps.contains(&head.map_id) || winner != Some(head.attempt) {
+                continue;
+            }
+            if !self.seen.batches.insert((head.map_id, head.batch_id)) {
+                continue;
+            }
+            self.seen
+                .per_map
+                .entry(head.map_id)
+                .or_default()
+                .add(head.total_len() as u64, head.crc);
+            let raw = batch::decompress(&head, &whole)
+                .map_err(|e| self.lost(partition, e.to_string()))?;
+            if !raw.is_empty() {
+                self.out.push_back(raw);
+            }
+        }
+        Ok(())
+    }
+
+    fn end_partition(&mut self, index: usize) -> ClientResult<()> {
+        let seen = std::mem::take(&mut self.seen);
+        let partition = &self.layout.partitions[index];
+        let mut expected_maps = 0usize;
+        for expected in self.expected_in_range(partition) {
+            let want = expected.stats.unwrap_or_default();
+            let got = seen
+                .per_map
+                .get(&expected.map_id)
+                .copied()
+                .unwrap_or_default();
+            if want.batches > 0 {
+                expected_maps += 1;
+            }
+            if got != want {
+                return Err(self.lost(partition.partition, format!(
+                    "map {} wrote {} bytes in {} batches (checksum {:#x}) but {} bytes in {} batches (checksum {:#x}) were read",
+                    expected.map_id, want.bytes, want.batches, want.checksum, got.bytes, got.batches, got.checksum
+                )));
+            }
+        }
+        let read_maps = seen.per_map.values().filter(|s| s.batches > 0).count();
+        if read_maps != expected_maps {
+            return Err(self.lost(
+                partition.partition,
+                format!("read batches of {read_maps} maps but {expected_maps} maps reported data"),
+            ));
+        }
+        Ok(())
+    }
+}

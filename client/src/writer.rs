@@ -1,0 +1,311 @@
+//! The push writer of one map attempt.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_protocol::batch::{self, MAX_BATCH_LEN};
+use sluice_protocol::connection::OutFrame;
+use sluice_protocol::frame::MessageType;
+use sluice_protocol::{pb, ErrorCode, ProtocolError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::{ClientError, ClientResult};
+use crate::{Inner, ShuffleHandle};
+
+/// What a finished map wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapOutput {
+    /// Bytes stored per partition (compressed batches with their heads): what readers fetch.
+    pub partition_bytes: Vec<u64>,
+    /// Raw bytes written per partition.
+    pub raw_bytes: Vec<u64>,
+    /// The attempt whose output counts for this map; not this writer's attempt when another
+    /// attempt ended first.
+    pub winning_attempt: u32,
+}
+
+#[derive(Debug, Default)]
+struct PendingPush {
+    slices: Vec<pb::PushSlice>,
+    body: Vec<Bytes>,
+    len: usize,
+}
+
+pub struct ShuffleWriter {
+    inner: Arc<Inner>,
+    handle: Arc<ShuffleHandle>,
+    map_id: u32,
+    attempt: u32,
+    buffers: Vec<Vec<u8>>,
+    buffered: usize,
+    next_batch_id: u32,
+    stats: Vec<pb::BatchStats>,
+    raw: Vec<u64>,
+    pending: Vec<PendingPush>,
+    inflight: JoinSet<ClientResult<()>>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for ShuffleWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShuffleWriter")
+            .field("shuffle", &self.handle.key)
+            .field("map_id", &self.map_id)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl ShuffleWriter {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        handle: Arc<ShuffleHandle>,
+        map_id: u32,
+        attempt: u32,
+    ) -> ClientResult<ShuffleWriter> {
+        if map_id >= handle.num_maps {
+            return Err(ClientError::InvalidArgument(format!(
+                "map {map_id} of a shuffle with {} maps",
+                handle.num_maps
+            )));
+        }
+        let n = handle.num_partitions as usize;
+        let permits = Arc::new(Semaphore::new(inner.config.max_inflight_pushes.max(1)));
+        Ok(ShuffleWriter {
+            buffers: vec![Vec::new(); n],
+            buffered: 0,
+            next_batch_id: 0,
+            stats: vec![pb::BatchStats::default(); n],
+            raw: vec![0; n],
+            pending: (0..handle.locations.workers.len())
+                .map(|_| PendingPush::default())
+                .collect(),
+            inflight: JoinSet::new(),
+            permits,
+            inner,
+            handle,
+            map_id,
+            attempt,
+        })
+    }
+
+    /// Appends one record (or several whole records) to `partition`. The bytes of one call never
+    /// straddle two batches, so readers get records whole.
+    pub async fn write(&mut self, partition: u32, record: &[u8]) -> ClientResult<()> {
+        let p = partition as usize;
+        if p >= self.buffers.len() {
+            return Err(ClientError::InvalidArgument(format!(
+                "partition {partition} of a shuffle with {} partitions",
+                self.buffers.len()
+            )));
+        }
+        if record.len() > MAX_BATCH_LEN as usize {
+            return Err(ClientError::InvalidArgument(format!(
+                "record of {} bytes exceeds the largest batch ({MAX_BATCH_LEN} bytes)",
+                record.len()
+            )));
+        }
+        let batch_size = self.inner.config.batch_size;
+        if !self.buffers[p].is_empty() && self.buffers[p].len() + record.len() > batch_size {
+            self.seal(p).await?;
+        }
+        self.buffers[p].extend_from_slice(record);
+        self.buffered += record.len();
+        self.raw[p] += record.len() as u64;
+        if self.buffers[p].len() >= batch_size {
+            self.seal(p).await?;
+        } else if self.buffered > self.inner.config.max_buffered {
+            self.seal_all().await?;
+        }
+        Ok(())
+    }
+
+    /// Cuts every buffer into batches and sends them (Spark asks a task to spill).
+    pub async fn flush(&mut self) -> ClientResult<()> {
+        self.seal_all().await?;
+        for worker in 0..self.pending.len() {
+            self.send(worker).await?;
+        }
+        Ok(())
+    }
+
+    /// Raw bytes buffered and not yet cut into batches.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    async fn seal_all(&mut self) -> ClientResult<()> {
+        for p in 0..self.buffers.len() {
+            if !self.buffers[p].is_empty() {
+                self.seal(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self, p: usize) -> ClientResult<()> {
+        let raw = std::mem::take(&mut self.buffers[p]);
+        self.buffered -= raw.len();
+        let (head, bytes) = batch::encode(
+            self.map_id,
+            self.attempt,
+            self.next_batch_id,
+            &raw,
+            self.inner.config.compression,
+        )
+        .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        self.next_batch_id += 1;
+        self.stats[p].add(bytes.len() as u64, head.crc);
+        let locations = &self.handle.locations;
+        let worker = locations.primary_worker[p] as usize;
+        let pending = &mut self.pending[worker];
+        pending.slices.push(pb::PushSlice {
+            partition: p as u32,
+            epoch: locations.epoch[p],
+            length: bytes.len() as u32,
+        });
+        pending.len += bytes.len();
+        pending.body.push(bytes);
+        if pending.len >= self.inner.config.push_size {
+            self.send(worker).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, worker: usize) -> ClientResult<()> {
+        if self.pending[worker].slices.is_empty() {
+            return Ok(());
+        }
+        let push = std::mem::take(&mut self.pending[worker]);
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::InvalidArgument("writer closed".into()))?;
+        while let Some(done) = self.inflight.try_join_next() {
+            flatten(done)?;
+        }
+        let info = &self.handle.locations.workers[worker];
+        let header = pb::PushHeader {
+            shuffle: Some(self.handle.key.to_pb()),
+            slices: push.slices,
+            role: pb::Role::Primary as i32,
+        };
+        let kind = if header.slices.len() == 1 {
+            MessageType::PushData
+        } else {
+            MessageType::PushMergedData
+        };
+        let frame = OutFrame::new(kind, 0, &header).with_body(push.body);
+        self.inflight.spawn(push_with_retry(
+            self.inner.clone(),
+            info.push_addr(),
+            frame,
+            permit,
+            (self.map_id, self.attempt),
+        ));
+        Ok(())
+    }
+
+    /// Sends everything, waits for every ack, reports the map's end to the master and returns
+    /// what this attempt wrote.
+    pub async fn finish(mut self) -> ClientResult<MapOutput> {
+        self.flush().await?;
+        while let Some(done) = self.inflight.join_next().await {
+            flatten(done)?;
+        }
+        let partitions: Vec<pb::PartitionStats> = self
+            .stats
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.batches > 0)
+            .map(|(p, s)| pb::PartitionStats {
+                partition: p as u32,
+                stats: Some(*s),
+            })
+            .collect();
+        let response = self
+            .inner
+            .master
+            .clone()
+            .mapper_end(pb::MapperEndRequest {
+                shuffle: Some(self.handle.key.to_pb()),
+                map_id: self.map_id,
+                attempt: self.attempt,
+                partitions,
+            })
+            .await
+            .map_err(|s| self.inner.master_error(s))?
+            .into_inner();
+        Ok(MapOutput {
+            partition_bytes: self.stats.iter().map(|s| s.bytes).collect(),
+            raw_bytes: std::mem::take(&mut self.raw),
+            winning_attempt: response.winning_attempt,
+        })
+    }
+}
+
+fn flatten(joined: Result<ClientResult<()>, tokio::task::JoinError>) -> ClientResult<()> {
+    joined.map_err(|e| ClientError::InvalidArgument(format!("push task failed: {e}")))?
+}
+
+/// Sends one push, retrying while the worker is busy or unreachable, up to the retry timeout.
+/// A retried push may have been applied already; readers drop the repeated batches.
+async fn push_with_retry(
+    inner: Arc<Inner>,
+    addr: String,
+    frame: OutFrame,
+    permit: OwnedSemaphorePermit,
+    (map_id, attempt): (u32, u32),
+) -> ClientResult<()> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let result = inner
+            .workers
+            .call(
+                &addr,
+                frame.clone(),
+                MessageType::Ack,
+                inner.config.request_timeout,
+            )
+            .await;
+        let error = match result {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        match error.code() {
+            ErrorCode::Committed => {
+                return Err(ClientError::AttemptLost {
+                    map_id,
+                    attempt,
+                    reason: format!("the shuffle's output was already committed ({error})"),
+                })
+            }
+            code if code.is_retryable() && started.elapsed() < inner.config.push_retry_timeout => {
+                if !matches!(
+                    error,
+                    ProtocolError::Remote {
+                        code: ErrorCode::Busy,
+                        ..
+                    }
+                ) {
+                    tracing::debug!(worker = %addr, error = %error, "push failed, retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            _ => {
+                return Err(ClientError::Push {
+                    worker: addr,
+                    source: error,
+                })
+            }
+        }
+    }
+    drop(permit);
+    Ok(())
+}

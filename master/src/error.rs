@@ -1,0 +1,45 @@
+//! The master's error type and its mapping to gRPC statuses.
+
+use sluice_protocol::{ErrorCode, ProtocolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("no worker can take partitions: {0}")]
+    NoWorkers(String),
+    #[error("worker {worker}: {source}")]
+    Worker {
+        worker: String,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl MasterError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MasterError::Config(_) | MasterError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            MasterError::NotFound(_) => ErrorCode::NotFound,
+            MasterError::NoWorkers(_) => ErrorCode::Unavailable,
+            MasterError::Worker { source, .. } => source.code(),
+            MasterError::Io(_) | MasterError::Transport(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<MasterError> for tonic::Status {
+    fn from(error: MasterError) -> Self {
+        tonic::Status::new(error.code().grpc_code(), error.to_string())
+    }
+}
+
+pub type MasterResult<T> = Result<T, MasterError>;

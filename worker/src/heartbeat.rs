@@ -1,0 +1,85 @@
+//! Registration with the master and the heartbeat loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_protocol::pb;
+use sluice_protocol::pb::master_client::MasterClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::Shared;
+
+fn disks(shared: &Shared) -> Vec<pb::DiskStatus> {
+    shared.store.disks().iter().map(|d| d.status()).collect()
+}
+
+async fn register(
+    client: &mut MasterClient<Channel>,
+    shared: &Shared,
+) -> Result<(), tonic::Status> {
+    client
+        .register_worker(pb::RegisterWorkerRequest {
+            worker: Some(shared.info.clone()),
+            disks: disks(shared),
+        })
+        .await?;
+    tracing::info!(worker = %shared.info.id, master = %shared.config.master, "registered with the master");
+    Ok(())
+}
+
+/// Registers, then heartbeats every `heartbeat_interval` until shutdown. A master that cannot
+/// be reached is retried forever (logged once per failure streak).
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let endpoint = match Channel::from_shared(format!("http://{}", shared.config.master)) {
+        Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(3)),
+        Err(e) => {
+            tracing::error!(master = %shared.config.master, error = %e, "invalid master address");
+            return;
+        }
+    };
+    let mut client = MasterClient::new(endpoint.connect_lazy());
+    let mut registered = false;
+    let mut failing = false;
+    loop {
+        let result = if registered {
+            client
+                .worker_heartbeat(pb::WorkerHeartbeatRequest {
+                    worker_id: shared.info.id.clone(),
+                    disks: disks(&shared),
+                    memory_used_bytes: shared.store.memory().used(),
+                    memory_budget_bytes: shared.store.memory().budget(),
+                    active_partitions: shared.store.active_partitions(),
+                    state: pb::WorkerState::Active as i32,
+                })
+                .await
+                .map(|r| registered = !r.into_inner().reregister)
+        } else {
+            register(&mut client, &shared)
+                .await
+                .map(|()| registered = true)
+        };
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(master = %shared.config.master, "master reachable again");
+            }
+            Ok(()) => {}
+            Err(status) => {
+                if !failing {
+                    tracing::warn!(master = %shared.config.master, error = %status.message(), "heartbeat failed");
+                }
+                failing = true;
+                registered = false;
+            }
+        }
+        // Re-register at once when the master asked for it.
+        if !registered && !failing {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

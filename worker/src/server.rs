@@ -1,0 +1,347 @@
+//! The push and fetch servers: accept loops and per-connection frame loops.
+//!
+//! Push connections carry `PushData`/`PushMergedData` from writers and `Reserve`/`Commit`/
+//! `Destroy` from the master. Pushes are handled in arrival order on the connection's own task;
+//! before reading each frame the loop waits for room in the memory budget, so a worker over
+//! budget stops reading (TCP backpressure) and, past `busy_wait`, answers `Busy`. Fetch
+//! connections serve `OpenStream` and `FetchChunk` concurrently (bounded per connection).
+//! Answers go through a writer task. A malformed frame closes only its connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_protocol::connection::{FrameReader, FrameWriter, OutFrame, ReadError};
+use sluice_protocol::frame::{Frame, MessageType};
+use sluice_protocol::{pb, ShuffleKey};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{WorkerError, WorkerResult};
+use crate::storage;
+use crate::Shared;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Port {
+    Push,
+    Fetch,
+}
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    port: Port,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let peer = peer.to_string();
+                    match port {
+                        Port::Push => push_connection(stream, &peer, shared, shutdown).await,
+                        Port::Fetch => fetch_connection(stream, &peer, shared, shutdown).await,
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, ?port, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Splits a connection into a frame reader and a channel to a writer task.
+fn split(
+    stream: TcpStream,
+    shared: &Shared,
+) -> (
+    FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mpsc::Sender<OutFrame>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (read_half, write_half) = stream.into_split();
+    let reader = FrameReader::new(read_half, shared.limits);
+    let (tx, mut rx) = mpsc::channel::<OutFrame>(256);
+    let writer = tokio::spawn(async move {
+        let mut writer = FrameWriter::new(write_half);
+        while let Some(frame) = rx.recv().await {
+            let mut result = writer.write_frame(&frame).await;
+            while result.is_ok() {
+                match rx.try_recv() {
+                    Ok(next) => result = writer.write_frame(&next).await,
+                    Err(_) => break,
+                }
+            }
+            if result.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    (reader, tx, writer)
+}
+
+/// Reads the next frame, logging why a connection ends abnormally.
+async fn next_frame(
+    reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    peer: &str,
+    shutdown: &CancellationToken,
+) -> Option<Frame> {
+    let read = tokio::select! {
+        read = reader.read_frame() => read,
+        _ = shutdown.cancelled() => return None,
+    };
+    match read {
+        Ok(frame) => frame,
+        Err(ReadError::Io(e)) => {
+            tracing::debug!(peer, error = %e, "connection error");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "closing connection: malformed data");
+            None
+        }
+    }
+}
+
+fn error_frame(request_id: u64, error: &WorkerError) -> OutFrame {
+    OutFrame::error(request_id, error.code(), error.to_string())
+}
+
+fn reply<T>(request_id: u64, result: WorkerResult<T>, ok: impl FnOnce(T) -> OutFrame) -> OutFrame {
+    match result {
+        Ok(value) => ok(value),
+        Err(e) => error_frame(request_id, &e),
+    }
+}
+
+fn ack(request_id: u64) -> OutFrame {
+    OutFrame::new(MessageType::Ack, request_id, &pb::Ack {})
+}
+
+async fn push_connection(
+    stream: TcpStream,
+    peer: &str,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let (mut reader, tx, writer) = split(stream, &shared);
+    loop {
+        let room = shared
+            .store
+            .memory()
+            .wait_below(shared.config.busy_wait)
+            .await;
+        let Some(frame) = next_frame(&mut reader, peer, &shutdown).await else {
+            break;
+        };
+        let id = frame.request_id;
+        let answer = match frame.kind {
+            MessageType::PushData | MessageType::PushMergedData => {
+                let result = handle_push(&shared, frame, room);
+                if let Err(e) = &result {
+                    tracing::debug!(peer, error = %e, "push refused");
+                }
+                reply(id, result, |()| ack(id))
+            }
+            MessageType::Reserve => reply(id, handle_reserve(&shared, &frame), |()| ack(id)),
+            MessageType::Commit | MessageType::Destroy => {
+                let (shared, tx) = (shared.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = if frame.kind == MessageType::Commit {
+                        reply(id, handle_commit(&shared, &frame).await, |committed| {
+                            OutFrame::new(MessageType::Committed, id, &committed)
+                        })
+                    } else {
+                        reply(id, handle_destroy(&shared, &frame).await, |()| ack(id))
+                    };
+                    let _ = tx.send(answer).await;
+                });
+                continue;
+            }
+            other => error_frame(
+                id,
+                &WorkerError::InvalidRequest(format!("{other:?} is not served on the push port")),
+            ),
+        };
+        if tx.send(answer).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn handle_push(shared: &Shared, frame: Frame, room: bool) -> WorkerResult<()> {
+    let memory = shared.store.memory();
+    let body_len = frame.body.len() as u64;
+    memory.acquire(body_len);
+    let mut kept = 0u64;
+    let result = append_push(shared, &frame, room, &mut kept);
+    memory.release(body_len - kept);
+    result
+}
+
+fn append_push(shared: &Shared, frame: &Frame, room: bool, kept: &mut u64) -> WorkerResult<()> {
+    if !room {
+        let memory = shared.store.memory();
+        return Err(WorkerError::Busy {
+            used: memory.used(),
+            budget: memory.budget(),
+        });
+    }
+    let header: pb::PushHeader = frame.decode_header("push")?;
+    let shuffle =
+        ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    let total: u64 = header.slices.iter().map(|s| u64::from(s.length)).sum();
+    if total != frame.body.len() as u64 {
+        return Err(WorkerError::InvalidRequest(format!(
+            "slices add up to {total} bytes but the body has {}",
+            frame.body.len()
+        )));
+    }
+    let partitions = shared.store.get_many(
+        &shuffle,
+        header
+            .slices
+            .iter()
+            .map(|s| (s.partition, s.epoch, header.role)),
+    );
+    let mut resolved = Vec::with_capacity(partitions.len());
+    for (slice, partition) in header.slices.iter().zip(partitions) {
+        let partition = partition.ok_or_else(|| {
+            WorkerError::NotFound(format!(
+                "{shuffle} partition {} epoch {} is not reserved on this worker",
+                slice.partition, slice.epoch
+            ))
+        })?;
+        resolved.push(partition);
+    }
+    let threshold = shared.config.flush_buffer_size.as_u64();
+    let mut offset = 0usize;
+    for (slice, partition) in header.slices.iter().zip(resolved) {
+        let end = offset + slice.length as usize;
+        let bytes: Bytes = frame.body.slice(offset..end);
+        offset = end;
+        partition.append(bytes, threshold)?;
+        *kept += u64::from(slice.length);
+    }
+    Ok(())
+}
+
+fn handle_reserve(shared: &Shared, frame: &Frame) -> WorkerResult<()> {
+    let header: pb::ReserveHeader = frame.decode_header("reserve")?;
+    let shuffle =
+        ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    shared.store.reserve(&shuffle, &header.locations)
+}
+
+async fn handle_commit(shared: &Shared, frame: &Frame) -> WorkerResult<pb::CommittedHeader> {
+    let header: pb::CommitHeader = frame.decode_header("commit")?;
+    let shuffle =
+        ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    let locations = shared.store.commit(&shuffle, &header.locations).await;
+    tracing::debug!(shuffle = %shuffle, locations = locations.len(), "committed");
+    Ok(pb::CommittedHeader { locations })
+}
+
+async fn handle_destroy(shared: &Shared, frame: &Frame) -> WorkerResult<()> {
+    let header: pb::DestroyHeader = frame.decode_header("destroy")?;
+    sluice_protocol::ids::validate_app_id(&header.app_id).map_err(WorkerError::InvalidRequest)?;
+    shared
+        .store
+        .destroy(&header.app_id, header.shuffle_id)
+        .await;
+    Ok(())
+}
+
+/// Requests served at once per fetch connection.
+const FETCH_CONCURRENCY: usize = 8;
+
+async fn fetch_connection(
+    stream: TcpStream,
+    peer: &str,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let (mut reader, tx, writer) = split(stream, &shared);
+    let permits = Arc::new(Semaphore::new(FETCH_CONCURRENCY));
+    while let Some(frame) = next_frame(&mut reader, peer, &shutdown).await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (shared, tx) = (shared.clone(), tx.clone());
+        tokio::spawn(async move {
+            let answer = handle_fetch(&shared, frame).await;
+            drop(permit);
+            let _ = tx.send(answer).await;
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn location(
+    shared: &Shared,
+    location: Option<&pb::LocationRef>,
+) -> WorkerResult<Arc<storage::partition::Partition>> {
+    let location =
+        location.ok_or_else(|| WorkerError::InvalidRequest("missing location".into()))?;
+    let shuffle =
+        ShuffleKey::from_pb(location.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    shared.store.get(
+        &shuffle,
+        (location.partition, location.epoch, location.role),
+    )
+}
+
+async fn handle_fetch(shared: &Shared, frame: Frame) -> OutFrame {
+    let id = frame.request_id;
+    match frame.kind {
+        MessageType::OpenStream => {
+            let result = async {
+                let header: pb::OpenStreamHeader = frame.decode_header("open stream")?;
+                let partition = location(shared, header.location.as_ref())?;
+                storage::open_stream(
+                    &partition,
+                    header.start_map,
+                    header.end_map,
+                    shared.config.chunk_size.as_u64(),
+                )
+                .await
+            }
+            .await;
+            reply(id, result, |opened| {
+                OutFrame::new(MessageType::StreamOpened, id, &opened)
+            })
+        }
+        MessageType::FetchChunk => {
+            let result = async {
+                let header: pb::FetchChunkHeader = frame.decode_header("fetch chunk")?;
+                let partition = location(shared, header.location.as_ref())?;
+                let chunk = header.chunk.unwrap_or_default();
+                storage::read_chunk(&partition, &chunk, u64::from(shared.limits.max_body)).await
+            }
+            .await;
+            reply(id, result, |bytes| {
+                OutFrame::new(MessageType::ChunkData, id, &pb::Ack {})
+                    .with_body(vec![bytes])
+                    .without_crc()
+            })
+        }
+        other => error_frame(
+            id,
+            &WorkerError::InvalidRequest(format!("{other:?} is not served on the fetch port")),
+        ),
+    }
+}

@@ -1,0 +1,171 @@
+//! The batch index written beside each data file.
+//!
+//! One 24-byte entry per batch, in file order, appended by the flusher together with the data:
+//!
+//! ```text
+//!  0       4         8          12                 20        24
+//!  +-------+---------+----------+------------------+---------+
+//!  |  map  | attempt | batch id |  offset in data  |  length |
+//!  |  u32  |   u32   |   u32    |       u64        |   u32   |
+//!  +-------+---------+----------+------------------+---------+
+//! ```
+//!
+//! Big-endian. The fetch server cuts chunks from it and serves map-range reads (`[start_map,
+//! end_map)`) without scanning or re-sorting the data file.
+
+use sluice_protocol::batch::BatchHead;
+use sluice_protocol::pb;
+
+pub const ENTRY_LEN: usize = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub map_id: u32,
+    pub attempt: u32,
+    pub batch_id: u32,
+    pub offset: u64,
+    pub length: u32,
+}
+
+impl IndexEntry {
+    pub fn for_batch(head: &BatchHead, offset: u64) -> IndexEntry {
+        IndexEntry {
+            map_id: head.map_id,
+            attempt: head.attempt,
+            batch_id: head.batch_id,
+            offset,
+            length: head.total_len() as u32,
+        }
+    }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.map_id.to_be_bytes());
+        out.extend_from_slice(&self.attempt.to_be_bytes());
+        out.extend_from_slice(&self.batch_id.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.length.to_be_bytes());
+    }
+}
+
+/// Decodes a whole index file. Entries must lie inside a data file of `data_len` bytes.
+pub fn decode(bytes: &[u8], data_len: u64) -> Result<Vec<IndexEntry>, String> {
+    if bytes.len() % ENTRY_LEN != 0 {
+        return Err(format!(
+            "index of {} bytes is not a whole number of entries",
+            bytes.len()
+        ));
+    }
+    bytes
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let word = |i: usize| u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(&e[12..20]);
+            let entry = IndexEntry {
+                map_id: word(0),
+                attempt: word(4),
+                batch_id: word(8),
+                offset: u64::from_be_bytes(offset),
+                length: word(20),
+            };
+            if entry.offset.saturating_add(u64::from(entry.length)) > data_len {
+                return Err(format!(
+                    "index entry at {} + {} runs past the data file's {data_len} bytes",
+                    entry.offset, entry.length
+                ));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Groups the batches of maps in `[start_map, end_map)` (`end_map == 0`: no upper bound) into
+/// chunks of at most `chunk_size` bytes (a larger batch gets a chunk of its own). Adjacent batches
+/// merge into one range, so a full read is a few large sequential ranges.
+pub fn chunks(
+    entries: &[IndexEntry],
+    start_map: u32,
+    end_map: u32,
+    chunk_size: u64,
+) -> Vec<pb::Chunk> {
+    let mut chunks = Vec::new();
+    let mut current = pb::Chunk::default();
+    let mut current_len = 0u64;
+    for entry in entries {
+        if entry.map_id < start_map || (end_map != 0 && entry.map_id >= end_map) {
+            continue;
+        }
+        let length = u64::from(entry.length);
+        if current_len > 0 && current_len + length > chunk_size {
+            chunks.push(std::mem::take(&mut current));
+            current_len = 0;
+        }
+        match current.ranges.last_mut() {
+            Some(last) if last.offset + last.length == entry.offset => last.length += length,
+            _ => current.ranges.push(pb::Range {
+                offset: entry.offset,
+                length,
+            }),
+        }
+        current_len += length;
+    }
+    if current_len > 0 {
+        chunks.push(current);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(map_id: u32, offset: u64, length: u32) -> IndexEntry {
+        IndexEntry {
+            map_id,
+            attempt: 0,
+            batch_id: 0,
+            offset,
+            length,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_bounds() {
+        let entries = vec![entry(1, 0, 10), entry(2, 10, 20)];
+        let mut bytes = Vec::new();
+        entries.iter().for_each(|e| e.encode_into(&mut bytes));
+        assert_eq!(decode(&bytes, 30).unwrap(), entries);
+        assert!(
+            decode(&bytes, 29).is_err(),
+            "entry past the data file accepted"
+        );
+        assert!(decode(&bytes[..30], 30).is_err(), "torn entry accepted");
+    }
+
+    #[test]
+    fn chunks_merge_adjacent_batches_and_respect_the_size() {
+        let entries: Vec<_> = (0..10)
+            .map(|i| entry(i % 2, u64::from(i) * 10, 10))
+            .collect();
+        let all = chunks(&entries, 0, 0, 35);
+        let lens: Vec<u64> = all
+            .iter()
+            .map(|c| c.ranges.iter().map(|r| r.length).sum())
+            .collect();
+        assert_eq!(lens, vec![30, 30, 30, 10]);
+        assert!(all.iter().all(|c| c.ranges.len() == 1));
+        // Map range [1, 2): only odd entries, none adjacent.
+        let odd = chunks(&entries, 1, 2, 1000);
+        assert_eq!(odd.len(), 1);
+        assert_eq!(odd[0].ranges.len(), 5);
+        assert!(odd[0].ranges.iter().all(|r| (r.offset / 10) % 2 == 1));
+        // A batch larger than the chunk size is a chunk of its own.
+        let big = chunks(
+            &[entry(0, 0, 5), entry(0, 5, 100), entry(0, 105, 5)],
+            0,
+            0,
+            50,
+        );
+        assert_eq!(big.len(), 3);
+    }
+}

@@ -1,0 +1,332 @@
+//! Storage: the registry of partition locations, their disks and their files.
+//!
+//! - [`engine`]: disk write engines (io_uring, positional writes, a fault-injecting test engine).
+//! - [`disk`]: a data directory with its engine (its flusher) and health figures.
+//! - [`partition`]: one location's memory buffer, data file and batch index.
+//! - [`index`]: the batch index format and chunking.
+//!
+//! Files live at `<data dir>/<app>/<shuffle>/<partition>-<epoch>-<p|r>.{data,index}`.
+
+pub mod disk;
+pub mod engine;
+pub mod index;
+pub mod partition;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use sluice_protocol::{pb, ShuffleKey};
+
+use self::disk::Disk;
+use self::partition::Partition;
+use crate::error::{WorkerError, WorkerResult};
+use crate::memory::MemoryBudget;
+
+/// A location on this worker: partition, epoch and role (`pb::Role` as i32).
+pub type LocationId = (u32, u32, i32);
+
+type Shuffles = HashMap<ShuffleKey, HashMap<LocationId, Arc<Partition>>>;
+
+#[derive(Debug)]
+pub struct Store {
+    disks: Vec<Arc<Disk>>,
+    memory: Arc<MemoryBudget>,
+    shuffles: Mutex<Shuffles>,
+    next_disk: AtomicUsize,
+    fsync_on_commit: bool,
+}
+
+fn role_suffix(role: i32) -> &'static str {
+    if role == pb::Role::Replica as i32 {
+        "r"
+    } else {
+        "p"
+    }
+}
+
+impl Store {
+    pub fn new(disks: Vec<Arc<Disk>>, memory: Arc<MemoryBudget>, fsync_on_commit: bool) -> Store {
+        Store {
+            disks,
+            memory,
+            shuffles: Mutex::default(),
+            next_disk: AtomicUsize::new(0),
+            fsync_on_commit,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shuffles> {
+        self.shuffles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn disks(&self) -> &[Arc<Disk>] {
+        &self.disks
+    }
+
+    pub fn memory(&self) -> &Arc<MemoryBudget> {
+        &self.memory
+    }
+
+    pub fn active_partitions(&self) -> u64 {
+        self.lock().values().map(|m| m.len() as u64).sum()
+    }
+
+    /// The next healthy disk, round robin (all disks when none is healthy, so the error surfaces
+    /// on write rather than here).
+    fn pick_disk(&self) -> Arc<Disk> {
+        let n = self.disks.len();
+        let start = self.next_disk.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.disks[(start + i) % n])
+            .find(|d| d.is_healthy())
+            .unwrap_or(&self.disks[start % n])
+            .clone()
+    }
+
+    /// Creates the locations (idempotent: an existing location is kept as is).
+    pub fn reserve(&self, shuffle: &ShuffleKey, specs: &[pb::LocationSpec]) -> WorkerResult<()> {
+        let mut created_dirs: Vec<PathBuf> = Vec::new();
+        let mut shuffles = self.lock();
+        let locations = shuffles.entry(shuffle.clone()).or_default();
+        for spec in specs {
+            let id = (spec.partition, spec.epoch, spec.role);
+            if locations.contains_key(&id) {
+                continue;
+            }
+            let disk = self.pick_disk();
+            let dir = disk
+                .path
+                .join(&*shuffle.app_id)
+                .join(shuffle.shuffle_id.to_string());
+            if !created_dirs.contains(&dir) {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| WorkerError::io(format!("creating {}", dir.display()), e))?;
+                created_dirs.push(dir.clone());
+            }
+            let stem = format!(
+                "{}-{}-{}",
+                spec.partition,
+                spec.epoch,
+                role_suffix(spec.role)
+            );
+            let name = format!("{shuffle}/{stem}");
+            disk.active.fetch_add(1, Ordering::Relaxed);
+            locations.insert(
+                id,
+                Arc::new(Partition::new(
+                    name,
+                    disk,
+                    dir.join(format!("{stem}.data")),
+                    dir.join(format!("{stem}.index")),
+                    self.memory.clone(),
+                )),
+            );
+        }
+        Ok(())
+    }
+
+    /// Looks up several locations of one shuffle under one lock.
+    pub fn get_many(
+        &self,
+        shuffle: &ShuffleKey,
+        ids: impl Iterator<Item = LocationId>,
+    ) -> Vec<Option<Arc<Partition>>> {
+        let shuffles = self.lock();
+        let locations = shuffles.get(shuffle);
+        ids.map(|id| locations.and_then(|l| l.get(&id)).cloned())
+            .collect()
+    }
+
+    pub fn get(&self, shuffle: &ShuffleKey, id: LocationId) -> WorkerResult<Arc<Partition>> {
+        self.get_many(shuffle, std::iter::once(id))
+            .pop()
+            .flatten()
+            .ok_or_else(|| {
+                WorkerError::NotFound(format!(
+                    "{shuffle} partition {} epoch {} on this worker",
+                    id.0, id.1
+                ))
+            })
+    }
+
+    /// Flushes every partition's buffer (memory pressure).
+    pub fn flush_all_pending(&self) {
+        let partitions: Vec<Arc<Partition>> = self
+            .lock()
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for partition in partitions {
+            partition.flush_pending();
+        }
+    }
+
+    /// Commits the given locations, in parallel.
+    pub async fn commit(
+        &self,
+        shuffle: &ShuffleKey,
+        specs: &[pb::LocationSpec],
+    ) -> Vec<pb::CommittedSpec> {
+        let partitions = self.get_many(
+            shuffle,
+            specs.iter().map(|s| (s.partition, s.epoch, s.role)),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, partition) in partitions.into_iter().enumerate() {
+            let fsync = self.fsync_on_commit;
+            tasks.spawn(async move {
+                let result = match partition {
+                    Some(partition) => partition.commit(fsync).await,
+                    None => {
+                        Err("location is not on this worker (never reserved, or deleted)".into())
+                    }
+                };
+                (i, result)
+            });
+        }
+        let mut out: Vec<pb::CommittedSpec> = specs
+            .iter()
+            .map(|spec| pb::CommittedSpec {
+                location: Some(*spec),
+                ..Default::default()
+            })
+            .collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, Ok(stats))) => {
+                    out[i].stats = Some(stats);
+                    out[i].ok = true;
+                }
+                Ok((i, Err(reason))) => out[i].error = reason,
+                Err(e) => tracing::error!(error = %e, "commit task failed"),
+            }
+        }
+        for spec in out.iter_mut().filter(|s| !s.ok && s.error.is_empty()) {
+            spec.error = "commit task failed".into();
+        }
+        out
+    }
+
+    /// Deletes one shuffle (`Some`) or a whole application (`None`): buffers and files.
+    pub async fn destroy(&self, app_id: &str, shuffle_id: Option<u32>) {
+        let removed: Vec<(ShuffleKey, HashMap<LocationId, Arc<Partition>>)> = {
+            let mut shuffles = self.lock();
+            let keys: Vec<ShuffleKey> = shuffles
+                .keys()
+                .filter(|k| &*k.app_id == app_id && shuffle_id.is_none_or(|s| s == k.shuffle_id))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| shuffles.remove_entry(&k))
+                .collect()
+        };
+        for partition in removed.iter().flat_map(|(_, m)| m.values()) {
+            partition.discard();
+            partition.disk.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        let dirs: Vec<PathBuf> = self
+            .disks
+            .iter()
+            .map(|disk| match shuffle_id {
+                Some(id) => disk.path.join(app_id).join(id.to_string()),
+                None => disk.path.join(app_id),
+            })
+            .collect();
+        let removed_dirs = tokio::task::spawn_blocking(move || {
+            for dir in dirs {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot delete shuffle files")
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = removed_dirs {
+            tracing::warn!(error = %e, "shuffle deletion task failed");
+        }
+        tracing::info!(app = app_id, shuffle = ?shuffle_id, "deleted");
+    }
+}
+
+/// Reads `chunk` of a committed location: every range must lie inside the data file.
+pub async fn read_chunk(
+    partition: &Partition,
+    chunk: &pb::Chunk,
+    max_len: u64,
+) -> WorkerResult<Bytes> {
+    let committed = partition.committed_files()?;
+    let total: u64 = chunk.ranges.iter().map(|r| r.length).sum();
+    if total > max_len {
+        return Err(WorkerError::InvalidRequest(format!(
+            "chunk of {total} bytes exceeds the limit of {max_len}"
+        )));
+    }
+    for range in &chunk.ranges {
+        if range.offset.saturating_add(range.length) > committed.data_len {
+            return Err(WorkerError::InvalidRequest(format!(
+                "range {}+{} is outside {} ({} bytes)",
+                range.offset,
+                range.length,
+                partition.name(),
+                committed.data_len
+            )));
+        }
+    }
+    let Some((data, _)) = committed.files else {
+        return Ok(Bytes::new());
+    };
+    let ranges = chunk.ranges.clone();
+    let name = partition.name().to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut out = BytesMut::zeroed(total as usize);
+        let mut at = 0usize;
+        for range in ranges {
+            let end = at + range.length as usize;
+            data.read_exact_at(&mut out[at..end], range.offset)
+                .map_err(|e| WorkerError::io(format!("reading {name}"), e))?;
+            at = end;
+        }
+        Ok(out.freeze())
+    })
+    .await
+    .map_err(|e| WorkerError::io("read task", std::io::Error::other(e)))?
+}
+
+/// Reads a committed location's index and cuts it into chunks.
+pub async fn open_stream(
+    partition: &Partition,
+    start_map: u32,
+    end_map: u32,
+    chunk_size: u64,
+) -> WorkerResult<pb::StreamOpenedHeader> {
+    let committed = partition.committed_files()?;
+    let Some((_, index)) = committed.files else {
+        return Ok(pb::StreamOpenedHeader::default());
+    };
+    let name = partition.name().to_string();
+    let (index_len, data_len) = (committed.index_len, committed.data_len);
+    let entries = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; index_len as usize];
+        index
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|e| WorkerError::io(format!("reading the index of {name}"), e))?;
+        index::decode(&bytes, data_len).map_err(|reason| WorkerError::Disk {
+            location: name,
+            reason,
+        })
+    })
+    .await
+    .map_err(|e| WorkerError::io("index task", std::io::Error::other(e)))??;
+    Ok(pb::StreamOpenedHeader {
+        chunks: index::chunks(&entries, start_map, end_map, chunk_size),
+        file_length: data_len,
+    })
+}

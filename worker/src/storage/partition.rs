@@ -1,0 +1,327 @@
+//! One partition location on this worker: a memory buffer, an append-only data file and its
+//! batch index.
+//!
+//! Pushed slices (whole batches, zero-copy `Bytes` from the frame) queue in `pending`. Once
+//! `flush_buffer_size` is pending, or under memory pressure, or at commit, the pending slices go
+//! to the disk's write engine as one sequential write at the file's tail, with their index
+//! entries as a second write. Offsets are assigned when a batch is appended, so the file layout
+//! does not depend on the order writes complete in. Memory is released when the write completes.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_protocol::batch::BatchIter;
+use sluice_protocol::pb;
+use tokio::sync::Notify;
+
+use super::disk::Disk;
+use super::engine::WriteRequest;
+use super::index::IndexEntry;
+use crate::error::{WorkerError, WorkerResult};
+use crate::memory::MemoryBudget;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Status {
+    Open,
+    /// Commit started: no more appends; waiting for the last flushes.
+    Sealing,
+    Committed,
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct State {
+    status: Status,
+    pending: Vec<Bytes>,
+    pending_len: u64,
+    pending_index: Vec<u8>,
+    files: Option<(Arc<File>, Arc<File>)>,
+    /// Data-file offset where `pending` will be written.
+    flushed_len: u64,
+    index_len: u64,
+    stats: pb::BatchStats,
+    inflight: usize,
+}
+
+/// The committed files of a location, for reading.
+#[derive(Debug, Clone)]
+pub struct CommittedFiles {
+    /// `None` when nothing was ever pushed to the location.
+    pub files: Option<(Arc<File>, Arc<File>)>,
+    pub data_len: u64,
+    pub index_len: u64,
+}
+
+#[derive(Debug)]
+pub struct Partition {
+    name: String,
+    pub disk: Arc<Disk>,
+    data_path: PathBuf,
+    index_path: PathBuf,
+    memory: Arc<MemoryBudget>,
+    state: Mutex<State>,
+    flushed: Notify,
+}
+
+impl Partition {
+    pub fn new(
+        name: String,
+        disk: Arc<Disk>,
+        data_path: PathBuf,
+        index_path: PathBuf,
+        memory: Arc<MemoryBudget>,
+    ) -> Partition {
+        Partition {
+            name,
+            disk,
+            data_path,
+            index_path,
+            memory,
+            state: Mutex::new(State {
+                status: Status::Open,
+                pending: Vec::new(),
+                pending_len: 0,
+                pending_index: Vec::new(),
+                files: None,
+                flushed_len: 0,
+                index_len: 0,
+                stats: pb::BatchStats::default(),
+                inflight: 0,
+            }),
+            flushed: Notify::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving rather than poison-panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a slice of whole batches. On success the partition owns `slice.len()` bytes of
+    /// the memory budget until they are flushed. Malformed batches reject the whole slice.
+    pub fn append(self: &Arc<Self>, slice: Bytes, flush_threshold: u64) -> WorkerResult<()> {
+        let mut state = self.lock();
+        match &state.status {
+            Status::Open => {}
+            Status::Sealing | Status::Committed => {
+                return Err(WorkerError::Committed(self.name.clone()))
+            }
+            Status::Failed(reason) => {
+                return Err(WorkerError::Disk {
+                    location: self.name.clone(),
+                    reason: reason.clone(),
+                })
+            }
+        }
+        let base = state.flushed_len + state.pending_len;
+        let mut index = Vec::new();
+        let mut stats = pb::BatchStats::default();
+        let mut position = 0u64;
+        for item in BatchIter::new(slice.clone()) {
+            let (head, _) = item
+                .map_err(|e| WorkerError::InvalidRequest(format!("push to {}: {e}", self.name)))?;
+            IndexEntry::for_batch(&head, base + position).encode_into(&mut index);
+            stats.add(head.total_len() as u64, head.crc);
+            position += head.total_len() as u64;
+        }
+        state.pending_index.extend_from_slice(&index);
+        state.stats.merge(&stats);
+        state.pending_len += slice.len() as u64;
+        state.pending.push(slice);
+        if state.pending_len >= flush_threshold {
+            self.flush_locked(&mut state);
+        }
+        Ok(())
+    }
+
+    /// Bytes waiting in memory.
+    pub fn pending_len(&self) -> u64 {
+        self.lock().pending_len
+    }
+
+    /// Writes out whatever is pending (memory pressure).
+    pub fn flush_pending(self: &Arc<Self>) {
+        let mut state = self.lock();
+        if state.pending_len > 0 && matches!(state.status, Status::Open | Status::Sealing) {
+            self.flush_locked(&mut state);
+        }
+    }
+
+    fn open_files(&self) -> std::io::Result<(Arc<File>, Arc<File>)> {
+        let open = |path: &PathBuf| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+        };
+        Ok((
+            Arc::new(open(&self.data_path)?),
+            Arc::new(open(&self.index_path)?),
+        ))
+    }
+
+    fn fail_locked(&self, state: &mut State, reason: String) {
+        if !matches!(state.status, Status::Failed(_)) {
+            tracing::warn!(location = %self.name, reason = %reason, "partition failed");
+        }
+        self.drop_pending_locked(state, reason);
+    }
+
+    fn drop_pending_locked(&self, state: &mut State, reason: String) {
+        if !matches!(state.status, Status::Failed(_)) {
+            state.status = Status::Failed(reason);
+        }
+        let dropped = state.pending_len;
+        state.pending.clear();
+        state.pending_index.clear();
+        state.pending_len = 0;
+        self.memory.release(dropped);
+    }
+
+    fn flush_locked(self: &Arc<Self>, state: &mut State) {
+        if state.files.is_none() {
+            match self.open_files() {
+                Ok(files) => state.files = Some(files),
+                Err(e) => {
+                    self.disk.mark_unhealthy();
+                    self.fail_locked(state, format!("cannot create files: {e}"));
+                    return;
+                }
+            }
+        }
+        let Some((data_file, index_file)) = state.files.clone() else {
+            return;
+        };
+        let bufs = std::mem::take(&mut state.pending);
+        let len = std::mem::take(&mut state.pending_len);
+        let index = Bytes::from(std::mem::take(&mut state.pending_index));
+        let data_rx = self.disk.engine.submit(WriteRequest {
+            file: data_file,
+            offset: state.flushed_len,
+            bufs,
+        });
+        let index_len = index.len() as u64;
+        let index_rx = self.disk.engine.submit(WriteRequest {
+            file: index_file,
+            offset: state.index_len,
+            bufs: vec![index],
+        });
+        state.flushed_len += len;
+        state.index_len += index_len;
+        state.inflight += 1;
+        let partition = self.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let outcome = |received: Result<super::engine::WriteOutcome, _>| match received {
+                Ok(outcome) => outcome.result.map_err(|e| e.to_string()),
+                Err(_) => Err("write engine stopped".to_string()),
+            };
+            let result = outcome(data_rx.await).and(outcome(index_rx.await));
+            partition.disk.record_flush(started.elapsed());
+            partition.memory.release(len);
+            let mut state = partition.lock();
+            state.inflight -= 1;
+            if let Err(reason) = result {
+                partition.disk.mark_unhealthy();
+                partition.fail_locked(&mut state, format!("write failed: {reason}"));
+            }
+            drop(state);
+            partition.flushed.notify_waiters();
+        });
+    }
+
+    /// Flushes, waits for every write, optionally fsyncs, and reports what the location holds.
+    /// Idempotent.
+    pub async fn commit(self: &Arc<Self>, fsync: bool) -> Result<pb::BatchStats, String> {
+        {
+            let mut state = self.lock();
+            match &state.status {
+                Status::Committed => return Ok(state.stats.clone()),
+                Status::Failed(reason) => return Err(reason.clone()),
+                Status::Open => {
+                    state.status = Status::Sealing;
+                    if state.pending_len > 0 {
+                        self.flush_locked(&mut state);
+                    }
+                }
+                Status::Sealing => {}
+            }
+        }
+        loop {
+            let notified = self.flushed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().inflight == 0 {
+                break;
+            }
+            notified.await;
+        }
+        let files = {
+            let state = self.lock();
+            match &state.status {
+                Status::Failed(reason) => return Err(reason.clone()),
+                Status::Committed => return Ok(state.stats.clone()),
+                _ => state.files.clone(),
+            }
+        };
+        if let (true, Some((data, index))) = (fsync, files) {
+            let synced = tokio::task::spawn_blocking(move || {
+                data.sync_all()?;
+                index.sync_all()
+            })
+            .await;
+            let error = match synced {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("fsync failed: {e}")),
+                Err(e) => Some(format!("fsync task failed: {e}")),
+            };
+            if let Some(reason) = error {
+                let mut state = self.lock();
+                self.fail_locked(&mut state, reason.clone());
+                return Err(reason);
+            }
+        }
+        let mut state = self.lock();
+        if let Status::Failed(reason) = &state.status {
+            return Err(reason.clone());
+        }
+        state.status = Status::Committed;
+        Ok(state.stats.clone())
+    }
+
+    /// The files to read, once committed.
+    pub fn committed_files(&self) -> WorkerResult<CommittedFiles> {
+        let state = self.lock();
+        match &state.status {
+            Status::Committed => Ok(CommittedFiles {
+                files: state.files.clone(),
+                data_len: state.flushed_len,
+                index_len: state.index_len,
+            }),
+            Status::Failed(reason) => Err(WorkerError::Disk {
+                location: self.name.clone(),
+                reason: reason.clone(),
+            }),
+            Status::Open | Status::Sealing => Err(WorkerError::InvalidRequest(format!(
+                "{} is not committed yet",
+                self.name
+            ))),
+        }
+    }
+
+    /// Drops buffered data (the shuffle is being deleted). Flushes in flight finish into files
+    /// that are about to be unlinked.
+    pub fn discard(&self) {
+        let mut state = self.lock();
+        self.drop_pending_locked(&mut state, "deleted".into());
+    }
+}
