@@ -13,8 +13,11 @@ use anyhow::{anyhow, bail, Context};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// Settings given as flags: the config file, then `key = value` overrides in order.
+pub type Flags = (Option<String>, Vec<(String, String)>);
+
 /// Parses `--key value` / `--key=value` pairs; `--config FILE` is returned separately.
-pub fn parse_flags(args: &[String]) -> anyhow::Result<(Option<String>, Vec<(String, String)>)> {
+pub fn parse_flags(args: &[String]) -> anyhow::Result<Flags> {
     let mut config = None;
     let mut pairs = Vec::new();
     let mut args = args.iter();

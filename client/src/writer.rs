@@ -122,11 +122,15 @@ impl ShuffleWriter {
         Ok(())
     }
 
-    /// Cuts every buffer into batches and sends them (Spark asks a task to spill).
+    /// Cuts every buffer into batches, sends them and waits until the workers acked every push
+    /// (Spark asks a task to spill: afterwards this writer holds no data).
     pub async fn flush(&mut self) -> ClientResult<()> {
         self.seal_all().await?;
         for worker in 0..self.pending.len() {
             self.send(worker).await?;
+        }
+        while let Some(done) = self.inflight.join_next().await {
+            flatten(done)?;
         }
         Ok(())
     }
@@ -214,9 +218,6 @@ impl ShuffleWriter {
     /// what this attempt wrote.
     pub async fn finish(mut self) -> ClientResult<MapOutput> {
         self.flush().await?;
-        while let Some(done) = self.inflight.join_next().await {
-            flatten(done)?;
-        }
         let partitions: Vec<pb::PartitionStats> = self
             .stats
             .iter()

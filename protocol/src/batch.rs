@@ -306,11 +306,9 @@ mod tests {
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
-            for item in BatchIter::new(Bytes::from(bytes)) {
-                if let Ok((head, batch)) = item {
-                    if verify(&head, &batch).is_ok() {
-                        let _ = decompress(&head, &batch);
-                    }
+            for (head, batch) in BatchIter::new(Bytes::from(bytes)).map_while(Result::ok) {
+                if verify(&head, &batch).is_ok() {
+                    let _ = decompress(&head, &batch);
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! - [`storage`]: partition buffers, one write engine (flusher) per data directory, the
 //!   append-only data files with their batch indexes, commit, chunked reads, deletion.
 //! - [`heartbeat`]: registration with the master and heartbeats with disk and memory figures.
-//! - [`config`]: [`WorkerConfig`].
+//! - [`config`]: the worker configuration, [`WorkerConfig`].
 //!
 //! A push frame's body is read once into a buffer; each partition's slice of it is a zero-copy
 //! `Bytes` that sits in the partition's pending list until its flusher writes it at the file's

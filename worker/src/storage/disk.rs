@@ -62,6 +62,8 @@ impl Disk {
 }
 
 /// `(capacity, available)` bytes of the file system holding `path`.
+// statvfs field types differ between platforms (u32 on some), hence the conversions.
+#[allow(clippy::useless_conversion)]
 pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
@@ -75,9 +77,9 @@ pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
     }
     // SAFETY: statvfs returned 0, so it initialised `stat`.
     let stat = unsafe { stat.assume_init() };
-    let block = stat.f_frsize as u64;
+    let block = u64::from(stat.f_frsize);
     Ok((
-        (stat.f_blocks as u64).saturating_mul(block),
-        (stat.f_bavail as u64).saturating_mul(block),
+        u64::from(stat.f_blocks).saturating_mul(block),
+        u64::from(stat.f_bavail).saturating_mul(block),
     ))
 }

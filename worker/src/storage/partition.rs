@@ -245,7 +245,7 @@ impl Partition {
         {
             let mut state = self.lock();
             match &state.status {
-                Status::Committed => return Ok(state.stats.clone()),
+                Status::Committed => return Ok(state.stats),
                 Status::Failed(reason) => return Err(reason.clone()),
                 Status::Open => {
                     state.status = Status::Sealing;
@@ -269,7 +269,7 @@ impl Partition {
             let state = self.lock();
             match &state.status {
                 Status::Failed(reason) => return Err(reason.clone()),
-                Status::Committed => return Ok(state.stats.clone()),
+                Status::Committed => return Ok(state.stats),
                 _ => state.files.clone(),
             }
         };
@@ -295,7 +295,7 @@ impl Partition {
             return Err(reason.clone());
         }
         state.status = Status::Committed;
-        Ok(state.stats.clone())
+        Ok(state.stats)
     }
 
     /// The files to read, once committed.
