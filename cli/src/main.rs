@@ -37,11 +37,13 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a master. Settings: `--config FILE`, SLUICE_MASTER_<KEY> variables, `--<key> VALUE`.
+    /// Prints one JSON line with its address once listening.
     Master {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         settings: Vec<String>,
     },
     /// Run a worker. Settings: `--config FILE`, SLUICE_WORKER_<KEY> variables, `--<key> VALUE`.
+    /// Prints one JSON line with its id and addresses once listening.
     Worker {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         settings: Vec<String>,
@@ -140,6 +142,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Master { settings } => {
             let config: MasterConfig = load(&settings, "SLUICE_MASTER_")?;
             let listener = bind(&config.listen, "master").await?;
+            println!(
+                "{}",
+                serde_json::json!({ "master": listener.local_addr()?.to_string() })
+            );
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone())?;
             sluice_master::run(config, listener, shutdown).await?;
@@ -150,9 +156,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 push: bind(&config.push_listen, "push").await?,
                 fetch: bind(&config.fetch_listen, "fetch").await?,
             };
+            let worker = sluice_worker::Worker::start(config, listeners)?;
+            let info = worker.info();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": info.id,
+                    "push": info.push_addr(),
+                    "fetch": info.fetch_addr(),
+                })
+            );
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone())?;
-            sluice_worker::run(config, listeners, shutdown).await?;
+            worker.serve(shutdown).await?;
         }
         Command::Local {
             workers,

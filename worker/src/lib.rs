@@ -57,31 +57,57 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> WorkerResult<()> {
-    let shared = Arc::new(start(config, &listeners)?);
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(server::accept_loop(
-        listeners.push,
-        shared.clone(),
-        server::Port::Push,
-        shutdown.clone(),
-    ));
-    tasks.spawn(server::accept_loop(
-        listeners.fetch,
-        shared.clone(),
-        server::Port::Fetch,
-        shutdown.clone(),
-    ));
-    tasks.spawn(heartbeat::run(shared.clone(), shutdown.clone()));
-    tasks.spawn(relieve_pressure(shared.clone(), shutdown.clone()));
-    tracing::info!(
-        worker = %shared.info.id,
-        push = %shared.info.push_addr(),
-        fetch = %shared.info.fetch_addr(),
-        "worker started"
-    );
-    while tasks.join_next().await.is_some() {}
-    tracing::info!(worker = %shared.info.id, "worker stopped");
-    Ok(())
+    Worker::start(config, listeners)?.serve(shutdown).await
+}
+
+/// A worker whose data directories and engines are open and whose ports are bound, not yet
+/// serving.
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    listeners: Listeners,
+}
+
+impl Worker {
+    /// Validates the config, opens every data directory and its write engine.
+    pub fn start(config: WorkerConfig, listeners: Listeners) -> WorkerResult<Worker> {
+        let shared = Arc::new(start(config, &listeners)?);
+        Ok(Worker { shared, listeners })
+    }
+
+    /// Id and addresses, as registered with the master.
+    pub fn info(&self) -> &pb::WorkerInfo {
+        &self.shared.info
+    }
+
+    /// Serves pushes and fetches and heartbeats until `shutdown` is cancelled.
+    pub async fn serve(self, shutdown: CancellationToken) -> WorkerResult<()> {
+        let Worker { shared, listeners } = self;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(server::accept_loop(
+            listeners.push,
+            shared.clone(),
+            server::Port::Push,
+            shutdown.clone(),
+        ));
+        tasks.spawn(server::accept_loop(
+            listeners.fetch,
+            shared.clone(),
+            server::Port::Fetch,
+            shutdown.clone(),
+        ));
+        tasks.spawn(heartbeat::run(shared.clone(), shutdown.clone()));
+        tasks.spawn(relieve_pressure(shared.clone(), shutdown.clone()));
+        tracing::info!(
+            worker = %shared.info.id,
+            push = %shared.info.push_addr(),
+            fetch = %shared.info.fetch_addr(),
+            "worker started"
+        );
+        while tasks.join_next().await.is_some() {}
+        tracing::info!(worker = %shared.info.id, "worker stopped");
+        Ok(())
+    }
 }
 
 fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
@@ -95,7 +121,7 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
     let push_port = port(&listeners.push)?;
     let fetch_port = port(&listeners.fetch)?;
     let id = if config.id.is_empty() {
-        format!("{}-{}", config.host, push_port)
+        format!("{}-{push_port}", config.host)
     } else {
         config.id.clone()
     };
