@@ -1,0 +1,488 @@
+//! The JNI bridge: `org.apache.spark.shuffle.sluice.SluiceNative` over the Rust client core.
+//!
+//! No logic of its own: every entry point converts Java arguments, calls `sluice_client` on the
+//! JVM's one tokio runtime (blocking the calling Java thread), and converts the result back.
+//! Every entry point goes through [`guard`], which turns errors and panics into Java exceptions
+//! (`SluiceDataLostException` for lost or unreachable shuffle data, `SluiceException` for the
+//! rest) and returns a harmless default to the JVM.
+//!
+//! Native objects (client, writer, reader) cross the boundary as `jlong` handles made by
+//! [`into_handle`] and released exactly once by the matching `close*` call.
+
+#![allow(clippy::too_many_arguments)]
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use jni::objects::{JByteArray, JClass, JObjectArray, JString};
+use jni::sys::{jbyteArray, jint, jlong, jlongArray};
+use jni::JNIEnv;
+use sluice_client::{
+    ClientConfig, ClientError, ShuffleHandle, ShuffleReader, ShuffleWriter, SluiceClient,
+};
+use sluice_protocol::ShuffleKey;
+use tokio::runtime::Runtime;
+
+const EXCEPTION: &str = "org/apache/spark/shuffle/sluice/SluiceException";
+const DATA_LOST: &str = "org/apache/spark/shuffle/sluice/SluiceDataLostException";
+
+/// What an entry point can fail with.
+enum Error {
+    Client(ClientError),
+    Invalid(String),
+    Jni(jni::errors::Error),
+}
+
+impl From<ClientError> for Error {
+    fn from(error: ClientError) -> Self {
+        Error::Client(error)
+    }
+}
+
+impl From<jni::errors::Error> for Error {
+    fn from(error: jni::errors::Error) -> Self {
+        Error::Jni(error)
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// The one runtime of this JVM.
+fn runtime() -> Result<&'static Runtime> {
+    static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+                .thread_name("sluice-native")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::Invalid(format!("cannot start the native runtime: {e}")))
+}
+
+/// Runs `body`, turning an error or a panic into a pending Java exception and `default`.
+fn guard<T>(env: &mut JNIEnv, default: T, body: impl FnOnce(&mut JNIEnv) -> Result<T>) -> T {
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *env)));
+    let (class, message) = match outcome {
+        Ok(Ok(value)) => return value,
+        Ok(Err(Error::Client(e))) => {
+            let lost = matches!(e, ClientError::DataLost { .. } | ClientError::Fetch { .. });
+            (if lost { DATA_LOST } else { EXCEPTION }, e.to_string())
+        }
+        Ok(Err(Error::Invalid(message))) => (EXCEPTION, message),
+        // A Java exception is already pending (e.g. from a failed array access): keep it.
+        Ok(Err(Error::Jni(jni::errors::Error::JavaException))) => return default,
+        Ok(Err(Error::Jni(e))) => (EXCEPTION, format!("JNI call failed: {e}")),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            (EXCEPTION, format!("native panic: {what}"))
+        }
+    };
+    if !env.exception_check().unwrap_or(false) {
+        let _ = env.throw_new(class, message);
+    }
+    default
+}
+
+fn into_handle<T>(value: T) -> jlong {
+    Box::into_raw(Box::new(value)) as jlong
+}
+
+/// Borrows the object behind a handle made by [`into_handle`].
+fn borrow<'a, T>(handle: jlong) -> Result<&'a mut T> {
+    if handle == 0 {
+        return Err(Error::Invalid(
+            "use of a closed or null native handle".into(),
+        ));
+    }
+    // SAFETY: non-zero handles come from `into_handle::<T>` for this exact T (the Java class
+    // keeps each kind in its own field), and the Java side stops using a handle once it passed
+    // it to the matching `close*` function, so the box is alive and not aliased mutably.
+    Ok(unsafe { &mut *(handle as *mut T) })
+}
+
+/// Frees the object behind a handle made by [`into_handle`]. Zero is ignored.
+fn release<T>(handle: jlong) {
+    if handle != 0 {
+        // SAFETY: as in `borrow`; `close*` is called exactly once per handle, after which the
+        // Java side forgets it, so the box is freed exactly once.
+        drop(unsafe { Box::from_raw(handle as *mut T) });
+    }
+}
+
+struct Client {
+    client: SluiceClient,
+    shuffles: Mutex<HashMap<ShuffleKey, Arc<ShuffleHandle>>>,
+}
+
+impl Client {
+    fn handle(&self, key: &ShuffleKey, maps: u32, partitions: u32) -> Result<Arc<ShuffleHandle>> {
+        if let Some(handle) = self
+            .shuffles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return Ok(handle.clone());
+        }
+        let handle = runtime()?.block_on(self.client.register_shuffle(key, maps, partitions))?;
+        self.shuffles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), handle.clone());
+        Ok(handle)
+    }
+}
+
+fn string(env: &mut JNIEnv, value: &JString) -> Result<String> {
+    Ok(env.get_string(value)?.into())
+}
+
+fn unsigned(value: jint, what: &str) -> Result<u32> {
+    u32::try_from(value)
+        .map_err(|_| Error::Invalid(format!("{what} must not be negative, got {value}")))
+}
+
+fn key(env: &mut JNIEnv, app_id: &JString, shuffle_id: jint) -> Result<ShuffleKey> {
+    let app = string(env, app_id)?;
+    Ok(ShuffleKey::new(app, unsigned(shuffle_id, "shuffle id")?))
+}
+
+/// Applies `key=value` settings to a client config; unknown keys are errors.
+fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> {
+    for setting in settings {
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| Error::Invalid(format!("setting {setting:?} is not key=value")))?;
+        let number = || {
+            value.trim().parse::<u64>().map_err(|_| {
+                Error::Invalid(format!("setting {name}: {value:?} is not a whole number"))
+            })
+        };
+        let millis = || number().map(Duration::from_millis);
+        match name.trim() {
+            "batch_size" => config.batch_size = number()? as usize,
+            "push_size" => config.push_size = number()? as usize,
+            "max_inflight_pushes" => config.max_inflight_pushes = number()? as usize,
+            "max_buffered" => config.max_buffered = number()? as usize,
+            "prefetch_chunks" => config.prefetch_chunks = number()? as usize,
+            "compression" => {
+                config.compression = value.trim().parse().map_err(|_| {
+                    Error::Invalid(format!(
+                        "setting compression: {value:?} is not true or false"
+                    ))
+                })?
+            }
+            "connect_timeout_ms" => config.connect_timeout = millis()?,
+            "request_timeout_ms" => config.request_timeout = millis()?,
+            "push_retry_timeout_ms" => config.push_retry_timeout = millis()?,
+            "layout_timeout_ms" => config.layout_timeout = millis()?,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown Sluice client setting {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_newClient(
+    mut env: JNIEnv,
+    _class: JClass,
+    master: JString,
+    settings: JObjectArray,
+) -> jlong {
+    guard(&mut env, 0, |env| {
+        let master = string(env, &master)?;
+        let mut pairs = Vec::new();
+        if !settings.is_null() {
+            for i in 0..env.get_array_length(&settings)? {
+                let item = JString::from(env.get_object_array_element(&settings, i)?);
+                pairs.push(string(env, &item)?);
+            }
+        }
+        let mut config = ClientConfig::new(master);
+        apply_settings(&mut config, &pairs)?;
+        // The client's master channel is created inside the runtime.
+        let client = runtime()?.block_on(async { SluiceClient::new(config) })?;
+        Ok(into_handle(Client {
+            client,
+            shuffles: Mutex::default(),
+        }))
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_closeClient(
+    mut env: JNIEnv,
+    _class: JClass,
+    client: jlong,
+) {
+    guard(&mut env, (), |_| {
+        release::<Client>(client);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_registerShuffle(
+    mut env: JNIEnv,
+    _class: JClass,
+    client: jlong,
+    app_id: JString,
+    shuffle_id: jint,
+    num_maps: jint,
+    num_partitions: jint,
+) {
+    guard(&mut env, (), |env| {
+        let client = borrow::<Client>(client)?;
+        let key = key(env, &app_id, shuffle_id)?;
+        client.handle(
+            &key,
+            unsigned(num_maps, "numMaps")?,
+            unsigned(num_partitions, "numPartitions")?,
+        )?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_unregisterShuffle(
+    mut env: JNIEnv,
+    _class: JClass,
+    client: jlong,
+    app_id: JString,
+    shuffle_id: jint,
+) {
+    guard(&mut env, (), |env| {
+        let client = borrow::<Client>(client)?;
+        let key = key(env, &app_id, shuffle_id)?;
+        client
+            .shuffles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        runtime()?.block_on(client.client.unregister_shuffle(&key))?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_appHeartbeat(
+    mut env: JNIEnv,
+    _class: JClass,
+    client: jlong,
+    app_id: JString,
+) {
+    guard(&mut env, (), |env| {
+        let client = borrow::<Client>(client)?;
+        let app_id = string(env, &app_id)?;
+        runtime()?.block_on(client.client.app_heartbeat(&app_id))?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_newWriter(
+    mut env: JNIEnv,
+    _class: JClass,
+    client: jlong,
+    app_id: JString,
+    shuffle_id: jint,
+    num_maps: jint,
+    num_partitions: jint,
+    map_id: jint,
+    attempt: jint,
+) -> jlong {
+    guard(&mut env, 0, |env| {
+        let client = borrow::<Client>(client)?;
+        let key = key(env, &app_id, shuffle_id)?;
+        let handle = client.handle(
+            &key,
+            unsigned(num_maps, "numMaps")?,
+            unsigned(num_partitions, "numPartitions")?,
+        )?;
+        let writer = client.client.writer(
+            handle,
+            unsigned(map_id, "mapId")?,
+            unsigned(attempt, "attempt")?,
+        )?;
+        Ok(into_handle(Some(writer)))
+    })
+}
+
+fn writer<'a>(handle: jlong) -> Result<&'a mut ShuffleWriter> {
+    borrow::<Option<ShuffleWriter>>(handle)?
+        .as_mut()
+        .ok_or_else(|| Error::Invalid("writer already finished".into()))
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_write(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    partition: jint,
+    data: JByteArray,
+    offset: jint,
+    length: jint,
+) {
+    guard(&mut env, (), |env| {
+        let writer = writer(handle)?;
+        let (offset, length) = (
+            unsigned(offset, "offset")? as usize,
+            unsigned(length, "length")? as usize,
+        );
+        let available = env.get_array_length(&data)? as usize;
+        if offset.checked_add(length).is_none_or(|end| end > available) {
+            return Err(Error::Invalid(format!(
+                "range {offset}+{length} is outside an array of {available} bytes"
+            )));
+        }
+        let mut bytes = vec![0u8; length];
+        // SAFETY: i8 and u8 have the same size and alignment, the view covers exactly the
+        // vector's initialised elements, and `bytes` is not touched while the view lives.
+        let view =
+            unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), length) };
+        env.get_byte_array_region(&data, offset as i32, view)?;
+        runtime()?.block_on(writer.write(unsigned(partition, "partition")?, &bytes))?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_flush(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) {
+    guard(&mut env, (), |_| {
+        let writer = writer(handle)?;
+        runtime()?.block_on(writer.flush())?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_finish(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) -> jlongArray {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let writer = borrow::<Option<ShuffleWriter>>(handle)?
+            .take()
+            .ok_or_else(|| Error::Invalid("writer already finished".into()))?;
+        let output = runtime()?.block_on(writer.finish())?;
+        let sizes: Vec<i64> = output.partition_bytes.iter().map(|b| *b as i64).collect();
+        let array = env.new_long_array(sizes.len() as i32)?;
+        env.set_long_array_region(&array, 0, &sizes)?;
+        Ok(array.into_raw())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_closeWriter(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) {
+    guard(&mut env, (), |_| {
+        release::<Option<ShuffleWriter>>(handle);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_newReader(
+    mut env: JNIEnv,
+    _class: JClass,
+    client: jlong,
+    app_id: JString,
+    shuffle_id: jint,
+    start_partition: jint,
+    end_partition: jint,
+    start_map: jint,
+    end_map: jint,
+) -> jlong {
+    guard(&mut env, 0, |env| {
+        let client = borrow::<Client>(client)?;
+        let key = key(env, &app_id, shuffle_id)?;
+        let partitions =
+            unsigned(start_partition, "startPartition")?..unsigned(end_partition, "endPartition")?;
+        let maps = unsigned(start_map, "startMap")?..unsigned(end_map, "endMap")?;
+        let reader = runtime()?.block_on(client.client.reader(&key, partitions, Some(maps)))?;
+        Ok(into_handle(reader))
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_next(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) -> jbyteArray {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let reader = borrow::<ShuffleReader>(handle)?;
+        match runtime()?.block_on(reader.next())? {
+            Some(bytes) => Ok(env.byte_array_from_slice(&bytes)?.into_raw()),
+            None => Ok(std::ptr::null_mut()),
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_closeReader(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) {
+    guard(&mut env, (), |_| {
+        // Dropping a reader aborts its prefetches, which needs the runtime's context.
+        let _entered = runtime()?.enter();
+        release::<ShuffleReader>(handle);
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_applied_and_unknown_ones_rejected() {
+        let mut config = ClientConfig::new("127.0.0.1:1");
+        let settings = [
+            "batch_size=1024",
+            "compression=false",
+            "request_timeout_ms=1500",
+        ]
+        .map(String::from);
+        assert!(apply_settings(&mut config, &settings).is_ok());
+        assert_eq!(config.batch_size, 1024);
+        assert!(!config.compression);
+        assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        for bad in [
+            "nonsense",
+            "batch_size=lots",
+            "no_such_key=1",
+            "compression=maybe",
+        ] {
+            assert!(
+                apply_settings(&mut config, &[bad.to_string()]).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,87 @@
+package org.apache.spark.shuffle.sluice;
+
+/**
+ * The JNI surface of the native Sluice client (crate {@code sluice-jni} in
+ * {@code client-jvm/native}). Handles are opaque {@code long}s owned by the caller: every
+ * {@code new*} handle must be released exactly once with its {@code close*} method (task
+ * completion listeners do this). Failures throw {@link SluiceException}; lost or unreachable
+ * shuffle data throws {@link SluiceDataLostException}.
+ *
+ * <p>One tokio runtime serves the whole JVM. Calls block the calling thread until done.
+ */
+public final class SluiceNative {
+  static {
+    NativeLoader.load();
+  }
+
+  private SluiceNative() {}
+
+  /**
+   * Creates a client of the master at {@code master} ({@code host:port}). {@code settings} are
+   * {@code key=value} strings: {@code batch_size}, {@code push_size}, {@code max_inflight_pushes},
+   * {@code max_buffered}, {@code compression} ({@code true|false}), {@code connect_timeout_ms},
+   * {@code request_timeout_ms}, {@code push_retry_timeout_ms}, {@code prefetch_chunks},
+   * {@code layout_timeout_ms}. An unknown key throws.
+   */
+  public static native long newClient(String master, String[] settings);
+
+  public static native void closeClient(long client);
+
+  /** Registers a shuffle (idempotent; the placement is cached per client). */
+  public static native void registerShuffle(
+      long client, String appId, int shuffleId, int numMaps, int numPartitions);
+
+  /** Deletes a shuffle on the master and its workers; forgets the cached placement. */
+  public static native void unregisterShuffle(long client, String appId, int shuffleId);
+
+  /** Keeps the application's data alive on the cluster. */
+  public static native void appHeartbeat(long client, String appId);
+
+  /** A writer for one attempt of one map; registers the shuffle first if needed. */
+  public static native long newWriter(
+      long client,
+      String appId,
+      int shuffleId,
+      int numMaps,
+      int numPartitions,
+      int mapId,
+      int attempt);
+
+  /**
+   * Appends {@code data[offset, offset + length)} to {@code partition}. The bytes of one call are
+   * never split across batches, so a reader gets them back whole and contiguous.
+   */
+  public static native void write(long writer, int partition, byte[] data, int offset, int length);
+
+  /** Pushes everything buffered and waits for every ack (a spill). */
+  public static native void flush(long writer);
+
+  /**
+   * Pushes everything, waits for every ack, reports the map's end to the master. Returns the
+   * stored bytes per partition. The writer must still be closed.
+   */
+  public static native long[] finish(long writer);
+
+  public static native void closeWriter(long writer);
+
+  /**
+   * A reader of partitions {@code [startPartition, endPartition)} and maps {@code [startMap,
+   * endMap)}; waits for the shuffle's commit.
+   */
+  public static native long newReader(
+      long client,
+      String appId,
+      int shuffleId,
+      int startPartition,
+      int endPartition,
+      int startMap,
+      int endMap);
+
+  /**
+   * The next block of bytes: the concatenation of whole {@link #write} calls of one map, in the
+   * order they were written. {@code null} at the end.
+   */
+  public static native byte[] next(long reader);
+
+  public static native void closeReader(long reader);
+}
