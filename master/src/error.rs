@@ -18,6 +18,8 @@ pub enum MasterError {
         #[source]
         source: ProtocolError,
     },
+    #[error("the master is shutting down")]
+    ShuttingDown,
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("server failed: {0}")]
@@ -29,7 +31,7 @@ impl MasterError {
         match self {
             MasterError::Config(_) | MasterError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             MasterError::NotFound(_) => ErrorCode::NotFound,
-            MasterError::NoWorkers(_) => ErrorCode::Unavailable,
+            MasterError::NoWorkers(_) | MasterError::ShuttingDown => ErrorCode::Unavailable,
             MasterError::Worker { source, .. } => source.code(),
             MasterError::Io(_) | MasterError::Transport(_) => ErrorCode::Internal,
         }

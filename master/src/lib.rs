@@ -26,6 +26,9 @@ pub use config::MasterConfig;
 pub use error::{MasterError, MasterResult};
 pub use service::MasterService;
 
+/// How long open connections may take to finish once shutdown is asked for.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Largest gRPC message, both ways (layouts of large partition ranges).
 pub const MAX_MESSAGE: usize = 256 << 20;
 
@@ -37,10 +40,10 @@ pub async fn run(
 ) -> MasterResult<()> {
     config.validate().map_err(MasterError::Config)?;
     let addr = listener.local_addr()?;
-    let service = MasterService::new(config);
+    let service = MasterService::new(config, shutdown.clone());
     service.spawn_background(shutdown.clone());
     tracing::info!(%addr, "master started");
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(
             MasterServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -48,9 +51,17 @@ pub async fn run(
         )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await?;
+            shutdown.clone().cancelled_owned(),
+        );
+    // Graceful shutdown waits for every connection to close, and a connection that never
+    // finished its HTTP/2 handshake never does: give connections a grace period, then stop.
+    tokio::select! {
+        served = serve => served?,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(%addr, grace = ?SHUTDOWN_GRACE, "connections still open after the grace period, closing them"),
+    }
     tracing::info!(%addr, "master stopped");
     Ok(())
 }

@@ -36,6 +36,8 @@ struct Inner {
     workers: RpcPool,
     /// Serializes shuffle registrations, so two registrations of one shuffle cannot both place.
     registering: tokio::sync::Mutex<()>,
+    /// Cancelled when the master stops: long polls answer at once.
+    shutdown: CancellationToken,
 }
 
 impl Inner {
@@ -95,7 +97,7 @@ fn not_found(key: &ShuffleKey) -> Status {
 }
 
 impl MasterService {
-    pub fn new(config: MasterConfig) -> MasterService {
+    pub fn new(config: MasterConfig, shutdown: CancellationToken) -> MasterService {
         let workers = RpcPool::new(FrameLimits::default(), Duration::from_secs(5));
         MasterService {
             inner: Arc::new(Inner {
@@ -103,6 +105,7 @@ impl MasterService {
                 state: Mutex::default(),
                 workers,
                 registering: tokio::sync::Mutex::new(()),
+                shutdown,
             }),
         }
     }
@@ -590,13 +593,14 @@ impl Master for MasterService {
             entry.commit.subscribe()
         };
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_LAYOUT_WAIT);
-        let done =
-            tokio::time::timeout(wait, commit.wait_for(|s| matches!(s, CommitState::Done(_))))
-                .await;
+        let done = tokio::select! {
+            done = tokio::time::timeout(wait, commit.wait_for(|s| matches!(s, CommitState::Done(_)))) => done,
+            _ = self.inner.shutdown.cancelled() => return Err(MasterError::ShuttingDown.into()),
+        };
         let committed = match done {
             Ok(Ok(state)) => match &*state {
                 CommitState::Done(results) => results.clone(),
-                CommitState::Waiting => unreachable!("wait_for returned a waiting state"),
+                CommitState::Waiting => return Err(not_found(&key)),
             },
             Ok(Err(_)) => return Err(not_found(&key)),
             Err(_) => {

@@ -261,7 +261,11 @@ pub async fn read_chunk(
     max_len: u64,
 ) -> WorkerResult<Bytes> {
     let committed = partition.committed_files()?;
-    let total: u64 = chunk.ranges.iter().map(|r| r.length).sum();
+    let total = chunk
+        .ranges
+        .iter()
+        .try_fold(0u64, |sum, r| sum.checked_add(r.length))
+        .unwrap_or(u64::MAX);
     if total > max_len {
         return Err(WorkerError::InvalidRequest(format!(
             "chunk of {total} bytes exceeds the limit of {max_len}"
