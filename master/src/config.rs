@@ -10,16 +10,16 @@ pub struct MasterConfig {
     /// Address the gRPC server binds to.
     pub listen: String,
     /// A worker silent for this long is lost: it gets no new partitions.
-    #[serde(with = "duration")]
+    #[serde(with = "sluice_protocol::duration")]
     pub worker_timeout: Duration,
     /// An application with no heartbeat for this long is expired and its data deleted.
-    #[serde(with = "duration")]
+    #[serde(with = "sluice_protocol::duration")]
     pub app_timeout: Duration,
     /// Limit for one call into a worker (reserve, destroy).
-    #[serde(with = "duration")]
+    #[serde(with = "sluice_protocol::duration")]
     pub worker_rpc_timeout: Duration,
     /// Limit for a worker to commit a shuffle's files.
-    #[serde(with = "duration")]
+    #[serde(with = "sluice_protocol::duration")]
     pub commit_timeout: Duration,
     /// Largest number of partitions a shuffle may have.
     pub max_partitions: u32,
@@ -54,22 +54,5 @@ impl MasterConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// Durations as human-readable strings (`"30s"`, `"500ms"`).
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
     }
 }

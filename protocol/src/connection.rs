@@ -7,6 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
 
 use crate::frame::{self, Frame, FrameError, FrameLimits, MessageType};
 
@@ -106,6 +107,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         self.inner.shutdown().await
     }
+}
+
+/// Writes every frame queued on `queue` until the queue closes (then shuts the stream down) or
+/// a write fails (returned). Frames queued together are flushed together.
+pub async fn write_queued<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    mut queue: mpsc::Receiver<OutFrame>,
+) -> std::io::Result<()> {
+    while let Some(frame) = queue.recv().await {
+        writer.write_frame(&frame).await?;
+        while let Ok(next) = queue.try_recv() {
+            writer.write_frame(&next).await?;
+        }
+        writer.flush().await?;
+    }
+    writer.shutdown().await
 }
 
 /// A frame to send: the body is kept in pieces so batches are never copied into one buffer.

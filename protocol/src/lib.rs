@@ -12,6 +12,7 @@
 //!   (map, attempt, batch id, lengths, codec, CRC32) and the (LZ4-compressed) payload.
 //! - [`error`]: [`ErrorCode`], the small closed set of codes every error maps to, and
 //!   [`ProtocolError`].
+//! - [`duration`]: serde helpers for human-readable durations in configuration files.
 //! - [`ids`]: id types ([`ShuffleKey`], [`WorkerId`]) and conversions.
 //!
 //! Data flows: a client encodes records into batches ([`batch::encode`]), groups batches per
@@ -22,6 +23,7 @@
 
 pub mod batch;
 pub mod connection;
+pub mod duration;
 pub mod error;
 pub mod frame;
 pub mod ids;

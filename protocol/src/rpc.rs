@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::{FrameReader, FrameWriter, OutFrame};
+use crate::connection::{write_queued, FrameReader, FrameWriter, OutFrame};
 use crate::frame::{Frame, FrameLimits, MessageType};
 use crate::{pb, ErrorCode, ProtocolError, ProtocolResult};
 
@@ -64,11 +64,11 @@ impl RpcClient {
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (outgoing, queue) = mpsc::channel(256);
-        tokio::spawn(write_loop(
-            FrameWriter::new(write_half),
-            queue,
-            closed.clone(),
-        ));
+        let write_closed = closed.clone();
+        tokio::spawn(async move {
+            let _ = write_queued(FrameWriter::new(write_half), queue).await;
+            write_closed.store(true, Ordering::Release);
+        });
         tokio::spawn(read_loop(
             FrameReader::new(read_half, limits),
             pending.clone(),
@@ -175,27 +175,6 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.pending.lock().unwrap().remove(&self.id);
     }
-}
-
-async fn write_loop(
-    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
-    mut queue: mpsc::Receiver<OutFrame>,
-    closed: Arc<AtomicBool>,
-) {
-    while let Some(frame) = queue.recv().await {
-        let mut result = writer.write_frame(&frame).await;
-        while result.is_ok() {
-            match queue.try_recv() {
-                Ok(next) => result = writer.write_frame(&next).await,
-                Err(_) => break,
-            }
-        }
-        if result.is_err() || writer.flush().await.is_err() {
-            closed.store(true, Ordering::Release);
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
 }
 
 async fn read_loop(

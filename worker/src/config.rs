@@ -57,10 +57,10 @@ pub struct WorkerConfig {
     /// fsync data and index files when a partition is committed.
     pub fsync_on_commit: bool,
     /// How often the worker heartbeats to the master.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "sluice_protocol::duration")]
     pub heartbeat_interval: Duration,
     /// How long a push waits for memory below the budget before the worker answers `Busy`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "sluice_protocol::duration")]
     pub busy_wait: Duration,
     /// Largest frame body accepted on the push and fetch ports.
     pub max_frame_body: ByteSize,
@@ -107,22 +107,5 @@ impl WorkerConfig {
             return Err("heartbeat_interval: must be above 0".into());
         }
         Ok(())
-    }
-}
-
-/// Durations as human-readable strings (`"3s"`, `"500ms"`).
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_protocol::connection::{FrameReader, FrameWriter, OutFrame, ReadError};
+use sluice_protocol::connection::{write_queued, FrameReader, FrameWriter, OutFrame, ReadError};
 use sluice_protocol::frame::{Frame, MessageType};
 use sluice_protocol::{pb, ShuffleKey};
 use tokio::net::{TcpListener, TcpStream};
@@ -71,22 +71,9 @@ fn split(
 ) {
     let (read_half, write_half) = stream.into_split();
     let reader = FrameReader::new(read_half, shared.limits);
-    let (tx, mut rx) = mpsc::channel::<OutFrame>(256);
+    let (tx, rx) = mpsc::channel::<OutFrame>(256);
     let writer = tokio::spawn(async move {
-        let mut writer = FrameWriter::new(write_half);
-        while let Some(frame) = rx.recv().await {
-            let mut result = writer.write_frame(&frame).await;
-            while result.is_ok() {
-                match rx.try_recv() {
-                    Ok(next) => result = writer.write_frame(&next).await,
-                    Err(_) => break,
-                }
-            }
-            if result.is_err() || writer.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
+        let _ = write_queued(FrameWriter::new(write_half), rx).await;
     });
     (reader, tx, writer)
 }
