@@ -100,6 +100,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes a frame head and header whose body the caller writes itself (straight to the
+    /// stream, after a [`FrameWriter::flush`]; e.g. with `sendfile`).
+    pub async fn write_head(
+        &mut self,
+        head: &frame::FrameHead,
+        header: &[u8],
+    ) -> std::io::Result<()> {
+        self.inner.write_all(&head.encode()).await?;
+        self.inner.write_all(header).await
+    }
+
+    /// The stream, for writing a body directly. Flush first.
+    pub fn get_ref(&self) -> &W {
+        self.inner.get_ref()
+    }
+
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush().await
     }

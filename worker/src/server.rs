@@ -255,13 +255,30 @@ async fn handle_destroy(shared: &Shared, frame: &Frame) -> WorkerResult<()> {
 /// Requests served at once per fetch connection.
 const FETCH_CONCURRENCY: usize = 8;
 
+/// An answer on a fetch connection: a frame, or a chunk whose body is sent from the file.
+enum FetchAnswer {
+    Frame(OutFrame),
+    Chunk {
+        request_id: u64,
+        source: storage::ChunkSource,
+    },
+}
+
 async fn fetch_connection(
     stream: TcpStream,
     peer: &str,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let (mut reader, tx, writer) = split(stream, &shared);
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FrameReader::new(read_half, shared.limits);
+    let (tx, rx) = mpsc::channel::<FetchAnswer>(FETCH_CONCURRENCY * 2);
+    let peer_name = peer.to_string();
+    let writer = tokio::spawn(async move {
+        if let Err(e) = write_fetch_answers(FrameWriter::new(write_half), rx).await {
+            tracing::debug!(peer = %peer_name, error = %e, "fetch connection closed while answering");
+        }
+    });
     let permits = Arc::new(Semaphore::new(FETCH_CONCURRENCY));
     while let Some(frame) = next_frame(&mut reader, peer, &shutdown).await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -278,6 +295,87 @@ async fn fetch_connection(
     let _ = writer.await;
 }
 
+/// Writes answers in the order they are ready. Chunk bodies go from the page cache to the socket
+/// with `sendfile`, never through this process's memory. A failure inside a chunk's body leaves
+/// the frame incomplete, so it ends the connection (the reader sees a broken fetch).
+async fn write_fetch_answers(
+    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut answers: mpsc::Receiver<FetchAnswer>,
+) -> std::io::Result<()> {
+    while let Some(answer) = answers.recv().await {
+        match answer {
+            FetchAnswer::Frame(frame) => writer.write_frame(&frame).await?,
+            FetchAnswer::Chunk { request_id, source } => {
+                let header = prost::Message::encode_to_vec(&pb::Ack {});
+                let head = sluice_protocol::frame::FrameHead {
+                    kind: MessageType::ChunkData,
+                    flags: 0,
+                    request_id,
+                    header_len: header.len() as u32,
+                    body_len: source.len as u32,
+                    crc: 0,
+                };
+                writer.write_head(&head, &header).await?;
+                writer.flush().await?;
+                if let Some(file) = &source.file {
+                    for range in &source.ranges {
+                        send_file(writer.get_ref().as_ref(), file, range.offset, range.length)
+                            .await?;
+                    }
+                }
+            }
+        }
+        if answers.is_empty() {
+            writer.flush().await?;
+        }
+    }
+    writer.shutdown().await
+}
+
+/// Sends `len` bytes of `file` from `offset` to `socket` with `sendfile(2)`.
+async fn send_file(
+    socket: &TcpStream,
+    file: &std::fs::File,
+    mut offset: u64,
+    mut len: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while len > 0 {
+        socket.writable().await?;
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            let mut at = libc::off_t::try_from(offset).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large")
+            })?;
+            let count = len.min(1 << 30) as usize;
+            // SAFETY: both descriptors are open for the duration of the call (the caller holds
+            // the socket and the file), and `at` is a valid, exclusively borrowed offset.
+            let sent =
+                unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut at, count) };
+            if sent < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(sent as u64)
+            }
+        });
+        match sent {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "data file is shorter than its committed length",
+                ))
+            }
+            Ok(sent) => {
+                offset += sent;
+                len -= sent;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn location(
     shared: &Shared,
     location: Option<&pb::LocationRef>,
@@ -292,9 +390,9 @@ fn location(
     )
 }
 
-async fn handle_fetch(shared: &Shared, frame: Frame) -> OutFrame {
+async fn handle_fetch(shared: &Shared, frame: Frame) -> FetchAnswer {
     let id = frame.request_id;
-    match frame.kind {
+    let answer = match frame.kind {
         MessageType::OpenStream => {
             let result = async {
                 let header: pb::OpenStreamHeader = frame.decode_header("open stream")?;
@@ -313,22 +411,29 @@ async fn handle_fetch(shared: &Shared, frame: Frame) -> OutFrame {
             })
         }
         MessageType::FetchChunk => {
-            let result = async {
+            let result = (|| {
                 let header: pb::FetchChunkHeader = frame.decode_header("fetch chunk")?;
                 let partition = location(shared, header.location.as_ref())?;
-                let chunk = header.chunk.unwrap_or_default();
-                storage::read_chunk(&partition, &chunk, u64::from(shared.limits.max_body)).await
+                storage::chunk_source(
+                    &partition,
+                    header.chunk.unwrap_or_default(),
+                    u64::from(shared.limits.max_body),
+                )
+            })();
+            match result {
+                Ok(source) => {
+                    return FetchAnswer::Chunk {
+                        request_id: id,
+                        source,
+                    }
+                }
+                Err(e) => error_frame(id, &e),
             }
-            .await;
-            reply(id, result, |bytes| {
-                OutFrame::new(MessageType::ChunkData, id, &pb::Ack {})
-                    .with_body(vec![bytes])
-                    .without_crc()
-            })
         }
         other => error_frame(
             id,
             &WorkerError::InvalidRequest(format!("{other:?} is not served on the fetch port")),
         ),
-    }
+    };
+    FetchAnswer::Frame(answer)
 }

@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
 use sluice_protocol::{pb, ShuffleKey};
 
 use self::disk::Disk;
@@ -254,12 +253,22 @@ impl Store {
     }
 }
 
-/// Reads `chunk` of a committed location: every range must lie inside the data file.
-pub async fn read_chunk(
+/// A chunk to send: the committed data file and the validated ranges to send from it.
+#[derive(Debug)]
+pub struct ChunkSource {
+    /// `None` when the location holds no data (then `ranges` is empty).
+    pub file: Option<Arc<std::fs::File>>,
+    pub ranges: Vec<pb::Range>,
+    pub len: u64,
+}
+
+/// Checks that every range of `chunk` lies inside the committed data file and that the chunk
+/// fits in one frame.
+pub fn chunk_source(
     partition: &Partition,
-    chunk: &pb::Chunk,
+    chunk: pb::Chunk,
     max_len: u64,
-) -> WorkerResult<Bytes> {
+) -> WorkerResult<ChunkSource> {
     let committed = partition.committed_files()?;
     let total = chunk
         .ranges
@@ -282,25 +291,11 @@ pub async fn read_chunk(
             )));
         }
     }
-    let Some((data, _)) = committed.files else {
-        return Ok(Bytes::new());
-    };
-    let ranges = chunk.ranges.clone();
-    let name = partition.name().to_string();
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut out = BytesMut::zeroed(total as usize);
-        let mut at = 0usize;
-        for range in ranges {
-            let end = at + range.length as usize;
-            data.read_exact_at(&mut out[at..end], range.offset)
-                .map_err(|e| WorkerError::io(format!("reading {name}"), e))?;
-            at = end;
-        }
-        Ok(out.freeze())
+    Ok(ChunkSource {
+        file: committed.files.map(|(data, _)| data),
+        ranges: chunk.ranges,
+        len: total,
     })
-    .await
-    .map_err(|e| WorkerError::io("read task", std::io::Error::other(e)))?
 }
 
 /// Reads a committed location's index and cuts it into chunks.
