@@ -257,7 +257,7 @@ impl Store {
 #[derive(Debug)]
 pub struct ChunkSource {
     /// `None` when the location holds no data (then `ranges` is empty).
-    pub file: Option<Arc<std::fs::File>>,
+    pub file: Option<std::fs::File>,
     pub ranges: Vec<pb::Range>,
     pub len: u64,
 }
@@ -291,8 +291,17 @@ pub fn chunk_source(
             )));
         }
     }
+    let file = match (&committed.paths, total) {
+        (Some((data, _)), 1..) => {
+            Some(std::fs::File::open(data).map_err(|e| WorkerError::Disk {
+                location: partition.name().to_string(),
+                reason: format!("cannot open {}: {e}", data.display()),
+            })?)
+        }
+        _ => None,
+    };
     Ok(ChunkSource {
-        file: committed.files.map(|(data, _)| data),
+        file,
         ranges: chunk.ranges,
         len: total,
     })
@@ -306,7 +315,7 @@ pub async fn open_stream(
     chunk_size: u64,
 ) -> WorkerResult<pb::StreamOpenedHeader> {
     let committed = partition.committed_files()?;
-    let Some((_, index)) = committed.files else {
+    let Some((_, index)) = committed.paths else {
         return Ok(pb::StreamOpenedHeader::default());
     };
     let name = partition.name().to_string();
@@ -314,8 +323,8 @@ pub async fn open_stream(
     let entries = tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
         let mut bytes = vec![0u8; index_len as usize];
-        index
-            .read_exact_at(&mut bytes, 0)
+        std::fs::File::open(&index)
+            .and_then(|file| file.read_exact_at(&mut bytes, 0))
             .map_err(|e| WorkerError::io(format!("reading the index of {name}"), e))?;
         index::decode(&bytes, data_len).map_err(|reason| WorkerError::Disk {
             location: name,

@@ -38,7 +38,8 @@ struct State {
     pending: Vec<Bytes>,
     pending_len: u64,
     pending_index: Vec<u8>,
-    files: Option<(Arc<File>, Arc<File>)>,
+    /// Whether the data and index files exist (created by the first flush).
+    created: bool,
     /// Data-file offset where `pending` will be written.
     flushed_len: u64,
     index_len: u64,
@@ -46,11 +47,12 @@ struct State {
     inflight: usize,
 }
 
-/// The committed files of a location, for reading.
+/// The committed files of a location, for reading. Files are opened per request, so a worker
+/// holding many partitions holds no descriptors for them.
 #[derive(Debug, Clone)]
 pub struct CommittedFiles {
-    /// `None` when nothing was ever pushed to the location.
-    pub files: Option<(Arc<File>, Arc<File>)>,
+    /// `(data, index)`; `None` when nothing was ever pushed to the location.
+    pub paths: Option<(PathBuf, PathBuf)>,
     pub data_len: u64,
     pub index_len: u64,
 }
@@ -85,7 +87,7 @@ impl Partition {
                 pending: Vec::new(),
                 pending_len: 0,
                 pending_index: Vec::new(),
-                files: None,
+                created: false,
                 flushed_len: 0,
                 index_len: 0,
                 stats: pb::BatchStats::default(),
@@ -154,13 +156,14 @@ impl Partition {
         }
     }
 
-    fn open_files(&self) -> std::io::Result<(Arc<File>, Arc<File>)> {
+    /// Opens the data and index files for one flush; the first flush creates them. The write
+    /// engine drops them (closing the descriptors) when the writes complete.
+    fn open_files(&self, create: bool) -> std::io::Result<(Arc<File>, Arc<File>)> {
         let open = |path: &PathBuf| {
             std::fs::OpenOptions::new()
-                .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create(create)
+                .truncate(create)
                 .open(path)
         };
         Ok((
@@ -188,19 +191,15 @@ impl Partition {
     }
 
     fn flush_locked(self: &Arc<Self>, state: &mut State) {
-        if state.files.is_none() {
-            match self.open_files() {
-                Ok(files) => state.files = Some(files),
-                Err(e) => {
-                    self.disk.mark_unhealthy();
-                    self.fail_locked(state, format!("cannot create files: {e}"));
-                    return;
-                }
+        let (data_file, index_file) = match self.open_files(!state.created) {
+            Ok(files) => files,
+            Err(e) => {
+                self.disk.mark_unhealthy();
+                self.fail_locked(state, format!("cannot open files: {e}"));
+                return;
             }
-        }
-        let Some((data_file, index_file)) = state.files.clone() else {
-            return;
         };
+        state.created = true;
         let bufs = std::mem::take(&mut state.pending);
         let len = std::mem::take(&mut state.pending_len);
         let index = Bytes::from(std::mem::take(&mut state.pending_index));
@@ -270,13 +269,14 @@ impl Partition {
             match &state.status {
                 Status::Failed(reason) => return Err(reason.clone()),
                 Status::Committed => return Ok(state.stats),
-                _ => state.files.clone(),
+                _ => state.created,
             }
         };
-        if let (true, Some((data, index))) = (fsync, files) {
+        if fsync && files {
+            let paths = (self.data_path.clone(), self.index_path.clone());
             let synced = tokio::task::spawn_blocking(move || {
-                data.sync_all()?;
-                index.sync_all()
+                File::open(&paths.0)?.sync_all()?;
+                File::open(&paths.1)?.sync_all()
             })
             .await;
             let error = match synced {
@@ -303,7 +303,9 @@ impl Partition {
         let state = self.lock();
         match &state.status {
             Status::Committed => Ok(CommittedFiles {
-                files: state.files.clone(),
+                paths: state
+                    .created
+                    .then(|| (self.data_path.clone(), self.index_path.clone())),
                 data_len: state.flushed_len,
                 index_len: state.index_len,
             }),
