@@ -11,6 +11,10 @@ use tokio::sync::mpsc;
 
 use crate::frame::{self, Frame, FrameError, FrameLimits, MessageType};
 
+/// Most a reader allocates ahead of the bytes it has received. Frames up to this size are read
+/// into one allocation.
+const RESERVE_AHEAD: usize = 8 << 20;
+
 /// What reading a frame can end in besides a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -48,7 +52,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     if self.buf.len() >= needed {
                         return Ok(Some(frame::parse(&mut self.buf, &self.limits)?));
                     }
-                    self.buf.reserve(needed - self.buf.len());
+                    // Room for the rest of the frame, but never more than RESERVE_AHEAD beyond
+                    // what has arrived: a peer announcing a huge body and sending nothing
+                    // cannot make us allocate it.
+                    self.buf.reserve((needed - self.buf.len()).min(RESERVE_AHEAD));
                 }
                 Err(FrameError::Incomplete) => {
                     if self.buf.capacity() - self.buf.len() < 4096 {
