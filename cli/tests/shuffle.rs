@@ -555,3 +555,27 @@ async fn a_silent_worker_is_lost_and_gets_no_new_partitions() {
     );
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_not_yet_declared_lost_is_placed_around() {
+    let dir = tempfile::tempdir().unwrap();
+    // The master would need 30 s to notice: the reservation itself must find out.
+    let mut cluster = cluster(3, dir.path(), |_| {}).await;
+    let client = cluster.client().unwrap();
+    let dead = cluster.workers()[0].id.clone();
+    cluster.stop_worker(0).await.unwrap();
+    for shuffle in 0..3 {
+        let key = ShuffleKey::new("placed-around", shuffle);
+        let handle = client.register_shuffle(&key, 2, 40).await.unwrap();
+        let used: Vec<&str> = handle.locations.workers.iter().map(|w| w.id.as_str()).collect();
+        assert!(!used.contains(&dead.as_str()), "{used:?}");
+        let mut expected = Vec::new();
+        for map in 0..2 {
+            let records: Vec<_> = (0..400).map(|seq| (seq % 40, seq, 60)).collect();
+            expected.extend((0..400).map(|seq| RecordId { map, seq }));
+            write_map(&client, &handle, map, 0, &records).await.unwrap();
+        }
+        assert_exactly(&read_all(&client, &key, 0..40, None).await.unwrap(), expected);
+    }
+    cluster.shutdown().await.unwrap();
+}

@@ -137,6 +137,8 @@ impl MasterService {
         });
     }
 
+    /// Places every partition and reserves it on its worker. A worker that fails to reserve is
+    /// excluded and only its partitions are placed again; reservations that succeeded stay.
     async fn place_and_reserve(
         &self,
         key: &ShuffleKey,
@@ -144,7 +146,16 @@ impl MasterService {
     ) -> MasterResult<(Vec<pb::WorkerInfo>, Vec<u32>)> {
         let mut excluded: HashSet<String> = HashSet::new();
         let mut last_error = None;
+        // The final worker table, and each partition's index into it once reserved.
+        let mut table: Vec<pb::WorkerInfo> = Vec::new();
+        let mut placed: Vec<Option<u32>> = vec![None; num_partitions as usize];
         for _ in 0..PLACEMENT_ATTEMPTS {
+            let unplaced: Vec<u32> = (0..num_partitions)
+                .filter(|p| placed[*p as usize].is_none())
+                .collect();
+            if unplaced.is_empty() {
+                break;
+            }
             let candidates: Vec<(pb::WorkerInfo, Candidate)> = {
                 let state = self.inner.lock();
                 let mut live: Vec<&WorkerEntry> = state
@@ -166,44 +177,36 @@ impl MasterService {
                     .collect()
             };
             if candidates.is_empty() {
-                return Err(last_error.unwrap_or_else(|| {
-                    MasterError::NoWorkers("no live worker has registered".into())
-                }));
+                break;
             }
-            let placement = placement::place(
+            let choice = placement::place(
                 &candidates
                     .iter()
                     .map(|(_, c)| c.clone())
                     .collect::<Vec<_>>(),
-                num_partitions as usize,
+                unplaced.len(),
             );
-            // Keep only workers that got partitions, renumbered densely.
-            let mut table: Vec<pb::WorkerInfo> = Vec::new();
-            let mut renumber: HashMap<u32, u32> = HashMap::new();
-            let mut specs: Vec<Vec<pb::LocationSpec>> = Vec::new();
-            let mut primary = Vec::with_capacity(placement.len());
-            for (partition, candidate) in placement.iter().enumerate() {
-                let index = *renumber.entry(*candidate).or_insert_with(|| {
-                    table.push(candidates[*candidate as usize].0.clone());
-                    specs.push(Vec::new());
-                    (table.len() - 1) as u32
-                });
-                specs[index as usize].push(pb::LocationSpec {
-                    partition: partition as u32,
-                    epoch: 0,
-                    role: pb::Role::Primary as i32,
-                });
-                primary.push(index);
+            let mut by_candidate: HashMap<u32, Vec<u32>> = HashMap::new();
+            for (partition, candidate) in unplaced.iter().zip(choice) {
+                by_candidate.entry(candidate).or_default().push(*partition);
             }
             let mut reservations = tokio::task::JoinSet::new();
-            for (worker, locations) in table.iter().cloned().zip(specs) {
+            for (candidate, partitions) in by_candidate {
+                let worker = candidates[candidate as usize].0.clone();
                 let inner = self.inner.clone();
                 let frame = OutFrame::new(
                     MessageType::Reserve,
                     0,
                     &pb::ReserveHeader {
                         shuffle: Some(key.to_pb()),
-                        locations,
+                        locations: partitions
+                            .iter()
+                            .map(|p| pb::LocationSpec {
+                                partition: *p,
+                                epoch: 0,
+                                role: pb::Role::Primary as i32,
+                            })
+                            .collect(),
                     },
                 );
                 reservations.spawn(async move {
@@ -211,33 +214,46 @@ impl MasterService {
                     let result = inner
                         .call_worker(&worker, frame, MessageType::Ack, timeout)
                         .await;
-                    (worker, result)
+                    (worker, partitions, result)
                 });
             }
-            let mut failed = false;
             while let Some(joined) = reservations.join_next().await {
-                let Ok((worker, result)) = joined else {
-                    failed = true;
+                let Ok((worker, partitions, result)) = joined else {
                     continue;
                 };
-                if let Err(e) = result {
-                    tracing::warn!(worker = %worker.id, shuffle = %key, error = %e, "reservation failed, placing elsewhere");
-                    excluded.insert(worker.id.clone());
-                    last_error = Some(e);
-                    failed = true;
+                match result {
+                    Ok(_) => {
+                        let index = match table.iter().position(|w| w.id == worker.id) {
+                            Some(index) => index,
+                            None => {
+                                table.push(worker);
+                                table.len() - 1
+                            }
+                        } as u32;
+                        for p in partitions {
+                            placed[p as usize] = Some(index);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = %worker.id, shuffle = %key, error = %e, "reservation failed, placing elsewhere");
+                        excluded.insert(worker.id.clone());
+                        last_error = Some(e);
+                    }
                 }
             }
-            if !failed {
-                return Ok((table, primary));
-            }
-            let reserved: Vec<pb::WorkerInfo> = table
-                .into_iter()
-                .filter(|w| !excluded.contains(&w.id))
-                .collect();
-            self.inner
-                .destroy_on(reserved, &key.app_id, Some(key.shuffle_id));
         }
-        Err(last_error.unwrap_or_else(|| MasterError::NoWorkers("reservations failed".into())))
+        let primary: Option<Vec<u32>> = placed.into_iter().collect();
+        match primary {
+            Some(primary) => Ok((table, primary)),
+            None => {
+                // Reservations that succeeded are left in place (empty, and reused if the
+                // registration is retried); the application's expiry deletes them everywhere.
+                // Deleting them here could race with a retried registration's reservations.
+                Err(last_error.unwrap_or_else(|| {
+                    MasterError::NoWorkers("no live worker could reserve partitions".into())
+                }))
+            }
+        }
     }
 }
 
