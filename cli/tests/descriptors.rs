@@ -11,7 +11,9 @@ fn open_descriptors() -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptors_do_not_grow_with_partitions() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(LocalOptions::new(1, dir.path())).await.unwrap();
+    let cluster = LocalCluster::start(LocalOptions::new(1, dir.path()))
+        .await
+        .unwrap();
     let client = cluster.client().unwrap();
     let partitions = 6000u32;
     let key = ShuffleKey::new("descriptors", 0);
@@ -19,7 +21,10 @@ async fn descriptors_do_not_grow_with_partitions() {
     let before = open_descriptors();
     let mut writer = client.writer(handle, 0, 0).unwrap();
     for partition in 0..partitions {
-        writer.write(partition, &partition.to_be_bytes()).await.unwrap();
+        writer
+            .write(partition, &partition.to_be_bytes())
+            .await
+            .unwrap();
     }
     writer.finish().await.unwrap();
     let mut reader = client.reader(&key, 0..partitions, None).await.unwrap();
@@ -30,6 +35,9 @@ async fn descriptors_do_not_grow_with_partitions() {
     assert_eq!(read, partitions as usize);
     let after = open_descriptors();
     // Two files per partition would be 12,000 descriptors.
-    assert!(after < before + 200, "{before} descriptors before, {after} after");
+    assert!(
+        after < before + 200,
+        "{before} descriptors before, {after} after"
+    );
     cluster.shutdown().await.unwrap();
 }

@@ -30,12 +30,6 @@ pub enum ClientError {
     },
     #[error("timed out: {0}")]
     Timeout(String),
-    #[error("map attempt {attempt} of map {map_id} lost: {reason}")]
-    AttemptLost {
-        map_id: u32,
-        attempt: u32,
-        reason: String,
-    },
 }
 
 impl ClientError {
@@ -46,7 +40,6 @@ impl ClientError {
             ClientError::Push { source, .. } | ClientError::Fetch { source, .. } => source.code(),
             ClientError::DataLost { .. } => ErrorCode::DataLost,
             ClientError::Timeout(_) => ErrorCode::Timeout,
-            ClientError::AttemptLost { .. } => ErrorCode::Committed,
         }
     }
 

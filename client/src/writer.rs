@@ -18,8 +18,9 @@ use crate::{Inner, ShuffleHandle};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapOutput {
     /// Bytes stored per partition (compressed batches with their heads): what readers fetch.
+    /// When another attempt won, that attempt's figures: its output is the map's.
     pub partition_bytes: Vec<u64>,
-    /// Raw bytes written per partition.
+    /// Raw bytes written per partition by this attempt.
     pub raw_bytes: Vec<u64>,
     /// The attempt whose output counts for this map; not this writer's attempt when another
     /// attempt ended first.
@@ -44,8 +45,19 @@ pub struct ShuffleWriter {
     stats: Vec<pb::BatchStats>,
     raw: Vec<u64>,
     pending: Vec<PendingPush>,
-    inflight: JoinSet<ClientResult<()>>,
+    inflight: JoinSet<ClientResult<Pushed>>,
     permits: Arc<Semaphore>,
+    /// The shuffle was committed while this attempt was writing: another attempt of this map
+    /// won. The rest of this attempt's output is dropped and `finish` reports the winner's.
+    stage_ended: bool,
+}
+
+/// How a push ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    Acked,
+    /// The worker refused it because the shuffle is committed.
+    StageEnded,
 }
 
 impl std::fmt::Debug for ShuffleWriter {
@@ -84,6 +96,7 @@ impl ShuffleWriter {
                 .collect(),
             inflight: JoinSet::new(),
             permits,
+            stage_ended: false,
             inner,
             handle,
             map_id,
@@ -106,6 +119,9 @@ impl ShuffleWriter {
                 "record of {} bytes exceeds the largest batch ({MAX_BATCH_LEN} bytes)",
                 record.len()
             )));
+        }
+        if self.stage_ended {
+            return Ok(());
         }
         let batch_size = self.inner.config.batch_size;
         if !self.buffers[p].is_empty() && self.buffers[p].len() + record.len() > batch_size {
@@ -130,7 +146,27 @@ impl ShuffleWriter {
             self.send(worker).await?;
         }
         while let Some(done) = self.inflight.join_next().await {
-            flatten(done)?;
+            self.pushed(done)?;
+        }
+        Ok(())
+    }
+
+    fn pushed(
+        &mut self,
+        joined: Result<ClientResult<Pushed>, tokio::task::JoinError>,
+    ) -> ClientResult<()> {
+        let pushed = joined
+            .map_err(|e| ClientError::InvalidArgument(format!("push task failed: {e}")))??;
+        if pushed == Pushed::StageEnded && !self.stage_ended {
+            tracing::info!(shuffle = %self.handle.key, map = self.map_id, attempt = self.attempt, "shuffle already committed: another attempt of this map won, dropping this one's output");
+            self.stage_ended = true;
+            for buffer in &mut self.buffers {
+                *buffer = Vec::new();
+            }
+            self.buffered = 0;
+            for pending in &mut self.pending {
+                *pending = PendingPush::default();
+            }
         }
         Ok(())
     }
@@ -150,6 +186,9 @@ impl ShuffleWriter {
     }
 
     async fn seal(&mut self, p: usize) -> ClientResult<()> {
+        if self.stage_ended {
+            return Ok(());
+        }
         let raw = std::mem::take(&mut self.buffers[p]);
         self.buffered -= raw.len();
         let (head, bytes) = batch::encode(
@@ -179,7 +218,7 @@ impl ShuffleWriter {
     }
 
     async fn send(&mut self, worker: usize) -> ClientResult<()> {
-        if self.pending[worker].slices.is_empty() {
+        if self.pending[worker].slices.is_empty() || self.stage_ended {
             return Ok(());
         }
         let push = std::mem::take(&mut self.pending[worker]);
@@ -190,7 +229,10 @@ impl ShuffleWriter {
             .await
             .map_err(|_| ClientError::InvalidArgument("writer closed".into()))?;
         while let Some(done) = self.inflight.try_join_next() {
-            flatten(done)?;
+            self.pushed(done)?;
+        }
+        if self.stage_ended {
+            return Ok(());
         }
         let info = &self.handle.locations.workers[worker];
         let header = pb::PushHeader {
@@ -209,7 +251,6 @@ impl ShuffleWriter {
             info.push_addr(),
             frame,
             permit,
-            (self.map_id, self.attempt),
         ));
         Ok(())
     }
@@ -241,16 +282,23 @@ impl ShuffleWriter {
             .await
             .map_err(|s| self.inner.master_error(s))?
             .into_inner();
+        let partition_bytes = if response.winning_attempt == self.attempt {
+            self.stats.iter().map(|s| s.bytes).collect()
+        } else {
+            let mut bytes = vec![0; self.stats.len()];
+            for p in &response.winner_partitions {
+                if let Some(slot) = bytes.get_mut(p.partition as usize) {
+                    *slot = p.stats.map_or(0, |s| s.bytes);
+                }
+            }
+            bytes
+        };
         Ok(MapOutput {
-            partition_bytes: self.stats.iter().map(|s| s.bytes).collect(),
+            partition_bytes,
             raw_bytes: std::mem::take(&mut self.raw),
             winning_attempt: response.winning_attempt,
         })
     }
-}
-
-fn flatten(joined: Result<ClientResult<()>, tokio::task::JoinError>) -> ClientResult<()> {
-    joined.map_err(|e| ClientError::InvalidArgument(format!("push task failed: {e}")))?
 }
 
 /// Sends one push, retrying while the worker is busy or unreachable, up to the retry timeout.
@@ -260,8 +308,7 @@ async fn push_with_retry(
     addr: String,
     frame: OutFrame,
     permit: OwnedSemaphorePermit,
-    (map_id, attempt): (u32, u32),
-) -> ClientResult<()> {
+) -> ClientResult<Pushed> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -279,13 +326,7 @@ async fn push_with_retry(
             Err(e) => e,
         };
         match error.code() {
-            ErrorCode::Committed => {
-                return Err(ClientError::AttemptLost {
-                    map_id,
-                    attempt,
-                    reason: format!("the shuffle's output was already committed ({error})"),
-                })
-            }
+            ErrorCode::Committed => return Ok(Pushed::StageEnded),
             code if code.is_retryable() && started.elapsed() < inner.config.push_retry_timeout => {
                 if !matches!(
                     error,
@@ -308,5 +349,5 @@ async fn push_with_retry(
         }
     }
     drop(permit);
-    Ok(())
+    Ok(Pushed::Acked)
 }

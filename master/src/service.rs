@@ -551,7 +551,7 @@ impl Master for MasterService {
     ) -> Result<Response<pb::MapperEndResponse>, Status> {
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
-        let (winning_attempt, complete) = {
+        let (winning_attempt, complete, winner_partitions) = {
             let mut state = self.inner.lock();
             state.touch_app(&key.app_id);
             let entry = state
@@ -576,7 +576,17 @@ impl Master for MasterService {
                 ))
                 .into());
             }
-            entry.map_ended(request.map_id, request.attempt, request.partitions)
+            let (winning_attempt, complete) =
+                entry.map_ended(request.map_id, request.attempt, request.partitions);
+            let winner_partitions = if winning_attempt == request.attempt {
+                Vec::new()
+            } else {
+                entry.maps[request.map_id as usize]
+                    .as_ref()
+                    .map(|m| m.partitions.clone())
+                    .unwrap_or_default()
+            };
+            (winning_attempt, complete, winner_partitions)
         };
         if winning_attempt != request.attempt {
             tracing::debug!(shuffle = %key, map = request.map_id, attempt = request.attempt, winning_attempt, "late map attempt ignored");
@@ -584,7 +594,10 @@ impl Master for MasterService {
         if complete {
             tokio::spawn(commit_shuffle(self.inner.clone(), key));
         }
-        Ok(Response::new(pb::MapperEndResponse { winning_attempt }))
+        Ok(Response::new(pb::MapperEndResponse {
+            winning_attempt,
+            winner_partitions,
+        }))
     }
 
     async fn get_shuffle_layout(

@@ -55,7 +55,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     // Room for the rest of the frame, but never more than RESERVE_AHEAD beyond
                     // what has arrived: a peer announcing a huge body and sending nothing
                     // cannot make us allocate it.
-                    self.buf.reserve((needed - self.buf.len()).min(RESERVE_AHEAD));
+                    self.buf
+                        .reserve((needed - self.buf.len()).min(RESERVE_AHEAD));
                 }
                 Err(FrameError::Incomplete) => {
                     if self.buf.capacity() - self.buf.len() < 4096 {
