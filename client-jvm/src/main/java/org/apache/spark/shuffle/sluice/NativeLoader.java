@@ -5,11 +5,16 @@ import java.io.InputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
+import java.util.Locale;
 
 /**
  * Loads {@code libsluice_jni.so} from inside the jar ({@code /native/<os>-<arch>/}), so no
- * {@code LD_LIBRARY_PATH} or manual copy is needed. The library is extracted once per JVM into
- * a temporary file that is deleted at exit.
+ * {@code LD_LIBRARY_PATH} or manual copy is needed. The library is extracted once per JVM into a
+ * temporary file ({@code java.io.tmpdir}, which must allow executing mapped files).
+ *
+ * <p>On Linux the file is deleted as soon as it is loaded (the mapping stays valid), so executors
+ * that are killed rather than shut down do not leave a copy behind for every run; elsewhere it is
+ * deleted at exit.
  */
 final class NativeLoader {
   private static boolean loaded = false;
@@ -20,7 +25,8 @@ final class NativeLoader {
     if (loaded) {
       return;
     }
-    String os = System.getProperty("os.name").toLowerCase().contains("linux") ? "linux" : "other";
+    String osName = System.getProperty("os.name").toLowerCase(Locale.ROOT);
+    String os = osName.contains("linux") ? "linux" : "other";
     String arch = System.getProperty("os.arch");
     if (arch.equals("amd64")) {
       arch = "x86_64";
@@ -33,9 +39,15 @@ final class NativeLoader {
       }
       Path file = Files.createTempFile("libsluice_jni", ".so");
       file.toFile().deleteOnExit();
-      Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
-      System.load(file.toAbsolutePath().toString());
-      loaded = true;
+      try {
+        Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
+        System.load(file.toAbsolutePath().toString());
+        loaded = true;
+      } finally {
+        if (os.equals("linux")) {
+          Files.deleteIfExists(file);
+        }
+      }
     } catch (IOException e) {
       throw new UnsatisfiedLinkError("cannot extract " + resource + ": " + e);
     }

@@ -1,0 +1,110 @@
+package org.apache.spark.shuffle.sluice;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.NoSuchElementException;
+import java.util.Set;
+import org.apache.spark.SparkConf;
+import scala.Tuple2;
+
+/**
+ * The {@code spark.sluice.*} settings, read once from the {@link SparkConf}.
+ *
+ * <table>
+ *   <caption>Keys</caption>
+ *   <tr><th>key</th><th>default</th><th>meaning</th></tr>
+ *   <tr><td>{@code spark.sluice.master.endpoints}</td><td>(required)</td>
+ *       <td>comma-separated {@code host:port} of the Sluice masters; the first is used</td></tr>
+ *   <tr><td>{@code spark.sluice.push.bufferSize}</td><td>{@code 256k}</td>
+ *       <td>serialized bytes a map task buffers per partition before handing them to the native
+ *           client as one chunk</td></tr>
+ *   <tr><td>{@code spark.sluice.app.heartbeatInterval}</td><td>{@code 30s}</td>
+ *       <td>how often the driver tells the master the application is alive</td></tr>
+ *   <tr><td>{@code spark.sluice.client.<key>}</td><td></td>
+ *       <td>passed verbatim to the native client as {@code <key>=<value>} ({@code batch_size},
+ *           {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
+ *           {@code compression}, {@code connect_timeout_ms}, {@code request_timeout_ms},
+ *           {@code push_retry_timeout_ms}, {@code prefetch_chunks}, {@code layout_timeout_ms});
+ *           sizes may be written {@code 1m}, {@code *_ms} durations {@code 30s}; an unknown key
+ *           fails when the client is created</td></tr>
+ * </table>
+ */
+final class SluiceConf {
+  static final String MASTER_ENDPOINTS = "spark.sluice.master.endpoints";
+  static final String PUSH_BUFFER_SIZE = "spark.sluice.push.bufferSize";
+  static final String HEARTBEAT_INTERVAL = "spark.sluice.app.heartbeatInterval";
+  static final String CLIENT_PREFIX = "spark.sluice.client.";
+
+  static final String DATA_IO_KEY = "spark.shuffle.sort.io.plugin.class";
+
+  /** The master the native client talks to ({@code host:port}). */
+  final String master;
+  /** Every configured master, in order. Only the first is used until master HA exists. */
+  final List<String> masters;
+  final int pushBufferSize;
+  final long heartbeatIntervalMs;
+  /** {@code key=value} settings for {@link SluiceNative#newClient}, sorted by key. */
+  final String[] clientSettings;
+
+  /** Native settings that are byte sizes; Spark-style values ({@code 4m}) are turned into bytes. */
+  private static final Set<String> SIZE_SETTINGS =
+      Set.of("batch_size", "push_size", "max_buffered");
+
+  SluiceConf(SparkConf conf) {
+    String endpoints;
+    try {
+      endpoints = conf.get(MASTER_ENDPOINTS);
+    } catch (NoSuchElementException e) {
+      throw new IllegalArgumentException(
+          MASTER_ENDPOINTS + " is not set: give the Sluice master as host:port", e);
+    }
+    List<String> parsed = new ArrayList<>();
+    for (String endpoint : endpoints.split(",")) {
+      String trimmed = endpoint.trim();
+      if (!trimmed.isEmpty()) {
+        parsed.add(trimmed);
+      }
+    }
+    if (parsed.isEmpty()) {
+      throw new IllegalArgumentException(MASTER_ENDPOINTS + " is empty: give host:port");
+    }
+    masters = List.copyOf(parsed);
+    master = masters.get(0);
+
+    long bufferSize = conf.getSizeAsBytes(PUSH_BUFFER_SIZE, "256k");
+    if (bufferSize < 1 || bufferSize > (Integer.MAX_VALUE >> 2)) {
+      throw new IllegalArgumentException(
+          PUSH_BUFFER_SIZE + " must be between 1 byte and 512m, got " + bufferSize);
+    }
+    pushBufferSize = (int) bufferSize;
+
+    heartbeatIntervalMs = conf.getTimeAsMs(HEARTBEAT_INTERVAL, "30s");
+    if (heartbeatIntervalMs <= 0) {
+      throw new IllegalArgumentException(HEARTBEAT_INTERVAL + " must be positive");
+    }
+
+    Tuple2<String, String>[] client = conf.getAllWithPrefix(CLIENT_PREFIX);
+    String[] settings = new String[client.length];
+    for (int i = 0; i < client.length; i++) {
+      settings[i] = client[i]._1() + "=" + clientValue(conf, client[i]._1(), client[i]._2());
+    }
+    Arrays.sort(settings);
+    clientSettings = settings;
+  }
+
+  /**
+   * The native client takes whole numbers (bytes, milliseconds). Sizes and {@code *_ms} durations
+   * may be written the Spark way ({@code 1m}, {@code 30s}) and are converted here.
+   */
+  private static String clientValue(SparkConf conf, String name, String value) {
+    String key = CLIENT_PREFIX + name;
+    if (SIZE_SETTINGS.contains(name)) {
+      return Long.toString(conf.getSizeAsBytes(key));
+    }
+    if (name.endsWith("_ms")) {
+      return Long.toString(conf.getTimeAsMs(key));
+    }
+    return value.trim();
+  }
+}

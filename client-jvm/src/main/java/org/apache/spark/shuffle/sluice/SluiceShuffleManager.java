@@ -1,0 +1,274 @@
+package org.apache.spark.shuffle.sluice;
+
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import org.apache.spark.ShuffleDependency;
+import org.apache.spark.SparkConf;
+import org.apache.spark.SparkContext;
+import org.apache.spark.TaskContext;
+import org.apache.spark.scheduler.SparkListener;
+import org.apache.spark.scheduler.SparkListenerStageSubmitted;
+import org.apache.spark.scheduler.StageInfo;
+import org.apache.spark.shuffle.ShuffleBlockResolver;
+import org.apache.spark.shuffle.ShuffleHandle;
+import org.apache.spark.shuffle.ShuffleManager;
+import org.apache.spark.shuffle.ShuffleReadMetricsReporter;
+import org.apache.spark.shuffle.ShuffleReader;
+import org.apache.spark.shuffle.ShuffleWriteMetricsReporter;
+import org.apache.spark.shuffle.ShuffleWriter;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import scala.Option;
+
+/**
+ * Spark's shuffle manager for Sluice: map tasks push their output to Sluice workers through the
+ * native client, reduce tasks read it back from there; executors store nothing.
+ *
+ * <pre>
+ *   spark.shuffle.manager=org.apache.spark.shuffle.sluice.SluiceShuffleManager
+ *   spark.shuffle.sort.io.plugin.class=org.apache.spark.shuffle.sluice.SluiceShuffleDataIO
+ *   spark.sluice.master.endpoints=host:port
+ * </pre>
+ *
+ * <p>Settings are listed on {@link SluiceConf}. One native client serves the whole JVM (driver or
+ * executor); it is created on first use.
+ *
+ * <p>On the driver the manager also
+ *
+ * <ul>
+ *   <li>heartbeats the application to the Sluice master (from the first shuffle on), so the
+ *       cluster keeps its data while the application lives and collects it once it is gone;
+ *   <li>watches stage submissions to learn how many stage attempts each shuffle had, because each
+ *       attempt writes its own Sluice shuffle ({@link StageAttempts});
+ *   <li>deletes every Sluice shuffle of a Spark shuffle when Spark unregisters it, and whatever is
+ *       left when it stops.
+ * </ul>
+ */
+public class SluiceShuffleManager implements ShuffleManager {
+  private static final Logger LOG = LoggerFactory.getLogger(SluiceShuffleManager.class);
+
+  /** How long {@link #stop} spends deleting shuffles Spark did not unregister. */
+  private static final long STOP_CLEANUP_MILLIS = 10_000;
+
+  private final SparkConf sparkConf;
+  private final SluiceConf conf;
+  private final boolean isDriver;
+  private final SluiceShuffleBlockResolver resolver = new SluiceShuffleBlockResolver();
+
+  /** Guards the client reference, the heartbeat and the listener. */
+  private final Object lock = new Object();
+  private long client;
+  private boolean stopped;
+  private ScheduledExecutorService heartbeat;
+  private SparkContext watchedContext;
+
+  /** Driver: the application of each live Spark shuffle. */
+  private final Map<Integer, String> shuffles = new ConcurrentHashMap<>();
+  /** Driver: the highest stage attempt submitted for each Spark shuffle. */
+  private final Map<Integer, Integer> maxStageAttempt = new ConcurrentHashMap<>();
+
+  public SluiceShuffleManager(SparkConf conf, boolean isDriver) {
+    this.sparkConf = conf;
+    this.conf = new SluiceConf(conf);
+    this.isDriver = isDriver;
+    if (isDriver) {
+      warnAboutSettings(conf);
+    }
+  }
+
+  @Override
+  public <K, V, C> ShuffleHandle registerShuffle(
+      int shuffleId, ShuffleDependency<K, V, C> dependency) {
+    String appId = sparkConf.get("spark.app.id", null);
+    if (appId == null) {
+      throw new IllegalStateException("spark.app.id is not set; Sluice needs the application id");
+    }
+    int numMaps = dependency.rdd().getNumPartitions();
+    int numPartitions = dependency.partitioner().numPartitions();
+    if (isDriver) {
+      shuffles.put(shuffleId, appId);
+      startDriverServices(appId, dependency.rdd().sparkContext());
+    }
+    return new SluiceShuffleHandle<>(shuffleId, dependency, appId, numMaps, numPartitions);
+  }
+
+  @Override
+  @SuppressWarnings("unchecked")
+  public <K, V> ShuffleWriter<K, V> getWriter(
+      ShuffleHandle handle, long mapId, TaskContext context, ShuffleWriteMetricsReporter metrics) {
+    SluiceShuffleHandle<K, V, Object> sluiceHandle = (SluiceShuffleHandle<K, V, Object>) handle;
+    return new SluiceShuffleWriter<>(
+        sluiceHandle, context, metrics, client(), conf.pushBufferSize);
+  }
+
+  @Override
+  @SuppressWarnings("unchecked")
+  public <K, C> ShuffleReader<K, C> getReader(
+      ShuffleHandle handle,
+      int startMapIndex,
+      int endMapIndex,
+      int startPartition,
+      int endPartition,
+      TaskContext context,
+      ShuffleReadMetricsReporter metrics) {
+    SluiceShuffleHandle<K, Object, C> sluiceHandle = (SluiceShuffleHandle<K, Object, C>) handle;
+    return new SluiceShuffleReader<>(
+        sluiceHandle,
+        startMapIndex,
+        endMapIndex,
+        startPartition,
+        endPartition,
+        context,
+        metrics,
+        client());
+  }
+
+  /**
+   * Spark calls this on the driver and on every executor. Executors hold nothing; the driver
+   * deletes the Sluice shuffle of every stage attempt it saw.
+   */
+  @Override
+  public boolean unregisterShuffle(int shuffleId) {
+    Integer attempts = maxStageAttempt.remove(shuffleId);
+    String appId = shuffles.remove(shuffleId);
+    if (isDriver && appId != null) {
+      deleteShuffle(appId, shuffleId, attempts == null ? 0 : attempts);
+    }
+    return true;
+  }
+
+  @Override
+  public ShuffleBlockResolver shuffleBlockResolver() {
+    return resolver;
+  }
+
+  @Override
+  public void stop() {
+    synchronized (lock) {
+      if (stopped) {
+        return;
+      }
+      stopped = true;
+      if (heartbeat != null) {
+        heartbeat.shutdownNow();
+        heartbeat = null;
+      }
+    }
+    if (isDriver && !shuffles.isEmpty()) {
+      long deadline = System.currentTimeMillis() + STOP_CLEANUP_MILLIS;
+      for (Map.Entry<Integer, String> shuffle : shuffles.entrySet()) {
+        if (System.currentTimeMillis() > deadline) {
+          LOG.info("leaving the remaining sluice shuffles to expire with the application");
+          break;
+        }
+        Integer attempts = maxStageAttempt.get(shuffle.getKey());
+        deleteShuffle(shuffle.getValue(), shuffle.getKey(), attempts == null ? 0 : attempts);
+      }
+      shuffles.clear();
+      maxStageAttempt.clear();
+    }
+    synchronized (lock) {
+      if (client != 0) {
+        client = 0;
+        NativeClients.release(conf.master, conf.clientSettings);
+      }
+    }
+  }
+
+  /** The native client, created on first use. */
+  long client() {
+    synchronized (lock) {
+      if (client == 0) {
+        if (stopped) {
+          throw new IllegalStateException("the Sluice shuffle manager is stopped");
+        }
+        client = NativeClients.acquire(conf.master, conf.clientSettings);
+      }
+      return client;
+    }
+  }
+
+  /** Deletes the Sluice shuffles of stage attempts 0..maxAttempt of a Spark shuffle. */
+  private void deleteShuffle(String appId, int shuffleId, int maxAttempt) {
+    long client;
+    try {
+      client = client();
+    } catch (RuntimeException e) {
+      LOG.warn("cannot delete shuffle {} on sluice: {}", shuffleId, e.toString());
+      return;
+    }
+    int last = Math.min(maxAttempt, StageAttempts.SLOTS - 1);
+    for (int attempt = 0; attempt <= last; attempt++) {
+      int sluiceId = StageAttempts.sluiceShuffleId(shuffleId, attempt);
+      try {
+        SluiceNative.unregisterShuffle(client, appId, sluiceId);
+      } catch (SluiceException e) {
+        // Usually "not found": a stage attempt that never wrote anything.
+        LOG.debug("deleting sluice shuffle {} (shuffle {} attempt {}): {}",
+            sluiceId, shuffleId, attempt, e.getMessage());
+      }
+    }
+  }
+
+  private void startDriverServices(String appId, SparkContext context) {
+    synchronized (lock) {
+      if (stopped) {
+        return;
+      }
+      if (heartbeat == null) {
+        heartbeat =
+            Executors.newSingleThreadScheduledExecutor(
+                runnable -> {
+                  Thread thread = new Thread(runnable, "sluice-app-heartbeat");
+                  thread.setDaemon(true);
+                  return thread;
+                });
+        heartbeat.scheduleWithFixedDelay(
+            () -> heartbeat(appId), 0, conf.heartbeatIntervalMs, TimeUnit.MILLISECONDS);
+      }
+      if (watchedContext != context) {
+        watchedContext = context;
+        context.addSparkListener(new StageAttemptListener());
+      }
+    }
+  }
+
+  private void heartbeat(String appId) {
+    try {
+      SluiceNative.appHeartbeat(client(), appId);
+    } catch (RuntimeException e) {
+      // Keep going: the next beat may reach the master; the cluster only expires the
+      // application after several missed beats.
+      LOG.warn("sluice application heartbeat for {} failed: {}", appId, e.toString());
+    }
+  }
+
+  /** Records the highest attempt of every shuffle map stage. */
+  private final class StageAttemptListener extends SparkListener {
+    @Override
+    public void onStageSubmitted(SparkListenerStageSubmitted event) {
+      StageInfo info = event.stageInfo();
+      Option<Object> shuffleId = info.shuffleDepId();
+      if (shuffleId.isDefined()) {
+        maxStageAttempt.merge((Integer) shuffleId.get(), info.attemptNumber(), Math::max);
+      }
+    }
+  }
+
+  private static void warnAboutSettings(SparkConf conf) {
+    String dataIo = conf.get(SluiceConf.DATA_IO_KEY, "");
+    if (!SluiceShuffleDataIO.class.getName().equals(dataIo)) {
+      LOG.warn(
+          "{} is not {}: Spark will treat shuffle output as lost with its executor (re-running"
+              + " finished map tasks) and dynamic allocation needs an external shuffle service",
+          SluiceConf.DATA_IO_KEY,
+          SluiceShuffleDataIO.class.getName());
+    }
+    if (conf.getBoolean("spark.io.encryption.enabled", false)) {
+      LOG.warn("spark.io.encryption.enabled is set, but Sluice does not encrypt shuffle data");
+    }
+  }
+}
