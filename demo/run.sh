@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Sluice demo (`make demo`): runs demo/job.py with spark-submit twice, once on Spark's own
+# shuffle and once through a local Sluice cluster, and requires identical answers.
+#
+#   bash demo/run.sh
+#
+# Steps: a project-local venv (.venv/) with pyspark; the sluice binary and the Spark client jar;
+# `sluice local --workers 2`; the two runs; the comparison; both wall times. Exits non-zero on
+# any difference. Safe to run again: an existing venv with the right pyspark is reused and the
+# builds are incremental.
+#
+# Environment:
+#   DEMO_ROWS=3000000     events the job generates
+#   DEMO_SKIP_BUILD=1     use the binary and jar already built (CI after `make test`)
+#   DEMO_WORK=target/demo where answers and logs go
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+PYSPARK_VERSION=3.5.6 # the Spark version of client-jvm/pom.xml
+ROWS=${DEMO_ROWS:-3000000}
+WORK=${DEMO_WORK:-$ROOT/target/demo}
+VENV=$ROOT/.venv
+SLUICE=$ROOT/target/release/sluice
+
+mkdir -p "$WORK"
+log() { printf '[demo] %s\n' "$*" >&2; }
+
+# 1. Python environment.
+if ! "$VENV/bin/python" -c "import sys, pyspark; sys.exit(pyspark.__version__ != '$PYSPARK_VERSION')" 2>/dev/null; then
+  log "creating $VENV with pyspark==$PYSPARK_VERSION"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION"
+fi
+export PYSPARK_PYTHON=$VENV/bin/python
+SPARK_HOME=$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+export SPARK_HOME
+export PYSPARK_DRIVER_PYTHON=$VENV/bin/python
+export SPARK_LOCAL_IP=127.0.0.1
+command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || { log "java is required (JDK 17)"; exit 1; }
+
+# 2. The sluice binary and the jar (which carries the native library).
+if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
+  log "building the sluice binary and the Spark client jar"
+  cargo build --release --quiet -p sluice
+  mvn -B -f client-jvm -q -DskipTests package
+fi
+JAR=$(find "$ROOT/client-jvm/target" -maxdepth 1 -name 'sluice-spark-*.jar' \
+  ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | sort | head -n 1)
+[ -n "$JAR" ] || { log "no sluice-spark jar in client-jvm/target (build it: mvn -f client-jvm -DskipTests package)"; exit 1; }
+[ -x "$SLUICE" ] || { log "no $SLUICE (build it: cargo build --release -p sluice)"; exit 1; }
+
+# 3. A local Sluice cluster; stopped on exit whatever happens.
+DATA=$(mktemp -d "${TMPDIR:-/tmp}/sluice-demo.XXXXXX")
+cleanup() {
+  if [ -n "${SLUICE_PID:-}" ] && kill -0 "$SLUICE_PID" 2>/dev/null; then
+    kill -TERM "$SLUICE_PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$SLUICE_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SLUICE_PID" 2>/dev/null || true
+  fi
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+coproc SLUICE_PROC { exec "$SLUICE" local --workers 2 --data-dir "$DATA" 2>"$WORK/sluice.log"; }
+SLUICE_PID=$SLUICE_PROC_PID
+# The one JSON line it prints when every worker is up.
+if ! IFS= read -r -t 60 READY <&"${SLUICE_PROC[0]}"; then
+  log "sluice local did not announce itself within 60s; its log:"
+  tail -n 30 "$WORK/sluice.log" >&2
+  exit 1
+fi
+MASTER=$(printf '%s' "$READY" | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["master"])')
+log "sluice local: master $MASTER (log: $WORK/sluice.log)"
+
+# 4. The same job twice.
+SUBMIT=("$VENV/bin/spark-submit" --master 'local[2]' --driver-memory 2g
+  --conf spark.ui.enabled=false
+  --conf spark.sql.shuffle.partitions=64)
+# local mode: --jars is enough (the driver is the executor). On a real cluster the jar must be
+# on the executors' class path when they start (spark.executor.extraClassPath or $SPARK_HOME/jars).
+SLUICE_CONF=(--jars "$JAR"
+  --conf spark.shuffle.manager=org.apache.spark.shuffle.sluice.SluiceShuffleManager
+  --conf spark.shuffle.sort.io.plugin.class=org.apache.spark.shuffle.sluice.SluiceShuffleDataIO
+  --conf "spark.sluice.master.endpoints=$MASTER")
+
+run() { # name, extra spark-submit arguments...
+  local name=$1
+  shift
+  local start end
+  start=$(date +%s.%N)
+  if ! "${SUBMIT[@]}" "$@" demo/job.py --rows "$ROWS" --out "$WORK/answer-$name.json" \
+    >"$WORK/$name.out" 2>"$WORK/$name.log"; then
+    log "the $name run failed; the end of $WORK/$name.log:"
+    tail -n 40 "$WORK/$name.log" >&2
+    if [ "$name" = sluice ]; then
+      log "the end of $WORK/sluice.log:"
+      tail -n 20 "$WORK/sluice.log" >&2
+    fi
+    exit 1
+  fi
+  end=$(date +%s.%N)
+  eval "TIME_$name=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')"
+  sed "s/^/[$name] /" "$WORK/$name.out" >&2
+}
+
+log "run 1/2: Spark's built-in shuffle, $ROWS rows"
+run builtin
+log "run 2/2: the Sluice shuffle, $ROWS rows"
+run sluice "${SLUICE_CONF[@]}"
+
+# 5. Compare.
+echo "built-in shuffle: ${TIME_builtin}s wall (spark-submit start to exit)"
+echo "sluice shuffle:   ${TIME_sluice}s wall (spark-submit start to exit)"
+if cmp -s "$WORK/answer-builtin.json" "$WORK/answer-sluice.json"; then
+  echo "answers identical: $(sha256sum "$WORK/answer-sluice.json" | cut -c1-64)"
+else
+  echo "ANSWERS DIFFER:" >&2
+  diff "$WORK/answer-builtin.json" "$WORK/answer-sluice.json" | head -n 40 >&2 || true
+  exit 1
+fi
