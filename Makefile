@@ -1,14 +1,30 @@
 # Sluice: the commands README.md names.
-.PHONY: bench test lint
+.PHONY: demo bench test test-rust test-jvm test-demo lint
 
-# The main job: a verified benchmark on an embedded 3-worker cluster (release build).
+# The main job: a local Sluice cluster serving a real PySpark job, checked against Spark's own
+# shuffle (builds the binary and the jar; creates .venv with pyspark on first use).
+demo:
+	bash demo/run.sh
+
+# A verified benchmark on an embedded 3-worker cluster (release build).
 bench:
 	cargo run --release -p sluice -- bench --workers 3 --maps 8 --partitions 64 --bytes-per-map 64MiB --verify
 
-# Every test: formatting, lints, then all workspace tests.
-test: lint
-	cargo test --workspace
+# Every test: formatting and lints, the Rust tests, the Spark (JUnit) tests, and spark-submit
+# from pyspark against the built jar.
+test: lint test-rust test-jvm test-demo
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+test-rust:
+	cargo test --workspace
+
+test-jvm:
+	mvn -B -f client-jvm test
+
+# spark-submit from the pyspark package on PyPI, with the jar from `mvn package`.
+test-demo:
+	mvn -B -q -f client-jvm -DskipTests package
+	DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
