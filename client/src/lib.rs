@@ -110,7 +110,7 @@ impl SluiceClient {
                 shuffle: Some(key.to_pb()),
                 num_maps,
                 num_partitions,
-                replication: 1,
+                replication: self.inner.config.replication,
             })
             .await
             .map_err(|s| self.inner.master_error(s))?

@@ -26,11 +26,19 @@ use crate::Inner;
 /// How long one layout request waits on the master before asking again.
 const LAYOUT_POLL_MS: u32 = 30_000;
 
+/// A committed copy of a partition at one epoch: the worker's fetch address and the location.
+#[derive(Clone)]
+struct CopySource {
+    worker: String,
+    location: pb::LocationRef,
+}
+
 enum Item {
     Chunk {
         partition: u32,
-        worker: String,
-        location: pb::LocationRef,
+        copy: CopySource,
+        /// Other committed copies of the same epoch, to read instead if this one fails.
+        alternates: Vec<CopySource>,
         chunk: pb::Chunk,
         fetch: Option<JoinHandle<ClientResult<Bytes>>>,
     },
@@ -140,20 +148,25 @@ impl ShuffleReader {
                 None => return Ok(None),
                 Some(Item::Chunk {
                     partition,
-                    worker,
-                    location,
+                    copy,
+                    alternates,
                     chunk,
                     fetch,
                 }) => {
-                    let task =
-                        fetch.unwrap_or_else(|| self.spawn_fetch(&worker, &location, &chunk));
-                    let bytes = task.await.map_err(|e| ClientError::Fetch {
-                        worker: worker.clone(),
-                        source: sluice_protocol::ProtocolError::Closed {
-                            peer: format!("{worker} (fetch task: {e})"),
-                        },
-                    })??;
-                    self.take_chunk(partition, bytes)?;
+                    let task = fetch.unwrap_or_else(|| self.spawn_fetch(&copy, &chunk));
+                    let fetched = match task.await {
+                        Ok(result) => result,
+                        Err(e) => Err(ClientError::Fetch {
+                            worker: copy.worker.clone(),
+                            source: sluice_protocol::ProtocolError::Closed {
+                                peer: format!("{} (fetch task: {e})", copy.worker),
+                            },
+                        }),
+                    };
+                    match fetched {
+                        Ok(bytes) => self.take_chunk(partition, bytes)?,
+                        Err(error) => self.fail_over(partition, &copy, alternates, error).await?,
+                    }
                 }
                 Some(Item::End { layout }) => self.end_partition(layout)?,
             }
@@ -194,21 +207,26 @@ impl ShuffleReader {
         let expects_data = self
             .expected_in_range(partition)
             .any(|e| e.stats.is_some_and(|s| s.batches > 0));
-        let mut items = Vec::new();
+        // Per epoch, the committed copies, primary first.
+        let mut epochs: Vec<(u32, Vec<CopySource>, Vec<String>)> = Vec::new();
         for location in &partition.locations {
-            if !location.ok {
-                if expects_data {
-                    return Err(self.lost(
-                        partition.partition,
-                        format!(
-                            "epoch {} copy has no committed file: {}",
-                            location.epoch, location.error
-                        ),
-                    ));
+            let at = match epochs
+                .iter()
+                .position(|(epoch, _, _)| *epoch == location.epoch)
+            {
+                Some(at) => at,
+                None => {
+                    epochs.push((location.epoch, Vec::new(), Vec::new()));
+                    epochs.len() - 1
                 }
+            };
+            if !location.ok {
+                epochs[at].2.push(location.error.clone());
                 continue;
             }
             if location.stats.is_some_and(|s| s.batches == 0) {
+                // Committed empty: nothing to read, and nothing lost.
+                epochs[at].2.push(String::new());
                 continue;
             }
             let worker = self
@@ -219,64 +237,143 @@ impl ShuffleReader {
                     self.lost(partition.partition, "layout names an unknown worker".into())
                 })?
                 .fetch_addr();
-            let location_ref = pb::LocationRef {
-                shuffle: Some(self.key.to_pb()),
-                partition: partition.partition,
-                epoch: location.epoch,
-                role: location.role,
-            };
-            let header = pb::OpenStreamHeader {
-                location: Some(location_ref.clone()),
-                start_map: self.maps.start,
-                end_map: if self.maps.end == u32::MAX {
-                    0
-                } else {
-                    self.maps.end
+            let copy = CopySource {
+                worker,
+                location: pb::LocationRef {
+                    shuffle: Some(self.key.to_pb()),
+                    partition: partition.partition,
+                    epoch: location.epoch,
+                    role: location.role,
                 },
             };
-            let opened = self
-                .inner
-                .workers
-                .call(
-                    &worker,
-                    OutFrame::new(MessageType::OpenStream, 0, &header),
-                    MessageType::StreamOpened,
-                    self.inner.config.request_timeout,
-                )
-                .await
-                .and_then(|frame| frame.decode_header::<pb::StreamOpenedHeader>("stream opened"))
-                .map_err(|source| ClientError::Fetch {
-                    worker: worker.clone(),
-                    source,
-                })?;
-            for chunk in opened.chunks {
-                items.push(Item::Chunk {
-                    partition: partition.partition,
-                    worker: worker.clone(),
-                    location: location_ref.clone(),
-                    chunk,
-                    fetch: None,
-                });
+            if location.role == pb::Role::Primary as i32 {
+                epochs[at].1.insert(0, copy);
+            } else {
+                epochs[at].1.push(copy);
             }
+        }
+        let partition_id = partition.partition;
+        let mut items = Vec::new();
+        for (epoch, copies, errors) in epochs {
+            if copies.is_empty() {
+                let empty = errors.iter().any(String::is_empty);
+                if expects_data && !empty {
+                    return Err(self.lost(
+                        partition_id,
+                        format!("epoch {epoch} has no committed copy: {}", errors.join("; ")),
+                    ));
+                }
+                continue;
+            }
+            items.extend(self.open_copies(partition_id, copies).await?);
         }
         self.queue.extend(items);
         self.queue.push_back(Item::End { layout: index });
         Ok(())
     }
 
-    fn spawn_fetch(
+    /// Opens the first of `copies` that answers and returns its chunks, each carrying the
+    /// copies after it as alternates.
+    async fn open_copies(
         &self,
-        worker: &str,
-        location: &pb::LocationRef,
-        chunk: &pb::Chunk,
-    ) -> JoinHandle<ClientResult<Bytes>> {
+        partition: u32,
+        mut copies: Vec<CopySource>,
+    ) -> ClientResult<Vec<Item>> {
+        let mut last_error = None;
+        while !copies.is_empty() {
+            let copy = copies.remove(0);
+            match self.open_stream(&copy).await {
+                Ok(chunks) => {
+                    return Ok(chunks
+                        .into_iter()
+                        .map(|chunk| Item::Chunk {
+                            partition,
+                            copy: copy.clone(),
+                            alternates: copies.clone(),
+                            chunk,
+                            fetch: None,
+                        })
+                        .collect())
+                }
+                Err(error) => {
+                    if !copies.is_empty() {
+                        tracing::warn!(shuffle = %self.key, partition, worker = %copy.worker, error = %error, "copy unreadable, reading its replica");
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| self.lost(partition, "no copy to read".into())))
+    }
+
+    async fn open_stream(&self, copy: &CopySource) -> ClientResult<Vec<pb::Chunk>> {
+        let header = pb::OpenStreamHeader {
+            location: Some(copy.location.clone()),
+            start_map: self.maps.start,
+            end_map: if self.maps.end == u32::MAX {
+                0
+            } else {
+                self.maps.end
+            },
+        };
+        let opened = self
+            .inner
+            .workers
+            .call(
+                &copy.worker,
+                OutFrame::new(MessageType::OpenStream, 0, &header),
+                MessageType::StreamOpened,
+                self.inner.config.request_timeout,
+            )
+            .await
+            .and_then(|frame| frame.decode_header::<pb::StreamOpenedHeader>("stream opened"))
+            .map_err(|source| ClientError::Fetch {
+                worker: copy.worker.clone(),
+                source,
+            })?;
+        Ok(opened.chunks)
+    }
+
+    /// A chunk of `failed` could not be fetched: drop its remaining chunks and read the next
+    /// copy of the same epoch from its start instead (batches already read are dropped as
+    /// repeats). Without another copy the error stands.
+    async fn fail_over(
+        &mut self,
+        partition: u32,
+        failed: &CopySource,
+        alternates: Vec<CopySource>,
+        error: ClientError,
+    ) -> ClientResult<()> {
+        if alternates.is_empty() {
+            return Err(error);
+        }
+        tracing::warn!(shuffle = %self.key, partition, worker = %failed.worker, error = %error, "fetch failed, reading the replica");
+        let same =
+            |copy: &CopySource| copy.worker == failed.worker && copy.location == failed.location;
+        self.queue.retain(|item| match item {
+            Item::Chunk { copy, fetch, .. } if same(copy) => {
+                if let Some(task) = fetch {
+                    task.abort();
+                }
+                false
+            }
+            _ => true,
+        });
+        let items = self.open_copies(partition, alternates).await?;
+        for item in items.into_iter().rev() {
+            self.queue.push_front(item);
+        }
+        Ok(())
+    }
+
+    fn spawn_fetch(&self, copy: &CopySource, chunk: &pb::Chunk) -> JoinHandle<ClientResult<Bytes>> {
         let inner = self.inner.clone();
-        let worker = worker.to_string();
+        let worker = copy.worker.clone();
         let frame = OutFrame::new(
             MessageType::FetchChunk,
             0,
             &pb::FetchChunkHeader {
-                location: Some(location.clone()),
+                location: Some(copy.location.clone()),
                 chunk: Some(chunk.clone()),
             },
         );
@@ -311,12 +408,7 @@ impl ShuffleReader {
         }
         for i in spawns {
             let task = match &self.queue[i] {
-                Item::Chunk {
-                    worker,
-                    location,
-                    chunk,
-                    ..
-                } => self.spawn_fetch(worker, location, chunk),
+                Item::Chunk { copy, chunk, .. } => self.spawn_fetch(copy, chunk),
                 Item::End { .. } => continue,
             };
             if let Item::Chunk { fetch, .. } = &mut self.queue[i] {

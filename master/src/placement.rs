@@ -77,6 +77,44 @@ pub fn place(candidates: &[Candidate], partitions: usize) -> Vec<u32> {
     out
 }
 
+/// Picks a replica for each partition whose primary is `primaries[i]`: never the primary's
+/// worker, and a worker on another host (`same_host`) when one exists, spreading replicas by
+/// the same cost as primaries (each primary also counts as load). `None` when there is no other
+/// worker.
+pub fn place_replicas(
+    candidates: &[Candidate],
+    primaries: &[u32],
+    same_host: impl Fn(usize, usize) -> bool,
+) -> Vec<Option<u32>> {
+    let mut loaded: Vec<Candidate> = candidates.to_vec();
+    for primary in primaries {
+        loaded[*primary as usize].active_partitions += 1;
+    }
+    let max_free = loaded
+        .iter()
+        .map(|c| c.free_bytes)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let cost = |c: &Candidate| {
+        (c.active_partitions + 1) as f64 / (c.free_bytes as f64 / max_free).max(0.01)
+    };
+    primaries
+        .iter()
+        .map(|primary| {
+            let primary = *primary as usize;
+            let best = |other_host: bool| {
+                (0..loaded.len())
+                    .filter(|w| *w != primary && (!other_host || !same_host(*w, primary)))
+                    .min_by(|a, b| cost(&loaded[*a]).total_cmp(&cost(&loaded[*b])))
+            };
+            let chosen = best(true).or_else(|| best(false))?;
+            loaded[chosen].active_partitions += 1;
+            Some(chosen as u32)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +153,32 @@ mod tests {
         let counts = tally(&place(&candidates, 300), 3);
         assert!(counts[0] > counts[1] * 3 / 2, "{counts:?}");
         assert_eq!(counts[2], 0, "{counts:?}");
+    }
+
+    #[test]
+    fn replicas_avoid_the_primary_and_its_host_and_spread() {
+        let c = Candidate {
+            free_bytes: 100,
+            active_partitions: 0,
+        };
+        let candidates = vec![c; 4];
+        let primaries = place(&candidates, 400);
+        // Workers 0 and 1 share a host; 2 and 3 share another.
+        let host = |w: usize| w / 2;
+        let replicas = place_replicas(&candidates, &primaries, |a, b| host(a) == host(b));
+        for (p, r) in primaries.iter().zip(&replicas) {
+            let r = r.unwrap() as usize;
+            assert_ne!(host(*p as usize), host(r));
+        }
+        let counts = tally(&replicas.iter().map(|r| r.unwrap()).collect::<Vec<_>>(), 4);
+        assert!(counts.iter().all(|c| (80..=120).contains(c)), "{counts:?}");
+        // One worker: no replica possible.
+        assert_eq!(
+            place_replicas(&candidates[..1], &[0, 0], |_, _| true),
+            vec![None, None]
+        );
+        // All on one host: another worker on the same host.
+        assert!(place_replicas(&candidates, &[0], |_, _| true)[0].is_some_and(|r| r != 0));
     }
 
     #[test]

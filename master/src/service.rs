@@ -137,18 +137,20 @@ impl MasterService {
         });
     }
 
-    /// Places every partition and reserves it on its worker. A worker that fails to reserve is
-    /// excluded and only its partitions are placed again; reservations that succeeded stay.
+    /// Places every partition's copies (a primary, and with replication 2 a replica on another
+    /// worker, on another host where there is one) and reserves them. A worker that fails to
+    /// reserve is excluded and the partitions it was part of are placed again; reservations that
+    /// succeeded stay (a primary reserved again takes its new replica).
     async fn place_and_reserve(
         &self,
         key: &ShuffleKey,
         num_partitions: u32,
-    ) -> MasterResult<(Vec<pb::WorkerInfo>, Vec<u32>)> {
+        replication: u32,
+    ) -> MasterResult<Placement> {
         let mut excluded: HashSet<String> = HashSet::new();
         let mut last_error = None;
-        // The final worker table, and each partition's index into it once reserved.
         let mut table: Vec<pb::WorkerInfo> = Vec::new();
-        let mut placed: Vec<Option<u32>> = vec![None; num_partitions as usize];
+        let mut placed: Vec<Option<(u32, Option<u32>)>> = vec![None; num_partitions as usize];
         for _ in 0..PLACEMENT_ATTEMPTS {
             let unplaced: Vec<u32> = (0..num_partitions)
                 .filter(|p| placed[*p as usize].is_none())
@@ -176,22 +178,38 @@ impl MasterService {
                     })
                     .collect()
             };
-            if candidates.is_empty() {
+            if candidates.len() < replication as usize {
                 break;
             }
-            let choice = placement::place(
-                &candidates
-                    .iter()
-                    .map(|(_, c)| c.clone())
-                    .collect::<Vec<_>>(),
-                unplaced.len(),
-            );
-            let mut by_candidate: HashMap<u32, Vec<u32>> = HashMap::new();
-            for (partition, candidate) in unplaced.iter().zip(choice) {
-                by_candidate.entry(candidate).or_default().push(*partition);
+            let weights: Vec<Candidate> = candidates.iter().map(|(_, c)| c.clone()).collect();
+            let primaries = placement::place(&weights, unplaced.len());
+            let replicas = if replication > 1 {
+                placement::place_replicas(&weights, &primaries, |a, b| {
+                    candidates[a].0.host == candidates[b].0.host
+                })
+            } else {
+                vec![None; primaries.len()]
+            };
+            // One reservation per worker: its primaries (naming their replica) and replicas.
+            let mut specs: HashMap<u32, Vec<pb::LocationSpec>> = HashMap::new();
+            for ((partition, primary), replica) in unplaced.iter().zip(&primaries).zip(&replicas) {
+                specs.entry(*primary).or_default().push(pb::LocationSpec {
+                    partition: *partition,
+                    epoch: 0,
+                    role: pb::Role::Primary as i32,
+                    replica: replica.map(|r| candidates[r as usize].0.clone()),
+                });
+                if let Some(replica) = replica {
+                    specs.entry(*replica).or_default().push(pb::LocationSpec {
+                        partition: *partition,
+                        epoch: 0,
+                        role: pb::Role::Replica as i32,
+                        replica: None,
+                    });
+                }
             }
             let mut reservations = tokio::task::JoinSet::new();
-            for (candidate, partitions) in by_candidate {
+            for (candidate, locations) in specs {
                 let worker = candidates[candidate as usize].0.clone();
                 let inner = self.inner.clone();
                 let frame = OutFrame::new(
@@ -199,14 +217,7 @@ impl MasterService {
                     0,
                     &pb::ReserveHeader {
                         shuffle: Some(key.to_pb()),
-                        locations: partitions
-                            .iter()
-                            .map(|p| pb::LocationSpec {
-                                partition: *p,
-                                epoch: 0,
-                                role: pb::Role::Primary as i32,
-                            })
-                            .collect(),
+                        locations,
                     },
                 );
                 reservations.spawn(async move {
@@ -214,25 +225,18 @@ impl MasterService {
                     let result = inner
                         .call_worker(&worker, frame, MessageType::Ack, timeout)
                         .await;
-                    (worker, partitions, result)
+                    (candidate, result)
                 });
             }
+            let mut reserved: HashSet<u32> = HashSet::new();
             while let Some(joined) = reservations.join_next().await {
-                let Ok((worker, partitions, result)) = joined else {
+                let Ok((candidate, result)) = joined else {
                     continue;
                 };
+                let worker = &candidates[candidate as usize].0;
                 match result {
                     Ok(_) => {
-                        let index = match table.iter().position(|w| w.id == worker.id) {
-                            Some(index) => index,
-                            None => {
-                                table.push(worker);
-                                table.len() - 1
-                            }
-                        } as u32;
-                        for p in partitions {
-                            placed[p as usize] = Some(index);
-                        }
+                        reserved.insert(candidate);
                     }
                     Err(e) => {
                         tracing::warn!(worker = %worker.id, shuffle = %key, error = %e, "reservation failed, placing elsewhere");
@@ -241,20 +245,50 @@ impl MasterService {
                     }
                 }
             }
+            let mut index_of = |candidate: u32| -> u32 {
+                let worker = &candidates[candidate as usize].0;
+                match table.iter().position(|w| w.id == worker.id) {
+                    Some(index) => index as u32,
+                    None => {
+                        table.push(worker.clone());
+                        (table.len() - 1) as u32
+                    }
+                }
+            };
+            for ((partition, primary), replica) in unplaced.iter().zip(primaries).zip(replicas) {
+                let copies_reserved =
+                    reserved.contains(&primary) && replica.is_none_or(|r| reserved.contains(&r));
+                if copies_reserved {
+                    placed[*partition as usize] =
+                        Some((index_of(primary), replica.map(&mut index_of)));
+                }
+            }
         }
-        let primary: Option<Vec<u32>> = placed.into_iter().collect();
-        match primary {
-            Some(primary) => Ok((table, primary)),
+        match placed.into_iter().collect::<Option<Vec<_>>>() {
+            Some(copies) => Ok(Placement {
+                workers: table,
+                copies,
+            }),
             None => {
                 // Reservations that succeeded are left in place (empty, and reused if the
                 // registration is retried); the application's expiry deletes them everywhere.
                 // Deleting them here could race with a retried registration's reservations.
                 Err(last_error.unwrap_or_else(|| {
-                    MasterError::NoWorkers("no live worker could reserve partitions".into())
+                    MasterError::NoWorkers(format!(
+                        "{replication} live workers are needed for replication {replication}"
+                    ))
                 }))
             }
         }
     }
+}
+
+/// Where a shuffle's partitions went: a worker table and, per partition, the primary's and
+/// (with replication 2) the replica's index into it.
+#[derive(Debug)]
+struct Placement {
+    workers: Vec<pb::WorkerInfo>,
+    copies: Vec<(u32, Option<u32>)>,
 }
 
 fn expire_workers(inner: &Inner) {
@@ -313,6 +347,7 @@ async fn commit_shuffle(inner: Arc<Inner>, key: ShuffleKey) {
                 partition: partition as u32,
                 epoch: copy.epoch,
                 role: copy.role as i32,
+                replica: None,
             });
         }
     }
@@ -488,9 +523,9 @@ impl Master for MasterService {
             .into());
         }
         let replication = request.replication.max(1);
-        if replication != 1 {
+        if replication > 2 {
             return Err(MasterError::InvalidRequest(format!(
-                "replication {replication} is not supported yet; use 1"
+                "replication must be 1 or 2, got {replication}"
             ))
             .into());
         }
@@ -516,20 +551,29 @@ impl Master for MasterService {
                 }));
             }
         }
-        let (workers, primary) = self.place_and_reserve(&key, request.num_partitions).await?;
+        let placement = self
+            .place_and_reserve(&key, request.num_partitions, replication)
+            .await?;
         let entry = ShuffleEntry {
             num_maps: request.num_maps,
             num_partitions: request.num_partitions,
             replication,
-            workers,
-            locations: primary
+            workers: placement.workers,
+            locations: placement
+                .copies
                 .into_iter()
-                .map(|worker| {
-                    vec![Location {
+                .map(|(primary, replica)| {
+                    let mut copies = vec![Location {
                         epoch: 0,
                         role: pb::Role::Primary,
+                        worker: primary,
+                    }];
+                    copies.extend(replica.map(|worker| Location {
+                        epoch: 0,
+                        role: pb::Role::Replica,
                         worker,
-                    }]
+                    }));
+                    copies
                 })
                 .collect(),
             maps: vec![None; request.num_maps as usize],

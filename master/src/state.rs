@@ -38,6 +38,9 @@ impl WorkerEntry {
     }
 }
 
+/// `replica_worker` value of a partition without a replica.
+pub const NO_REPLICA: u32 = u32::MAX;
+
 /// One copy of a partition at one epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Location {
@@ -82,19 +85,25 @@ impl ShuffleEntry {
     /// The current location of each partition, compact.
     pub fn current_locations(&self) -> pb::ShuffleLocations {
         let mut primary_worker = Vec::with_capacity(self.locations.len());
+        let mut replica_worker = Vec::with_capacity(self.locations.len());
         let mut epoch = Vec::with_capacity(self.locations.len());
         for copies in &self.locations {
-            let current = copies
-                .iter()
-                .filter(|l| l.role == pb::Role::Primary)
-                .max_by_key(|l| l.epoch);
-            primary_worker.push(current.map_or(0, |l| l.worker));
-            epoch.push(current.map_or(0, |l| l.epoch));
+            let current = copies.iter().map(|l| l.epoch).max().unwrap_or(0);
+            let copy = |role| {
+                copies
+                    .iter()
+                    .find(|l| l.epoch == current && l.role == role)
+                    .map(|l| l.worker)
+            };
+            primary_worker.push(copy(pb::Role::Primary).unwrap_or(0));
+            replica_worker.push(copy(pb::Role::Replica).unwrap_or(NO_REPLICA));
+            epoch.push(current);
         }
         pb::ShuffleLocations {
             workers: self.workers.clone(),
             primary_worker,
             epoch,
+            replica_worker,
         }
     }
 

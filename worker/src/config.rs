@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     /// How long a push waits for memory below the budget before the worker answers `Busy`.
     #[serde(with = "sluice_protocol::duration")]
     pub busy_wait: Duration,
+    /// How long a primary waits for its replica to take a forwarded push.
+    #[serde(with = "sluice_protocol::duration")]
+    pub replica_timeout: Duration,
     /// Largest frame body accepted on the push and fetch ports.
     pub max_frame_body: ByteSize,
 }
@@ -82,6 +85,7 @@ impl Default for WorkerConfig {
             fsync_on_commit: false,
             heartbeat_interval: Duration::from_secs(3),
             busy_wait: Duration::from_millis(500),
+            replica_timeout: Duration::from_secs(30),
             max_frame_body: ByteSize::mib(256),
         }
     }

@@ -41,6 +41,8 @@ pub struct Shared {
     pub info: pb::WorkerInfo,
     pub store: Store,
     pub limits: FrameLimits,
+    /// Connections to other workers (replicas this worker forwards to).
+    pub peers: sluice_protocol::rpc::RpcPool,
 }
 
 /// The worker's bound listeners. The binary binds them from the config; tests bind
@@ -151,6 +153,7 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
         },
         store: Store::new(disks, memory, config.fsync_on_commit),
         limits,
+        peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
         config,
     })
 }

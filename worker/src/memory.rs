@@ -58,6 +58,11 @@ impl MemoryBudget {
         used == 0 || used < self.budget
     }
 
+    /// Whether replication traffic may still be admitted: a quarter of the budget above it.
+    pub fn has_headroom(&self) -> bool {
+        self.used() < self.budget + self.budget / 4
+    }
+
     /// Waits up to `limit` for room; returns whether there is room.
     pub async fn wait_below(&self, limit: Duration) -> bool {
         if self.has_room() {

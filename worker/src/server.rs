@@ -7,6 +7,7 @@
 //! connections serve `OpenStream` and `FetchChunk` concurrently (bounded per connection).
 //! Answers go through a writer task. A malformed frame closes only its connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -135,11 +136,22 @@ async fn push_connection(
         let id = frame.request_id;
         let answer = match frame.kind {
             MessageType::PushData | MessageType::PushMergedData => {
-                let result = handle_push(&shared, frame, room);
-                if let Err(e) = &result {
-                    tracing::debug!(peer, error = %e, "push refused");
+                match handle_push(&shared, frame, room) {
+                    Ok(forwards) if forwards.is_empty() => ack(id),
+                    Ok(forwards) => {
+                        // Ack only once every replica acked; keep reading meanwhile.
+                        let (shared, tx) = (shared.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let answer = forward_to_replicas(&shared, id, forwards).await;
+                            let _ = tx.send(answer).await;
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer, error = %e, "push refused");
+                        error_frame(id, &e)
+                    }
                 }
-                reply(id, result, |()| ack(id))
             }
             MessageType::Reserve => reply(id, handle_reserve(&shared, &frame), |()| ack(id)),
             MessageType::Commit | MessageType::Destroy => {
@@ -169,7 +181,12 @@ async fn push_connection(
     let _ = writer.await;
 }
 
-fn handle_push(shared: &Shared, frame: Frame, room: bool) -> WorkerResult<()> {
+/// A push a primary sends on to a replica: the replica's address and the frame.
+type Forward = (String, OutFrame);
+
+/// Appends a push's slices to their partitions. On a primary whose partitions have replicas,
+/// returns the pushes to forward before the client may be acked.
+fn handle_push(shared: &Shared, frame: Frame, room: bool) -> WorkerResult<Vec<Forward>> {
     let memory = shared.store.memory();
     let body_len = frame.body.len() as u64;
     memory.acquire(body_len);
@@ -179,15 +196,24 @@ fn handle_push(shared: &Shared, frame: Frame, room: bool) -> WorkerResult<()> {
     result
 }
 
-fn append_push(shared: &Shared, frame: &Frame, room: bool, kept: &mut u64) -> WorkerResult<()> {
-    if !room {
-        let memory = shared.store.memory();
+fn append_push(
+    shared: &Shared,
+    frame: &Frame,
+    room: bool,
+    kept: &mut u64,
+) -> WorkerResult<Vec<Forward>> {
+    let header: pb::PushHeader = frame.decode_header("push")?;
+    let memory = shared.store.memory();
+    // Replication traffic may use headroom above the budget, so a pipeline of primaries
+    // forwarding to each other cannot deadlock on full budgets.
+    let replica = header.role == pb::Role::Replica as i32;
+    let admitted = room || (replica && memory.has_headroom());
+    if !admitted {
         return Err(WorkerError::Busy {
             used: memory.used(),
             budget: memory.budget(),
         });
     }
-    let header: pb::PushHeader = frame.decode_header("push")?;
     let shuffle =
         ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
     let total: u64 = header.slices.iter().map(|s| u64::from(s.length)).sum();
@@ -216,14 +242,72 @@ fn append_push(shared: &Shared, frame: &Frame, room: bool, kept: &mut u64) -> Wo
     }
     let threshold = shared.config.flush_buffer_size.as_u64();
     let mut offset = 0usize;
+    let mut forwards: HashMap<String, (Vec<pb::PushSlice>, Vec<Bytes>)> = HashMap::new();
     for (slice, partition) in header.slices.iter().zip(resolved) {
         let end = offset + slice.length as usize;
         let bytes: Bytes = frame.body.slice(offset..end);
         offset = end;
-        partition.append(bytes, threshold)?;
+        partition.append(bytes.clone(), threshold)?;
         *kept += u64::from(slice.length);
+        if let (false, Some(replica)) = (replica, partition.replica()) {
+            let (slices, body) = forwards.entry(replica).or_default();
+            slices.push(*slice);
+            body.push(bytes);
+        }
     }
-    Ok(())
+    Ok(forwards
+        .into_iter()
+        .map(|(replica, (slices, body))| {
+            let header = pb::PushHeader {
+                shuffle: header.shuffle.clone(),
+                slices,
+                role: pb::Role::Replica as i32,
+            };
+            (
+                replica,
+                OutFrame::new(MessageType::PushMergedData, 0, &header).with_body(body),
+            )
+        })
+        .collect())
+}
+
+/// Sends each forward to its replica; the answer to the client's push `id` is an ack only if
+/// every replica acked. A failed replica is reported to the client, never hidden: the batch is
+/// not acknowledged until both copies hold it.
+async fn forward_to_replicas(shared: &Arc<Shared>, id: u64, forwards: Vec<Forward>) -> OutFrame {
+    let mut calls = tokio::task::JoinSet::new();
+    for (replica, frame) in forwards {
+        let shared = shared.clone();
+        calls.spawn(async move {
+            let result = shared
+                .peers
+                .call(
+                    &replica,
+                    frame,
+                    MessageType::Ack,
+                    shared.config.replica_timeout,
+                )
+                .await;
+            (replica, result)
+        });
+    }
+    let mut failure = None;
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok((_, Ok(_))) => {}
+            Ok((replica, Err(e))) => {
+                failure = Some(format!("replica {replica} did not take the push: {e}"))
+            }
+            Err(e) => failure = Some(format!("forwarding task failed: {e}")),
+        }
+    }
+    match failure {
+        None => ack(id),
+        Some(message) => {
+            tracing::warn!(error = %message, "replication failed");
+            OutFrame::error(id, sluice_protocol::ErrorCode::Unavailable, message)
+        }
+    }
 }
 
 fn handle_reserve(shared: &Shared, frame: &Frame) -> WorkerResult<()> {

@@ -170,6 +170,7 @@ fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> 
         };
         let millis = || number().map(Duration::from_millis);
         match name.trim() {
+            "replication" => config.replication = number()? as u32,
             "batch_size" => config.batch_size = number()? as usize,
             "push_size" => config.push_size = number()? as usize,
             "max_inflight_pushes" => config.max_inflight_pushes = number()? as usize,

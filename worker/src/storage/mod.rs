@@ -92,7 +92,10 @@ impl Store {
         let locations = shuffles.entry(shuffle.clone()).or_default();
         for spec in specs {
             let id = (spec.partition, spec.epoch, spec.role);
-            if locations.contains_key(&id) {
+            let replica = spec.replica.as_ref().map(|r| r.push_addr());
+            if let Some(existing) = locations.get(&id) {
+                // Reserved again (placement retried): keep the data, take the new replica.
+                existing.set_replica(replica);
                 continue;
             }
             let disk = self.pick_disk();
@@ -113,16 +116,15 @@ impl Store {
             );
             let name = format!("{shuffle}/{stem}");
             disk.active.fetch_add(1, Ordering::Relaxed);
-            locations.insert(
-                id,
-                Arc::new(Partition::new(
-                    name,
-                    disk,
-                    dir.join(format!("{stem}.data")),
-                    dir.join(format!("{stem}.index")),
-                    self.memory.clone(),
-                )),
+            let partition = Partition::new(
+                name,
+                disk,
+                dir.join(format!("{stem}.data")),
+                dir.join(format!("{stem}.index")),
+                self.memory.clone(),
             );
+            partition.set_replica(replica);
+            locations.insert(id, Arc::new(partition));
         }
         Ok(())
     }
@@ -189,7 +191,10 @@ impl Store {
         let mut out: Vec<pb::CommittedSpec> = specs
             .iter()
             .map(|spec| pb::CommittedSpec {
-                location: Some(*spec),
+                location: Some(pb::LocationSpec {
+                    replica: None,
+                    ..spec.clone()
+                }),
                 ..Default::default()
             })
             .collect();

@@ -66,6 +66,8 @@ pub struct Partition {
     memory: Arc<MemoryBudget>,
     state: Mutex<State>,
     flushed: Notify,
+    /// On a primary with a replica: the replica's push address. Set by reservations.
+    replica: Mutex<Option<String>>,
 }
 
 impl Partition {
@@ -94,7 +96,20 @@ impl Partition {
                 inflight: 0,
             }),
             flushed: Notify::new(),
+            replica: Mutex::new(None),
         }
+    }
+
+    /// Where pushes to this primary are forwarded before they are acked.
+    pub fn replica(&self) -> Option<String> {
+        self.replica
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_replica(&self, replica: Option<String>) {
+        *self.replica.lock().unwrap_or_else(|e| e.into_inner()) = replica;
     }
 
     pub fn name(&self) -> &str {

@@ -1,0 +1,222 @@
+//! Replication (two copies of every pushed batch) and reader failover, on a real in-process
+//! cluster.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sluice::local::{LocalCluster, LocalOptions};
+use sluice::records::{self, RecordId};
+use sluice_client::{ClientConfig, ClientError, SluiceClient};
+use sluice_protocol::ShuffleKey;
+
+fn client(cluster: &LocalCluster, replication: u32) -> SluiceClient {
+    SluiceClient::new(ClientConfig {
+        replication,
+        ..ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap()
+}
+
+/// Writes `maps` maps of 600 records over `partitions` and returns every record id.
+async fn write(
+    client: &SluiceClient,
+    key: &ShuffleKey,
+    maps: u32,
+    partitions: u32,
+) -> Vec<RecordId> {
+    let handle = client
+        .register_shuffle(key, maps, partitions)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for map in 0..maps {
+        let mut writer = client.writer(handle.clone(), map, 0).unwrap();
+        let mut record = Vec::new();
+        for seq in 0..600u32 {
+            record.clear();
+            records::encode(&mut record, map, seq, 40 + (seq as usize * 13) % 900);
+            writer
+                .write((seq * 7 + map) % partitions, &record)
+                .await
+                .unwrap();
+            ids.push(RecordId { map, seq });
+        }
+        writer.finish().await.unwrap();
+    }
+    ids
+}
+
+async fn read(
+    client: &SluiceClient,
+    key: &ShuffleKey,
+    partitions: u32,
+) -> Result<HashMap<RecordId, usize>, ClientError> {
+    let mut reader = client.reader(key, 0..partitions, None).await?;
+    let mut seen = HashMap::new();
+    while let Some(block) = reader.next().await? {
+        records::parse(&block, true, |id, _, intact| {
+            assert!(intact, "record {id:?} changed");
+            *seen.entry(id).or_insert(0) += 1;
+        })
+        .unwrap();
+    }
+    Ok(seen)
+}
+
+fn assert_exactly_once(seen: &HashMap<RecordId, usize>, ids: &[RecordId]) {
+    assert_eq!(seen.len(), ids.len(), "distinct records read");
+    for id in ids {
+        assert_eq!(seen.get(id), Some(&1), "record {id:?}");
+    }
+}
+
+/// Data files under `dir` whose name ends in `-<role>.data` (`p` or `r`).
+fn files(dir: &Path, role: char) -> usize {
+    let mut count = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(&format!("-{role}.data")) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partition_has_two_copies_on_different_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(LocalOptions::new(3, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 2);
+    let key = ShuffleKey::new("two-copies", 0);
+    let handle = client.register_shuffle(&key, 2, 30).await.unwrap();
+    for (p, (primary, replica)) in handle
+        .locations
+        .primary_worker
+        .iter()
+        .zip(&handle.locations.replica_worker)
+        .enumerate()
+    {
+        assert!(
+            (*replica as usize) < handle.locations.workers.len(),
+            "partition {p} has no replica"
+        );
+        assert_ne!(primary, replica, "partition {p}: both copies on one worker");
+    }
+    let ids = write(&client, &key, 2, 30).await;
+    assert_exactly_once(&read(&client, &key, 30).await.unwrap(), &ids);
+    let primaries: usize = (0..3).map(|w| files(&cluster.data_dir(w), 'p')).sum();
+    let replicas: usize = (0..3).map(|w| files(&cluster.data_dir(w), 'r')).sum();
+    assert_eq!((primaries, replicas), (30, 30));
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_fail_over_to_replicas_when_a_worker_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(3, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 2);
+    let key = ShuffleKey::new("failover", 0);
+    let ids = write(&client, &key, 3, 24).await;
+    // Wait for the commit, then lose a worker holding a third of the primaries.
+    assert_exactly_once(&read(&client, &key, 24).await.unwrap(), &ids);
+    cluster.stop_worker(1).await.unwrap();
+    assert_exactly_once(&read(&client, &key, 24).await.unwrap(), &ids);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_replication_a_lost_worker_is_an_error_never_short_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 1);
+    let key = ShuffleKey::new("no-replica", 0);
+    let ids = write(&client, &key, 2, 10).await;
+    assert_exactly_once(&read(&client, &key, 10).await.unwrap(), &ids);
+    cluster.stop_worker(0).await.unwrap();
+    let error = read(&client, &key, 10).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Fetch { .. } | ClientError::DataLost { .. }
+        ),
+        "{error}"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_two_needs_two_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(LocalOptions::new(1, dir.path()))
+        .await
+        .unwrap();
+    let error = client(&cluster, 2)
+        .register_shuffle(&ShuffleKey::new("alone", 0), 1, 4)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("replication 2"), "{error}");
+    let error = client(&cluster, 3)
+        .register_shuffle(&ShuffleKey::new("three", 0), 1, 4)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("replication must be 1 or 2"),
+        "{error}"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_lost_in_the_middle_of_a_read_is_read_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(3, dir.path());
+    // Many small chunks per partition: the reader is part-way through a copy when it dies.
+    options.worker.chunk_size = bytesize::ByteSize::kib(8);
+    let mut cluster = LocalCluster::start(options).await.unwrap();
+    let client = SluiceClient::new(ClientConfig {
+        replication: 2,
+        batch_size: 4096,
+        prefetch_chunks: 1,
+        ..ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap();
+    let key = ShuffleKey::new("mid-read", 0);
+    let ids = write(&client, &key, 4, 12).await;
+    let handle = client.register_shuffle(&key, 4, 12).await.unwrap();
+    let primary = &handle.locations.workers[handle.locations.primary_worker[0] as usize].id;
+    let victim = cluster
+        .workers()
+        .iter()
+        .position(|w| &w.id == primary)
+        .unwrap();
+
+    let mut reader = client.reader(&key, 0..12, None).await.unwrap();
+    let mut seen: HashMap<RecordId, usize> = HashMap::new();
+    let count = |block: &[u8], seen: &mut HashMap<RecordId, usize>| {
+        records::parse(block, true, |id, _, intact| {
+            assert!(intact);
+            *seen.entry(id).or_insert(0) += 1;
+        })
+        .unwrap()
+    };
+    // Partition 0 is being read from its primary; it dies.
+    let first = reader.next().await.unwrap().unwrap();
+    count(&first, &mut seen);
+    cluster.stop_worker(victim).await.unwrap();
+    while let Some(block) = reader.next().await.unwrap() {
+        count(&block, &mut seen);
+    }
+    assert_exactly_once(&seen, &ids);
+    cluster.shutdown().await.unwrap();
+}
