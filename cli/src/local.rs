@@ -21,6 +21,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct LocalOptions {
     pub workers: usize,
     pub data_dir: PathBuf,
+    /// Data directories per worker (`<data_dir>/worker-<i>/disk-<d>` when above 1).
+    pub disks_per_worker: usize,
     pub master: MasterConfig,
     /// Template for every worker; `id`, `master`, `data_dirs` and listen addresses are set per
     /// worker.
@@ -32,6 +34,7 @@ impl LocalOptions {
         LocalOptions {
             workers,
             data_dir: data_dir.into(),
+            disks_per_worker: 1,
             master: MasterConfig::default(),
             worker: WorkerConfig {
                 heartbeat_interval: Duration::from_millis(500),
@@ -87,9 +90,16 @@ impl LocalCluster {
         };
         for i in 0..options.workers {
             let data_dir = options.data_dir.join(format!("worker-{i}"));
+            let data_dirs = if options.disks_per_worker > 1 {
+                (0..options.disks_per_worker)
+                    .map(|d| data_dir.join(format!("disk-{d}")))
+                    .collect()
+            } else {
+                vec![data_dir.clone()]
+            };
             let config = WorkerConfig {
                 id: format!("worker-{i}"),
-                data_dirs: vec![data_dir.clone()],
+                data_dirs,
                 ..options.worker.clone()
             };
             cluster.start_worker(config, data_dir).await?;
@@ -168,7 +178,7 @@ impl LocalCluster {
         self.workers.iter().map(|w| w.info.clone()).collect()
     }
 
-    /// The data directory of worker `index`.
+    /// The data directory of worker `index` (holding its disks' directories when it has several).
     pub fn data_dir(&self, index: usize) -> PathBuf {
         self.workers[index].data_dir.clone()
     }

@@ -55,6 +55,9 @@ enum Command {
         workers: usize,
         #[arg(long)]
         data_dir: PathBuf,
+        /// Data directories (disks) per worker, each with its own flusher.
+        #[arg(long, default_value_t = 1)]
+        disks_per_worker: usize,
         /// Memory budget of each worker (e.g. 512MiB).
         #[arg(long)]
         memory_budget: Option<bytesize::ByteSize>,
@@ -173,9 +176,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Local {
             workers,
             data_dir,
+            disks_per_worker,
             memory_budget,
         } => {
             let mut options = LocalOptions::new(workers, data_dir);
+            options.disks_per_worker = disks_per_worker;
             if let Some(budget) = memory_budget {
                 options.worker.memory_budget = budget;
             }

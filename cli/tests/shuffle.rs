@@ -587,3 +587,28 @@ async fn a_dead_worker_not_yet_declared_lost_is_placed_around() {
     }
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_spreads_partitions_over_its_data_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(1, dir.path(), |o| o.disks_per_worker = 3).await;
+    let disks: Vec<PathBuf> = (0..3)
+        .map(|d| cluster.data_dir(0).join(format!("disk-{d}")))
+        .collect();
+    let client = cluster.client().unwrap();
+    let key = ShuffleKey::new("many-disks", 0);
+    let handle = client.register_shuffle(&key, 2, 30).await.unwrap();
+    let mut expected = Vec::new();
+    for map in 0..2 {
+        let records: Vec<_> = (0..900).map(|seq| (seq % 30, seq, 120)).collect();
+        expected.extend((0..900).map(|seq| RecordId { map, seq }));
+        write_map(&client, &handle, map, 0, &records).await.unwrap();
+    }
+    assert_exactly(
+        &read_all(&client, &key, 0..30, None).await.unwrap(),
+        expected,
+    );
+    let per_disk: Vec<usize> = disks.iter().map(|d| data_files(d).len()).collect();
+    assert_eq!(per_disk, vec![10, 10, 10], "data files per directory");
+    cluster.shutdown().await.unwrap();
+}
