@@ -220,3 +220,78 @@ async fn a_worker_lost_in_the_middle_of_a_read_is_read_around() {
     assert_exactly_once(&seen, &ids);
     cluster.shutdown().await.unwrap();
 }
+
+/// Writes map `map` of 600 records over `partitions` with an existing handle.
+async fn write_one(
+    client: &SluiceClient,
+    handle: &std::sync::Arc<sluice_client::ShuffleHandle>,
+    map: u32,
+    partitions: u32,
+) -> Vec<RecordId> {
+    let mut writer = client.writer(handle.clone(), map, 0).unwrap();
+    let mut record = Vec::new();
+    for seq in 0..600u32 {
+        record.clear();
+        records::encode(&mut record, map, seq, 100);
+        writer
+            .write((seq * 7 + map) % partitions, &record)
+            .await
+            .unwrap();
+    }
+    writer.finish().await.unwrap();
+    (0..600).map(|seq| RecordId { map, seq }).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_revive_around_a_worker_lost_while_maps_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(3, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 2);
+    let key = ShuffleKey::new("revive-replicated", 0);
+    let handle = client.register_shuffle(&key, 4, 18).await.unwrap();
+    let mut ids = write_one(&client, &handle, 0, 18).await;
+    // The master has not noticed yet: the writers find out on their own and revive.
+    cluster.stop_worker(2).await.unwrap();
+    for map in 1..4 {
+        ids.extend(write_one(&client, &handle, map, 18).await);
+    }
+    assert_exactly_once(&read(&client, &key, 18).await.unwrap(), &ids);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_replication_a_revive_keeps_new_data_and_reports_what_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 1);
+
+    // Lost before anything was pushed: the revived partitions hold everything.
+    let key = ShuffleKey::new("revive-early", 0);
+    let handle = client.register_shuffle(&key, 2, 8).await.unwrap();
+    cluster.stop_worker(0).await.unwrap();
+    let mut ids = write_one(&client, &handle, 0, 8).await;
+    ids.extend(write_one(&client, &handle, 1, 8).await);
+    assert_exactly_once(&read(&client, &key, 8).await.unwrap(), &ids);
+    cluster.shutdown().await.unwrap();
+
+    // Lost after map 0 pushed to it: map 1 revives and completes, but map 0's acked batches on
+    // the lost worker are gone, and the reader says so instead of returning short data.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
+        .await
+        .unwrap();
+    let client = self::client(&cluster, 1);
+    let key = ShuffleKey::new("revive-late", 0);
+    let handle = client.register_shuffle(&key, 2, 8).await.unwrap();
+    write_one(&client, &handle, 0, 8).await;
+    cluster.stop_worker(0).await.unwrap();
+    write_one(&client, &handle, 1, 8).await;
+    let error = read(&client, &key, 8).await.unwrap_err();
+    assert!(error.is_data_loss(), "{error}");
+    assert!(error.to_string().contains("no committed copy"), "{error}");
+    cluster.shutdown().await.unwrap();
+}

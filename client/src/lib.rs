@@ -53,13 +53,79 @@ impl Inner {
     }
 }
 
-/// A shuffle's placement, as its writers need it.
-#[derive(Debug, Clone)]
+/// A shuffle's placement, as its writers need it. Shared by every writer of the shuffle in the
+/// process, so a revive one writer made is used by all.
+#[derive(Debug)]
 pub struct ShuffleHandle {
     pub key: ShuffleKey,
     pub num_maps: u32,
     pub num_partitions: u32,
+    /// The placement the shuffle was registered with (epoch 0).
     pub locations: pb::ShuffleLocations,
+    routes: std::sync::Mutex<Vec<Route>>,
+}
+
+/// Where a partition's batches go now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub epoch: u32,
+    /// The primary's push address.
+    pub primary: Arc<str>,
+}
+
+impl ShuffleHandle {
+    fn new(
+        key: ShuffleKey,
+        num_maps: u32,
+        num_partitions: u32,
+        locations: pb::ShuffleLocations,
+    ) -> ShuffleHandle {
+        let addrs: Vec<Arc<str>> = locations
+            .workers
+            .iter()
+            .map(|w| Arc::from(w.push_addr()))
+            .collect();
+        let routes = locations
+            .primary_worker
+            .iter()
+            .zip(&locations.epoch)
+            .map(|(worker, epoch)| Route {
+                epoch: *epoch,
+                primary: addrs[*worker as usize].clone(),
+            })
+            .collect();
+        ShuffleHandle {
+            key,
+            num_maps,
+            num_partitions,
+            locations,
+            routes: std::sync::Mutex::new(routes),
+        }
+    }
+
+    /// The current route of partition `p` (which must be below `num_partitions`).
+    pub fn route(&self, p: u32) -> Route {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())[p as usize].clone()
+    }
+
+    /// Takes the locations a revive answered, keeping the newest epoch of each partition.
+    fn revived(&self, locations: &[pb::RevivedLocation]) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for location in locations {
+            let (Some(route), Some(primary)) = (
+                routes.get_mut(location.partition as usize),
+                &location.primary,
+            ) else {
+                continue;
+            };
+            if location.epoch >= route.epoch {
+                *route = Route {
+                    epoch: location.epoch,
+                    primary: Arc::from(primary.push_addr()),
+                };
+            }
+        }
+    }
 }
 
 /// The process-wide client. Cheap to clone.
@@ -128,12 +194,12 @@ impl SluiceClient {
                 "master answered an inconsistent placement",
             )));
         }
-        Ok(Arc::new(ShuffleHandle {
-            key: key.clone(),
+        Ok(Arc::new(ShuffleHandle::new(
+            key.clone(),
             num_maps,
             num_partitions,
             locations,
-        }))
+        )))
     }
 
     /// Deletes a shuffle on the master and its workers.

@@ -63,6 +63,8 @@ pub struct ShuffleReader {
     queue: VecDeque<Item>,
     seen: Seen,
     out: VecDeque<Bytes>,
+    /// Why copies of the partition being read are missing, for a data-loss report.
+    missing: Vec<String>,
 }
 
 impl std::fmt::Debug for ShuffleReader {
@@ -133,6 +135,7 @@ impl ShuffleReader {
             queue: VecDeque::new(),
             seen: Seen::default(),
             out: VecDeque::new(),
+            missing: Vec::new(),
         })
     }
 
@@ -204,9 +207,6 @@ impl ShuffleReader {
 
     async fn open_partition(&mut self, index: usize) -> ClientResult<()> {
         let partition = &self.layout.partitions[index];
-        let expects_data = self
-            .expected_in_range(partition)
-            .any(|e| e.stats.is_some_and(|s| s.batches > 0));
         // Per epoch, the committed copies, primary first.
         let mut epochs: Vec<(u32, Vec<CopySource>, Vec<String>)> = Vec::new();
         for location in &partition.locations {
@@ -254,19 +254,25 @@ impl ShuffleReader {
         }
         let partition_id = partition.partition;
         let mut items = Vec::new();
+        let mut missing = Vec::new();
         for (epoch, copies, errors) in epochs {
             if copies.is_empty() {
-                let empty = errors.iter().any(String::is_empty);
-                if expects_data && !empty {
-                    return Err(self.lost(
-                        partition_id,
-                        format!("epoch {epoch} has no committed copy: {}", errors.join("; ")),
+                // An epoch with no committed copy may have held nothing acknowledged (a revive
+                // moved the partition before any push to it succeeded). Whether anything is
+                // missing is decided exactly at the end of the partition, against what the
+                // winning attempts reported; the reasons are kept for that report.
+                let errors: Vec<String> = errors.into_iter().filter(|e| !e.is_empty()).collect();
+                if !errors.is_empty() {
+                    missing.push(format!(
+                        "epoch {epoch} has no committed copy ({})",
+                        errors.join("; ")
                     ));
                 }
                 continue;
             }
             items.extend(self.open_copies(partition_id, copies).await?);
         }
+        self.missing = missing;
         self.queue.extend(items);
         self.queue.push_back(Item::End { layout: index });
         Ok(())
@@ -457,6 +463,12 @@ impl ShuffleReader {
 
     fn end_partition(&mut self, index: usize) -> ClientResult<()> {
         let seen = std::mem::take(&mut self.seen);
+        let missing = std::mem::take(&mut self.missing);
+        let missing = if missing.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", missing.join("; "))
+        };
         let partition = &self.layout.partitions[index];
         let mut expected_maps = 0usize;
         for expected in self.expected_in_range(partition) {
@@ -471,7 +483,7 @@ impl ShuffleReader {
             }
             if got != want {
                 return Err(self.lost(partition.partition, format!(
-                    "map {} wrote {} bytes in {} batches (checksum {:#x}) but {} bytes in {} batches (checksum {:#x}) were read",
+                    "map {} wrote {} bytes in {} batches (checksum {:#x}) but {} bytes in {} batches (checksum {:#x}) were read{missing}",
                     expected.map_id, want.bytes, want.batches, want.checksum, got.bytes, got.batches, got.checksum
                 )));
             }

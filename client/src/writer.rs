@@ -1,5 +1,6 @@
 //! The push writer of one map attempt.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use bytes::Bytes;
 use sluice_protocol::batch::{self, MAX_BATCH_LEN};
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::MessageType;
-use sluice_protocol::{pb, ErrorCode, ProtocolError};
+use sluice_protocol::{pb, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -44,7 +45,8 @@ pub struct ShuffleWriter {
     next_batch_id: u32,
     stats: Vec<pb::BatchStats>,
     raw: Vec<u64>,
-    pending: Vec<PendingPush>,
+    /// Batches waiting to be pushed, by primary push address.
+    pending: HashMap<Arc<str>, PendingPush>,
     inflight: JoinSet<ClientResult<Pushed>>,
     permits: Arc<Semaphore>,
     /// The shuffle was committed while this attempt was writing: another attempt of this map
@@ -91,9 +93,7 @@ impl ShuffleWriter {
             next_batch_id: 0,
             stats: vec![pb::BatchStats::default(); n],
             raw: vec![0; n],
-            pending: (0..handle.locations.workers.len())
-                .map(|_| PendingPush::default())
-                .collect(),
+            pending: HashMap::new(),
             inflight: JoinSet::new(),
             permits,
             stage_ended: false,
@@ -142,8 +142,9 @@ impl ShuffleWriter {
     /// (Spark asks a task to spill: afterwards this writer holds no data).
     pub async fn flush(&mut self) -> ClientResult<()> {
         self.seal_all().await?;
-        for worker in 0..self.pending.len() {
-            self.send(worker).await?;
+        let addrs: Vec<Arc<str>> = self.pending.keys().cloned().collect();
+        for addr in addrs {
+            self.send(addr).await?;
         }
         while let Some(done) = self.inflight.join_next().await {
             self.pushed(done)?;
@@ -164,9 +165,7 @@ impl ShuffleWriter {
                 *buffer = Vec::new();
             }
             self.buffered = 0;
-            for pending in &mut self.pending {
-                *pending = PendingPush::default();
-            }
+            self.pending.clear();
         }
         Ok(())
     }
@@ -201,27 +200,28 @@ impl ShuffleWriter {
         .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         self.next_batch_id += 1;
         self.stats[p].add(bytes.len() as u64, head.crc);
-        let locations = &self.handle.locations;
-        let worker = locations.primary_worker[p] as usize;
-        let pending = &mut self.pending[worker];
+        let route = self.handle.route(p as u32);
+        let pending = self.pending.entry(route.primary.clone()).or_default();
         pending.slices.push(pb::PushSlice {
             partition: p as u32,
-            epoch: locations.epoch[p],
+            epoch: route.epoch,
             length: bytes.len() as u32,
         });
         pending.len += bytes.len();
         pending.body.push(bytes);
         if pending.len >= self.inner.config.push_size {
-            self.send(worker).await?;
+            self.send(route.primary).await?;
         }
         Ok(())
     }
 
-    async fn send(&mut self, worker: usize) -> ClientResult<()> {
-        if self.pending[worker].slices.is_empty() || self.stage_ended {
+    async fn send(&mut self, addr: Arc<str>) -> ClientResult<()> {
+        if self.stage_ended {
             return Ok(());
         }
-        let push = std::mem::take(&mut self.pending[worker]);
+        let Some(push) = self.pending.remove(&addr) else {
+            return Ok(());
+        };
         let permit = self
             .permits
             .clone()
@@ -234,22 +234,12 @@ impl ShuffleWriter {
         if self.stage_ended {
             return Ok(());
         }
-        let info = &self.handle.locations.workers[worker];
-        let header = pb::PushHeader {
-            shuffle: Some(self.handle.key.to_pb()),
-            slices: push.slices,
-            role: pb::Role::Primary as i32,
-        };
-        let kind = if header.slices.len() == 1 {
-            MessageType::PushData
-        } else {
-            MessageType::PushMergedData
-        };
-        let frame = OutFrame::new(kind, 0, &header).with_body(push.body);
-        self.inflight.spawn(push_with_retry(
+        self.inflight.spawn(push_with_revive(
             self.inner.clone(),
-            info.push_addr(),
-            frame,
+            self.handle.clone(),
+            addr,
+            push.slices,
+            push.body,
             permit,
         ));
         Ok(())
@@ -301,53 +291,128 @@ impl ShuffleWriter {
     }
 }
 
-/// Sends one push, retrying while the worker is busy or unreachable, up to the retry timeout.
-/// A retried push may have been applied already; readers drop the repeated batches.
-async fn push_with_retry(
+/// Same-location retries of a push the worker answered `Busy` before reviving it elsewhere.
+const BUSY_RETRIES: u32 = 3;
+
+/// Sends one push. When it fails (worker unreachable, busy, disk full, replica failed, location
+/// not reserved), asks the master for new locations of its partitions (a revive, for all of the
+/// push's partitions at once) and re-sends its batches there, until acked or the retry timeout
+/// passes. A re-sent push may have been applied already; readers drop the repeated batches.
+async fn push_with_revive(
     inner: Arc<Inner>,
-    addr: String,
-    frame: OutFrame,
+    handle: Arc<ShuffleHandle>,
+    addr: Arc<str>,
+    slices: Vec<pb::PushSlice>,
+    body: Vec<Bytes>,
     permit: OwnedSemaphorePermit,
 ) -> ClientResult<Pushed> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(5);
-    loop {
-        let result = inner
-            .workers
-            .call(
-                &addr,
-                frame.clone(),
-                MessageType::Ack,
-                inner.config.request_timeout,
-            )
-            .await;
-        let error = match result {
-            Ok(_) => break,
-            Err(e) => e,
-        };
-        match error.code() {
-            ErrorCode::Committed => return Ok(Pushed::StageEnded),
-            code if code.is_retryable() && started.elapsed() < inner.config.push_retry_timeout => {
-                if !matches!(
-                    error,
-                    ProtocolError::Remote {
-                        code: ErrorCode::Busy,
-                        ..
-                    }
-                ) {
-                    tracing::debug!(worker = %addr, error = %error, "push failed, retrying");
+    let mut work = vec![(addr, slices, body)];
+    while let Some((addr, slices, body)) = work.pop() {
+        let mut busy = 0;
+        loop {
+            let header = pb::PushHeader {
+                shuffle: Some(handle.key.to_pb()),
+                slices: slices.clone(),
+                role: pb::Role::Primary as i32,
+            };
+            let kind = if slices.len() == 1 {
+                MessageType::PushData
+            } else {
+                MessageType::PushMergedData
+            };
+            let frame = OutFrame::new(kind, 0, &header).with_body(body.clone());
+            let error = match inner
+                .workers
+                .call(&addr, frame, MessageType::Ack, inner.config.request_timeout)
+                .await
+            {
+                Ok(_) => break,
+                Err(error) => error,
+            };
+            let code = error.code();
+            if code == ErrorCode::Committed {
+                return Ok(Pushed::StageEnded);
+            }
+            if code == ErrorCode::InvalidRequest
+                || started.elapsed() > inner.config.push_retry_timeout
+            {
+                return Err(ClientError::Push {
+                    worker: addr.to_string(),
+                    source: error,
+                });
+            }
+            if code == ErrorCode::Busy && busy < BUSY_RETRIES {
+                busy += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            // Move these partitions elsewhere and send each batch to its new location.
+            let reason = error.to_string();
+            tracing::debug!(worker = %addr, error = %reason, partitions = slices.len(), "push failed, reviving");
+            let revived = revive(&inner, &handle, &slices, &reason).await;
+            if let Err(e) = revived {
+                if e.code() == ErrorCode::Committed {
+                    return Ok(Pushed::StageEnded);
+                }
+                if !e.code().is_retryable() {
+                    return Err(e);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
             }
-            _ => {
-                return Err(ClientError::Push {
-                    worker: addr,
-                    source: error,
-                })
+            let mut moved: HashMap<Arc<str>, (Vec<pb::PushSlice>, Vec<Bytes>)> = HashMap::new();
+            for (slice, bytes) in slices.iter().zip(&body) {
+                let route = handle.route(slice.partition);
+                let (slices, body) = moved.entry(route.primary).or_default();
+                slices.push(pb::PushSlice {
+                    epoch: route.epoch,
+                    ..*slice
+                });
+                body.push(bytes.clone());
             }
+            if moved.contains_key(&addr) {
+                // No other worker could take them: give this one a moment.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            work.extend(moved.into_iter().map(|(addr, (s, b))| (addr, s, b)));
+            break;
         }
     }
     drop(permit);
     Ok(Pushed::Acked)
+}
+
+async fn revive(
+    inner: &Inner,
+    handle: &ShuffleHandle,
+    slices: &[pb::PushSlice],
+    reason: &str,
+) -> ClientResult<()> {
+    let mut failed: Vec<pb::FailedLocation> = slices
+        .iter()
+        .map(|s| pb::FailedLocation {
+            partition: s.partition,
+            epoch: s.epoch,
+        })
+        .collect();
+    failed.sort_by_key(|f| (f.partition, f.epoch));
+    failed.dedup();
+    let response = inner
+        .master
+        .clone()
+        .revive(pb::ReviveRequest {
+            shuffle: Some(handle.key.to_pb()),
+            failed,
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|s| inner.master_error(s))?
+        .into_inner();
+    handle.revived(&response.locations);
+    Ok(())
 }

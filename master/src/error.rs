@@ -18,6 +18,8 @@ pub enum MasterError {
         #[source]
         source: ProtocolError,
     },
+    #[error("shuffle {0} is already committed")]
+    Committed(String),
     #[error("the master is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -31,6 +33,7 @@ impl MasterError {
         match self {
             MasterError::Config(_) | MasterError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             MasterError::NotFound(_) => ErrorCode::NotFound,
+            MasterError::Committed(_) => ErrorCode::Committed,
             MasterError::NoWorkers(_) | MasterError::ShuttingDown => ErrorCode::Unavailable,
             MasterError::Worker { source, .. } => source.code(),
             MasterError::Io(_) | MasterError::Transport(_) => ErrorCode::Internal,

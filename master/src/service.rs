@@ -144,16 +144,17 @@ impl MasterService {
     async fn place_and_reserve(
         &self,
         key: &ShuffleKey,
-        num_partitions: u32,
+        targets: &[(u32, u32)],
         replication: u32,
+        mut excluded: HashSet<String>,
     ) -> MasterResult<Placement> {
-        let mut excluded: HashSet<String> = HashSet::new();
         let mut last_error = None;
         let mut table: Vec<pb::WorkerInfo> = Vec::new();
-        let mut placed: Vec<Option<(u32, Option<u32>)>> = vec![None; num_partitions as usize];
+        let mut placed: Vec<Option<(u32, Option<u32>)>> = vec![None; targets.len()];
         for _ in 0..PLACEMENT_ATTEMPTS {
-            let unplaced: Vec<u32> = (0..num_partitions)
-                .filter(|p| placed[*p as usize].is_none())
+            // Indexes into `targets` of the (partition, epoch) pairs still to place.
+            let unplaced: Vec<usize> = (0..targets.len())
+                .filter(|t| placed[*t].is_none())
                 .collect();
             if unplaced.is_empty() {
                 break;
@@ -192,17 +193,18 @@ impl MasterService {
             };
             // One reservation per worker: its primaries (naming their replica) and replicas.
             let mut specs: HashMap<u32, Vec<pb::LocationSpec>> = HashMap::new();
-            for ((partition, primary), replica) in unplaced.iter().zip(&primaries).zip(&replicas) {
+            for ((target, primary), replica) in unplaced.iter().zip(&primaries).zip(&replicas) {
+                let (partition, epoch) = targets[*target];
                 specs.entry(*primary).or_default().push(pb::LocationSpec {
-                    partition: *partition,
-                    epoch: 0,
+                    partition,
+                    epoch,
                     role: pb::Role::Primary as i32,
                     replica: replica.map(|r| candidates[r as usize].0.clone()),
                 });
                 if let Some(replica) = replica {
                     specs.entry(*replica).or_default().push(pb::LocationSpec {
-                        partition: *partition,
-                        epoch: 0,
+                        partition,
+                        epoch,
                         role: pb::Role::Replica as i32,
                         replica: None,
                     });
@@ -255,12 +257,11 @@ impl MasterService {
                     }
                 }
             };
-            for ((partition, primary), replica) in unplaced.iter().zip(primaries).zip(replicas) {
+            for ((target, primary), replica) in unplaced.iter().zip(primaries).zip(replicas) {
                 let copies_reserved =
                     reserved.contains(&primary) && replica.is_none_or(|r| reserved.contains(&r));
                 if copies_reserved {
-                    placed[*partition as usize] =
-                        Some((index_of(primary), replica.map(&mut index_of)));
+                    placed[*target] = Some((index_of(primary), replica.map(&mut index_of)));
                 }
             }
         }
@@ -283,8 +284,8 @@ impl MasterService {
     }
 }
 
-/// Where a shuffle's partitions went: a worker table and, per partition, the primary's and
-/// (with replication 2) the replica's index into it.
+/// Where partitions went: a worker table and, per target `(partition, epoch)`, the primary's
+/// and (with replication 2) the replica's index into it.
 #[derive(Debug)]
 struct Placement {
     workers: Vec<pb::WorkerInfo>,
@@ -551,8 +552,9 @@ impl Master for MasterService {
                 }));
             }
         }
+        let targets: Vec<(u32, u32)> = (0..request.num_partitions).map(|p| (p, 0)).collect();
         let placement = self
-            .place_and_reserve(&key, request.num_partitions, replication)
+            .place_and_reserve(&key, &targets, replication, HashSet::new())
             .await?;
         let entry = ShuffleEntry {
             num_maps: request.num_maps,
@@ -587,6 +589,119 @@ impl Master for MasterService {
         Ok(Response::new(pb::RegisterShuffleResponse {
             locations: Some(locations),
         }))
+    }
+
+    async fn revive(
+        &self,
+        request: Request<pb::ReviveRequest>,
+    ) -> Result<Response<pb::ReviveResponse>, Status> {
+        let request = request.into_inner();
+        let key = shuffle_key(request.shuffle.as_ref())?;
+        // Revives and registrations place one at a time.
+        let _placing = self.inner.registering.lock().await;
+        let (replication, targets, excluded) = {
+            let mut state = self.inner.lock();
+            state.touch_app(&key.app_id);
+            let entry = state.shuffles.get(&key).ok_or_else(|| not_found(&key))?;
+            if entry.ended == entry.num_maps {
+                return Err(MasterError::Committed(key.to_string()).into());
+            }
+            let mut targets = Vec::new();
+            let mut excluded = HashSet::new();
+            for failed in &request.failed {
+                let copies = entry
+                    .locations
+                    .get(failed.partition as usize)
+                    .ok_or_else(|| {
+                        MasterError::InvalidRequest(format!(
+                            "partition {} of shuffle {key} with {} partitions",
+                            failed.partition, entry.num_partitions
+                        ))
+                    })?;
+                let current = copies.iter().map(|l| l.epoch).max().unwrap_or(0);
+                // Only a failure of the current epoch moves the partition; an older one was
+                // revived already (by another writer), and the answer is the current location.
+                if failed.epoch == current && !targets.iter().any(|(p, _)| *p == failed.partition) {
+                    targets.push((failed.partition, current + 1));
+                    for copy in copies.iter().filter(|l| l.epoch == current) {
+                        excluded.insert(entry.workers[copy.worker as usize].id.clone());
+                    }
+                }
+            }
+            (entry.replication, targets, excluded)
+        };
+        if !targets.is_empty() {
+            tracing::info!(shuffle = %key, partitions = targets.len(), excluded = ?excluded, reason = %request.reason, "reviving");
+            let placement = match self
+                .place_and_reserve(&key, &targets, replication, excluded.clone())
+                .await
+            {
+                Ok(placement) => placement,
+                // No other worker left: anywhere live is better than failing the writer.
+                Err(_) if !excluded.is_empty() => {
+                    self.place_and_reserve(&key, &targets, replication, HashSet::new())
+                        .await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut state = self.inner.lock();
+            let entry = state
+                .shuffles
+                .get_mut(&key)
+                .ok_or_else(|| not_found(&key))?;
+            let mut index_of = |worker: &pb::WorkerInfo| -> u32 {
+                match entry.workers.iter().position(|w| w.id == worker.id) {
+                    Some(index) => index as u32,
+                    None => {
+                        entry.workers.push(worker.clone());
+                        (entry.workers.len() - 1) as u32
+                    }
+                }
+            };
+            let copies: Vec<(u32, Option<u32>)> = placement
+                .copies
+                .iter()
+                .map(|(primary, replica)| {
+                    (
+                        index_of(&placement.workers[*primary as usize]),
+                        replica.map(|r| index_of(&placement.workers[r as usize])),
+                    )
+                })
+                .collect();
+            for ((partition, epoch), (primary, replica)) in targets.iter().zip(copies) {
+                let locations = &mut entry.locations[*partition as usize];
+                locations.push(Location {
+                    epoch: *epoch,
+                    role: pb::Role::Primary,
+                    worker: primary,
+                });
+                locations.extend(replica.map(|worker| Location {
+                    epoch: *epoch,
+                    role: pb::Role::Replica,
+                    worker,
+                }));
+            }
+        }
+        let state = self.inner.lock();
+        let entry = state.shuffles.get(&key).ok_or_else(|| not_found(&key))?;
+        let current = entry.current_locations();
+        let worker = |index: u32| entry.workers.get(index as usize).cloned();
+        let mut seen = HashSet::new();
+        let locations = request
+            .failed
+            .iter()
+            .filter(|f| seen.insert(f.partition))
+            .map(|f| {
+                let p = f.partition as usize;
+                pb::RevivedLocation {
+                    partition: f.partition,
+                    epoch: current.epoch[p],
+                    primary: worker(current.primary_worker[p]),
+                    replica: worker(current.replica_worker[p]),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ReviveResponse { locations }))
     }
 
     async fn mapper_end(
