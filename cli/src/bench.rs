@@ -36,6 +36,9 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Bytes pushed through loopback TCP to measure the machine's limit (0: skip).
     pub loopback_bytes: u64,
+    /// Copies of every batch (0: the cluster's default). With 2, the same workload also runs
+    /// with replication 1 first, and the report carries both.
+    pub replication: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -59,13 +62,35 @@ pub struct BenchReport {
     pub verified: bool,
     /// This machine's loopback TCP throughput in GB/s, measured in the same run.
     pub loopback_gbps: f64,
+    /// Replication asked for (0: the cluster's default).
+    pub replication: u32,
+    /// With `--replication 2`: the same workload with replication 1, run first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_1: Option<Baseline>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
+/// The figures of a comparison run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Baseline {
+    pub write_gbps: f64,
+    pub read_gbps: f64,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
 impl BenchReport {
     pub fn passed(&self) -> bool {
-        self.error.is_none() && self.lost == 0 && self.duplicated == 0 && self.corrupted == 0
+        let baseline_clean = self
+            .replication_1
+            .as_ref()
+            .is_none_or(|b| b.lost == 0 && b.duplicated == 0);
+        self.error.is_none()
+            && self.lost == 0
+            && self.duplicated == 0
+            && self.corrupted == 0
+            && baseline_clean
     }
 }
 
@@ -177,8 +202,32 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         (None, Some(cluster)) => cluster.master_addr.clone(),
         (None, None) => unreachable!("an embedded cluster was started"),
     };
-    let client = SluiceClient::new(ClientConfig::new(master))?;
-    let result = run_on(&client, options).await;
+    let client_with = |replication| {
+        SluiceClient::new(ClientConfig {
+            replication,
+            ..ClientConfig::new(master.clone())
+        })
+    };
+    let client = client_with(options.replication)?;
+    let result = async {
+        let baseline = if options.replication == 2 {
+            eprintln!("baseline: replication 1");
+            let report = run_on(&client_with(1)?, options, "r1").await?;
+            Some(Baseline {
+                write_gbps: report.write_gbps,
+                read_gbps: report.read_gbps,
+                lost: report.lost,
+                duplicated: report.duplicated,
+            })
+        } else {
+            None
+        };
+        eprintln!("replication {}", options.replication);
+        let mut report = run_on(&client, options, "main").await?;
+        report.replication_1 = baseline;
+        anyhow::Ok(report)
+    }
+    .await;
     if let Some(cluster) = cluster {
         cluster.shutdown().await?;
     }
@@ -196,9 +245,13 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-async fn run_on(client: &SluiceClient, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+async fn run_on(
+    client: &SluiceClient,
+    options: &BenchOptions,
+    run: &str,
+) -> anyhow::Result<BenchReport> {
     let app = format!(
-        "bench-{}-{}",
+        "bench-{run}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -214,6 +267,7 @@ async fn run_on(client: &SluiceClient, options: &BenchOptions) -> anyhow::Result
         partitions: options.partitions,
         record_size: options.record_size,
         verified: options.verify,
+        replication: options.replication,
         records_written: records_per_map * u64::from(options.maps),
         ..BenchReport::default()
     };

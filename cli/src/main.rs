@@ -89,6 +89,10 @@ enum Command {
         /// Bytes sent through loopback TCP to measure the machine's limit (0 skips it).
         #[arg(long, default_value = "2GiB")]
         loopback_bytes: bytesize::ByteSize,
+        /// Copies of every batch, 1 or 2 (default: 2 when the cluster has two or more workers).
+        /// With 2, a replication-1 run of the same workload is reported beside it.
+        #[arg(long, default_value_t = 0)]
+        replication: u32,
     },
 }
 
@@ -201,6 +205,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             verify,
             concurrency,
             loopback_bytes,
+            replication,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             let options = BenchOptions {
@@ -213,6 +218,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 verify,
                 concurrency: concurrency.unwrap_or(2 * cores),
                 loopback_bytes: loopback_bytes.as_u64(),
+                replication,
             };
             let report = bench::run(&options).await?;
             if let Some(error) = &report.error {

@@ -7,7 +7,8 @@ pub struct ClientConfig {
     /// The master's gRPC address (`host:port`).
     pub master: String,
     /// Copies of every pushed batch: 1, or 2 (a replica on another worker; a push is acked only
-    /// once both hold it, and readers fail over to the replica).
+    /// once both hold it, and readers fail over to the replica). 0: the cluster's default, 2 when
+    /// it has two or more live workers.
     pub replication: u32,
     /// Raw bytes buffered per partition before they are cut into a batch.
     pub batch_size: usize,
@@ -34,7 +35,7 @@ impl ClientConfig {
     pub fn new(master: impl Into<String>) -> ClientConfig {
         ClientConfig {
             master: master.into(),
-            replication: 1,
+            replication: 0,
             batch_size: 256 * 1024,
             push_size: 1024 * 1024,
             max_inflight_pushes: 16,

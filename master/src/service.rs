@@ -523,7 +523,24 @@ impl Master for MasterService {
             ))
             .into());
         }
-        let replication = request.replication.max(1);
+        // 0 asks for the cluster's default: two copies when there are two workers to hold them.
+        let replication = match request.replication {
+            0 => {
+                let live = self
+                    .inner
+                    .lock()
+                    .workers
+                    .values()
+                    .filter(|w| w.accepts_partitions())
+                    .count();
+                if live >= 2 {
+                    2
+                } else {
+                    1
+                }
+            }
+            n => n,
+        };
         if replication > 2 {
             return Err(MasterError::InvalidRequest(format!(
                 "replication must be 1 or 2, got {replication}"
