@@ -48,6 +48,7 @@ impl LocalOptions {
 #[derive(Debug)]
 struct LocalWorker {
     info: pb::WorkerInfo,
+    config: WorkerConfig,
     data_dir: PathBuf,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -124,18 +125,50 @@ impl LocalCluster {
         };
         let shutdown = self.shutdown.child_token();
         let task = tokio::spawn(sluice_worker::run(
-            config,
+            config.clone(),
             sluice_worker::Listeners { push, fetch },
             shutdown.clone(),
         ));
         let task = tokio::spawn(async move { Ok(task.await??) });
         self.workers.push(LocalWorker {
             info,
+            config,
             data_dir,
             shutdown,
             task: Some(task),
         });
         Ok(())
+    }
+
+    /// Starts worker `index` again after [`LocalCluster::stop_worker`]: same id, same data
+    /// directories, new ports (as a StatefulSet pod comes back), and waits until the master
+    /// knows its new addresses.
+    pub async fn restart_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        self.stop_worker(index).await?;
+        let old = self.workers.remove(index);
+        self.start_worker(old.config, old.data_dir).await?;
+        let restarted = self.workers.pop().context("restarted worker")?;
+        let push_port = restarted.info.push_port;
+        let id = restarted.info.id.clone();
+        self.workers.insert(index, restarted);
+        let client = self.client()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let status = client.cluster_status().await?;
+            let back = status.workers.iter().any(|w| {
+                w.alive
+                    && w.worker
+                        .as_ref()
+                        .is_some_and(|i| i.id == id && i.push_port == push_port)
+            });
+            if back {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("restarted worker {id} did not register within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {

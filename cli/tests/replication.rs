@@ -295,3 +295,26 @@ async fn without_replication_a_revive_keeps_new_data_and_reports_what_was_lost()
     assert!(error.to_string().contains("no committed copy"), "{error}");
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_serves_its_committed_files_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
+        .await
+        .unwrap();
+    // Without replication, every partition on worker 0 exists only there.
+    let client = client(&cluster, 1);
+    let key = ShuffleKey::new("restart", 0);
+    let ids = write(&client, &key, 3, 12).await;
+    assert_exactly_once(&read(&client, &key, 12).await.unwrap(), &ids);
+    let before = cluster.workers()[0].clone();
+    cluster.restart_worker(0).await.unwrap();
+    let after = cluster.workers()[0].clone();
+    assert_eq!(before.id, after.id);
+    assert_ne!(
+        before.fetch_port, after.fetch_port,
+        "the restarted worker has new ports"
+    );
+    assert_exactly_once(&read(&client, &key, 12).await.unwrap(), &ids);
+    cluster.shutdown().await.unwrap();
+}

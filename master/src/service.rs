@@ -466,6 +466,13 @@ impl Master for MasterService {
         }
         let mut state = self.inner.lock();
         let returning = state.workers.contains_key(&info.id);
+        // A worker back under the same id (a restarted pod with its disks) may have new
+        // addresses: every shuffle that placed copies on it now finds it there.
+        for entry in state.shuffles.values_mut() {
+            for known in entry.workers.iter_mut().filter(|w| w.id == info.id) {
+                *known = info.clone();
+            }
+        }
         tracing::info!(worker = %info.id, push = %info.push_addr(), fetch = %info.fetch_addr(), returning, "worker registered");
         state.workers.insert(
             info.id.clone(),

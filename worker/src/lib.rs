@@ -144,6 +144,14 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
         max_header: 16 << 20,
         max_body: config.max_frame_body.as_u64() as u32,
     };
+    let store = Store::new(disks, memory, config.fsync_on_commit);
+    let recovered = store.recover();
+    if recovered > 0 {
+        tracing::info!(
+            locations = recovered,
+            "serving committed files again after a restart"
+        );
+    }
     Ok(Shared {
         info: pb::WorkerInfo {
             id,
@@ -151,7 +159,7 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
             push_port,
             fetch_port,
         },
-        store: Store::new(disks, memory, config.fsync_on_commit),
+        store,
         limits,
         peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
         config,

@@ -57,6 +57,55 @@ impl Store {
         }
     }
 
+    /// Registers every location committed before a restart (found by its marker) so it is
+    /// served again. Returns how many were found. Files without a marker were never committed
+    /// and are left for the shuffle's deletion.
+    pub fn recover(&self) -> usize {
+        let mut found = 0;
+        let mut shuffles = self.lock();
+        for disk in &self.disks {
+            for (app, shuffle_id, marker_path) in committed_markers(&disk.path) {
+                let Some(stem) = marker_path.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                let parsed = parse_stem(stem).zip(
+                    std::fs::read_to_string(&marker_path)
+                        .ok()
+                        .and_then(|text| partition::CommitMarker::parse(&text)),
+                );
+                let Some(((partition, epoch, role), marker)) = parsed else {
+                    tracing::warn!(marker = %marker_path.display(), "unreadable commit marker, skipped");
+                    continue;
+                };
+                let data_path = marker_path.with_extension("data");
+                let index_path = marker_path.with_extension("index");
+                let intact = !marker.created
+                    || (file_len(&data_path) >= marker.data_len
+                        && file_len(&index_path) >= marker.index_len);
+                if !intact {
+                    tracing::warn!(data = %data_path.display(), "committed files are shorter than recorded, not served");
+                    continue;
+                }
+                let key = ShuffleKey::new(app.as_str(), shuffle_id);
+                let name = format!("{key}/{stem}");
+                disk.active.fetch_add(1, Ordering::Relaxed);
+                shuffles.entry(key).or_default().insert(
+                    (partition, epoch, role),
+                    Arc::new(Partition::recovered(
+                        name,
+                        disk.clone(),
+                        data_path,
+                        index_path,
+                        self.memory.clone(),
+                        marker,
+                    )),
+                );
+                found += 1;
+            }
+        }
+        found
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shuffles> {
         self.shuffles.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -256,6 +305,60 @@ impl Store {
         }
         tracing::info!(app = app_id, shuffle = ?shuffle_id, "deleted");
     }
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// `<partition>-<epoch>-<p|r>` as a location id.
+fn parse_stem(stem: &str) -> Option<LocationId> {
+    let mut parts = stem.split('-');
+    let partition = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.parse().ok()?;
+    let role = match parts.next()? {
+        "p" => pb::Role::Primary as i32,
+        "r" => pb::Role::Replica as i32,
+        _ => return None,
+    };
+    parts.next().is_none().then_some((partition, epoch, role))
+}
+
+/// Every `<app>/<shuffle>/<stem>.committed` under a data directory.
+fn committed_markers(dir: &std::path::Path) -> Vec<(String, u32, PathBuf)> {
+    let entries = |dir: &std::path::Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for app_dir in entries(dir).into_iter().filter(|p| p.is_dir()) {
+        let Some(app) = app_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if sluice_protocol::ids::validate_app_id(&app).is_err() {
+            continue;
+        }
+        for shuffle_dir in entries(&app_dir).into_iter().filter(|p| p.is_dir()) {
+            let Some(shuffle_id) = shuffle_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            for file in entries(&shuffle_dir) {
+                if file.extension().is_some_and(|e| e == "committed") {
+                    out.push((app.clone(), shuffle_id, file));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A chunk to send: the committed data file and the validated ranges to send from it.

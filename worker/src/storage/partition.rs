@@ -47,6 +47,67 @@ struct State {
     inflight: usize,
 }
 
+/// What a committed location holds, recorded in `<stem>.committed` beside its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitMarker {
+    pub data_len: u64,
+    pub index_len: u64,
+    pub stats: pb::BatchStats,
+    pub created: bool,
+}
+
+/// The marker file of the data file at `data_path`.
+pub fn marker_path(data_path: &std::path::Path) -> PathBuf {
+    data_path.with_extension("committed")
+}
+
+impl CommitMarker {
+    const MAGIC: &'static str = "sluice-committed-v1";
+
+    fn write(&self, path: &std::path::Path, fsync: bool) -> std::io::Result<()> {
+        let text = format!(
+            "{} {} {} {} {} {} {}\n",
+            Self::MAGIC,
+            self.data_len,
+            self.index_len,
+            self.stats.bytes,
+            self.stats.batches,
+            self.stats.checksum,
+            u8::from(self.created)
+        );
+        let temporary = path.with_extension("committed.tmp");
+        std::fs::write(&temporary, text)?;
+        if fsync {
+            File::open(&temporary)?.sync_all()?;
+        }
+        std::fs::rename(&temporary, path)
+    }
+
+    /// Parses a marker; `None` for anything that is not a whole, well-formed one.
+    pub fn parse(text: &str) -> Option<CommitMarker> {
+        let mut fields = text.trim_end().split(' ');
+        if fields.next()? != Self::MAGIC {
+            return None;
+        }
+        let mut number = || fields.next()?.parse::<u64>().ok();
+        let marker = CommitMarker {
+            data_len: number()?,
+            index_len: number()?,
+            stats: pb::BatchStats {
+                bytes: number()?,
+                batches: number()?,
+                checksum: number()?,
+            },
+            created: match number()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
+        };
+        fields.next().is_none().then_some(marker)
+    }
+}
+
 /// The committed files of a location, for reading. Files are opened per request, so a worker
 /// holding many partitions holds no descriptors for them.
 #[derive(Debug, Clone)]
@@ -110,6 +171,27 @@ impl Partition {
 
     pub fn set_replica(&self, replica: Option<String>) {
         *self.replica.lock().unwrap_or_else(|e| e.into_inner()) = replica;
+    }
+
+    /// A location committed before this worker restarted, from its marker.
+    pub fn recovered(
+        name: String,
+        disk: Arc<Disk>,
+        data_path: PathBuf,
+        index_path: PathBuf,
+        memory: Arc<MemoryBudget>,
+        marker: CommitMarker,
+    ) -> Partition {
+        let partition = Partition::new(name, disk, data_path, index_path, memory);
+        {
+            let mut state = partition.lock();
+            state.status = Status::Committed;
+            state.created = marker.created;
+            state.flushed_len = marker.data_len;
+            state.index_len = marker.index_len;
+            state.stats = marker.stats;
+        }
+        partition
     }
 
     pub fn name(&self) -> &str {
@@ -279,31 +361,39 @@ impl Partition {
             }
             notified.await;
         }
-        let files = {
+        let marker = {
             let state = self.lock();
             match &state.status {
                 Status::Failed(reason) => return Err(reason.clone()),
                 Status::Committed => return Ok(state.stats),
-                _ => state.created,
+                _ => CommitMarker {
+                    data_len: state.flushed_len,
+                    index_len: state.index_len,
+                    stats: state.stats,
+                    created: state.created,
+                },
             }
         };
-        if fsync && files {
-            let paths = (self.data_path.clone(), self.index_path.clone());
-            let synced = tokio::task::spawn_blocking(move || {
+        // Optionally fsync the files, then record the commit beside them so a restarted worker
+        // serves them again.
+        let paths = (self.data_path.clone(), self.index_path.clone());
+        let finished = tokio::task::spawn_blocking(move || {
+            if fsync && marker.created {
                 File::open(&paths.0)?.sync_all()?;
-                File::open(&paths.1)?.sync_all()
-            })
-            .await;
-            let error = match synced {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("fsync failed: {e}")),
-                Err(e) => Some(format!("fsync task failed: {e}")),
-            };
-            if let Some(reason) = error {
-                let mut state = self.lock();
-                self.fail_locked(&mut state, reason.clone());
-                return Err(reason);
+                File::open(&paths.1)?.sync_all()?;
             }
+            marker.write(&marker_path(&paths.0), fsync)
+        })
+        .await;
+        let error = match finished {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("finishing the files failed: {e}")),
+            Err(e) => Some(format!("commit task failed: {e}")),
+        };
+        if let Some(reason) = error {
+            let mut state = self.lock();
+            self.fail_locked(&mut state, reason.clone());
+            return Err(reason);
         }
         let mut state = self.lock();
         if let Status::Failed(reason) = &state.status {
@@ -340,5 +430,40 @@ impl Partition {
     pub fn discard(&self) {
         let mut state = self.lock();
         self.drop_pending_locked(&mut state, "deleted".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_markers_round_trip_and_reject_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = CommitMarker {
+            data_len: 123_456,
+            index_len: 240,
+            stats: pb::BatchStats {
+                bytes: 123_456,
+                batches: 10,
+                checksum: u64::MAX - 3,
+            },
+            created: true,
+        };
+        let path = marker_path(&dir.path().join("3-1-p.data"));
+        marker.write(&path, true).unwrap();
+        assert_eq!(path.file_name().unwrap(), "3-1-p.committed");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(CommitMarker::parse(&text), Some(marker));
+        for bad in [
+            "",
+            "sluice-committed-v1 1 2 3 4",
+            "sluice-committed-v1 1 2 3 4 5 2",
+            "other 1 2 3 4 5 1",
+            &text[..text.len() / 2],
+            &format!("{text} 9"),
+        ] {
+            assert_eq!(CommitMarker::parse(bad), None, "{bad:?}");
+        }
     }
 }
