@@ -1,5 +1,7 @@
-//! A worker holding many partitions holds no file descriptors for them: files are opened per
-//! flush and per read. (Its own test binary, so no other test's sockets or files skew the count.)
+//! Workers holding many partitions hold no file descriptors for them: files are opened per
+//! flush (at most a bounded number of flushes per disk at once, even when every partition
+//! flushes at commit) and per read. (Its own test binary, so no other test's sockets or files
+//! skew the count.)
 
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice_protocol::ShuffleKey;
@@ -34,7 +36,7 @@ async fn descriptors_do_not_grow_with_partitions() {
     }
     assert_eq!(read, partitions as usize);
     let after = open_descriptors();
-    // Two files per partition would be 12,000 descriptors.
+    // Two files per location would be 48,000 descriptors.
     assert!(
         after < before + 200,
         "{before} descriptors before, {after} after"

@@ -1,18 +1,55 @@
-//! One data directory: its write engine (the disk's flusher) and its health and load figures.
+//! One data directory: its flusher, its write engine, and its health and load figures.
+//!
+//! Partitions hand their flushes to the disk's flusher as jobs. The flusher takes them in
+//! order, opens the partition's files (the first job of a partition creates them), submits the
+//! writes to the engine, and keeps at most [`MAX_FLUSHES_IN_FLIGHT`] flushes in flight, so the
+//! descriptors a disk holds are bounded by its flushes, never by how many partitions it has.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use sluice_protocol::pb;
+use tokio::sync::{mpsc, Semaphore};
 
-use super::engine::IoEngine;
+use super::engine::{IoEngine, WriteOutcome, WriteRequest};
+use super::partition::Partition;
+
+/// Flushes a disk has open (files opened, writes submitted) at once.
+pub const MAX_FLUSHES_IN_FLIGHT: usize = 64;
+
+/// One flush of a partition: its pending batches and their index entries, at the offsets
+/// assigned when they were appended.
+#[derive(Debug)]
+pub struct FlushJob {
+    pub partition: Arc<Partition>,
+    /// The partition's first flush: create (truncate) its files.
+    pub create: bool,
+    pub data_offset: u64,
+    pub bufs: Vec<Bytes>,
+    pub index_offset: u64,
+    pub index: Bytes,
+    /// Bytes of `bufs`, released from the memory budget when the flush ends.
+    pub len: u64,
+}
+
+/// Whether an I/O error says the disk itself is in trouble (as opposed to a deleted directory
+/// or this process running out of descriptors).
+pub fn is_disk_fault(error: &std::io::Error) -> bool {
+    error.kind() != std::io::ErrorKind::NotFound
+        && !matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        )
+}
 
 #[derive(Debug)]
 pub struct Disk {
     pub path: PathBuf,
     pub engine: Arc<dyn IoEngine>,
+    flusher: mpsc::UnboundedSender<FlushJob>,
     /// Partitions placed on this disk and not yet destroyed.
     pub active: AtomicU64,
     healthy: AtomicBool,
@@ -21,15 +58,24 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// Creates the disk and starts its flusher (on the current tokio runtime).
     pub fn new(path: PathBuf, engine: Arc<dyn IoEngine>) -> Disk {
+        let (flusher, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(run_flusher(engine.clone(), jobs));
         Disk {
             path,
             engine,
+            flusher,
             active: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             flush_micros: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
         }
+    }
+
+    /// Queues a flush. Fails only if the flusher has stopped (the worker is shutting down).
+    pub fn flush(&self, job: FlushJob) -> Result<(), FlushJob> {
+        self.flusher.send(job).map_err(|e| e.0)
     }
 
     pub fn record_flush(&self, took: Duration) {
@@ -82,4 +128,49 @@ pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
         u64::from(stat.f_blocks).saturating_mul(block),
         u64::from(stat.f_bavail).saturating_mul(block),
     ))
+}
+
+async fn run_flusher(engine: Arc<dyn IoEngine>, mut jobs: mpsc::UnboundedReceiver<FlushJob>) {
+    let permits = Arc::new(Semaphore::new(MAX_FLUSHES_IN_FLIGHT));
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let FlushJob {
+            partition,
+            create,
+            data_offset,
+            bufs,
+            index_offset,
+            index,
+            len,
+        } = job;
+        let (data, index_file) = match partition.open_files(create) {
+            Ok(files) => files,
+            Err(e) => {
+                partition.flush_done(len, Err(e), started.elapsed());
+                continue;
+            }
+        };
+        let data_rx = engine.submit(WriteRequest {
+            file: data,
+            offset: data_offset,
+            bufs,
+        });
+        let index_rx = engine.submit(WriteRequest {
+            file: index_file,
+            offset: index_offset,
+            bufs: vec![index],
+        });
+        tokio::spawn(async move {
+            let outcome = |received: Result<WriteOutcome, _>| match received {
+                Ok(outcome) => outcome.result,
+                Err(_) => Err(std::io::Error::other("write engine stopped")),
+            };
+            let result = outcome(data_rx.await).and(outcome(index_rx.await));
+            partition.flush_done(len, result, started.elapsed());
+            drop(permit);
+        });
+    }
 }

@@ -10,15 +10,13 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_protocol::batch::BatchIter;
 use sluice_protocol::pb;
 use tokio::sync::Notify;
 
-use super::disk::Disk;
-use super::engine::WriteRequest;
+use super::disk::{Disk, FlushJob};
 use super::index::IndexEntry;
 use crate::error::{WorkerError, WorkerResult};
 use crate::memory::MemoryBudget;
@@ -255,7 +253,7 @@ impl Partition {
 
     /// Opens the data and index files for one flush; the first flush creates them. The write
     /// engine drops them (closing the descriptors) when the writes complete.
-    fn open_files(&self, create: bool) -> std::io::Result<(Arc<File>, Arc<File>)> {
+    pub(crate) fn open_files(&self, create: bool) -> std::io::Result<(Arc<File>, Arc<File>)> {
         let open = |path: &PathBuf| {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -287,52 +285,47 @@ impl Partition {
         self.memory.release(dropped);
     }
 
+    /// Hands everything pending to the disk's flusher. Offsets are fixed here, so the file
+    /// layout does not depend on the order writes complete in.
     fn flush_locked(self: &Arc<Self>, state: &mut State) {
-        let (data_file, index_file) = match self.open_files(!state.created) {
-            Ok(files) => files,
-            Err(e) => {
-                self.disk.mark_unhealthy();
-                self.fail_locked(state, format!("cannot open files: {e}"));
-                return;
-            }
-        };
+        let create = !state.created;
         state.created = true;
-        let bufs = std::mem::take(&mut state.pending);
         let len = std::mem::take(&mut state.pending_len);
         let index = Bytes::from(std::mem::take(&mut state.pending_index));
-        let data_rx = self.disk.engine.submit(WriteRequest {
-            file: data_file,
-            offset: state.flushed_len,
-            bufs,
-        });
         let index_len = index.len() as u64;
-        let index_rx = self.disk.engine.submit(WriteRequest {
-            file: index_file,
-            offset: state.index_len,
-            bufs: vec![index],
-        });
+        let job = FlushJob {
+            partition: self.clone(),
+            create,
+            data_offset: state.flushed_len,
+            bufs: std::mem::take(&mut state.pending),
+            index_offset: state.index_len,
+            index,
+            len,
+        };
         state.flushed_len += len;
         state.index_len += index_len;
         state.inflight += 1;
-        let partition = self.clone();
-        let started = Instant::now();
-        tokio::spawn(async move {
-            let outcome = |received: Result<super::engine::WriteOutcome, _>| match received {
-                Ok(outcome) => outcome.result.map_err(|e| e.to_string()),
-                Err(_) => Err("write engine stopped".to_string()),
-            };
-            let result = outcome(data_rx.await).and(outcome(index_rx.await));
-            partition.disk.record_flush(started.elapsed());
-            partition.memory.release(len);
-            let mut state = partition.lock();
+        if self.disk.flush(job).is_err() {
             state.inflight -= 1;
-            if let Err(reason) = result {
-                partition.disk.mark_unhealthy();
-                partition.fail_locked(&mut state, format!("write failed: {reason}"));
+            self.memory.release(len);
+            self.fail_locked(state, "the disk's flusher has stopped".into());
+        }
+    }
+
+    /// Called by the flusher when a flush of `len` bytes ended.
+    pub fn flush_done(&self, len: u64, result: std::io::Result<()>, took: std::time::Duration) {
+        self.disk.record_flush(took);
+        self.memory.release(len);
+        let mut state = self.lock();
+        state.inflight -= 1;
+        if let Err(e) = result {
+            if super::disk::is_disk_fault(&e) {
+                self.disk.mark_unhealthy();
             }
-            drop(state);
-            partition.flushed.notify_waiters();
-        });
+            self.fail_locked(&mut state, format!("flush failed: {e}"));
+        }
+        drop(state);
+        self.flushed.notify_waiters();
     }
 
     /// Flushes, waits for every write, optionally fsyncs, and reports what the location holds.
