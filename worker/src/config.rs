@@ -44,6 +44,11 @@ pub struct WorkerConfig {
     pub push_listen: String,
     /// Address the fetch server binds to.
     pub fetch_listen: String,
+    /// Push port told to the master and clients; 0: the bound port. For a proxy or a NAT in
+    /// front of the worker.
+    pub advertise_push_port: u16,
+    /// Fetch port told to the master and clients; 0: the bound port.
+    pub advertise_fetch_port: u16,
     /// Data directories, one per disk. Each gets its own flusher.
     pub data_dirs: Vec<PathBuf>,
     /// Memory for partition buffers. Above it the worker stops reading pushes and answers `Busy`.
@@ -77,6 +82,8 @@ impl Default for WorkerConfig {
             host: "127.0.0.1".into(),
             push_listen: "0.0.0.0:9098".into(),
             fetch_listen: "0.0.0.0:9099".into(),
+            advertise_push_port: 0,
+            advertise_fetch_port: 0,
             data_dirs: vec![PathBuf::from("/var/lib/sluice")],
             memory_budget: ByteSize::gib(1),
             flush_buffer_size: ByteSize::kib(512),

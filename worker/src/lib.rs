@@ -120,8 +120,15 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
             .map(|a| u32::from(a.port()))
             .map_err(|e| WorkerError::io("reading the listener address", e))
     };
-    let push_port = port(&listeners.push)?;
-    let fetch_port = port(&listeners.fetch)?;
+    let advertised = |configured: u16, bound: u32| {
+        if configured == 0 {
+            bound
+        } else {
+            u32::from(configured)
+        }
+    };
+    let push_port = advertised(config.advertise_push_port, port(&listeners.push)?);
+    let fetch_port = advertised(config.advertise_fetch_port, port(&listeners.fetch)?);
     let id = if config.id.is_empty() {
         format!("{}-{push_port}", config.host)
     } else {
