@@ -318,3 +318,37 @@ async fn a_restarted_worker_serves_its_committed_files_again() {
     assert_exactly_once(&read(&client, &key, 12).await.unwrap(), &ids);
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_copy_is_read_around_through_the_other_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 2);
+    let key = ShuffleKey::new("corrupt-copy", 0);
+    let ids = write(&client, &key, 2, 4).await;
+    assert_exactly_once(&read(&client, &key, 4).await.unwrap(), &ids);
+    // Flip a byte in the middle of every primary copy's file.
+    let mut corrupted = 0;
+    for w in 0..2 {
+        let mut stack = vec![cluster.data_dir(w)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.to_string_lossy().ends_with("-p.data") {
+                    let mut bytes = std::fs::read(&path).unwrap();
+                    let middle = bytes.len() / 2;
+                    bytes[middle] ^= 0x10;
+                    std::fs::write(&path, bytes).unwrap();
+                    corrupted += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(corrupted, 4);
+    assert_exactly_once(&read(&client, &key, 4).await.unwrap(), &ids);
+    cluster.shutdown().await.unwrap();
+}

@@ -166,8 +166,10 @@ impl ShuffleReader {
                             },
                         }),
                     };
-                    match fetched {
-                        Ok(bytes) => self.take_chunk(partition, bytes)?,
+                    // A copy that cannot be fetched, or whose bytes fail their checksums, is
+                    // read around through another copy of the same epoch.
+                    match fetched.and_then(|bytes| self.take_chunk(partition, bytes)) {
+                        Ok(()) => {}
                         Err(error) => self.fail_over(partition, &copy, alternates, error).await?,
                     }
                 }
@@ -340,8 +342,9 @@ impl ShuffleReader {
         Ok(opened.chunks)
     }
 
-    /// A chunk of `failed` could not be fetched: drop its remaining chunks and read the next
-    /// copy of the same epoch from its start instead (batches already read are dropped as
+    /// A chunk of `failed` could not be fetched or failed its checksums: drop the copy's
+    /// remaining chunks and read the next copy of the same epoch from its start instead
+    /// (batches already taken passed their own checksums; read again, they are dropped as
     /// repeats). Without another copy the error stands.
     async fn fail_over(
         &mut self,
@@ -353,7 +356,7 @@ impl ShuffleReader {
         if alternates.is_empty() {
             return Err(error);
         }
-        tracing::warn!(shuffle = %self.key, partition, worker = %failed.worker, error = %error, "fetch failed, reading the replica");
+        tracing::warn!(shuffle = %self.key, partition, worker = %failed.worker, error = %error, "copy failed, reading another copy");
         let same =
             |copy: &CopySource| copy.worker == failed.worker && copy.location == failed.location;
         self.queue.retain(|item| match item {
