@@ -1,9 +1,12 @@
 //! Replication (two copies of every pushed batch) and reader failover, on a real in-process
 //! cluster.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
+use common::data_files;
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::records::{self, RecordId};
 use sluice_client::{ClientConfig, ClientError, SluiceClient};
@@ -72,19 +75,10 @@ fn assert_exactly_once(seen: &HashMap<RecordId, usize>, ids: &[RecordId]) {
 
 /// Data files under `dir` whose name ends in `-<role>.data` (`p` or `r`).
 fn files(dir: &Path, role: char) -> usize {
-    let mut count = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.to_string_lossy().ends_with(&format!("-{role}.data")) {
-                count += 1;
-            }
-        }
-    }
-    count
+    data_files(dir)
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(&format!("-{role}.data")))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,21 +325,13 @@ async fn a_corrupt_copy_is_read_around_through_the_other_copy() {
     assert_exactly_once(&read(&client, &key, 4).await.unwrap(), &ids);
     // Flip a byte in the middle of every primary copy's file.
     let mut corrupted = 0;
-    for w in 0..2 {
-        let mut stack = vec![cluster.data_dir(w)];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.to_string_lossy().ends_with("-p.data") {
-                    let mut bytes = std::fs::read(&path).unwrap();
-                    let middle = bytes.len() / 2;
-                    bytes[middle] ^= 0x10;
-                    std::fs::write(&path, bytes).unwrap();
-                    corrupted += 1;
-                }
-            }
+    for path in (0..2).flat_map(|w| data_files(&cluster.data_dir(w))) {
+        if path.to_string_lossy().ends_with("-p.data") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x10;
+            std::fs::write(&path, bytes).unwrap();
+            corrupted += 1;
         }
     }
     assert_eq!(corrupted, 4);

@@ -2,11 +2,14 @@
 //! loopback, real disks): exactly-once reads, map attempts, map ranges, corruption detection,
 //! backpressure, both write engines, deletion and worker loss.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::data_files;
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::records::{self, RecordId};
 use sluice_client::{ClientError, ShuffleHandle, SluiceClient};
@@ -312,22 +315,6 @@ async fn map_range_reads_return_exactly_the_maps_in_the_range() {
         assert_exactly(&seen, expected);
     }
     cluster.shutdown().await.unwrap();
-}
-
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "data") {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
