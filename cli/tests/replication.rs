@@ -338,3 +338,40 @@ async fn a_corrupt_copy_is_read_around_through_the_other_copy() {
     assert_exactly_once(&read(&client, &key, 4).await.unwrap(), &ids);
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_past_its_size_cap_moves_to_new_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(3, dir.path());
+    options.worker.partition_size_cap = bytesize::ByteSize::kib(64);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = SluiceClient::new(ClientConfig {
+        replication: 2,
+        batch_size: 8 * 1024,
+        push_size: 16 * 1024,
+        ..ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap();
+    let key = ShuffleKey::new("size-cap", 0);
+    let handle = client.register_shuffle(&key, 2, 2).await.unwrap();
+    let mut ids = Vec::new();
+    // About 600 KiB per partition: ten times the cap.
+    for map in 0..2 {
+        let mut writer = client.writer(handle.clone(), map, 0).unwrap();
+        let mut record = Vec::new();
+        for seq in 0..1200u32 {
+            record.clear();
+            records::encode(&mut record, map, seq, 500);
+            writer.write(seq % 2, &record).await.unwrap();
+            ids.push(RecordId { map, seq });
+        }
+        writer.finish().await.unwrap();
+    }
+    assert!(
+        handle.route(0).epoch >= 5,
+        "partition 0 is at epoch {}",
+        handle.route(0).epoch
+    );
+    assert_exactly_once(&read(&client, &key, 2).await.unwrap(), &ids);
+    cluster.shutdown().await.unwrap();
+}

@@ -55,6 +55,9 @@ pub struct WorkerConfig {
     pub memory_budget: ByteSize,
     /// A partition's buffer is flushed to disk once it holds this much.
     pub flush_buffer_size: ByteSize,
+    /// Largest a partition location may grow; past it the writer moves the partition to a new
+    /// epoch (on other workers where there are any).
+    pub partition_size_cap: ByteSize,
     /// Largest chunk a reader fetches in one request.
     pub chunk_size: ByteSize,
     /// Disk write engine: `auto`, `io_uring` or `sync`.
@@ -87,6 +90,7 @@ impl Default for WorkerConfig {
             data_dirs: vec![PathBuf::from("/var/lib/sluice")],
             memory_budget: ByteSize::gib(1),
             flush_buffer_size: ByteSize::kib(512),
+            partition_size_cap: ByteSize::gib(64),
             chunk_size: ByteSize::mib(4),
             io_engine: IoEngineConfig::Auto,
             fsync_on_commit: false,

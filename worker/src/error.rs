@@ -24,6 +24,8 @@ pub enum WorkerError {
     Busy { used: u64, budget: u64 },
     #[error("disk failure on {location}: {reason}")]
     Disk { location: String, reason: String },
+    #[error("{location} has reached its size cap of {cap} bytes")]
+    PartitionFull { location: String, cap: u64 },
     #[error("cannot reach the master: {0}")]
     Master(String),
 }
@@ -37,7 +39,7 @@ impl WorkerError {
             WorkerError::NotFound(_) => ErrorCode::NotFound,
             WorkerError::Committed(_) => ErrorCode::Committed,
             WorkerError::Busy { .. } => ErrorCode::Busy,
-            WorkerError::Disk { .. } => ErrorCode::DiskFull,
+            WorkerError::Disk { .. } | WorkerError::PartitionFull { .. } => ErrorCode::DiskFull,
             WorkerError::Master(_) => ErrorCode::Unavailable,
         }
     }

@@ -241,13 +241,14 @@ fn append_push(
         resolved.push(partition);
     }
     let threshold = shared.config.flush_buffer_size.as_u64();
+    let size_cap = shared.config.partition_size_cap.as_u64();
     let mut offset = 0usize;
     let mut forwards: HashMap<String, (Vec<pb::PushSlice>, Vec<Bytes>)> = HashMap::new();
     for (slice, partition) in header.slices.iter().zip(resolved) {
         let end = offset + slice.length as usize;
         let bytes: Bytes = frame.body.slice(offset..end);
         offset = end;
-        partition.append(bytes.clone(), threshold)?;
+        partition.append(bytes.clone(), threshold, size_cap)?;
         *kept += u64::from(slice.length);
         if let (false, Some(replica)) = (replica, partition.replica()) {
             let (slices, body) = forwards.entry(replica).or_default();

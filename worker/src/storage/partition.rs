@@ -203,7 +203,14 @@ impl Partition {
 
     /// Appends a slice of whole batches. On success the partition owns `slice.len()` bytes of
     /// the memory budget until they are flushed. Malformed batches reject the whole slice.
-    pub fn append(self: &Arc<Self>, slice: Bytes, flush_threshold: u64) -> WorkerResult<()> {
+    /// A location holding anything may not grow past `size_cap`: the push is refused and the
+    /// writer moves the partition to a new epoch elsewhere.
+    pub fn append(
+        self: &Arc<Self>,
+        slice: Bytes,
+        flush_threshold: u64,
+        size_cap: u64,
+    ) -> WorkerResult<()> {
         let mut state = self.lock();
         match &state.status {
             Status::Open => {}
@@ -218,6 +225,12 @@ impl Partition {
             }
         }
         let base = state.flushed_len + state.pending_len;
+        if base > 0 && base + slice.len() as u64 > size_cap {
+            return Err(WorkerError::PartitionFull {
+                location: self.name.clone(),
+                cap: size_cap,
+            });
+        }
         let mut index = Vec::new();
         let mut stats = pb::BatchStats::default();
         let mut position = 0u64;
