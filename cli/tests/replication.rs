@@ -139,13 +139,7 @@ async fn without_replication_a_lost_worker_is_an_error_never_short_data() {
     assert_exactly_once(&read(&client, &key, 10).await.unwrap(), &ids);
     cluster.stop_worker(0).await.unwrap();
     let error = read(&client, &key, 10).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            ClientError::Fetch { .. } | ClientError::DataLost { .. }
-        ),
-        "{error}"
-    );
+    assert!(error.is_data_loss(), "{error}");
     cluster.shutdown().await.unwrap();
 }
 

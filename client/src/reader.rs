@@ -311,7 +311,11 @@ impl ShuffleReader {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| self.lost(partition, "no copy to read".into())))
+        let reason = match last_error {
+            Some(error) => format!("no copy can be read: {error}"),
+            None => "no copy to read".into(),
+        };
+        Err(self.lost(partition, reason))
     }
 
     async fn open_stream(&self, copy: &CopySource) -> ClientResult<Vec<pb::Chunk>> {
@@ -354,7 +358,11 @@ impl ShuffleReader {
         error: ClientError,
     ) -> ClientResult<()> {
         if alternates.is_empty() {
-            return Err(error);
+            // The last copy of this epoch is gone or corrupt: the data is lost to this reader.
+            return Err(match error {
+                ClientError::DataLost { .. } => error,
+                other => self.lost(partition, format!("no other copy to read: {other}")),
+            });
         }
         tracing::warn!(shuffle = %self.key, partition, worker = %failed.worker, error = %error, "copy failed, reading another copy");
         let same =

@@ -18,6 +18,8 @@ pub enum MasterError {
         #[source]
         source: ProtocolError,
     },
+    #[error("worker {0} was declared lost")]
+    WorkerLost(String),
     #[error("shuffle {0} is already committed")]
     Committed(String),
     #[error("the master is shutting down")]
@@ -34,7 +36,9 @@ impl MasterError {
             MasterError::Config(_) | MasterError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             MasterError::NotFound(_) => ErrorCode::NotFound,
             MasterError::Committed(_) => ErrorCode::Committed,
-            MasterError::NoWorkers(_) | MasterError::ShuttingDown => ErrorCode::Unavailable,
+            MasterError::NoWorkers(_) | MasterError::ShuttingDown | MasterError::WorkerLost(_) => {
+                ErrorCode::Unavailable
+            }
             MasterError::Worker { source, .. } => source.code(),
             MasterError::Io(_) | MasterError::Transport(_) => ErrorCode::Internal,
         }

@@ -331,6 +331,18 @@ fn expire_apps(inner: &Arc<Inner>) {
     }
 }
 
+/// Resolves once the master considers `worker` lost (or forgets it).
+async fn lost(inner: &Inner, worker: &str) {
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        poll.tick().await;
+        let alive = inner.lock().workers.get(worker).is_some_and(|w| w.alive);
+        if !alive {
+            return;
+        }
+    }
+}
+
 /// Has every worker holding the shuffle commit its files, then publishes the results.
 async fn commit_shuffle(inner: Arc<Inner>, key: ShuffleKey) {
     let started = Instant::now();
@@ -368,17 +380,20 @@ async fn commit_shuffle(inner: Arc<Inner>, key: ShuffleKey) {
         );
         calls.spawn(async move {
             let timeout = inner.config.commit_timeout;
-            let result = inner
-                .call_worker(&worker, frame, MessageType::Committed, timeout)
-                .await
-                .and_then(|frame| {
-                    frame
-                        .decode_header::<pb::CommittedHeader>("committed")
-                        .map_err(|source| MasterError::Worker {
-                            worker: worker.id.clone(),
-                            source,
-                        })
-                });
+            let call = inner.call_worker(&worker, frame, MessageType::Committed, timeout);
+            // A worker declared lost while its commit is pending will not answer: stop waiting.
+            let result = tokio::select! {
+                result = call => result,
+                _ = lost(&inner, &worker.id) => Err(MasterError::WorkerLost(worker.id.clone())),
+            };
+            let result = result.and_then(|frame| {
+                frame
+                    .decode_header::<pb::CommittedHeader>("committed")
+                    .map_err(|source| MasterError::Worker {
+                        worker: worker.id.clone(),
+                        source,
+                    })
+            });
             (index as u32, result)
         });
     }

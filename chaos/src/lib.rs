@@ -1,0 +1,143 @@
+//! `chaos`: fault injection against a real Sluice cluster of `sluice` processes on loopback.
+//!
+//! A run executes scenarios one after another. Each scenario starts its own cluster
+//! ([`cluster::Cluster`]: a master and four workers, per-process logs under the run directory,
+//! a TCP [`proxy::Proxy`] in front of a worker that is to be cut off, a tmpfs under a worker
+//! whose disk is to fill up), registers a shuffle, writes the workload
+//! ([`workload::Writes`]: M maps × P partitions of [`records`] that carry their own id and a
+//! payload derived from it), injects its fault at a fixed point of the workload (after map m
+//! record r, after the reader took n blocks, after the commit), reads everything back
+//! ([`workload::Reads`]) and judges the result ([`scenario::run`]): every written id read
+//! exactly once and intact passes; with replication 1 a data-loss error from the reader passes
+//! too; short, repeated or changed data without an error fails. Every child is SIGKILLed when
+//! its handle drops, dies with the harness (`PR_SET_PDEATHSIG`), and a final sweep
+//! ([`cluster::Run::sweep`]) kills anything left.
+//!
+//! [`run`] returns a [`Report`]; [`Report::table`] and [`Report::json`] print it.
+
+pub mod cluster;
+pub mod proxy;
+pub mod records;
+pub mod scenario;
+pub mod workload;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use cluster::Run;
+pub use scenario::{Outcome, Scenario, Sizes, Verdict};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `sluice` binary.
+    pub sluice: PathBuf,
+    /// Where the per-scenario directories (logs, data) go.
+    pub run_dir: PathBuf,
+    /// Scenario and replication pairs, in order.
+    pub runs: Vec<(Scenario, u32)>,
+    /// Small sizes and short deadlines.
+    pub quick: bool,
+}
+
+impl Options {
+    /// Every scenario with each of its replications.
+    pub fn all_runs() -> Vec<(Scenario, u32)> {
+        Scenario::ALL
+            .into_iter()
+            .flat_map(|s| s.replications().iter().map(move |r| (s, *r)))
+            .collect()
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenarios: Vec<Outcome>,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub run_dir: PathBuf,
+    /// Children the final sweep had to kill (0 unless a handle leaked).
+    pub swept: usize,
+}
+
+impl Report {
+    /// True when every scenario passed (none failed, none skipped).
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.skipped == 0 && self.swept == 0
+    }
+
+    /// A fixed-width table, one row per scenario, then each row's detail.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<20} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}  {}\n",
+            "scenario",
+            "repl",
+            "written",
+            "read",
+            "lost",
+            "duplicated",
+            "corrupted",
+            "seconds",
+            "verdict"
+        );
+        for o in &self.scenarios {
+            out.push_str(&format!(
+                "{:<20} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7.1}  {}\n",
+                o.scenario,
+                o.replication,
+                o.written,
+                o.read,
+                o.lost,
+                o.duplicated,
+                o.corrupted,
+                o.seconds,
+                o.verdict.label()
+            ));
+        }
+        out.push('\n');
+        for o in &self.scenarios {
+            out.push_str(&format!(
+                "{} r{}: {}\n",
+                o.scenario, o.replication, o.detail
+            ));
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Runs the scenarios one after another and reports. Must be called inside a multi-threaded
+/// tokio runtime.
+pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    if !options.sluice.is_file() {
+        anyhow::bail!(
+            "no sluice binary at {} (build it with `cargo build -p sluice`, or pass --sluice)",
+            options.sluice.display()
+        );
+    }
+    std::fs::create_dir_all(&options.run_dir)?;
+    let harness = Run::new(options.sluice.clone(), options.run_dir.clone());
+    let sizes = Sizes::new(options.quick);
+    let mut scenarios = Vec::new();
+    for (scenario, replication) in &options.runs {
+        scenarios.push(scenario::run(&harness, *scenario, *replication, sizes).await);
+    }
+    let swept = harness.sweep();
+    let count = |v: Verdict| scenarios.iter().filter(|o| o.verdict == v).count();
+    let passed = scenarios.iter().filter(|o| o.verdict.passed()).count();
+    let skipped = count(Verdict::Skipped);
+    Ok(Report {
+        failed: scenarios.len() - passed - skipped,
+        passed,
+        skipped,
+        scenarios,
+        run_dir: options.run_dir.clone(),
+        swept,
+    })
+}

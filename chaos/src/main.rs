@@ -1,0 +1,118 @@
+//! `chaos`: runs fault-injection scenarios against a cluster of `sluice` processes and prints a
+//! table, then one JSON line (the last line on stdout). Exits 0 only when every scenario passed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chaos::{Options, Scenario};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chaos",
+    about = "Fault injection against a real Sluice cluster"
+)]
+struct Cli {
+    /// Run every scenario.
+    #[arg(long)]
+    all: bool,
+    /// Run this scenario (repeatable): kill-while-pushing, kill-while-reading,
+    /// stop-while-pushing, restart, partition, corrupt, disk-full. `NAME/R` runs only
+    /// replication R.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// The sluice binary (default: `sluice` next to this binary).
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+    /// Small sizes.
+    #[arg(long)]
+    quick: bool,
+    /// Directory for logs and data (default: a new directory under the system temp dir).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+}
+
+fn runs(cli: &Cli) -> anyhow::Result<Vec<(Scenario, u32)>> {
+    if cli.all {
+        return Ok(Options::all_runs());
+    }
+    if cli.scenarios.is_empty() {
+        anyhow::bail!("nothing to run: pass --all or --scenario NAME");
+    }
+    let mut runs = Vec::new();
+    for arg in &cli.scenarios {
+        let (name, replication) = match arg.split_once('/') {
+            Some((name, r)) => (name, Some(r.parse::<u32>().context("replication")?)),
+            None => (arg.as_str(), None),
+        };
+        let scenario = Scenario::from_name(name).with_context(|| {
+            let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown scenario {name:?}; known: {}", names.join(", "))
+        })?;
+        match replication {
+            Some(r) => runs.push((scenario, r)),
+            None => runs.extend(scenario.replications().iter().map(|r| (scenario, *r))),
+        }
+    }
+    Ok(runs)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match main_inner() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main_inner() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let runs = runs(&cli)?;
+    let sluice = match &cli.sluice {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the chaos binary has no directory")?
+            .join("sluice"),
+    };
+    let run_dir = match &cli.run_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!(
+            "sluice-chaos-{}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            std::process::id()
+        )),
+    };
+    eprintln!("chaos: logs and data under {}", run_dir.display());
+    let options = Options {
+        sluice,
+        run_dir,
+        runs,
+        quick: cli.quick,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(chaos::run(&options))?;
+    drop(runtime);
+    print!("{}", report.table());
+    println!("{}", report.json());
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,31 @@
+//! The quick chaos subset on real `sluice` processes: a worker SIGKILLed while maps push (with
+//! replication 2 and 1), one SIGKILLed while reducers read, and a flipped byte in a committed
+//! file. The full set: `cargo run -p chaos -- --all`.
+
+use std::path::PathBuf;
+
+use chaos::{Options, Scenario};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_chaos_scenarios_pass() {
+    let run_dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        sluice: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
+        run_dir: run_dir.path().to_path_buf(),
+        runs: vec![
+            (Scenario::KillWhilePushing, 2),
+            (Scenario::KillWhilePushing, 1),
+            (Scenario::KillWhileReading, 2),
+            (Scenario::Corrupt, 2),
+        ],
+        quick: true,
+    };
+    let report = chaos::run(&options).await.unwrap();
+    assert_eq!(report.scenarios.len(), 4);
+    assert!(
+        report.ok(),
+        "chaos scenarios failed (logs kept in {}):\n{}",
+        run_dir.keep().display(),
+        report.table()
+    );
+}
