@@ -1,5 +1,5 @@
 # Sluice: the commands README.md names.
-.PHONY: demo bench test test-rust test-jvm test-demo lint
+.PHONY: demo bench chaos test test-rust test-jvm test-demo lint
 
 # The main job: a local Sluice cluster serving a real PySpark job, checked against Spark's own
 # shuffle (builds the binary and the jar; creates .venv with pyspark on first use).
@@ -9,6 +9,11 @@ demo:
 # A verified benchmark on an embedded 3-worker cluster (release build).
 bench:
 	cargo run --release -p sluice -- bench --workers 3 --maps 8 --partitions 64 --bytes-per-map 64MiB --verify
+
+# Fault injection with real processes: every scenario, table and JSON report.
+chaos:
+	cargo build -p sluice
+	cargo run -p chaos -- --all
 
 # Every test: formatting and lints, the Rust tests, the Spark (JUnit) tests, and spark-submit
 # from pyspark against the built jar.
