@@ -43,7 +43,7 @@ enum Command {
         settings: Vec<String>,
     },
     /// Run a worker. Settings: `--config FILE`, SLUICE_WORKER_<KEY> variables, `--<key> VALUE`.
-    /// Prints one JSON line with its id and addresses once listening.
+    /// Prints one JSON line with its id and addresses once the master has accepted it.
     Worker {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         settings: Vec<String>,
@@ -165,17 +165,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let worker = sluice_worker::Worker::start(config, listeners)?;
             let info = worker.info();
-            println!(
-                "{}",
-                serde_json::json!({
-                    "id": info.id,
-                    "push": info.push_addr(),
-                    "fetch": info.fetch_addr(),
-                })
-            );
+            let ready = serde_json::json!({
+                "id": info.id,
+                "push": info.push_addr(),
+                "fetch": info.fetch_addr(),
+            });
+            let mut registered = worker.registered();
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone())?;
-            worker.serve(shutdown).await?;
+            let serving = tokio::spawn(worker.serve(shutdown.clone()));
+            // Ready means placeable: print once the master has accepted the registration.
+            tokio::select! {
+                _ = registered.wait_for(|registered| *registered) => println!("{ready}"),
+                _ = shutdown.cancelled() => {}
+            }
+            serving.await??;
         }
         Command::Local {
             workers,

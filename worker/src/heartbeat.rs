@@ -55,9 +55,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 .await
                 .map(|r| registered = !r.into_inner().reregister)
         } else {
-            register(&mut client, &shared)
-                .await
-                .map(|()| registered = true)
+            register(&mut client, &shared).await.map(|()| {
+                registered = true;
+                shared.registered.send_replace(true);
+            })
         };
         match result {
             Ok(()) if failing => {

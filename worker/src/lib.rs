@@ -43,6 +43,8 @@ pub struct Shared {
     pub limits: FrameLimits,
     /// Connections to other workers (replicas this worker forwards to).
     pub peers: sluice_protocol::rpc::RpcPool,
+    /// Becomes true once the master has accepted this worker's registration.
+    pub registered: tokio::sync::watch::Sender<bool>,
 }
 
 /// The worker's bound listeners. The binary binds them from the config; tests bind
@@ -80,6 +82,12 @@ impl Worker {
     /// Id and addresses, as registered with the master.
     pub fn info(&self) -> &pb::WorkerInfo {
         &self.shared.info
+    }
+
+    /// Watches whether the master has accepted the worker's registration (true once it has;
+    /// the worker keeps registering until then, once serving).
+    pub fn registered(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.registered.subscribe()
     }
 
     /// Serves pushes and fetches and heartbeats until `shutdown` is cancelled.
@@ -169,6 +177,7 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
         store,
         limits,
         peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
+        registered: tokio::sync::watch::channel(false).0,
         config,
     })
 }
