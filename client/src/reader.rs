@@ -44,6 +44,8 @@ enum Item {
     },
     End {
         layout: usize,
+        /// Why copies of the partition are missing, for a data-loss report.
+        missing: Vec<String>,
     },
 }
 
@@ -63,8 +65,6 @@ pub struct ShuffleReader {
     queue: VecDeque<Item>,
     seen: Seen,
     out: VecDeque<Bytes>,
-    /// Why copies of the partition being read are missing, for a data-loss report.
-    missing: Vec<String>,
 }
 
 impl std::fmt::Debug for ShuffleReader {
@@ -135,7 +135,6 @@ impl ShuffleReader {
             queue: VecDeque::new(),
             seen: Seen::default(),
             out: VecDeque::new(),
-            missing: Vec::new(),
         })
     }
 
@@ -173,7 +172,7 @@ impl ShuffleReader {
                         Err(error) => self.fail_over(partition, &copy, alternates, error).await?,
                     }
                 }
-                Some(Item::End { layout }) => self.end_partition(layout)?,
+                Some(Item::End { layout, missing }) => self.end_partition(layout, missing)?,
             }
         }
     }
@@ -228,7 +227,6 @@ impl ShuffleReader {
             }
             if location.stats.is_some_and(|s| s.batches == 0) {
                 // Committed empty: nothing to read, and nothing lost.
-                epochs[at].2.push(String::new());
                 continue;
             }
             let worker = self
@@ -263,7 +261,6 @@ impl ShuffleReader {
                 // moved the partition before any push to it succeeded). Whether anything is
                 // missing is decided exactly at the end of the partition, against what the
                 // winning attempts reported; the reasons are kept for that report.
-                let errors: Vec<String> = errors.into_iter().filter(|e| !e.is_empty()).collect();
                 if !errors.is_empty() {
                     missing.push(format!(
                         "epoch {epoch} has no committed copy ({})",
@@ -274,9 +271,11 @@ impl ShuffleReader {
             }
             items.extend(self.open_copies(partition_id, copies).await?);
         }
-        self.missing = missing;
         self.queue.extend(items);
-        self.queue.push_back(Item::End { layout: index });
+        self.queue.push_back(Item::End {
+            layout: index,
+            missing,
+        });
         Ok(())
     }
 
@@ -472,9 +471,8 @@ impl ShuffleReader {
         Ok(())
     }
 
-    fn end_partition(&mut self, index: usize) -> ClientResult<()> {
+    fn end_partition(&mut self, index: usize, missing: Vec<String>) -> ClientResult<()> {
         let seen = std::mem::take(&mut self.seen);
-        let missing = std::mem::take(&mut self.missing);
         let missing = if missing.is_empty() {
             String::new()
         } else {

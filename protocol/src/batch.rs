@@ -13,7 +13,7 @@
 //! (`codec` 0, used when compression would not shrink it). `batch id` grows per
 //! `(map, attempt)`; readers drop repeats of `(map, batch id)` and batches of losing attempts.
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 
 pub const BATCH_HEAD_LEN: usize = 28;
 /// Largest raw or stored size of one batch. Decoders refuse anything larger.
@@ -265,14 +265,6 @@ impl Iterator for BatchIter {
         self.failed = result.is_err();
         Some(result)
     }
-}
-
-/// Appends the raw bytes of a record-length prefix: a u32 big-endian. Helper for callers that
-/// frame records inside batches (the benchmark and tests); the client itself treats batches as
-/// opaque bytes.
-pub fn put_len_prefixed(out: &mut impl BufMut, record: &[u8]) {
-    out.put_u32(record.len() as u32);
-    out.put_slice(record);
 }
 
 #[cfg(test)]

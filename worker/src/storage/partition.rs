@@ -251,11 +251,6 @@ impl Partition {
         Ok(())
     }
 
-    /// Bytes waiting in memory.
-    pub fn pending_len(&self) -> u64 {
-        self.lock().pending_len
-    }
-
     /// Writes out whatever is pending (memory pressure).
     pub fn flush_pending(self: &Arc<Self>) {
         let mut state = self.lock();
