@@ -105,7 +105,7 @@ impl LocalCluster {
             };
             cluster.start_worker(config, data_dir).await?;
         }
-        cluster.wait_ready().await?;
+        cluster.wait_registered().await?;
         Ok(cluster)
     }
 
@@ -148,30 +148,12 @@ impl LocalCluster {
         let old = self.workers.remove(index);
         self.start_worker(old.config, old.data_dir).await?;
         let restarted = self.workers.pop().context("restarted worker")?;
-        let push_port = restarted.info.push_port;
-        let id = restarted.info.id.clone();
         self.workers.insert(index, restarted);
-        let client = self.client()?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let status = client.cluster_status().await?;
-            let back = status.workers.iter().any(|w| {
-                w.alive
-                    && w.worker
-                        .as_ref()
-                        .is_some_and(|i| i.id == id && i.push_port == push_port)
-            });
-            if back {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("restarted worker {id} did not register within {READY_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_registered().await
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits until the master knows every running worker as alive at its current push port.
+    async fn wait_registered(&mut self) -> anyhow::Result<()> {
         let client = self.client()?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut poll = tokio::time::interval(Duration::from_millis(20));
@@ -189,8 +171,16 @@ impl LocalCluster {
                 bail!("worker {id} stopped during start-up");
             }
             if let Ok(status) = client.cluster_status().await {
-                let alive = status.workers.iter().filter(|w| w.alive).count();
-                if alive >= self.workers.len() {
+                let registered = |info: &pb::WorkerInfo| {
+                    status.workers.iter().any(|w| {
+                        w.alive
+                            && w.worker.as_ref().is_some_and(|known| {
+                                known.id == info.id && known.push_port == info.push_port
+                            })
+                    })
+                };
+                let running = self.workers.iter().filter(|w| w.task.is_some());
+                if running.map(|w| &w.info).all(registered) {
                     return Ok(());
                 }
             }

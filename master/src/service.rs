@@ -603,19 +603,7 @@ impl Master for MasterService {
             locations: placement
                 .copies
                 .into_iter()
-                .map(|(primary, replica)| {
-                    let mut copies = vec![Location {
-                        epoch: 0,
-                        role: pb::Role::Primary,
-                        worker: primary,
-                    }];
-                    copies.extend(replica.map(|worker| Location {
-                        epoch: 0,
-                        role: pb::Role::Replica,
-                        worker,
-                    }));
-                    copies
-                })
+                .map(|(primary, replica)| Location::copies(0, primary, replica).collect())
                 .collect(),
             maps: vec![None; request.num_maps as usize],
             ended: 0,
@@ -708,17 +696,8 @@ impl Master for MasterService {
                 })
                 .collect();
             for ((partition, epoch), (primary, replica)) in targets.iter().zip(copies) {
-                let locations = &mut entry.locations[*partition as usize];
-                locations.push(Location {
-                    epoch: *epoch,
-                    role: pb::Role::Primary,
-                    worker: primary,
-                });
-                locations.extend(replica.map(|worker| Location {
-                    epoch: *epoch,
-                    role: pb::Role::Replica,
-                    worker,
-                }));
+                entry.locations[*partition as usize]
+                    .extend(Location::copies(*epoch, primary, replica));
             }
         }
         let state = self.inner.lock();

@@ -50,6 +50,27 @@ pub struct Location {
     pub worker: u32,
 }
 
+impl Location {
+    /// The copies of one epoch of a partition: its primary and, with replication 2, its replica.
+    pub fn copies(
+        epoch: u32,
+        primary: u32,
+        replica: Option<u32>,
+    ) -> impl Iterator<Item = Location> {
+        let primary = Location {
+            epoch,
+            role: pb::Role::Primary,
+            worker: primary,
+        };
+        let replica = replica.map(|worker| Location {
+            epoch,
+            role: pb::Role::Replica,
+            worker,
+        });
+        std::iter::once(primary).chain(replica)
+    }
+}
+
 /// The output that counts for one map.
 #[derive(Debug, Clone)]
 pub struct MapResult {
