@@ -2,10 +2,15 @@
 //!
 //! [`FrameReader`] owns a `BytesMut` read buffer: it asks [`frame::check`] whether a whole frame
 //! is there, reserves room for the whole frame once its head is known (one allocation per large
-//! frame), and splits frames off without copying. [`FrameWriter`] writes the head and header
-//! through a small buffer and large bodies straight to the socket.
+//! frame), and splits frames off without copying. A server that accounts for the memory a peer
+//! makes it hold reads in two steps instead: [`FrameReader::read_head`] returns the head alone,
+//! the server charges `header + body` bytes against its budget (or turns the frame away with
+//! [`FrameReader::skip_rest`]), and [`FrameReader::read_rest`] reads the body into an allocation
+//! of its own that the caller wraps (e.g. with a lease that lives as long as the bytes).
+//! [`FrameWriter`] writes the head and header through a small buffer and large bodies straight
+//! to the socket.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
@@ -34,11 +39,125 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, limits: FrameLimits) -> FrameReader<R> {
+        Self::with_capacity(inner, limits, 64 * 1024)
+    }
+
+    /// A reader whose buffer starts at `capacity` bytes (servers holding many connections keep
+    /// it small; it grows for large headers only when reading with [`FrameReader::read_rest`]).
+    pub fn with_capacity(inner: R, limits: FrameLimits, capacity: usize) -> FrameReader<R> {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::with_capacity(capacity),
             limits,
         }
+    }
+
+    /// Whether bytes of a frame not yet returned are buffered (a peer is mid-frame).
+    pub fn is_mid_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Reads until the next frame's head is buffered and valid, and returns it without
+    /// consuming it. `Ok(None)` is a clean end of stream between frames. Follow with
+    /// [`FrameReader::read_rest`] or [`FrameReader::skip_rest`].
+    pub async fn read_head(&mut self) -> Result<Option<frame::FrameHead>, ReadError> {
+        loop {
+            match frame::check(&self.buf, &self.limits) {
+                Ok(head) => return Ok(Some(head)),
+                Err(FrameError::Incomplete) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if self.buf.capacity() - self.buf.len() < frame::HEAD_LEN {
+                self.buf.reserve(4096);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated {
+                        buffered: self.buf.len(),
+                    })
+                };
+            }
+        }
+    }
+
+    /// Reads the header and body of the frame whose head [`FrameReader::read_head`] returned.
+    /// The header is copied out of the read buffer; the body is read into a `Vec` of exactly
+    /// `body_len` bytes of capacity (pages are touched only as bytes arrive), which `wrap` turns
+    /// into the frame's `Bytes`. The read buffer never holds more than the header and what the
+    /// socket delivered past the body, so nothing of a body stays pinned by the connection.
+    pub async fn read_rest(
+        &mut self,
+        head: &frame::FrameHead,
+        wrap: impl FnOnce(Vec<u8>) -> Bytes,
+    ) -> Result<Frame, ReadError> {
+        let header_end = frame::HEAD_LEN + head.header_len as usize;
+        while self.buf.len() < header_end {
+            self.buf.reserve(header_end - self.buf.len());
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(ReadError::Truncated {
+                    buffered: self.buf.len(),
+                });
+            }
+        }
+        self.buf.advance(frame::HEAD_LEN);
+        let header = Bytes::copy_from_slice(&self.buf[..head.header_len as usize]);
+        self.buf.advance(head.header_len as usize);
+        let body_len = head.body_len as usize;
+        let mut body = Vec::with_capacity(body_len);
+        let buffered = self.buf.len().min(body_len);
+        body.extend_from_slice(&self.buf[..buffered]);
+        self.buf.advance(buffered);
+        while body.len() < body_len {
+            let missing = body_len - body.len();
+            if self.inner.read_buf(&mut (&mut body).limit(missing)).await? == 0 {
+                return Err(ReadError::Truncated {
+                    buffered: frame::HEAD_LEN + header.len() + body.len(),
+                });
+            }
+        }
+        if head.flags & frame::FLAG_CRC != 0 {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&header);
+            hasher.update(&body);
+            let actual = hasher.finalize();
+            if actual != head.crc {
+                return Err(FrameError::Checksum {
+                    expected: head.crc,
+                    actual,
+                }
+                .into());
+            }
+        }
+        Ok(Frame {
+            kind: head.kind,
+            flags: head.flags,
+            request_id: head.request_id,
+            header,
+            body: wrap(body),
+        })
+    }
+
+    /// Reads past the header and body of the frame whose head [`FrameReader::read_head`]
+    /// returned, holding at most one small scratch buffer (a frame turned away).
+    pub async fn skip_rest(&mut self, head: &frame::FrameHead) -> Result<(), ReadError> {
+        let mut left = frame::HEAD_LEN as u64 + head.rest_len();
+        let buffered = (self.buf.len() as u64).min(left);
+        self.buf.advance(buffered as usize);
+        left -= buffered;
+        let mut scratch = vec![0u8; 16 * 1024];
+        while left > 0 {
+            let want = scratch
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let read = self.inner.read(&mut scratch[..want]).await?;
+            if read == 0 {
+                return Err(ReadError::Truncated { buffered: 0 });
+            }
+            left -= read as u64;
+        }
+        Ok(())
     }
 
     /// Reads the next frame. `Ok(None)` is a clean end of stream between frames; a stream that
@@ -92,7 +211,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes one frame into the buffer (and large bodies straight through). Call
     /// [`FrameWriter::flush`] when no more frames are queued.
     pub async fn write_frame(&mut self, frame: &OutFrame) -> std::io::Result<()> {
-        let head = frame::head_for(
+        let mut head = frame::head_for(
             frame.kind,
             frame.request_id,
             &frame.header,
@@ -100,6 +219,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             frame.with_crc,
         )
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        head.flags |= frame.flags;
         self.inner.write_all(&head.encode()).await?;
         self.inner.write_all(&frame.header).await?;
         for piece in &frame.body {
@@ -157,6 +277,8 @@ pub struct OutFrame {
     pub header: Bytes,
     pub body: Vec<Bytes>,
     pub with_crc: bool,
+    /// Flags set in the head besides [`frame::FLAG_CRC`] (e.g. [`frame::FLAG_REPLICA`]).
+    pub flags: u16,
 }
 
 impl OutFrame {
@@ -168,7 +290,14 @@ impl OutFrame {
             header: Bytes::from(message.encode_to_vec()),
             body: Vec::new(),
             with_crc: true,
+            flags: 0,
         }
+    }
+
+    /// Sets `flags` in the head (besides the CRC flag).
+    pub fn with_flags(mut self, flags: u16) -> OutFrame {
+        self.flags |= flags;
+        self
     }
 
     pub fn with_body(mut self, body: Vec<Bytes>) -> OutFrame {

@@ -30,6 +30,10 @@ pub const VERSION: u8 = 1;
 pub const HEAD_LEN: usize = 28;
 /// The frame carries a CRC32 of header and body.
 pub const FLAG_CRC: u16 = 1;
+/// A push a primary forwards to its replica. Workers admit these into the replication headroom
+/// above their memory budget, so primaries forwarding to each other cannot deadlock; the flag
+/// is read from the head, before any of the frame's bytes are buffered.
+pub const FLAG_REPLICA: u16 = 2;
 
 /// What a frame carries. Requests and their responses share the request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,6 +139,11 @@ impl FrameHead {
         HEAD_LEN + self.header_len as usize + self.body_len as usize
     }
 
+    /// Header plus body: what a reader buffers after the head.
+    pub fn rest_len(&self) -> u64 {
+        u64::from(self.header_len) + u64::from(self.body_len)
+    }
+
     pub fn encode(&self) -> [u8; HEAD_LEN] {
         let mut out = [0u8; HEAD_LEN];
         out[0..4].copy_from_slice(&MAGIC.to_be_bytes());
@@ -153,6 +162,8 @@ impl FrameHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: MessageType,
+    /// The head's flags ([`FLAG_CRC`], [`FLAG_REPLICA`]).
+    pub flags: u16,
     pub request_id: u64,
     pub header: Bytes,
     pub body: Bytes,
@@ -247,6 +258,7 @@ pub fn parse(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Frame, FrameErr
     }
     Ok(Frame {
         kind: head.kind,
+        flags: head.flags,
         request_id: head.request_id,
         header,
         body,
@@ -293,6 +305,32 @@ pub fn head_for(
         header_len,
         body_len,
         crc,
+    })
+}
+
+/// The head of a frame without a CRC whose body of `body_len` bytes the caller sends itself
+/// (e.g. with `sendfile`). Errors if a length does not fit the wire format.
+pub fn head_for_body(
+    kind: MessageType,
+    request_id: u64,
+    header: &[u8],
+    body_len: u64,
+) -> Result<FrameHead, FrameError> {
+    let header_len = u32::try_from(header.len()).map_err(|_| FrameError::HeaderTooLarge {
+        len: u32::MAX,
+        max: u32::MAX,
+    })?;
+    let body_len = u32::try_from(body_len).map_err(|_| FrameError::BodyTooLarge {
+        len: u32::MAX,
+        max: u32::MAX,
+    })?;
+    Ok(FrameHead {
+        kind,
+        flags: 0,
+        request_id,
+        header_len,
+        body_len,
+        crc: 0,
     })
 }
 
