@@ -369,3 +369,50 @@ async fn a_partition_past_its_size_cap_moves_to_new_epochs() {
     assert_exactly_once(&read(&client, &key, 2).await.unwrap(), &ids);
     cluster.shutdown().await.unwrap();
 }
+
+/// Waits until `count` non-empty data files exist under `dir` (buffers flushed).
+async fn wait_flushed(dir: &Path, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let flushed = data_files(dir)
+            .iter()
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+            .count();
+        if flushed >= count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{flushed} of {count} locations flushed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_restarted_before_commit_serve_what_they_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.max_buffer_age = std::time::Duration::from_millis(100);
+    let mut cluster = LocalCluster::start(options).await.unwrap();
+    let client = client(&cluster, 2);
+    let key = ShuffleKey::new("restart-mid-stage", 0);
+    let (maps, partitions) = (4, 8);
+    let handle = client
+        .register_shuffle(&key, maps, partitions)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for map in 0..maps - 1 {
+        ids.extend(write_one(&client, &handle, map, partitions).await);
+    }
+    // Every acked byte of the first maps is flushed; then every worker restarts in turn (a
+    // rolling restart of the StatefulSet), both copies of each epoch included.
+    wait_flushed(dir.path(), 2 * partitions as usize).await;
+    cluster.restart_worker(0).await.unwrap();
+    cluster.restart_worker(1).await.unwrap();
+    // The last map's writer finds the recovered locations closed and revives.
+    ids.extend(write_one(&client, &handle, maps - 1, partitions).await);
+    assert_exactly_once(&read(&client, &key, partitions).await.unwrap(), &ids);
+    cluster.shutdown().await.unwrap();
+}

@@ -583,6 +583,7 @@ async fn garbage_closes_only_its_connection_and_unserved_frames_get_errors() {
         header: Bytes::from_static(&[0xFF; 8]),
         body: Vec::new(),
         with_crc: true,
+        flags: 0,
     };
     for worker in cluster.workers() {
         let mut push = FrameConn::open(&worker.push_addr()).await;

@@ -317,32 +317,52 @@ impl ShuffleReader {
         Err(self.lost(partition, reason))
     }
 
+    /// Lists every chunk of a copy, page by page.
     async fn open_stream(&self, copy: &CopySource) -> ClientResult<Vec<pb::Chunk>> {
-        let header = pb::OpenStreamHeader {
-            location: Some(copy.location.clone()),
-            start_map: self.maps.start,
-            end_map: if self.maps.end == u32::MAX {
-                0
-            } else {
-                self.maps.end
-            },
-        };
-        let opened = self
-            .inner
-            .workers
-            .call(
-                &copy.worker,
-                OutFrame::new(MessageType::OpenStream, 0, &header),
-                MessageType::StreamOpened,
-                self.inner.config.request_timeout,
-            )
-            .await
-            .and_then(|frame| frame.decode_header::<pb::StreamOpenedHeader>("stream opened"))
-            .map_err(|source| ClientError::Fetch {
-                worker: copy.worker.clone(),
-                source,
-            })?;
-        Ok(opened.chunks)
+        let mut chunks = Vec::new();
+        let mut index_offset = 0;
+        loop {
+            let header = pb::OpenStreamHeader {
+                location: Some(copy.location.clone()),
+                start_map: self.maps.start,
+                end_map: if self.maps.end == u32::MAX {
+                    0
+                } else {
+                    self.maps.end
+                },
+                index_offset,
+            };
+            let opened = self
+                .inner
+                .workers
+                .call(
+                    &copy.worker,
+                    OutFrame::new(MessageType::OpenStream, 0, &header),
+                    MessageType::StreamOpened,
+                    self.inner.config.request_timeout,
+                )
+                .await
+                .and_then(|frame| frame.decode_header::<pb::StreamOpenedHeader>("stream opened"))
+                .map_err(|source| ClientError::Fetch {
+                    worker: copy.worker.clone(),
+                    source,
+                })?;
+            chunks.extend(opened.chunks);
+            match opened.next_index_offset {
+                Some(next) if next > index_offset => index_offset = next,
+                Some(next) => {
+                    return Err(ClientError::Fetch {
+                        worker: copy.worker.clone(),
+                        source: sluice_protocol::ProtocolError::Remote {
+                            peer: copy.worker.clone(),
+                            code: sluice_protocol::ErrorCode::Internal,
+                            message: format!("stream page at {index_offset} points back to {next}"),
+                        },
+                    })
+                }
+                None => return Ok(chunks),
+            }
+        }
     }
 
     /// A chunk of `failed` could not be fetched or failed its checksums: drop the copy's

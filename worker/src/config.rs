@@ -75,6 +75,19 @@ pub struct WorkerConfig {
     pub replica_timeout: Duration,
     /// Largest frame body accepted on the push and fetch ports.
     pub max_frame_body: ByteSize,
+    /// Connections each port (push, fetch) holds at most; more are closed on accept.
+    pub max_connections: usize,
+    /// A connection that sends no frame for this long is closed.
+    #[serde(with = "sluice_protocol::duration")]
+    pub connection_idle_timeout: Duration,
+    /// A frame whose header and body do not arrive within this long after its head is dropped
+    /// with its connection (a stalled or slow-loris peer holds its memory lease no longer).
+    #[serde(with = "sluice_protocol::duration")]
+    pub frame_read_timeout: Duration,
+    /// Pushed bytes wait in memory at most this long before they are flushed: what a killed
+    /// worker can lose of its newest pushes (its restart recovers everything flushed).
+    #[serde(with = "sluice_protocol::duration")]
+    pub max_buffer_age: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -98,6 +111,10 @@ impl Default for WorkerConfig {
             busy_wait: Duration::from_millis(500),
             replica_timeout: Duration::from_secs(30),
             max_frame_body: ByteSize::mib(256),
+            max_connections: 10_000,
+            connection_idle_timeout: Duration::from_secs(600),
+            frame_read_timeout: Duration::from_secs(30),
+            max_buffer_age: Duration::from_secs(1),
         }
     }
 }
@@ -120,6 +137,18 @@ impl WorkerConfig {
         }
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat_interval: must be above 0".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections: must be above 0".into());
+        }
+        for (key, value) in [
+            ("connection_idle_timeout", self.connection_idle_timeout),
+            ("frame_read_timeout", self.frame_read_timeout),
+            ("max_buffer_age", self.max_buffer_age),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(7 * 24 * 3600) {
+                return Err(format!("{key}: must be above 0 and at most a week"));
+            }
         }
         Ok(())
     }

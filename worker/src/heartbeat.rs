@@ -8,10 +8,14 @@ use sluice_protocol::pb::master_client::MasterClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::Shared;
+use crate::shared::Shared;
 
-fn disks(shared: &Shared) -> Vec<pb::DiskStatus> {
-    shared.store.disks().iter().map(|d| d.status()).collect()
+async fn disks(shared: &Shared) -> Vec<pb::DiskStatus> {
+    let mut out = Vec::with_capacity(shared.store.disks().len());
+    for disk in shared.store.disks() {
+        out.push(disk.status().await);
+    }
+    out
 }
 
 async fn register(
@@ -21,7 +25,7 @@ async fn register(
     client
         .register_worker(pb::RegisterWorkerRequest {
             worker: Some(shared.info.clone()),
-            disks: disks(shared),
+            disks: disks(shared).await,
         })
         .await?;
     tracing::info!(worker = %shared.info.id, master = %shared.config.master, "registered with the master");
@@ -46,7 +50,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             client
                 .worker_heartbeat(pb::WorkerHeartbeatRequest {
                     worker_id: shared.info.id.clone(),
-                    disks: disks(&shared),
+                    disks: disks(&shared).await,
                     memory_used_bytes: shared.store.memory().used(),
                     memory_budget_bytes: shared.store.memory().budget(),
                     active_partitions: shared.store.active_partitions(),

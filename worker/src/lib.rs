@@ -2,27 +2,30 @@
 //! files, commits them when the master says the shuffle's maps have ended, and serves them back.
 //!
 //! - [`server`]: the push port (pushes from writers; reserve, commit and destroy from the master)
-//!   and the fetch port (open stream, fetch chunk).
-//! - [`memory`]: the memory budget that turns into TCP backpressure and `Busy` answers.
+//!   and the fetch port (open stream, fetch chunk), with their connection limits and timeouts.
+//! - [`memory`]: the memory budget and the lease that owns every pushed byte; it turns into TCP
+//!   backpressure and `Busy` answers.
+//! - [`shared`]: the state every task of a worker shares, and its start-up.
 //! - [`storage`]: partition buffers, one write engine (flusher) per data directory, the
 //!   append-only data files with their batch indexes, commit, chunked reads, deletion.
 //! - [`heartbeat`]: registration with the master and heartbeats with disk and memory figures.
 //! - [`config`]: the worker configuration, [`WorkerConfig`].
 //!
-//! A push frame's body is read once into a buffer; each partition's slice of it is a zero-copy
-//! `Bytes` that sits in the partition's pending list until its flusher writes it at the file's
-//! tail, then the memory is released.
+//! A push frame's body is read once into an allocation that carries its memory lease; each
+//! partition's slice of it is a zero-copy `Bytes` that sits in the partition's pending list
+//! (and in the forward to the replica) until its flusher writes it at the file's tail; when the
+//! last slice is dropped the lease gives the memory back.
 
 pub mod config;
 pub mod error;
 pub mod heartbeat;
 pub mod memory;
 pub mod server;
+pub mod shared;
 pub mod storage;
 
 use std::sync::Arc;
 
-use sluice_protocol::frame::FrameLimits;
 use sluice_protocol::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,22 +33,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::WorkerConfig;
 pub use error::{WorkerError, WorkerResult};
 
-use memory::MemoryBudget;
-use storage::disk::Disk;
-use storage::Store;
-
-/// State shared by the worker's tasks.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: WorkerConfig,
-    pub info: pb::WorkerInfo,
-    pub store: Store,
-    pub limits: FrameLimits,
-    /// Connections to other workers (replicas this worker forwards to).
-    pub peers: sluice_protocol::rpc::RpcPool,
-    /// Becomes true once the master has accepted this worker's registration.
-    pub registered: tokio::sync::watch::Sender<bool>,
-}
+use shared::Shared;
+use storage::disk::FlushQueue;
 
 /// The worker's bound listeners. The binary binds them from the config; tests bind
 /// `127.0.0.1:0`.
@@ -70,13 +59,18 @@ pub async fn run(
 pub struct Worker {
     shared: Arc<Shared>,
     listeners: Listeners,
+    flush_queues: Vec<FlushQueue>,
 }
 
 impl Worker {
     /// Validates the config, opens every data directory and its write engine.
     pub fn start(config: WorkerConfig, listeners: Listeners) -> WorkerResult<Worker> {
-        let shared = Arc::new(start(config, &listeners)?);
-        Ok(Worker { shared, listeners })
+        let (shared, flush_queues) = shared::start(config, &listeners)?;
+        Ok(Worker {
+            shared: Arc::new(shared),
+            listeners,
+            flush_queues,
+        })
     }
 
     /// Id and addresses, as registered with the master.
@@ -92,7 +86,14 @@ impl Worker {
 
     /// Serves pushes and fetches and heartbeats until `shutdown` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> WorkerResult<()> {
-        let Worker { shared, listeners } = self;
+        let Worker {
+            shared,
+            listeners,
+            flush_queues,
+        } = self;
+        for (disk, queue) in shared.store.disks().iter().zip(flush_queues) {
+            tokio::spawn(storage::disk::run_flusher(Arc::downgrade(disk), queue));
+        }
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(server::accept_loop(
             listeners.push,
@@ -120,73 +121,17 @@ impl Worker {
     }
 }
 
-fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
-    config.validate().map_err(WorkerError::Config)?;
-    let port = |listener: &TcpListener| {
-        listener
-            .local_addr()
-            .map(|a| u32::from(a.port()))
-            .map_err(|e| WorkerError::io("reading the listener address", e))
-    };
-    let advertised = |configured: u16, bound: u32| {
-        if configured == 0 {
-            bound
-        } else {
-            u32::from(configured)
-        }
-    };
-    let push_port = advertised(config.advertise_push_port, port(&listeners.push)?);
-    let fetch_port = advertised(config.advertise_fetch_port, port(&listeners.fetch)?);
-    let id = if config.id.is_empty() {
-        format!("{}-{push_port}", config.host)
-    } else {
-        config.id.clone()
-    };
-    sluice_protocol::ids::validate_app_id(&id)
-        .map_err(|_| WorkerError::Config(format!("id: {id:?} must be [A-Za-z0-9._-]+")))?;
-    let mut disks = Vec::new();
-    for (i, dir) in config.data_dirs.iter().enumerate() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            WorkerError::io(format!("creating data directory {}", dir.display()), e)
-        })?;
-        let engine = storage::engine::open_engine(config.io_engine.into(), &i.to_string())
-            .map_err(|e| WorkerError::Config(format!("io_engine: {e}")))?;
-        tracing::info!(dir = %dir.display(), engine = engine.kind().as_str(), "data directory ready");
-        disks.push(Arc::new(Disk::new(dir.clone(), engine)));
-    }
-    let memory = Arc::new(MemoryBudget::new(config.memory_budget.as_u64()));
-    let limits = FrameLimits {
-        max_header: 16 << 20,
-        max_body: config.max_frame_body.as_u64() as u32,
-    };
-    let store = Store::new(disks, memory, config.fsync_on_commit);
-    let recovered = store.recover();
-    if recovered > 0 {
-        tracing::info!(
-            locations = recovered,
-            "serving committed files again after a restart"
-        );
-    }
-    Ok(Shared {
-        info: pb::WorkerInfo {
-            id,
-            host: config.host.clone(),
-            push_port,
-            fetch_port,
-        },
-        store,
-        limits,
-        peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
-        registered: tokio::sync::watch::channel(false).0,
-        config,
-    })
-}
-
-/// Flushes every partition's buffer whenever memory use crosses half the budget.
+/// Flushes every partition's buffer whenever memory use crosses half the budget, and, every
+/// half `max_buffer_age`, what has waited longer than that (so a restart loses at most that
+/// much of what a partition received last, and a quiet partition pins no memory).
 async fn relieve_pressure(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let age = shared.config.max_buffer_age;
+    let mut ticks = tokio::time::interval((age / 2).max(std::time::Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shared.store.memory().pressure() => shared.store.flush_all_pending(),
+            _ = shared.store.memory().pressure() => shared.store.flush_pending(None),
+            _ = ticks.tick() => shared.store.flush_pending(Some(age)),
             _ = shutdown.cancelled() => return,
         }
     }

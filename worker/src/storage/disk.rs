@@ -1,10 +1,14 @@
 //! One data directory: its flusher, its write engine, and its health and load figures.
 //!
 //! Partitions hand their flushes to the disk's flusher as jobs. The flusher takes them in
-//! order, opens the partition's files (the first job of a partition creates them), submits the
-//! writes to the engine, and keeps at most [`MAX_FLUSHES_IN_FLIGHT`] flushes in flight, so the
-//! descriptors a disk holds are bounded by its flushes, never by how many partitions it has.
+//! order, opens the location's files off the runtime (the first job of a location creates
+//! them; running out of descriptors is waited out, not a failure), submits the writes to the
+//! engine, and keeps at most [`MAX_FLUSHES_IN_FLIGHT`] flushes in flight, so the descriptors a
+//! disk holds are bounded by its flushes, never by how many partitions it has. Each job's
+//! outcome goes back on its own channel; the disk never calls into a partition. The written
+//! buffers are dropped as soon as their write completes, which gives their memory back.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,10 +16,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_protocol::pb;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::engine::{IoEngine, WriteOutcome, WriteRequest};
-use super::partition::Partition;
+use super::layout::LocationFiles;
 
 /// Flushes a disk has open (files opened, writes submitted) at once.
 pub const MAX_FLUSHES_IN_FLIGHT: usize = 64;
@@ -24,25 +28,34 @@ pub const MAX_FLUSHES_IN_FLIGHT: usize = 64;
 /// assigned when they were appended.
 #[derive(Debug)]
 pub struct FlushJob {
-    pub partition: Arc<Partition>,
-    /// The partition's first flush: create (truncate) its files.
+    pub files: LocationFiles,
+    /// The location's first flush: create (truncate) its files.
     pub create: bool,
     pub data_offset: u64,
     pub bufs: Vec<Bytes>,
     pub index_offset: u64,
     pub index: Bytes,
-    /// Bytes of `bufs`, released from the memory budget when the flush ends.
-    pub len: u64,
+    /// Where the outcome goes once both writes ended.
+    pub done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// How long a flush waits out a process or system out of file descriptors before failing.
+const DESCRIPTOR_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a disk may take to answer `statvfs` before it is reported unhealthy.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn out_of_descriptors(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE)
+    )
 }
 
 /// Whether an I/O error says the disk itself is in trouble (as opposed to a deleted directory
 /// or this process running out of descriptors).
 pub fn is_disk_fault(error: &std::io::Error) -> bool {
-    error.kind() != std::io::ErrorKind::NotFound
-        && !matches!(
-            error.raw_os_error(),
-            Some(libc::EMFILE) | Some(libc::ENFILE)
-        )
+    error.kind() != std::io::ErrorKind::NotFound && !out_of_descriptors(error)
 }
 
 #[derive(Debug)]
@@ -50,19 +63,18 @@ pub struct Disk {
     pub path: PathBuf,
     pub engine: Arc<dyn IoEngine>,
     flusher: mpsc::UnboundedSender<FlushJob>,
-    /// Partitions placed on this disk and not yet destroyed.
-    pub active: AtomicU64,
+    /// Locations on this disk and not yet dropped.
+    active: AtomicU64,
     healthy: AtomicBool,
     flush_micros: AtomicU64,
     flushes: AtomicU64,
 }
 
 impl Disk {
-    /// Creates the disk and starts its flusher (on the current tokio runtime).
-    pub fn new(path: PathBuf, engine: Arc<dyn IoEngine>) -> Disk {
+    /// Creates the disk; its flusher's job queue is returned for [`run_flusher`].
+    pub fn new(path: PathBuf, engine: Arc<dyn IoEngine>) -> (Disk, FlushQueue) {
         let (flusher, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(run_flusher(engine.clone(), jobs));
-        Disk {
+        let disk = Disk {
             path,
             engine,
             flusher,
@@ -70,15 +82,42 @@ impl Disk {
             healthy: AtomicBool::new(true),
             flush_micros: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+        };
+        (disk, FlushQueue(jobs))
+    }
+
+    /// Queues a flush. False only if the flusher has stopped (the worker is shutting down).
+    pub fn flush(&self, job: FlushJob) -> bool {
+        self.flusher.send(job).is_ok()
+    }
+
+    pub fn location_added(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn location_removed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn active_locations(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Records a flush's latency and health, and hands its outcome to whoever waits for it.
+    fn flush_ended(
+        &self,
+        started: std::time::Instant,
+        result: std::io::Result<()>,
+        done: oneshot::Sender<std::io::Result<()>>,
+    ) {
+        self.record_flush(started.elapsed());
+        if result.as_ref().is_err_and(is_disk_fault) {
+            self.mark_unhealthy();
         }
+        let _ = done.send(result);
     }
 
-    /// Queues a flush. Fails only if the flusher has stopped (the worker is shutting down).
-    pub fn flush(&self, job: FlushJob) -> Result<(), FlushJob> {
-        self.flusher.send(job).map_err(|e| e.0)
-    }
-
-    pub fn record_flush(&self, took: Duration) {
+    fn record_flush(&self, took: Duration) {
         self.flush_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -92,9 +131,20 @@ impl Disk {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Capacity, free space and the mean flush latency since the last call.
-    pub fn status(&self) -> pb::DiskStatus {
-        let (capacity_bytes, free_bytes) = space(&self.path).unwrap_or((0, 0));
+    /// Capacity, free space and the mean flush latency since the last call. `statvfs` runs off
+    /// the runtime; a disk that does not answer in time is reported unhealthy for this call.
+    pub async fn status(&self) -> pb::DiskStatus {
+        let path = self.path.clone();
+        let asked = tokio::task::spawn_blocking(move || space(&path));
+        let (space, answered) = match tokio::time::timeout(STATUS_TIMEOUT, asked).await {
+            Ok(Ok(Ok(space))) => (space, true),
+            Ok(Ok(Err(_))) | Ok(Err(_)) => ((0, 0), true),
+            Err(_) => {
+                tracing::warn!(disk = %self.path.display(), "statvfs did not answer in time");
+                ((0, 0), false)
+            }
+        };
+        let (capacity_bytes, free_bytes) = space;
         let micros = self.flush_micros.swap(0, Ordering::Relaxed);
         let flushes = self.flushes.swap(0, Ordering::Relaxed);
         pb::DiskStatus {
@@ -102,7 +152,7 @@ impl Disk {
             capacity_bytes,
             free_bytes,
             flush_latency_us: micros.checked_div(flushes).unwrap_or(0),
-            healthy: self.is_healthy(),
+            healthy: answered && self.is_healthy(),
         }
     }
 }
@@ -130,36 +180,67 @@ pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
     ))
 }
 
-async fn run_flusher(engine: Arc<dyn IoEngine>, mut jobs: mpsc::UnboundedReceiver<FlushJob>) {
+/// The jobs queued for one disk's flusher.
+#[derive(Debug)]
+pub struct FlushQueue(mpsc::UnboundedReceiver<FlushJob>);
+
+/// Opens a job's files off the runtime, waiting out a shortage of descriptors.
+async fn open_files(files: &LocationFiles, create: bool) -> std::io::Result<(File, File)> {
+    let deadline = tokio::time::Instant::now() + DESCRIPTOR_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let opening = files.clone();
+        let opened = tokio::task::spawn_blocking(move || opening.open_for_write(create))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match opened {
+            Err(e) if out_of_descriptors(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(file = %files.data.display(), error = %e, "out of file descriptors, flush waits");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// Runs one disk's flusher until the disk is dropped (its queue then closes). Jobs are opened
+/// and submitted in queue order (a location's first flush creates the files its later flushes
+/// open); their writes then complete concurrently.
+pub async fn run_flusher(disk: std::sync::Weak<Disk>, queue: FlushQueue) {
+    let FlushQueue(mut jobs) = queue;
     let permits = Arc::new(Semaphore::new(MAX_FLUSHES_IN_FLIGHT));
     while let Some(job) = jobs.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
+        let Some(disk) = disk.upgrade() else {
+            return;
+        };
         let started = std::time::Instant::now();
         let FlushJob {
-            partition,
+            files,
             create,
             data_offset,
             bufs,
             index_offset,
             index,
-            len,
+            done,
         } = job;
-        let (data, index_file) = match partition.open_files(create) {
-            Ok(files) => files,
+        let (data, index_file) = match open_files(&files, create).await {
+            Ok(opened) => opened,
             Err(e) => {
-                partition.flush_done(len, Err(e), started.elapsed());
+                disk.flush_ended(started, Err(e), done);
                 continue;
             }
         };
-        let data_rx = engine.submit(WriteRequest {
-            file: data,
+        let data_rx = disk.engine.submit(WriteRequest {
+            file: Arc::new(data),
             offset: data_offset,
             bufs,
         });
-        let index_rx = engine.submit(WriteRequest {
-            file: index_file,
+        let index_rx = disk.engine.submit(WriteRequest {
+            file: Arc::new(index_file),
             offset: index_offset,
             bufs: vec![index],
         });
@@ -169,8 +250,8 @@ async fn run_flusher(engine: Arc<dyn IoEngine>, mut jobs: mpsc::UnboundedReceive
                 Err(_) => Err(std::io::Error::other("write engine stopped")),
             };
             let result = outcome(data_rx.await).and(outcome(index_rx.await));
-            partition.flush_done(len, result, started.elapsed());
             drop(permit);
+            disk.flush_ended(started, result, done);
         });
     }
 }

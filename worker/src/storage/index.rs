@@ -47,6 +47,23 @@ impl IndexEntry {
     }
 }
 
+impl IndexEntry {
+    /// Decodes one entry (`raw` must be [`ENTRY_LEN`] bytes).
+    pub fn decode(raw: &[u8]) -> Option<IndexEntry> {
+        let raw: &[u8; ENTRY_LEN] = raw.try_into().ok()?;
+        let word = |i: usize| u32::from_be_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&raw[12..20]);
+        Some(IndexEntry {
+            map_id: word(0),
+            attempt: word(4),
+            batch_id: word(8),
+            offset: u64::from_be_bytes(offset),
+            length: word(20),
+        })
+    }
+}
+
 /// Decodes a whole index file. Entries must lie inside a data file of `data_len` bytes.
 pub fn decode(bytes: &[u8], data_len: u64) -> Result<Vec<IndexEntry>, String> {
     if bytes.len() % ENTRY_LEN != 0 {
@@ -58,16 +75,7 @@ pub fn decode(bytes: &[u8], data_len: u64) -> Result<Vec<IndexEntry>, String> {
     bytes
         .chunks_exact(ENTRY_LEN)
         .map(|e| {
-            let word = |i: usize| u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
-            let mut offset = [0u8; 8];
-            offset.copy_from_slice(&e[12..20]);
-            let entry = IndexEntry {
-                map_id: word(0),
-                attempt: word(4),
-                batch_id: word(8),
-                offset: u64::from_be_bytes(offset),
-                length: word(20),
-            };
+            let entry = IndexEntry::decode(e).ok_or_else(|| "torn index entry".to_string())?;
             if entry.offset.saturating_add(u64::from(entry.length)) > data_len {
                 return Err(format!(
                     "index entry at {} + {} runs past the data file's {data_len} bytes",
@@ -80,39 +88,83 @@ pub fn decode(bytes: &[u8], data_len: u64) -> Result<Vec<IndexEntry>, String> {
 }
 
 /// Groups the batches of maps in `[start_map, end_map)` (`end_map == 0`: no upper bound) into
-/// chunks of at most `chunk_size` bytes (a larger batch gets a chunk of its own). Adjacent batches
-/// merge into one range, so a full read is a few large sequential ranges.
+/// chunks of at most `chunk_size` bytes (a larger batch gets a chunk of its own). Adjacent
+/// batches merge into one range, so a full read is a few large sequential ranges. Entries are
+/// pushed in file order, page by page.
+#[derive(Debug)]
+pub struct Chunker {
+    start_map: u32,
+    end_map: u32,
+    chunk_size: u64,
+    done: Vec<pb::Chunk>,
+    current: pb::Chunk,
+    current_len: u64,
+    ranges: usize,
+}
+
+impl Chunker {
+    pub fn new(start_map: u32, end_map: u32, chunk_size: u64) -> Chunker {
+        Chunker {
+            start_map,
+            end_map,
+            chunk_size,
+            done: Vec::new(),
+            current: pb::Chunk::default(),
+            current_len: 0,
+            ranges: 0,
+        }
+    }
+
+    pub fn push(&mut self, entry: &IndexEntry) {
+        if entry.map_id < self.start_map || (self.end_map != 0 && entry.map_id >= self.end_map) {
+            return;
+        }
+        let length = u64::from(entry.length);
+        if self.current_len > 0 && self.current_len + length > self.chunk_size {
+            self.done.push(std::mem::take(&mut self.current));
+            self.current_len = 0;
+        }
+        match self.current.ranges.last_mut() {
+            Some(last) if last.offset + last.length == entry.offset => last.length += length,
+            _ => {
+                self.current.ranges.push(pb::Range {
+                    offset: entry.offset,
+                    length,
+                });
+                self.ranges += 1;
+            }
+        }
+        self.current_len += length;
+    }
+
+    /// Chunks completed so far.
+    pub fn chunks(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Ranges so far, in all chunks.
+    pub fn ranges(&self) -> usize {
+        self.ranges
+    }
+
+    pub fn finish(mut self) -> Vec<pb::Chunk> {
+        if self.current_len > 0 {
+            self.done.push(self.current);
+        }
+        self.done
+    }
+}
+
+/// Chunks of a whole index at once (see [`Chunker`]).
 pub fn chunks(
     entries: &[IndexEntry],
     start_map: u32,
     end_map: u32,
     chunk_size: u64,
 ) -> Vec<pb::Chunk> {
-    let mut chunks = Vec::new();
-    let mut current = pb::Chunk::default();
-    let mut current_len = 0u64;
-    for entry in entries {
-        if entry.map_id < start_map || (end_map != 0 && entry.map_id >= end_map) {
-            continue;
-        }
-        let length = u64::from(entry.length);
-        if current_len > 0 && current_len + length > chunk_size {
-            chunks.push(std::mem::take(&mut current));
-            current_len = 0;
-        }
-        match current.ranges.last_mut() {
-            Some(last) if last.offset + last.length == entry.offset => last.length += length,
-            _ => current.ranges.push(pb::Range {
-                offset: entry.offset,
-                length,
-            }),
-        }
-        current_len += length;
-    }
-    if current_len > 0 {
-        chunks.push(current);
-    }
-    chunks
+    let mut chunker = Chunker::new(start_map, end_map, chunk_size);
+    entries.iter().for_each(|e| chunker.push(e));
+    chunker.finish()
 }
 
 #[cfg(test)]

@@ -1,31 +1,33 @@
 //! Storage: the registry of partition locations, their disks and their files.
 //!
 //! - [`engine`]: disk write engines (io_uring, positional writes, a fault-injecting test engine).
-//! - [`disk`]: a data directory with its engine (its flusher) and health figures.
+//! - [`disk`]: a data directory with its flusher and health figures.
 //! - [`partition`]: one location's memory buffer, data file and batch index.
+//! - [`layout`]: location ids, file names, commit markers, and the scan of a data directory.
 //! - [`index`]: the batch index format and chunking.
-//!
-//! Files live at `<data dir>/<app>/<shuffle>/<partition>-<epoch>-<p|r>.{data,index}`.
+//! - [`recovery`]: what a location flushed before a restart verifiably holds.
+//! - [`read`]: opening streams over committed locations and sending their chunks.
 
 pub mod disk;
 pub mod engine;
 pub mod index;
+pub mod layout;
 pub mod partition;
+pub mod read;
+pub mod recovery;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use sluice_protocol::{pb, ShuffleKey};
 
 use self::disk::Disk;
-use self::partition::Partition;
+use self::layout::{LocationFiles, LocationId};
+use self::partition::{Extent, Partition};
 use crate::error::{WorkerError, WorkerResult};
 use crate::memory::MemoryBudget;
-
-/// A location on this worker: partition, epoch and role (`pb::Role` as i32).
-pub type LocationId = (u32, u32, i32);
 
 type Shuffles = HashMap<ShuffleKey, HashMap<LocationId, Arc<Partition>>>;
 
@@ -36,14 +38,6 @@ pub struct Store {
     shuffles: Mutex<Shuffles>,
     next_disk: AtomicUsize,
     fsync_on_commit: bool,
-}
-
-fn role_suffix(role: i32) -> &'static str {
-    if role == pb::Role::Replica as i32 {
-        "r"
-    } else {
-        "p"
-    }
 }
 
 impl Store {
@@ -57,53 +51,42 @@ impl Store {
         }
     }
 
-    /// Registers every location committed before a restart (found by its marker) so it is
-    /// served again. Returns how many were found. Files without a marker were never committed
-    /// and are left for the shuffle's deletion.
-    pub fn recover(&self) -> usize {
-        let mut found = 0;
+    /// Registers every location found on the disks after a restart, so it is served again:
+    /// committed ones from their markers, and ones flushed but never committed from what their
+    /// files verifiably hold (the master commits them with the rest of their shuffle; they take
+    /// no more pushes). Returns `(committed, flushed)` counts. Blocking: runs before serving.
+    pub fn recover(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
         let mut shuffles = self.lock();
         for disk in &self.disks {
-            for (app, shuffle_id, marker_path) in committed_markers(&disk.path) {
-                let Some(stem) = marker_path.file_stem().and_then(|s| s.to_str()) else {
-                    continue;
+            for found in layout::scan(&disk.path) {
+                let extent = if found.committed {
+                    recovery::committed(&found.files)
+                } else {
+                    recovery::flushed(&found.files)
                 };
-                let parsed = parse_stem(stem).zip(
-                    std::fs::read_to_string(&marker_path)
-                        .ok()
-                        .and_then(|text| partition::CommitMarker::parse(&text)),
-                );
-                let Some(((partition, epoch, role), marker)) = parsed else {
-                    tracing::warn!(marker = %marker_path.display(), "unreadable commit marker, skipped");
-                    continue;
+                let extent: Extent = match extent {
+                    Ok(extent) => extent,
+                    Err(e) => {
+                        tracing::warn!(data = %found.files.data.display(), error = %e, "location not recovered");
+                        continue;
+                    }
                 };
-                let data_path = marker_path.with_extension("data");
-                let index_path = marker_path.with_extension("index");
-                let intact = !marker.created
-                    || (file_len(&data_path) >= marker.data_len
-                        && file_len(&index_path) >= marker.index_len);
-                if !intact {
-                    tracing::warn!(data = %data_path.display(), "committed files are shorter than recorded, not served");
-                    continue;
+                let name = format!("{}/{}", found.shuffle, found.id.stem());
+                let partition =
+                    Partition::recovered(name, disk.clone(), found.files, extent, found.committed);
+                shuffles
+                    .entry(found.shuffle)
+                    .or_default()
+                    .insert(found.id, Arc::new(partition));
+                if found.committed {
+                    counts.0 += 1;
+                } else {
+                    counts.1 += 1;
                 }
-                let key = ShuffleKey::new(app.as_str(), shuffle_id);
-                let name = format!("{key}/{stem}");
-                disk.active.fetch_add(1, Ordering::Relaxed);
-                shuffles.entry(key).or_default().insert(
-                    (partition, epoch, role),
-                    Arc::new(Partition::recovered(
-                        name,
-                        disk.clone(),
-                        data_path,
-                        index_path,
-                        self.memory.clone(),
-                        marker,
-                    )),
-                );
-                found += 1;
             }
         }
-        found
+        counts
     }
 
     fn lock(&self) -> MutexGuard<'_, Shuffles> {
@@ -134,44 +117,24 @@ impl Store {
             .clone()
     }
 
-    /// Creates the locations (idempotent: an existing location is kept as is).
+    /// Creates the locations (idempotent: an existing location keeps its data and takes the
+    /// new replica). Touches no disk: the first flush creates the files.
     pub fn reserve(&self, shuffle: &ShuffleKey, specs: &[pb::LocationSpec]) -> WorkerResult<()> {
-        let mut created_dirs: Vec<PathBuf> = Vec::new();
+        let ids = specs
+            .iter()
+            .map(LocationId::of_spec)
+            .collect::<WorkerResult<Vec<_>>>()?;
         let mut shuffles = self.lock();
         let locations = shuffles.entry(shuffle.clone()).or_default();
-        for spec in specs {
-            let id = (spec.partition, spec.epoch, spec.role);
+        for (spec, id) in specs.iter().zip(ids) {
             let replica = spec.replica.as_ref().map(|r| r.push_addr());
             if let Some(existing) = locations.get(&id) {
-                // Reserved again (placement retried): keep the data, take the new replica.
                 existing.set_replica(replica);
                 continue;
             }
             let disk = self.pick_disk();
-            let dir = disk
-                .path
-                .join(&*shuffle.app_id)
-                .join(shuffle.shuffle_id.to_string());
-            if !created_dirs.contains(&dir) {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| WorkerError::io(format!("creating {}", dir.display()), e))?;
-                created_dirs.push(dir.clone());
-            }
-            let stem = format!(
-                "{}-{}-{}",
-                spec.partition,
-                spec.epoch,
-                role_suffix(spec.role)
-            );
-            let name = format!("{shuffle}/{stem}");
-            disk.active.fetch_add(1, Ordering::Relaxed);
-            let partition = Partition::new(
-                name,
-                disk,
-                dir.join(format!("{stem}.data")),
-                dir.join(format!("{stem}.index")),
-                self.memory.clone(),
-            );
+            let files = LocationFiles::new(&disk.path, shuffle, id);
+            let partition = Partition::new(format!("{shuffle}/{}", id.stem()), disk, files);
             partition.set_replica(replica);
             locations.insert(id, Arc::new(partition));
         }
@@ -197,20 +160,21 @@ impl Store {
             .ok_or_else(|| {
                 WorkerError::NotFound(format!(
                     "{shuffle} partition {} epoch {} on this worker",
-                    id.0, id.1
+                    id.partition, id.epoch
                 ))
             })
     }
 
-    /// Flushes every partition's buffer (memory pressure).
-    pub fn flush_all_pending(&self) {
+    /// Flushes every partition's buffer (memory pressure), or only what has waited longer
+    /// than `older_than`.
+    pub fn flush_pending(&self, older_than: Option<Duration>) {
         let partitions: Vec<Arc<Partition>> = self
             .lock()
             .values()
             .flat_map(|m| m.values().cloned())
             .collect();
         for partition in partitions {
-            partition.flush_pending();
+            partition.flush_pending(older_than);
         }
     }
 
@@ -220,10 +184,17 @@ impl Store {
         shuffle: &ShuffleKey,
         specs: &[pb::LocationSpec],
     ) -> Vec<pb::CommittedSpec> {
-        let partitions = self.get_many(
-            shuffle,
-            specs.iter().map(|s| (s.partition, s.epoch, s.role)),
-        );
+        let partitions: Vec<Option<Arc<Partition>>> = {
+            let shuffles = self.lock();
+            let locations = shuffles.get(shuffle);
+            specs
+                .iter()
+                .map(|spec| {
+                    let id = LocationId::of_spec(spec).ok()?;
+                    locations?.get(&id).cloned()
+                })
+                .collect()
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for (i, partition) in partitions.into_iter().enumerate() {
             let fsync = self.fsync_on_commit;
@@ -278,15 +249,12 @@ impl Store {
         };
         for partition in removed.iter().flat_map(|(_, m)| m.values()) {
             partition.discard();
-            partition.disk.active.fetch_sub(1, Ordering::Relaxed);
         }
-        let dirs: Vec<PathBuf> = self
+        drop(removed);
+        let dirs: Vec<std::path::PathBuf> = self
             .disks
             .iter()
-            .map(|disk| match shuffle_id {
-                Some(id) => disk.path.join(app_id).join(id.to_string()),
-                None => disk.path.join(app_id),
-            })
+            .map(|disk| layout::deletion_dir(&disk.path, app_id, shuffle_id))
             .collect();
         let removed_dirs = tokio::task::spawn_blocking(move || {
             for dir in dirs {
@@ -305,144 +273,4 @@ impl Store {
         }
         tracing::info!(app = app_id, shuffle = ?shuffle_id, "deleted");
     }
-}
-
-fn file_len(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// `<partition>-<epoch>-<p|r>` as a location id.
-fn parse_stem(stem: &str) -> Option<LocationId> {
-    let mut parts = stem.split('-');
-    let partition = parts.next()?.parse().ok()?;
-    let epoch = parts.next()?.parse().ok()?;
-    let role = match parts.next()? {
-        "p" => pb::Role::Primary as i32,
-        "r" => pb::Role::Replica as i32,
-        _ => return None,
-    };
-    parts.next().is_none().then_some((partition, epoch, role))
-}
-
-/// Every `<app>/<shuffle>/<stem>.committed` under a data directory.
-fn committed_markers(dir: &std::path::Path) -> Vec<(String, u32, PathBuf)> {
-    let entries = |dir: &std::path::Path| -> Vec<PathBuf> {
-        std::fs::read_dir(dir)
-            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default()
-    };
-    let mut out = Vec::new();
-    for app_dir in entries(dir).into_iter().filter(|p| p.is_dir()) {
-        let Some(app) = app_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        if sluice_protocol::ids::validate_app_id(&app).is_err() {
-            continue;
-        }
-        for shuffle_dir in entries(&app_dir).into_iter().filter(|p| p.is_dir()) {
-            let Some(shuffle_id) = shuffle_dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            for file in entries(&shuffle_dir) {
-                if file.extension().is_some_and(|e| e == "committed") {
-                    out.push((app.clone(), shuffle_id, file));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A chunk to send: the committed data file and the validated ranges to send from it.
-#[derive(Debug)]
-pub struct ChunkSource {
-    /// `None` when the location holds no data (then `ranges` is empty).
-    pub file: Option<std::fs::File>,
-    pub ranges: Vec<pb::Range>,
-    pub len: u64,
-}
-
-/// Checks that every range of `chunk` lies inside the committed data file and that the chunk
-/// fits in one frame.
-pub fn chunk_source(
-    partition: &Partition,
-    chunk: pb::Chunk,
-    max_len: u64,
-) -> WorkerResult<ChunkSource> {
-    let committed = partition.committed_files()?;
-    let total = chunk
-        .ranges
-        .iter()
-        .try_fold(0u64, |sum, r| sum.checked_add(r.length))
-        .unwrap_or(u64::MAX);
-    if total > max_len {
-        return Err(WorkerError::InvalidRequest(format!(
-            "chunk of {total} bytes exceeds the limit of {max_len}"
-        )));
-    }
-    for range in &chunk.ranges {
-        if range.offset.saturating_add(range.length) > committed.data_len {
-            return Err(WorkerError::InvalidRequest(format!(
-                "range {}+{} is outside {} ({} bytes)",
-                range.offset,
-                range.length,
-                partition.name(),
-                committed.data_len
-            )));
-        }
-    }
-    let file = match (&committed.paths, total) {
-        (Some((data, _)), 1..) => {
-            Some(std::fs::File::open(data).map_err(|e| WorkerError::Disk {
-                location: partition.name().to_string(),
-                reason: format!("cannot open {}: {e}", data.display()),
-            })?)
-        }
-        _ => None,
-    };
-    Ok(ChunkSource {
-        file,
-        ranges: chunk.ranges,
-        len: total,
-    })
-}
-
-/// Reads a committed location's index and cuts it into chunks.
-pub async fn open_stream(
-    partition: &Partition,
-    start_map: u32,
-    end_map: u32,
-    chunk_size: u64,
-) -> WorkerResult<pb::StreamOpenedHeader> {
-    let committed = partition.committed_files()?;
-    let Some((_, index)) = committed.paths else {
-        return Ok(pb::StreamOpenedHeader::default());
-    };
-    let name = partition.name().to_string();
-    let (index_len, data_len) = (committed.index_len, committed.data_len);
-    let entries = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut bytes = vec![0u8; index_len as usize];
-        std::fs::File::open(&index)
-            .and_then(|file| file.read_exact_at(&mut bytes, 0))
-            .map_err(|e| WorkerError::io(format!("reading the index of {name}"), e))?;
-        index::decode(&bytes, data_len).map_err(|reason| WorkerError::Disk {
-            location: name,
-            reason,
-        })
-    })
-    .await
-    .map_err(|e| WorkerError::io("index task", std::io::Error::other(e)))??;
-    Ok(pb::StreamOpenedHeader {
-        chunks: index::chunks(&entries, start_map, end_map, chunk_size),
-        file_length: data_len,
-    })
 }

@@ -1,29 +1,35 @@
 //! One partition location on this worker: a memory buffer, an append-only data file and its
 //! batch index.
 //!
-//! Pushed slices (whole batches, zero-copy `Bytes` from the frame) queue in `pending`. Once
-//! `flush_buffer_size` is pending, or under memory pressure, or at commit, the pending slices go
-//! to the disk's write engine as one sequential write at the file's tail, with their index
-//! entries as a second write. Offsets are assigned when a batch is appended, so the file layout
-//! does not depend on the order writes complete in. Memory is released when the write completes.
+//! Pushed slices (whole batches, zero-copy `Bytes` that carry their memory lease) queue in
+//! `pending`. Once `flush_buffer_size` is pending, or the oldest pending byte is older than
+//! `max_buffer_age`, or under memory pressure, or at commit, the pending slices go to the disk's
+//! flusher as one sequential write at the file's tail, with their index entries as a second
+//! write. Offsets are assigned when a batch is appended, so the file layout does not depend on
+//! the order writes complete in. The memory comes back when the flusher drops the written
+//! slices (their leases), not through this module.
+//!
+//! A location flushed before a restart and never committed comes back as `Recovered`: it takes
+//! no pushes (writers revive elsewhere) but commits and serves what its files verifiably hold.
 
-use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_protocol::batch::BatchIter;
+use sluice_protocol::batch::{self, BatchIter};
 use sluice_protocol::pb;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use super::disk::{Disk, FlushJob};
 use super::index::IndexEntry;
+use super::layout::{CommitMarker, LocationFiles};
 use crate::error::{WorkerError, WorkerResult};
-use crate::memory::MemoryBudget;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
     Open,
+    /// Flushed before a restart, never committed: no more appends; commit seals it as it is.
+    Recovered,
     /// Commit started: no more appends; waiting for the last flushes.
     Sealing,
     Committed,
@@ -36,6 +42,8 @@ struct State {
     pending: Vec<Bytes>,
     pending_len: u64,
     pending_index: Vec<u8>,
+    /// When the oldest pending slice arrived.
+    pending_since: Option<Instant>,
     /// Whether the data and index files exist (created by the first flush).
     created: bool,
     /// Data-file offset where `pending` will be written.
@@ -45,64 +53,23 @@ struct State {
     inflight: usize,
 }
 
-/// What a committed location holds, recorded in `<stem>.committed` beside its files.
+/// What a location's files hold: for commit markers, recovery and reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CommitMarker {
+pub struct Extent {
     pub data_len: u64,
     pub index_len: u64,
     pub stats: pb::BatchStats,
     pub created: bool,
 }
 
-/// The marker file of the data file at `data_path`.
-pub fn marker_path(data_path: &std::path::Path) -> PathBuf {
-    data_path.with_extension("committed")
-}
-
-impl CommitMarker {
-    const MAGIC: &'static str = "sluice-committed-v1";
-
-    fn write(&self, path: &std::path::Path, fsync: bool) -> std::io::Result<()> {
-        let text = format!(
-            "{} {} {} {} {} {} {}\n",
-            Self::MAGIC,
-            self.data_len,
-            self.index_len,
-            self.stats.bytes,
-            self.stats.batches,
-            self.stats.checksum,
-            u8::from(self.created)
-        );
-        let temporary = path.with_extension("committed.tmp");
-        std::fs::write(&temporary, text)?;
-        if fsync {
-            File::open(&temporary)?.sync_all()?;
+impl From<CommitMarker> for Extent {
+    fn from(marker: CommitMarker) -> Extent {
+        Extent {
+            data_len: marker.data_len,
+            index_len: marker.index_len,
+            stats: marker.stats,
+            created: marker.created,
         }
-        std::fs::rename(&temporary, path)
-    }
-
-    /// Parses a marker; `None` for anything that is not a whole, well-formed one.
-    pub fn parse(text: &str) -> Option<CommitMarker> {
-        let mut fields = text.trim_end().split(' ');
-        if fields.next()? != Self::MAGIC {
-            return None;
-        }
-        let mut number = || fields.next()?.parse::<u64>().ok();
-        let marker = CommitMarker {
-            data_len: number()?,
-            index_len: number()?,
-            stats: pb::BatchStats {
-                bytes: number()?,
-                batches: number()?,
-                checksum: number()?,
-            },
-            created: match number()? {
-                0 => false,
-                1 => true,
-                _ => return None,
-            },
-        };
-        fields.next().is_none().then_some(marker)
     }
 }
 
@@ -110,8 +77,8 @@ impl CommitMarker {
 /// holding many partitions holds no descriptors for them.
 #[derive(Debug, Clone)]
 pub struct CommittedFiles {
-    /// `(data, index)`; `None` when nothing was ever pushed to the location.
-    pub paths: Option<(PathBuf, PathBuf)>,
+    /// `None` when nothing was ever pushed to the location.
+    pub files: Option<LocationFiles>,
     pub data_len: u64,
     pub index_len: u64,
 }
@@ -119,10 +86,8 @@ pub struct CommittedFiles {
 #[derive(Debug)]
 pub struct Partition {
     name: String,
-    pub disk: Arc<Disk>,
-    data_path: PathBuf,
-    index_path: PathBuf,
-    memory: Arc<MemoryBudget>,
+    disk: Arc<Disk>,
+    files: LocationFiles,
     state: Mutex<State>,
     flushed: Notify,
     /// On a primary with a replica: the replica's push address. Set by reservations.
@@ -130,24 +95,18 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn new(
-        name: String,
-        disk: Arc<Disk>,
-        data_path: PathBuf,
-        index_path: PathBuf,
-        memory: Arc<MemoryBudget>,
-    ) -> Partition {
+    pub fn new(name: String, disk: Arc<Disk>, files: LocationFiles) -> Partition {
+        disk.location_added();
         Partition {
             name,
             disk,
-            data_path,
-            index_path,
-            memory,
+            files,
             state: Mutex::new(State {
                 status: Status::Open,
                 pending: Vec::new(),
                 pending_len: 0,
                 pending_index: Vec::new(),
+                pending_since: None,
                 created: false,
                 flushed_len: 0,
                 index_len: 0,
@@ -171,25 +130,33 @@ impl Partition {
         *self.replica.lock().unwrap_or_else(|e| e.into_inner()) = replica;
     }
 
-    /// A location committed before this worker restarted, from its marker.
+    /// A location found on disk after a restart: committed (from its marker) or flushed and
+    /// never committed (from its verified index).
     pub fn recovered(
         name: String,
         disk: Arc<Disk>,
-        data_path: PathBuf,
-        index_path: PathBuf,
-        memory: Arc<MemoryBudget>,
-        marker: CommitMarker,
+        files: LocationFiles,
+        extent: Extent,
+        committed: bool,
     ) -> Partition {
-        let partition = Partition::new(name, disk, data_path, index_path, memory);
+        let partition = Partition::new(name, disk, files);
         {
             let mut state = partition.lock();
-            state.status = Status::Committed;
-            state.created = marker.created;
-            state.flushed_len = marker.data_len;
-            state.index_len = marker.index_len;
-            state.stats = marker.stats;
+            state.status = if committed {
+                Status::Committed
+            } else {
+                Status::Recovered
+            };
+            state.created = extent.created;
+            state.flushed_len = extent.data_len;
+            state.index_len = extent.index_len;
+            state.stats = extent.stats;
         }
         partition
+    }
+
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.disk
     }
 
     pub fn name(&self) -> &str {
@@ -201,12 +168,14 @@ impl Partition {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends a slice of whole batches. On success the partition owns `slice.len()` bytes of
-    /// the memory budget until they are flushed. Malformed batches reject the whole slice.
-    /// A location holding anything may not grow past `size_cap`: the push is refused and the
-    /// writer moves the partition to a new epoch elsewhere.
+    /// Appends a slice of whole batches, each checked against its CRC and its partition. The
+    /// slice (and the lease it carries) stays in the buffer until it is flushed. Malformed
+    /// batches reject the whole slice. A location holding anything may not grow past
+    /// `size_cap`: the push is refused and the writer moves the partition to a new epoch
+    /// elsewhere.
     pub fn append(
         self: &Arc<Self>,
+        partition: u32,
         slice: Bytes,
         flush_threshold: u64,
         size_cap: u64,
@@ -216,6 +185,12 @@ impl Partition {
             Status::Open => {}
             Status::Sealing | Status::Committed => {
                 return Err(WorkerError::Committed(self.name.clone()))
+            }
+            Status::Recovered => {
+                return Err(WorkerError::NotFound(format!(
+                    "{} was recovered after a restart and takes no more pushes",
+                    self.name
+                )))
             }
             Status::Failed(reason) => {
                 return Err(WorkerError::Disk {
@@ -235,8 +210,11 @@ impl Partition {
         let mut stats = pb::BatchStats::default();
         let mut position = 0u64;
         for item in BatchIter::new(slice.clone()) {
-            let (head, _) = item
-                .map_err(|e| WorkerError::InvalidRequest(format!("push to {}: {e}", self.name)))?;
+            let invalid =
+                |e: String| WorkerError::InvalidRequest(format!("push to {}: {e}", self.name));
+            let (head, bytes) = item.map_err(|e| invalid(e.to_string()))?;
+            batch::verify(&head, &bytes).map_err(|e| invalid(e.to_string()))?;
+            let _ = partition; // checked against the batch head once it carries the partition
             IndexEntry::for_batch(&head, base + position).encode_into(&mut index);
             stats.add(head.total_len() as u64, head.crc);
             position += head.total_len() as u64;
@@ -245,34 +223,25 @@ impl Partition {
         state.stats.merge(&stats);
         state.pending_len += slice.len() as u64;
         state.pending.push(slice);
+        state.pending_since.get_or_insert_with(Instant::now);
         if state.pending_len >= flush_threshold {
             self.flush_locked(&mut state);
         }
         Ok(())
     }
 
-    /// Writes out whatever is pending (memory pressure).
-    pub fn flush_pending(self: &Arc<Self>) {
+    /// Writes out whatever is pending (memory pressure), or only what has waited longer than
+    /// `older_than` when given.
+    pub fn flush_pending(self: &Arc<Self>, older_than: Option<Duration>) {
         let mut state = self.lock();
-        if state.pending_len > 0 && matches!(state.status, Status::Open | Status::Sealing) {
+        let due = match (older_than, state.pending_since) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(age), Some(since)) => since.elapsed() >= age,
+        };
+        if due && matches!(state.status, Status::Open | Status::Sealing) {
             self.flush_locked(&mut state);
         }
-    }
-
-    /// Opens the data and index files for one flush; the first flush creates them. The write
-    /// engine drops them (closing the descriptors) when the writes complete.
-    pub(crate) fn open_files(&self, create: bool) -> std::io::Result<(Arc<File>, Arc<File>)> {
-        let open = |path: &PathBuf| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(create)
-                .truncate(create)
-                .open(path)
-        };
-        Ok((
-            Arc::new(open(&self.data_path)?),
-            Arc::new(open(&self.index_path)?),
-        ))
     }
 
     fn fail_locked(&self, state: &mut State, reason: String) {
@@ -286,11 +255,10 @@ impl Partition {
         if !matches!(state.status, Status::Failed(_)) {
             state.status = Status::Failed(reason);
         }
-        let dropped = state.pending_len;
         state.pending.clear();
         state.pending_index.clear();
         state.pending_len = 0;
-        self.memory.release(dropped);
+        state.pending_since = None;
     }
 
     /// Hands everything pending to the disk's flusher. Offsets are fixed here, so the file
@@ -299,37 +267,40 @@ impl Partition {
         let create = !state.created;
         state.created = true;
         let len = std::mem::take(&mut state.pending_len);
+        state.pending_since = None;
         let index = Bytes::from(std::mem::take(&mut state.pending_index));
         let index_len = index.len() as u64;
+        let (done, outcome) = oneshot::channel();
         let job = FlushJob {
-            partition: self.clone(),
+            files: self.files.clone(),
             create,
             data_offset: state.flushed_len,
             bufs: std::mem::take(&mut state.pending),
             index_offset: state.index_len,
             index,
-            len,
+            done,
         };
         state.flushed_len += len;
         state.index_len += index_len;
         state.inflight += 1;
-        if self.disk.flush(job).is_err() {
+        if !self.disk.flush(job) {
             state.inflight -= 1;
-            self.memory.release(len);
             self.fail_locked(state, "the disk's flusher has stopped".into());
+            return;
         }
+        let partition = self.clone();
+        tokio::spawn(async move {
+            let result = outcome
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("the disk's flusher has stopped")));
+            partition.flush_done(result);
+        });
     }
 
-    /// Called by the flusher when a flush of `len` bytes ended.
-    pub fn flush_done(&self, len: u64, result: std::io::Result<()>, took: std::time::Duration) {
-        self.disk.record_flush(took);
-        self.memory.release(len);
+    fn flush_done(&self, result: std::io::Result<()>) {
         let mut state = self.lock();
         state.inflight -= 1;
         if let Err(e) = result {
-            if super::disk::is_disk_fault(&e) {
-                self.disk.mark_unhealthy();
-            }
             self.fail_locked(&mut state, format!("flush failed: {e}"));
         }
         drop(state);
@@ -344,7 +315,7 @@ impl Partition {
             match &state.status {
                 Status::Committed => return Ok(state.stats),
                 Status::Failed(reason) => return Err(reason.clone()),
-                Status::Open => {
+                Status::Open | Status::Recovered => {
                     state.status = Status::Sealing;
                     if state.pending_len > 0 {
                         self.flush_locked(&mut state);
@@ -377,13 +348,13 @@ impl Partition {
         };
         // Optionally fsync the files, then record the commit beside them so a restarted worker
         // serves them again.
-        let paths = (self.data_path.clone(), self.index_path.clone());
+        let files = self.files.clone();
         let finished = tokio::task::spawn_blocking(move || {
             if fsync && marker.created {
-                File::open(&paths.0)?.sync_all()?;
-                File::open(&paths.1)?.sync_all()?;
+                std::fs::File::open(&files.data)?.sync_all()?;
+                std::fs::File::open(&files.index)?.sync_all()?;
             }
-            marker.write(&marker_path(&paths.0), fsync)
+            marker.write(&files.marker(), fsync)
         })
         .await;
         let error = match finished {
@@ -409,9 +380,7 @@ impl Partition {
         let state = self.lock();
         match &state.status {
             Status::Committed => Ok(CommittedFiles {
-                paths: state
-                    .created
-                    .then(|| (self.data_path.clone(), self.index_path.clone())),
+                files: state.created.then(|| self.files.clone()),
                 data_len: state.flushed_len,
                 index_len: state.index_len,
             }),
@@ -419,10 +388,9 @@ impl Partition {
                 location: self.name.clone(),
                 reason: reason.clone(),
             }),
-            Status::Open | Status::Sealing => Err(WorkerError::InvalidRequest(format!(
-                "{} is not committed yet",
-                self.name
-            ))),
+            Status::Open | Status::Recovered | Status::Sealing => Err(WorkerError::InvalidRequest(
+                format!("{} is not committed yet", self.name),
+            )),
         }
     }
 
@@ -434,37 +402,8 @@ impl Partition {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commit_markers_round_trip_and_reject_anything_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let marker = CommitMarker {
-            data_len: 123_456,
-            index_len: 240,
-            stats: pb::BatchStats {
-                bytes: 123_456,
-                batches: 10,
-                checksum: u64::MAX - 3,
-            },
-            created: true,
-        };
-        let path = marker_path(&dir.path().join("3-1-p.data"));
-        marker.write(&path, true).unwrap();
-        assert_eq!(path.file_name().unwrap(), "3-1-p.committed");
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(CommitMarker::parse(&text), Some(marker));
-        for bad in [
-            "",
-            "sluice-committed-v1 1 2 3 4",
-            "sluice-committed-v1 1 2 3 4 5 2",
-            "other 1 2 3 4 5 1",
-            &text[..text.len() / 2],
-            &format!("{text} 9"),
-        ] {
-            assert_eq!(CommitMarker::parse(bad), None, "{bad:?}");
-        }
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.disk.location_removed();
     }
 }

@@ -1,0 +1,163 @@
+//! The fetch port: OpenStream lists a committed location's chunks (a page at a time);
+//! FetchChunk sends one chunk's bytes from the file with `sendfile`, never through this
+//! process's memory. Requests of one connection are served concurrently (bounded); answers go
+//! out in the order they are ready.
+
+use std::sync::Arc;
+
+use sluice_protocol::connection::{FrameWriter, OutFrame};
+use sluice_protocol::frame::{Frame, FrameLimits, MessageType};
+use sluice_protocol::{pb, ShuffleKey};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{busy, conn, error_frame, next_frame, reply, Next};
+use crate::error::{WorkerError, WorkerResult};
+use crate::shared::Shared;
+use crate::storage::layout::LocationId;
+use crate::storage::partition::Partition;
+use crate::storage::read::{self, ChunkSource};
+
+/// Requests served at once per fetch connection.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// What a fetch request may be: a header (a chunk's ranges at most) and no body.
+const REQUEST_LIMITS: FrameLimits = FrameLimits {
+    max_header: 4 << 20,
+    max_body: 0,
+};
+
+/// An answer on a fetch connection: a frame, or a chunk whose body is sent from the file.
+enum Answer {
+    Frame(OutFrame),
+    Chunk {
+        request_id: u64,
+        source: ChunkSource,
+    },
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    peer: &str,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let (read_half, write_half) = stream.into_split();
+    let mut conn = conn(read_half, peer, REQUEST_LIMITS);
+    let (tx, rx) = mpsc::channel::<Answer>(FETCH_CONCURRENCY * 2);
+    let peer_name = peer.to_string();
+    let writer = tokio::spawn(async move {
+        if let Err(e) = write_answers(FrameWriter::new(write_half), rx).await {
+            tracing::debug!(peer = %peer_name, error = %e, "fetch connection closed while answering");
+        }
+    });
+    let permits = Arc::new(Semaphore::new(FETCH_CONCURRENCY));
+    loop {
+        let frame = match next_frame(&mut conn, &shared, &shutdown).await {
+            Next::Frame(frame) => frame,
+            Next::Busy(head) => {
+                if tx.send(Answer::Frame(busy(&shared, &head))).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Next::End => break,
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (shared, tx) = (shared.clone(), tx.clone());
+        tokio::spawn(async move {
+            let answer = handle(&shared, frame).await;
+            drop(permit);
+            let _ = tx.send(answer).await;
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Writes answers in the order they are ready. A failure inside a chunk's body leaves the frame
+/// incomplete, so it ends the connection (the reader sees a broken fetch).
+async fn write_answers(
+    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut answers: mpsc::Receiver<Answer>,
+) -> std::io::Result<()> {
+    while let Some(answer) = answers.recv().await {
+        match answer {
+            Answer::Frame(frame) => writer.write_frame(&frame).await?,
+            Answer::Chunk { request_id, source } => {
+                let header = prost::Message::encode_to_vec(&pb::Ack {});
+                let head = sluice_protocol::frame::head_for_body(
+                    MessageType::ChunkData,
+                    request_id,
+                    &header,
+                    source.len,
+                )
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                writer.write_head(&head, &header).await?;
+                writer.flush().await?;
+                if let Some(file) = &source.file {
+                    for range in &source.ranges {
+                        read::send_file(
+                            writer.get_ref().as_ref(),
+                            file,
+                            range.offset,
+                            range.length,
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        if answers.is_empty() {
+            writer.flush().await?;
+        }
+    }
+    writer.shutdown().await
+}
+
+fn location(shared: &Shared, location: Option<&pb::LocationRef>) -> WorkerResult<Arc<Partition>> {
+    let location =
+        location.ok_or_else(|| WorkerError::InvalidRequest("missing location".into()))?;
+    let shuffle =
+        ShuffleKey::from_pb(location.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    shared.store.get(&shuffle, LocationId::of_ref(location)?)
+}
+
+async fn open_stream(shared: &Shared, frame: &Frame) -> WorkerResult<pb::StreamOpenedHeader> {
+    let header: pb::OpenStreamHeader = frame.decode_header("open stream")?;
+    let partition = location(shared, header.location.as_ref())?;
+    read::open_stream(&partition, &header, shared.config.chunk_size.as_u64()).await
+}
+
+async fn chunk_source(shared: &Shared, frame: &Frame) -> WorkerResult<ChunkSource> {
+    let header: pb::FetchChunkHeader = frame.decode_header("fetch chunk")?;
+    let partition = location(shared, header.location.as_ref())?;
+    let max_len = u64::from(shared.limits.max_body);
+    read::chunk_source(&partition, header.chunk.unwrap_or_default(), max_len).await
+}
+
+async fn handle(shared: &Shared, frame: Frame) -> Answer {
+    let id = frame.request_id;
+    let answer = match frame.kind {
+        MessageType::OpenStream => reply(id, open_stream(shared, &frame).await, |opened| {
+            OutFrame::new(MessageType::StreamOpened, id, &opened)
+        }),
+        MessageType::FetchChunk => match chunk_source(shared, &frame).await {
+            Ok(source) => {
+                return Answer::Chunk {
+                    request_id: id,
+                    source,
+                }
+            }
+            Err(e) => error_frame(id, &e),
+        },
+        other => error_frame(
+            id,
+            &WorkerError::InvalidRequest(format!("{other:?} is not served on the fetch port")),
+        ),
+    };
+    Answer::Frame(answer)
+}

@@ -1,0 +1,230 @@
+//! The worker's ports: accept loops, connection limits and the frame loop they share.
+//!
+//! - [`push`]: pushes from writers and forwards from primaries, into partition buffers and on to
+//!   replicas.
+//! - [`control`]: the master's Reserve, Commit and Destroy (served on the push port).
+//! - [`fetch`]: OpenStream and FetchChunk for readers.
+//!
+//! Every connection reads frames the same way ([`next_frame`]): the head first; then a memory
+//! lease for the header and body it announces (or, when none comes within `busy_wait`, the frame
+//! is read past without being held and answered `Busy`); then the body into an allocation that
+//! carries the lease. A connection idle past `connection_idle_timeout`, or a frame not
+//! delivered within `frame_read_timeout`, is closed; each port takes at most
+//! `max_connections`. A malformed frame closes only its connection.
+
+pub mod control;
+pub mod fetch;
+pub mod push;
+
+use std::sync::Arc;
+
+use sluice_protocol::connection::{write_queued, FrameReader, FrameWriter, OutFrame, ReadError};
+use sluice_protocol::frame::{Frame, FrameHead, FrameLimits, MessageType, FLAG_REPLICA};
+use sluice_protocol::pb;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{WorkerError, WorkerResult};
+use crate::memory::{leased_bytes, Class};
+use crate::shared::Shared;
+
+/// Read buffer a connection starts with: room for heads, headers and small frames; bodies are
+/// read into allocations of their own.
+const READ_BUFFER: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Port {
+    Push,
+    Fetch,
+}
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    port: Port,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut refused = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(?port, %peer, refused, limit = shared.config.max_connections, "connection limit reached, refusing");
+                    }
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let peer = peer.to_string();
+                    match port {
+                        Port::Push => push::serve(stream, &peer, shared, shutdown).await,
+                        Port::Fetch => fetch::serve(stream, &peer, shared, shutdown).await,
+                    }
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, ?port, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A connection's reading side.
+pub(crate) struct Conn {
+    reader: FrameReader<OwnedReadHalf>,
+    peer: String,
+}
+
+/// What reading the next frame gave.
+pub(crate) enum Next {
+    Frame(Frame),
+    /// The frame was read past without being held: no memory for it in time.
+    Busy(FrameHead),
+    End,
+}
+
+/// Splits a connection into a frame reader and a channel to a writer task.
+pub(crate) fn split(
+    stream: TcpStream,
+    peer: &str,
+    shared: &Shared,
+) -> (Conn, mpsc::Sender<OutFrame>, tokio::task::JoinHandle<()>) {
+    let (read_half, write_half) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<OutFrame>(256);
+    let writer = tokio::spawn(async move {
+        let _ = write_queued(FrameWriter::new(write_half), rx).await;
+    });
+    (conn(read_half, peer, shared.limits), tx, writer)
+}
+
+pub(crate) fn conn(read_half: OwnedReadHalf, peer: &str, limits: FrameLimits) -> Conn {
+    Conn {
+        reader: FrameReader::with_capacity(read_half, limits, READ_BUFFER),
+        peer: peer.to_string(),
+    }
+}
+
+/// Reads the next frame under the memory budget and the connection's timeouts. A push waits
+/// for a lease of its class (a replica forward's head flag makes it replication traffic).
+pub(crate) async fn next_frame(
+    conn: &mut Conn,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Next {
+    let config = &shared.config;
+    let peer = conn.peer.as_str();
+    let head = tokio::select! {
+        head = tokio::time::timeout(config.connection_idle_timeout, conn.reader.read_head()) => head,
+        _ = shutdown.cancelled() => return Next::End,
+    };
+    let head = match head {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return Next::End,
+        Ok(Err(e)) => return closed(peer, e),
+        Err(_) => {
+            let mid_frame = conn.reader.is_mid_frame();
+            tracing::debug!(peer, mid_frame, "closing idle connection");
+            return Next::End;
+        }
+    };
+    let memory = shared.store.memory();
+    let lease = if matches!(
+        head.kind,
+        MessageType::PushData | MessageType::PushMergedData
+    ) {
+        let class = if head.flags & FLAG_REPLICA != 0 {
+            Class::Replication
+        } else {
+            Class::Client
+        };
+        tokio::select! {
+            lease = memory.lease(head.rest_len(), class, config.busy_wait) => lease,
+            _ = shutdown.cancelled() => return Next::End,
+        }
+    } else {
+        // Requests without data (the master's control frames, fetch requests) are never
+        // turned away: they are small (the port's header limit) and they free memory or read
+        // committed files. They are still counted while held.
+        Some(memory.lease_now(head.rest_len()))
+    };
+    let rest = async {
+        match lease {
+            Some(mut lease) => {
+                let body_len = u64::from(head.body_len);
+                conn.reader
+                    .read_rest(&head, move |body| {
+                        lease.shrink_to(body_len);
+                        leased_bytes(body, lease)
+                    })
+                    .await
+                    .map(Next::Frame)
+            }
+            None => conn
+                .reader
+                .skip_rest(&head)
+                .await
+                .map(|()| Next::Busy(head)),
+        }
+    };
+    match tokio::time::timeout(config.frame_read_timeout, rest).await {
+        Ok(Ok(next)) => next,
+        Ok(Err(e)) => closed(peer, e),
+        Err(_) => {
+            tracing::debug!(peer, kind = ?head.kind, "frame not delivered in time, closing");
+            Next::End
+        }
+    }
+}
+
+fn closed(peer: &str, error: ReadError) -> Next {
+    match error {
+        ReadError::Io(e) => tracing::debug!(peer, error = %e, "connection error"),
+        e => tracing::warn!(peer, error = %e, "closing connection: malformed data"),
+    }
+    Next::End
+}
+
+/// The answer to a frame turned away for lack of memory.
+pub(crate) fn busy(shared: &Shared, head: &FrameHead) -> OutFrame {
+    let memory = shared.store.memory();
+    error_frame(
+        head.request_id,
+        &WorkerError::Busy {
+            used: memory.used(),
+            budget: memory.budget(),
+        },
+    )
+}
+
+pub(crate) fn error_frame(request_id: u64, error: &WorkerError) -> OutFrame {
+    OutFrame::error(request_id, error.code(), error.to_string())
+}
+
+pub(crate) fn reply<T>(
+    request_id: u64,
+    result: WorkerResult<T>,
+    ok: impl FnOnce(T) -> OutFrame,
+) -> OutFrame {
+    match result {
+        Ok(value) => ok(value),
+        Err(e) => error_frame(request_id, &e),
+    }
+}
+
+pub(crate) fn ack(request_id: u64) -> OutFrame {
+    OutFrame::new(MessageType::Ack, request_id, &pb::Ack {})
+}

@@ -1,0 +1,249 @@
+//! The push path: a writer's (or a primary's) batches into partition buffers, and on to the
+//! replica before the push is acknowledged.
+//!
+//! Pushes are handled in arrival order on the connection's task. Every slice of a push is a
+//! zero-copy `Bytes` of the frame's leased body, except slices of at most [`COPY_AT_MOST`] bytes
+//! that are a small part of their frame: those are copied under a lease of their own, so a
+//! cold partition's few bytes do not keep a hot partition's megabyte alive. A primary answers
+//! only once every replica acknowledged its forward (which holds slices of the same leased body,
+//! so memory stays accounted while the forward is in flight).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_protocol::batch::BATCH_HEAD_LEN;
+use sluice_protocol::connection::OutFrame;
+use sluice_protocol::frame::{Frame, MessageType, FLAG_CRC, FLAG_REPLICA};
+use sluice_protocol::{pb, ShuffleKey};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{ack, busy, control, error_frame, next_frame, split, Next};
+use crate::error::{WorkerError, WorkerResult};
+use crate::memory::copy_leased;
+use crate::shared::Shared;
+use crate::storage::layout::LocationId;
+
+/// Largest slice copied out of its frame (when it is at most a sixteenth of the frame).
+pub const COPY_AT_MOST: usize = 4096;
+
+pub async fn serve(
+    stream: TcpStream,
+    peer: &str,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let (mut conn, tx, writer) = split(stream, peer, &shared);
+    loop {
+        let frame = match next_frame(&mut conn, &shared, &shutdown).await {
+            Next::Frame(frame) => frame,
+            Next::Busy(head) => {
+                if tx.send(busy(&shared, &head)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Next::End => break,
+        };
+        let id = frame.request_id;
+        let answer = match frame.kind {
+            MessageType::PushData | MessageType::PushMergedData => match handle(&shared, &frame) {
+                Ok(forwards) if forwards.is_empty() => ack(id),
+                Ok(forwards) => {
+                    // Ack only once every replica acked; keep reading meanwhile.
+                    let (shared, tx) = (shared.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let answer = forward_to_replicas(&shared, id, forwards).await;
+                        let _ = tx.send(answer).await;
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(peer, error = %e, "push refused");
+                    error_frame(id, &e)
+                }
+            },
+            MessageType::Reserve | MessageType::Commit | MessageType::Destroy => {
+                control::serve(&shared, frame, tx.clone());
+                continue;
+            }
+            other => error_frame(
+                id,
+                &WorkerError::InvalidRequest(format!("{other:?} is not served on the push port")),
+            ),
+        };
+        if tx.send(answer).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// A push a primary sends on to a replica: the replica's address and the frame.
+type Forward = (String, OutFrame);
+
+/// Appends a push's slices to their partitions. On a primary whose partitions have replicas,
+/// returns the pushes to forward before the client may be acked.
+fn handle(shared: &Shared, frame: &Frame) -> WorkerResult<Vec<Forward>> {
+    if frame.flags & FLAG_CRC == 0 {
+        return Err(WorkerError::InvalidRequest(
+            "a push must carry a frame checksum".into(),
+        ));
+    }
+    let header: pb::PushHeader = frame.decode_header("push")?;
+    let shuffle =
+        ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    let replica = header.role == pb::Role::Replica as i32;
+    let body_len = frame.body.len();
+    check_slices(&header.slices, body_len)?;
+    let ids = header
+        .slices
+        .iter()
+        .map(|s| LocationId::new(s.partition, s.epoch, header.role))
+        .collect::<WorkerResult<Vec<_>>>()?;
+    let partitions = shared.store.get_many(&shuffle, ids.into_iter());
+    let mut resolved = Vec::with_capacity(partitions.len());
+    for (slice, partition) in header.slices.iter().zip(partitions) {
+        let partition = partition.ok_or_else(|| {
+            WorkerError::NotFound(format!(
+                "{shuffle} partition {} epoch {} is not reserved on this worker",
+                slice.partition, slice.epoch
+            ))
+        })?;
+        resolved.push(partition);
+    }
+    let threshold = shared.config.flush_buffer_size.as_u64();
+    let size_cap = shared.config.partition_size_cap.as_u64();
+    let memory = shared.store.memory();
+    let mut offset = 0usize;
+    let mut forwards: HashMap<String, (Vec<pb::PushSlice>, Vec<Bytes>)> = HashMap::new();
+    for (slice, partition) in header.slices.iter().zip(resolved) {
+        let end = offset + slice.length as usize;
+        let bytes = if slice.length as usize <= COPY_AT_MOST && (end - offset) * 16 <= body_len {
+            copy_leased(memory, &frame.body[offset..end])
+        } else {
+            frame.body.slice(offset..end)
+        };
+        offset = end;
+        partition.append(slice.partition, bytes.clone(), threshold, size_cap)?;
+        if let (false, Some(replica)) = (replica, partition.replica()) {
+            let (slices, body) = forwards.entry(replica).or_default();
+            slices.push(*slice);
+            body.push(bytes);
+        }
+    }
+    Ok(forwards
+        .into_iter()
+        .map(|(replica, (slices, body))| {
+            let header = pb::PushHeader {
+                shuffle: header.shuffle.clone(),
+                slices,
+                role: pb::Role::Replica as i32,
+            };
+            let frame = OutFrame::new(MessageType::PushMergedData, 0, &header)
+                .with_body(body)
+                .with_flags(FLAG_REPLICA);
+            (replica, frame)
+        })
+        .collect())
+}
+
+/// Slices must be non-empty, hold at least one batch head each, and add up to the body.
+fn check_slices(slices: &[pb::PushSlice], body_len: usize) -> WorkerResult<()> {
+    if slices.is_empty() || slices.len() > body_len / BATCH_HEAD_LEN {
+        return Err(WorkerError::InvalidRequest(format!(
+            "{} slices cannot split a body of {body_len} bytes into whole batches",
+            slices.len()
+        )));
+    }
+    if let Some(empty) = slices.iter().find(|s| (s.length as usize) < BATCH_HEAD_LEN) {
+        return Err(WorkerError::InvalidRequest(format!(
+            "a slice of {} bytes for partition {} holds no whole batch",
+            empty.length, empty.partition
+        )));
+    }
+    let total: u64 = slices.iter().map(|s| u64::from(s.length)).sum();
+    if total != body_len as u64 {
+        return Err(WorkerError::InvalidRequest(format!(
+            "slices add up to {total} bytes but the body has {body_len}"
+        )));
+    }
+    Ok(())
+}
+
+/// Sends each forward to its replica; the answer to the client's push `id` is an ack only if
+/// every replica acked. A failed replica is reported to the client, never hidden: the batch is
+/// not acknowledged until both copies hold it.
+async fn forward_to_replicas(shared: &Arc<Shared>, id: u64, forwards: Vec<Forward>) -> OutFrame {
+    let mut calls = tokio::task::JoinSet::new();
+    for (replica, frame) in forwards {
+        let shared = shared.clone();
+        calls.spawn(async move {
+            let result = shared
+                .peers
+                .call(
+                    &replica,
+                    frame,
+                    MessageType::Ack,
+                    shared.config.replica_timeout,
+                )
+                .await;
+            (replica, result)
+        });
+    }
+    let mut failure = None;
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok((_, Ok(_))) => {}
+            Ok((replica, Err(e))) => {
+                failure = Some(format!("replica {replica} did not take the push: {e}"))
+            }
+            Err(e) => failure = Some(format!("forwarding task failed: {e}")),
+        }
+    }
+    match failure {
+        None => ack(id),
+        Some(message) => {
+            tracing::warn!(error = %message, "replication failed");
+            OutFrame::error(id, sluice_protocol::ErrorCode::Unavailable, message)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(partition: u32, length: u32) -> pb::PushSlice {
+        pb::PushSlice {
+            partition,
+            epoch: 0,
+            length,
+        }
+    }
+
+    #[test]
+    fn slices_must_be_whole_and_add_up() {
+        assert!(check_slices(&[slice(0, 100), slice(1, 50)], 150).is_ok());
+        assert!(check_slices(&[], 150).is_err(), "no slice");
+        assert!(
+            check_slices(&[slice(0, 150), slice(1, 0)], 150).is_err(),
+            "an empty slice"
+        );
+        assert!(
+            check_slices(&[slice(0, 10), slice(1, 140)], 150).is_err(),
+            "no whole batch"
+        );
+        assert!(
+            check_slices(&[slice(0, 100)], 150).is_err(),
+            "short of the body"
+        );
+        let many: Vec<_> = (0..1_000_000).map(|p| slice(p, 0)).collect();
+        assert!(
+            check_slices(&many, 40 << 20).is_err(),
+            "a million empty slices"
+        );
+    }
+}

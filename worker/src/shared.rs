@@ -1,0 +1,101 @@
+//! The state every task of a worker shares, and how a worker starts: config checked, data
+//! directories and their engines opened, what the disks hold recovered.
+
+use std::sync::Arc;
+
+use sluice_protocol::frame::FrameLimits;
+use sluice_protocol::pb;
+use tokio::net::TcpListener;
+
+use crate::config::WorkerConfig;
+use crate::error::{WorkerError, WorkerResult};
+use crate::memory::MemoryBudget;
+use crate::storage::disk::{Disk, FlushQueue};
+use crate::storage::{self, Store};
+use crate::Listeners;
+
+/// Largest frame header accepted (a Reserve or Commit page from the master is the largest).
+pub const MAX_HEADER: u32 = 16 << 20;
+
+/// State shared by the worker's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: WorkerConfig,
+    pub info: pb::WorkerInfo,
+    pub store: Store,
+    pub limits: FrameLimits,
+    /// Connections to other workers (replicas this worker forwards to).
+    pub peers: sluice_protocol::rpc::RpcPool,
+    /// Becomes true once the master has accepted this worker's registration.
+    pub registered: tokio::sync::watch::Sender<bool>,
+}
+
+pub(crate) fn start(
+    config: WorkerConfig,
+    listeners: &Listeners,
+) -> WorkerResult<(Shared, Vec<FlushQueue>)> {
+    config.validate().map_err(WorkerError::Config)?;
+    let port = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map(|a| u32::from(a.port()))
+            .map_err(|e| WorkerError::io("reading the listener address", e))
+    };
+    let advertised = |configured: u16, bound: u32| {
+        if configured == 0 {
+            bound
+        } else {
+            u32::from(configured)
+        }
+    };
+    let push_port = advertised(config.advertise_push_port, port(&listeners.push)?);
+    let fetch_port = advertised(config.advertise_fetch_port, port(&listeners.fetch)?);
+    let id = if config.id.is_empty() {
+        format!("{}-{push_port}", config.host)
+    } else {
+        config.id.clone()
+    };
+    sluice_protocol::ids::validate_app_id(&id)
+        .map_err(|_| WorkerError::Config(format!("id: {id:?} must be [A-Za-z0-9._-]+")))?;
+    let mut disks = Vec::new();
+    let mut queues = Vec::new();
+    for (i, dir) in config.data_dirs.iter().enumerate() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            WorkerError::io(format!("creating data directory {}", dir.display()), e)
+        })?;
+        let engine = storage::engine::open_engine(config.io_engine.into(), &i.to_string())
+            .map_err(|e| WorkerError::Config(format!("io_engine: {e}")))?;
+        tracing::info!(dir = %dir.display(), engine = engine.kind().as_str(), "data directory ready");
+        let (disk, queue) = Disk::new(dir.clone(), engine);
+        disks.push(Arc::new(disk));
+        queues.push(queue);
+    }
+    let memory = Arc::new(MemoryBudget::new(config.memory_budget.as_u64()));
+    let limits = FrameLimits {
+        max_header: MAX_HEADER,
+        max_body: config.max_frame_body.as_u64() as u32,
+    };
+    let store = Store::new(disks, memory, config.fsync_on_commit);
+    let (committed, flushed) = store.recover();
+    if committed + flushed > 0 {
+        tracing::info!(
+            committed,
+            flushed,
+            "serving the locations found on disk again after a restart"
+        );
+    }
+    let shared = Shared {
+        info: pb::WorkerInfo {
+            id,
+            host: config.host.clone(),
+            push_port,
+            fetch_port,
+        },
+        store,
+        limits,
+        peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
+        registered: tokio::sync::watch::channel(false).0,
+        config,
+    };
+    Ok((shared, queues))
+}

@@ -1,0 +1,133 @@
+//! What a location's files hold after a restart.
+//!
+//! A committed location is taken at its marker's word once its files are at least as long as
+//! the marker says. A location that was flushed and never committed (the worker was killed or
+//! restarted mid-stage) is rebuilt from its files: every index entry whose batch lies inside the
+//! data file, parses and passes its CRC is kept, anything else (a torn tail, a hole left by a
+//! flush that never landed, garbage) is dropped, and the index is rewritten to the kept entries
+//! so readers see only whole batches. The kept batches are bytes that were pushed and flushed;
+//! the readers' per-map check against what the maps reported decides whether that was enough.
+
+use std::os::unix::fs::FileExt;
+
+use sluice_protocol::batch;
+use sluice_protocol::pb;
+
+use super::index::{IndexEntry, ENTRY_LEN};
+use super::layout::{CommitMarker, LocationFiles};
+use super::partition::Extent;
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A committed location, from its marker.
+pub fn committed(files: &LocationFiles) -> std::io::Result<Extent> {
+    let text = std::fs::read_to_string(files.marker())?;
+    let marker = CommitMarker::parse(&text).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable commit marker")
+    })?;
+    let intact = !marker.created
+        || (file_len(&files.data) >= marker.data_len && file_len(&files.index) >= marker.index_len);
+    if !intact {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "committed files are shorter than their marker records",
+        ));
+    }
+    Ok(marker.into())
+}
+
+/// A location flushed and never committed: keeps the entries whose batches verify and rewrites
+/// the index to them (atomically, through a temporary file).
+pub fn flushed(files: &LocationFiles) -> std::io::Result<Extent> {
+    let index = std::fs::read(&files.index)?;
+    let data = std::fs::File::open(&files.data)?;
+    let data_len = data.metadata()?.len();
+    let mut kept = Vec::with_capacity(index.len());
+    let mut stats = pb::BatchStats::default();
+    let mut batch_bytes = Vec::new();
+    for raw in index.chunks_exact(ENTRY_LEN) {
+        let Some(entry) = IndexEntry::decode(raw) else {
+            continue;
+        };
+        if entry.length == 0 || entry.offset.saturating_add(u64::from(entry.length)) > data_len {
+            continue;
+        }
+        batch_bytes.resize(entry.length as usize, 0);
+        data.read_exact_at(&mut batch_bytes, entry.offset)?;
+        let Ok(head) = batch::parse_head(&batch_bytes) else {
+            continue;
+        };
+        let whole = head.total_len() == batch_bytes.len();
+        let same = head.map_id == entry.map_id
+            && head.attempt == entry.attempt
+            && head.batch_id == entry.batch_id;
+        if !whole || !same || batch::verify(&head, &batch_bytes).is_err() {
+            continue;
+        }
+        stats.add(u64::from(entry.length), head.crc);
+        entry.encode_into(&mut kept);
+    }
+    let temporary = files.index.with_extension("index.tmp");
+    std::fs::write(&temporary, &kept)?;
+    std::fs::rename(&temporary, &files.index)?;
+    Ok(Extent {
+        data_len,
+        index_len: kept.len() as u64,
+        stats,
+        created: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::layout::LocationId;
+    use sluice_protocol::ShuffleKey;
+
+    fn batch(map: u32, id: u32, fill: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        batch::encode_into(&mut out, map, 0, id, &[fill; 100], false).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_flushed_location_keeps_exactly_its_verified_batches() {
+        let root = tempfile::tempdir().unwrap();
+        let files = LocationFiles::new(
+            root.path(),
+            &ShuffleKey::new("app", 1),
+            LocationId::new(0, 0, 0).unwrap(),
+        );
+        let (mut data, mut index) = (Vec::new(), Vec::new());
+        let mut expected = pb::BatchStats::default();
+        for (i, fill) in [1u8, 2, 3, 4].into_iter().enumerate() {
+            let bytes = batch(7, i as u32, fill);
+            let head = batch::parse_head(&bytes).unwrap();
+            IndexEntry::for_batch(&head, data.len() as u64).encode_into(&mut index);
+            if i < 2 {
+                expected.add(bytes.len() as u64, head.crc);
+            }
+            data.extend_from_slice(&bytes);
+        }
+        // Batch 2 is a hole (its flush never landed), batch 3 a torn tail; a zeroed entry and
+        // a torn entry follow in the index.
+        let third = data.len() / 4 * 2;
+        data[third..third + 40].fill(0);
+        data.truncate(data.len() - 10);
+        index.extend_from_slice(&[0u8; ENTRY_LEN]);
+        index.extend_from_slice(&[9u8; 5]);
+        files.open_for_write(true).unwrap();
+        std::fs::write(&files.data, &data).unwrap();
+        std::fs::write(&files.index, &index).unwrap();
+
+        let extent = flushed(&files).unwrap();
+        assert_eq!(extent.stats, expected);
+        assert_eq!(extent.index_len, 2 * ENTRY_LEN as u64);
+        let rewritten = std::fs::read(&files.index).unwrap();
+        assert_eq!(rewritten, index[..2 * ENTRY_LEN]);
+        // Recovering again is stable.
+        assert_eq!(flushed(&files).unwrap(), extent);
+    }
+}
