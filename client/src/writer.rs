@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_protocol::batch::{self, MAX_BATCH_LEN};
+use sluice_protocol::batch::{self, BatchTag, MAX_BATCH_LEN};
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::MessageType;
 use sluice_protocol::{pb, ErrorCode};
@@ -190,14 +190,14 @@ impl ShuffleWriter {
         }
         let raw = std::mem::take(&mut self.buffers[p]);
         self.buffered -= raw.len();
-        let (head, bytes) = batch::encode(
-            self.map_id,
-            self.attempt,
-            self.next_batch_id,
-            &raw,
-            self.inner.config.compression,
-        )
-        .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let tag = BatchTag {
+            partition: p as u32,
+            map_id: self.map_id,
+            attempt: self.attempt,
+            batch_id: self.next_batch_id,
+        };
+        let (head, bytes) = batch::encode(tag, &raw, self.inner.config.compression)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         self.next_batch_id += 1;
         self.stats[p].add(bytes.len() as u64, head.crc);
         let route = self.handle.route(p as u32);
