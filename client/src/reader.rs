@@ -321,11 +321,7 @@ impl ShuffleReader {
         let header = pb::OpenStreamHeader {
             location: Some(copy.location.clone()),
             start_map: self.maps.start,
-            end_map: if self.maps.end == u32::MAX {
-                0
-            } else {
-                self.maps.end
-            },
+            end_map: Some(self.maps.end),
         };
         let opened = self
             .inner

@@ -419,7 +419,7 @@ pub fn chunk_source(
 pub async fn open_stream(
     partition: &Partition,
     start_map: u32,
-    end_map: u32,
+    end_map: Option<u32>,
     chunk_size: u64,
 ) -> WorkerResult<pb::StreamOpenedHeader> {
     let committed = partition.committed_files()?;
