@@ -14,6 +14,7 @@
 //!
 //! No JNI or Spark types appear here.
 
+mod backoff;
 pub mod config;
 pub mod error;
 pub mod reader;
