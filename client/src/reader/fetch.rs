@@ -1,0 +1,143 @@
+//! Requests to workers' fetch ports, each retried on the same copy before the reader gives up on
+//! it.
+//!
+//! A request that fails with a retryable error (connection refused or reset, timeout, busy) is
+//! sent again after a growing wait, up to `fetch_retries` times: a worker that restarts or
+//! drops a connection does not cost a failover, or with one copy a stage retry. A worker that
+//! used up its retries is remembered as down, and later requests to it get one try only, so a
+//! dead worker costs the wait once per reader, not once per chunk; one answer clears it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_protocol::connection::OutFrame;
+use sluice_protocol::frame::{Frame, MessageType};
+use sluice_protocol::pb;
+
+use super::plan::CopySource;
+use crate::backoff::Backoff;
+use crate::error::{ClientError, ClientResult};
+use crate::Inner;
+
+/// The longest wait between two tries of one request.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub(super) struct Fetcher {
+    inner: Arc<Inner>,
+    down: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Fetcher {
+    pub fn new(inner: Arc<Inner>) -> Fetcher {
+        Fetcher {
+            inner,
+            down: Arc::default(),
+        }
+    }
+
+    /// Opens a stream of `copy` for maps `[start_map, end_map)` and returns its chunks.
+    pub async fn open_stream(
+        &self,
+        copy: &CopySource,
+        start_map: u32,
+        end_map: Option<u32>,
+    ) -> ClientResult<Vec<pb::Chunk>> {
+        let frame = OutFrame::new(
+            MessageType::OpenStream,
+            0,
+            &pb::OpenStreamHeader {
+                location: Some(copy.location.clone()),
+                start_map,
+                end_map,
+            },
+        );
+        let answer = self
+            .call(&copy.worker, frame, MessageType::StreamOpened)
+            .await?;
+        let opened = answer
+            .decode_header::<pb::StreamOpenedHeader>("stream opened")
+            .map_err(|source| ClientError::Fetch {
+                worker: copy.worker.clone(),
+                source,
+            })?;
+        Ok(opened.chunks)
+    }
+
+    /// The bytes of one chunk of `copy`.
+    pub async fn fetch_chunk(&self, copy: &CopySource, chunk: &pb::Chunk) -> ClientResult<Bytes> {
+        let frame = OutFrame::new(
+            MessageType::FetchChunk,
+            0,
+            &pb::FetchChunkHeader {
+                location: Some(copy.location.clone()),
+                chunk: Some(chunk.clone()),
+            },
+        );
+        let answer = self
+            .call(&copy.worker, frame, MessageType::ChunkData)
+            .await?;
+        Ok(answer.body)
+    }
+
+    async fn call(
+        &self,
+        worker: &str,
+        frame: OutFrame,
+        expected: MessageType,
+    ) -> ClientResult<Frame> {
+        let config = &self.inner.config;
+        let retries = if self.is_down(worker) {
+            0
+        } else {
+            config.fetch_retries
+        };
+        let mut backoff = Backoff::new(config.fetch_retry_wait, MAX_RETRY_WAIT);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self
+                .inner
+                .workers
+                .call(worker, frame.clone(), expected, config.request_timeout)
+                .await;
+            let source = match result {
+                Ok(answer) => {
+                    self.set_down(worker, false);
+                    return Ok(answer);
+                }
+                Err(source) => source,
+            };
+            let retryable = source.code().is_retryable();
+            if !retryable || tries > retries {
+                if retryable {
+                    self.set_down(worker, true);
+                }
+                return Err(ClientError::Fetch {
+                    worker: worker.to_string(),
+                    source,
+                });
+            }
+            tracing::debug!(worker, tries, error = %source, "fetch failed, trying the same copy again");
+            backoff.wait().await;
+        }
+    }
+
+    fn is_down(&self, worker: &str) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(worker)
+    }
+
+    fn set_down(&self, worker: &str, down: bool) {
+        let mut set = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        if down {
+            set.insert(worker.to_string());
+        } else if !set.is_empty() {
+            set.remove(worker);
+        }
+    }
+}
