@@ -27,9 +27,9 @@ pub struct ClientConfig {
     pub push_retry_timeout: Duration,
     /// Chunks a reader fetches ahead.
     pub prefetch_chunks: usize,
-    /// Times a reader sends a failed fetch request (connection refused or broken, timeout) to
-    /// the same copy again before it reads another copy, or with none left leaves the copy to
-    /// the end-of-partition check.
+    /// Times a reader sends a failed fetch request (connection refused or broken, busy; a
+    /// timeout only when no other copy holds the same batches) to the same copy again before it
+    /// reads another copy, or with none left leaves the copy to the end-of-partition check.
     pub fetch_retries: u32,
     /// The wait before the first retry of a fetch request; it doubles for each further one.
     pub fetch_retry_wait: Duration,

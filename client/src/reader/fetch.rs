@@ -3,9 +3,11 @@
 //!
 //! A request that fails with a retryable error (connection refused or reset, timeout, busy) is
 //! sent again after a growing wait, up to `fetch_retries` times: a worker that restarts or
-//! drops a connection does not cost a failover, or with one copy a stage retry. A worker that
-//! used up its retries is remembered as down, and later requests to it get one try only, so a
-//! dead worker costs the wait once per reader, not once per chunk; one answer clears it.
+//! drops a connection does not cost a failover, or with one copy a stage retry. A request that
+//! timed out is sent again only when no other copy can stand in: a hung worker would cost a
+//! whole request timeout per try, and the other copy is likely fine. A worker that used up its
+//! retries is remembered as down, and later requests to it get one try only, so a dead worker
+//! costs the wait once per reader, not once per chunk; one answer clears it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::{Frame, MessageType};
-use sluice_protocol::pb;
+use sluice_protocol::{pb, ErrorCode};
 
 use super::plan::CopySource;
 use crate::backoff::Backoff;
@@ -39,11 +41,13 @@ impl Fetcher {
     }
 
     /// Opens a stream of `copy` for maps `[start_map, end_map)` and returns its chunks.
+    /// `stand_in`: whether another copy holds the same batches.
     pub async fn open_stream(
         &self,
         copy: &CopySource,
         start_map: u32,
         end_map: Option<u32>,
+        stand_in: bool,
     ) -> ClientResult<Vec<pb::Chunk>> {
         let frame = OutFrame::new(
             MessageType::OpenStream,
@@ -55,7 +59,7 @@ impl Fetcher {
             },
         );
         let answer = self
-            .call(&copy.worker, frame, MessageType::StreamOpened)
+            .call(&copy.worker, frame, MessageType::StreamOpened, stand_in)
             .await?;
         let opened = answer
             .decode_header::<pb::StreamOpenedHeader>("stream opened")
@@ -66,8 +70,14 @@ impl Fetcher {
         Ok(opened.chunks)
     }
 
-    /// The bytes of one chunk of `copy`.
-    pub async fn fetch_chunk(&self, copy: &CopySource, chunk: &pb::Chunk) -> ClientResult<Bytes> {
+    /// The bytes of one chunk of `copy`. `stand_in`: whether another copy holds the same
+    /// batches.
+    pub async fn fetch_chunk(
+        &self,
+        copy: &CopySource,
+        chunk: &pb::Chunk,
+        stand_in: bool,
+    ) -> ClientResult<Bytes> {
         let frame = OutFrame::new(
             MessageType::FetchChunk,
             0,
@@ -77,7 +87,7 @@ impl Fetcher {
             },
         );
         let answer = self
-            .call(&copy.worker, frame, MessageType::ChunkData)
+            .call(&copy.worker, frame, MessageType::ChunkData, stand_in)
             .await?;
         Ok(answer.body)
     }
@@ -87,6 +97,7 @@ impl Fetcher {
         worker: &str,
         frame: OutFrame,
         expected: MessageType,
+        stand_in: bool,
     ) -> ClientResult<Frame> {
         let config = &self.inner.config;
         let retries = if self.is_down(worker) {
@@ -110,7 +121,8 @@ impl Fetcher {
                 }
                 Err(source) => source,
             };
-            let retryable = source.code().is_retryable();
+            let code = source.code();
+            let retryable = code.is_retryable() && !(stand_in && code == ErrorCode::Timeout);
             if !retryable || tries > retries {
                 if retryable {
                     self.set_down(worker, true);

@@ -172,7 +172,8 @@ impl ShuffleReader {
                     chunk,
                     fetch,
                 }) => {
-                    let task = fetch.unwrap_or_else(|| self.spawn_fetch(&copy, &chunk));
+                    let task = fetch
+                        .unwrap_or_else(|| self.spawn_fetch(&copy, &chunk, !alternates.is_empty()));
                     let fetched = match task.await {
                         Ok(result) => result.map_err(|e| Unusable::Copy(e.to_string())),
                         Err(e) => Err(Unusable::Copy(format!(
@@ -283,7 +284,12 @@ impl ShuffleReader {
         while let Some(copy) = copies.pop_front() {
             let opened = self
                 .fetcher
-                .open_stream(&copy, self.maps.start, Some(self.maps.end))
+                .open_stream(
+                    &copy,
+                    self.maps.start,
+                    Some(self.maps.end),
+                    !copies.is_empty(),
+                )
                 .await;
             match opened {
                 Ok(chunks) => {
@@ -351,11 +357,16 @@ impl ShuffleReader {
         }
     }
 
-    fn spawn_fetch(&self, copy: &CopySource, chunk: &pb::Chunk) -> JoinHandle<ClientResult<Bytes>> {
+    fn spawn_fetch(
+        &self,
+        copy: &CopySource,
+        chunk: &pb::Chunk,
+        stand_in: bool,
+    ) -> JoinHandle<ClientResult<Bytes>> {
         let fetcher = self.fetcher.clone();
         let copy = copy.clone();
         let chunk = chunk.clone();
-        tokio::spawn(async move { fetcher.fetch_chunk(&copy, &chunk).await })
+        tokio::spawn(async move { fetcher.fetch_chunk(&copy, &chunk, stand_in).await })
     }
 
     fn start_fetches(&mut self) {
@@ -374,7 +385,12 @@ impl ShuffleReader {
         }
         for i in spawns {
             let task = match &self.queue[i] {
-                Item::Chunk { copy, chunk, .. } => self.spawn_fetch(copy, chunk),
+                Item::Chunk {
+                    copy,
+                    chunk,
+                    alternates,
+                    ..
+                } => self.spawn_fetch(copy, chunk, !alternates.is_empty()),
                 Item::End { .. } => continue,
             };
             if let Item::Chunk { fetch, .. } = &mut self.queue[i] {
