@@ -27,6 +27,12 @@ pub struct ClientConfig {
     pub push_retry_timeout: Duration,
     /// Chunks a reader fetches ahead.
     pub prefetch_chunks: usize,
+    /// Times a reader sends a failed fetch request (connection refused or broken, busy; a
+    /// timeout only when no other copy holds the same batches) to the same copy again before it
+    /// reads another copy, or with none left leaves the copy to the end-of-partition check.
+    pub fetch_retries: u32,
+    /// The wait before the first retry of a fetch request; it doubles for each further one.
+    pub fetch_retry_wait: Duration,
     /// How long a reader waits for the shuffle's commit.
     pub layout_timeout: Duration,
 }
@@ -45,6 +51,8 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(60),
             push_retry_timeout: Duration::from_secs(120),
             prefetch_chunks: 4,
+            fetch_retries: 3,
+            fetch_retry_wait: Duration::from_millis(200),
             layout_timeout: Duration::from_secs(600),
         }
     }

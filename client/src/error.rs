@@ -28,6 +28,15 @@ pub enum ClientError {
         partition: u32,
         reason: String,
     },
+    /// The shuffle was sealed while this attempt was pushing (its later batches were refused and
+    /// dropped), yet the master names this attempt the map's winner: the map's output is
+    /// incomplete. For Spark: the map task fails.
+    #[error("shuffle {shuffle}: map {map_id} attempt {attempt} is the winning attempt, but the shuffle was sealed while it was pushing and part of its output was dropped")]
+    IncompleteOutput {
+        shuffle: String,
+        map_id: u32,
+        attempt: u32,
+    },
     #[error("timed out: {0}")]
     Timeout(String),
 }
@@ -38,14 +47,19 @@ impl ClientError {
             ClientError::InvalidArgument(_) => ErrorCode::InvalidRequest,
             ClientError::Master { status, .. } => ErrorCode::from_grpc(status.code()),
             ClientError::Push { source, .. } | ClientError::Fetch { source, .. } => source.code(),
-            ClientError::DataLost { .. } => ErrorCode::DataLost,
+            ClientError::DataLost { .. } | ClientError::IncompleteOutput { .. } => {
+                ErrorCode::DataLost
+            }
             ClientError::Timeout(_) => ErrorCode::Timeout,
         }
     }
 
     /// Whether the data this error concerns is gone (as opposed to a caller or transient error).
     pub fn is_data_loss(&self) -> bool {
-        matches!(self, ClientError::DataLost { .. })
+        matches!(
+            self,
+            ClientError::DataLost { .. } | ClientError::IncompleteOutput { .. }
+        )
     }
 }
 

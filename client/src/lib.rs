@@ -8,12 +8,15 @@
 //!   for the same worker into one push, keeps a bounded number of pushes in flight, and on
 //!   `finish` waits for every ack and reports the map's output to the master.
 //! - [`reader::ShuffleReader`]: reads a partition range (optionally a map range): waits for the
-//!   commit, streams every committed file of each partition with bounded prefetch, verifies each
-//!   batch's checksum, drops losing attempts and repeated batches, decompresses, and at the end of
-//!   each partition compares what it read with what the winning attempts reported.
+//!   commit, streams the committed files of every epoch of each partition with bounded prefetch
+//!   (retrying a failed request on the same copy, then reading another copy), verifies each
+//!   batch's checksum and partition, drops losing attempts and repeated batches, decompresses,
+//!   and at the end of each partition compares what it read with what the winning attempts
+//!   reported.
 //!
 //! No JNI or Spark types appear here.
 
+mod backoff;
 pub mod config;
 pub mod error;
 pub mod reader;

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_protocol::batch::{self, MAX_BATCH_LEN};
+use sluice_protocol::batch::{self, BatchTag, MAX_BATCH_LEN};
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::MessageType;
 use sluice_protocol::{pb, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::error::{ClientError, ClientResult};
 use crate::{Inner, ShuffleHandle};
 
@@ -42,7 +43,9 @@ pub struct ShuffleWriter {
     attempt: u32,
     buffers: Vec<Vec<u8>>,
     buffered: usize,
-    next_batch_id: u32,
+    /// The id of the next batch; `None` once every id was used (ids never wrap: a repeated id
+    /// would make readers drop the batch as a repeat).
+    next_batch_id: Option<u32>,
     stats: Vec<pb::BatchStats>,
     raw: Vec<u64>,
     /// Batches waiting to be pushed, by primary push address.
@@ -50,7 +53,8 @@ pub struct ShuffleWriter {
     inflight: JoinSet<ClientResult<Pushed>>,
     permits: Arc<Semaphore>,
     /// The shuffle was committed while this attempt was writing: another attempt of this map
-    /// won. The rest of this attempt's output is dropped and `finish` reports the winner's.
+    /// won. The rest of this attempt's output is dropped and `finish` reports the winner's (or
+    /// fails, should the master name this attempt the winner after all).
     stage_ended: bool,
 }
 
@@ -90,7 +94,7 @@ impl ShuffleWriter {
         Ok(ShuffleWriter {
             buffers: vec![Vec::new(); n],
             buffered: 0,
-            next_batch_id: 0,
+            next_batch_id: Some(0),
             stats: vec![pb::BatchStats::default(); n],
             raw: vec![0; n],
             pending: HashMap::new(),
@@ -188,17 +192,26 @@ impl ShuffleWriter {
         if self.stage_ended {
             return Ok(());
         }
+        let batch_id = self.next_batch_id.ok_or_else(|| {
+            ClientError::InvalidArgument(format!(
+                "map {} attempt {} of shuffle {} ran out of batch ids ({} batches); use larger batches",
+                self.map_id,
+                self.attempt,
+                self.handle.key,
+                u64::from(u32::MAX) + 1
+            ))
+        })?;
+        self.next_batch_id = batch_id.checked_add(1);
         let raw = std::mem::take(&mut self.buffers[p]);
         self.buffered -= raw.len();
-        let (head, bytes) = batch::encode(
-            self.map_id,
-            self.attempt,
-            self.next_batch_id,
-            &raw,
-            self.inner.config.compression,
-        )
-        .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-        self.next_batch_id += 1;
+        let tag = BatchTag {
+            partition: p as u32,
+            map_id: self.map_id,
+            attempt: self.attempt,
+            batch_id,
+        };
+        let (head, bytes) = batch::encode(tag, &raw, self.inner.config.compression)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         self.stats[p].add(bytes.len() as u64, head.crc);
         let route = self.handle.route(p as u32);
         let pending = self.pending.entry(route.primary.clone()).or_default();
@@ -272,6 +285,16 @@ impl ShuffleWriter {
             .await
             .map_err(|s| self.inner.master_error(s))?
             .into_inner();
+        if self.stage_ended && response.winning_attempt == self.attempt {
+            // Pushes were refused as committed, so part of this attempt's output was dropped,
+            // yet the master counts this attempt's output as the map's: succeeding would report
+            // sizes for batches that were never stored.
+            return Err(ClientError::IncompleteOutput {
+                shuffle: self.handle.key.to_string(),
+                map_id: self.map_id,
+                attempt: self.attempt,
+            });
+        }
         let partition_bytes = if response.winning_attempt == self.attempt {
             self.stats.iter().map(|s| s.bytes).collect()
         } else {
@@ -293,6 +316,9 @@ impl ShuffleWriter {
 
 /// Same-location retries of a push the worker answered `Busy` before reviving it elsewhere.
 const BUSY_RETRIES: u32 = 3;
+/// The first and the longest wait between a push's retries.
+const PUSH_BACKOFF_FIRST: Duration = Duration::from_millis(5);
+const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Sends one push. When it fails (worker unreachable, busy, disk full, replica failed, location
 /// not reserved), asks the master for new locations of its partitions (a revive, for all of the
@@ -307,7 +333,7 @@ async fn push_with_revive(
     permit: OwnedSemaphorePermit,
 ) -> ClientResult<Pushed> {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = Backoff::new(PUSH_BACKOFF_FIRST, PUSH_BACKOFF_MAX);
     let mut work = vec![(addr, slices, body)];
     while let Some((addr, slices, body)) = work.pop() {
         let mut busy = 0;
@@ -345,8 +371,7 @@ async fn push_with_revive(
             }
             if code == ErrorCode::Busy && busy < BUSY_RETRIES {
                 busy += 1;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff.wait().await;
                 continue;
             }
             // Move these partitions elsewhere and send each batch to its new location.
@@ -360,8 +385,7 @@ async fn push_with_revive(
                 if !e.code().is_retryable() {
                     return Err(e);
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff.wait().await;
                 continue;
             }
             let mut moved: HashMap<Arc<str>, (Vec<pb::PushSlice>, Vec<Bytes>)> = HashMap::new();
@@ -376,8 +400,7 @@ async fn push_with_revive(
             }
             if moved.contains_key(&addr) {
                 // No other worker could take them: give this one a moment.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff.wait().await;
             }
             work.extend(moved.into_iter().map(|(addr, (s, b))| (addr, s, b)));
             break;
@@ -415,4 +438,52 @@ async fn revive(
         .into_inner();
     handle.revived(&response.locations);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sluice_protocol::{pb, ShuffleKey};
+
+    use crate::{ClientConfig, ClientError, ShuffleHandle, SluiceClient};
+
+    #[tokio::test]
+    async fn running_out_of_batch_ids_is_an_error_not_a_wrap() {
+        // Nothing is pushed: the master connects lazily and batches stay below the push size.
+        let client = SluiceClient::new(ClientConfig {
+            batch_size: 4,
+            ..ClientConfig::new("127.0.0.1:1")
+        })
+        .unwrap();
+        let locations = pb::ShuffleLocations {
+            workers: vec![pb::WorkerInfo {
+                id: "w".into(),
+                host: "127.0.0.1".into(),
+                push_port: 1,
+                fetch_port: 1,
+            }],
+            primary_worker: vec![0],
+            epoch: vec![0],
+            replica_worker: vec![u32::MAX],
+        };
+        let handle = Arc::new(ShuffleHandle::new(
+            ShuffleKey::new("ids", 0),
+            1,
+            1,
+            locations,
+        ));
+        let mut writer = client.writer(handle, 0, 0).unwrap();
+        writer.next_batch_id = Some(u32::MAX - 1);
+        // Batch ids u32::MAX - 1 and u32::MAX are still free.
+        writer.write(0, b"abcd").await.unwrap();
+        writer.write(0, b"efgh").await.unwrap();
+        assert_eq!(writer.stats[0].batches, 2);
+        let error = writer.write(0, b"ijkl").await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::InvalidArgument(ref m) if m.contains("ran out of batch ids")),
+            "{error}"
+        );
+        assert_eq!(writer.stats[0].batches, 2, "no batch with a wrapped id");
+    }
 }

@@ -1,23 +1,36 @@
 //! The batch: the unit a writer pushes, a worker appends and indexes, and a reader verifies.
 //!
 //! ```text
-//!  0       4         8          12        16         20      21       24       28
-//!  +-------+---------+----------+---------+----------+-------+--------+--------+-------------+
-//!  |  map  | attempt | batch id | raw len | data len | codec | unused |  crc32 | data ...    |
-//!  |  u32  |   u32   |   u32    |   u32   |   u32    |  u8   | 3 x u8 |   u32  | data len B  |
-//!  +-------+---------+----------+---------+----------+-------+--------+--------+-------------+
+//!  0           4       8         12         16        20         24      25       28      32
+//!  +-----------+-------+---------+----------+---------+----------+-------+--------+-------+------------+
+//!  | partition |  map  | attempt | batch id | raw len | data len | codec | unused | crc32 | data ...   |
+//!  |    u32    |  u32  |   u32   |   u32    |   u32   |   u32    |  u8   | 3 x u8 |  u32  | data len B |
+//!  +-----------+-------+---------+----------+---------+----------+-------+--------+-------+------------+
 //! ```
 //!
-//! Big-endian. `crc32` covers bytes 0..24 of the head and then the data, so a flipped byte
+//! Big-endian. `crc32` covers bytes 0..28 of the head and then the data, so a flipped byte
 //! anywhere in a batch is caught. `data` is LZ4 block-compressed (`codec` 1) or stored as is
-//! (`codec` 0, used when compression would not shrink it). `batch id` grows per
-//! `(map, attempt)`; readers drop repeats of `(map, batch id)` and batches of losing attempts.
+//! (`codec` 0, used when compression would not shrink it). `partition` is the partition the
+//! writer cut the batch for: a worker appending it to, or a reader reading it from, any other
+//! partition has a misrouted batch. `batch id` grows per `(map, attempt)`; readers drop repeats
+//! of `(map, batch id)` and batches of losing attempts.
 
 use bytes::Bytes;
 
-pub const BATCH_HEAD_LEN: usize = 28;
+pub const BATCH_HEAD_LEN: usize = 32;
+/// The head bytes covered by the CRC (all but the CRC itself).
+const CRC_COVERED: usize = 28;
 /// Largest raw or stored size of one batch. Decoders refuse anything larger.
 pub const MAX_BATCH_LEN: u32 = 128 << 20;
+
+/// Whose a batch is: the fields a writer chooses, beside the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct BatchTag {
+    pub partition: u32,
+    pub map_id: u32,
+    pub attempt: u32,
+    pub batch_id: u32,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -29,6 +42,8 @@ pub enum Codec {
 /// The decoded head of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHead {
+    /// The partition the writer cut this batch for.
+    pub partition: u32,
     pub map_id: u32,
     pub attempt: u32,
     pub batch_id: u32,
@@ -39,6 +54,15 @@ pub struct BatchHead {
 }
 
 impl BatchHead {
+    pub fn tag(&self) -> BatchTag {
+        BatchTag {
+            partition: self.partition,
+            map_id: self.map_id,
+            attempt: self.attempt,
+            batch_id: self.batch_id,
+        }
+    }
+
     /// Head plus data.
     pub fn total_len(&self) -> usize {
         BATCH_HEAD_LEN + self.data_len as usize
@@ -73,45 +97,47 @@ pub fn parse_head(buf: &[u8]) -> Result<BatchHead, BatchError> {
         });
     }
     let word = |i: usize| u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
-    let raw_len = word(12);
-    let data_len = word(16);
+    let raw_len = word(16);
+    let data_len = word(20);
     if raw_len > MAX_BATCH_LEN {
         return Err(BatchError::TooLarge(raw_len));
     }
     if data_len > MAX_BATCH_LEN {
         return Err(BatchError::TooLarge(data_len));
     }
-    let codec = match buf[20] {
+    let codec = match buf[24] {
         0 => Codec::None,
         1 => Codec::Lz4,
         other => return Err(BatchError::UnknownCodec(other)),
     };
     Ok(BatchHead {
-        map_id: word(0),
-        attempt: word(4),
-        batch_id: word(8),
+        partition: word(0),
+        map_id: word(4),
+        attempt: word(8),
+        batch_id: word(12),
         raw_len,
         data_len,
         codec,
-        crc: word(24),
+        crc: word(28),
     })
 }
 
 fn head_bytes(head: &BatchHead) -> [u8; BATCH_HEAD_LEN] {
     let mut out = [0u8; BATCH_HEAD_LEN];
-    out[0..4].copy_from_slice(&head.map_id.to_be_bytes());
-    out[4..8].copy_from_slice(&head.attempt.to_be_bytes());
-    out[8..12].copy_from_slice(&head.batch_id.to_be_bytes());
-    out[12..16].copy_from_slice(&head.raw_len.to_be_bytes());
-    out[16..20].copy_from_slice(&head.data_len.to_be_bytes());
-    out[20] = head.codec as u8;
-    out[24..28].copy_from_slice(&head.crc.to_be_bytes());
+    out[0..4].copy_from_slice(&head.partition.to_be_bytes());
+    out[4..8].copy_from_slice(&head.map_id.to_be_bytes());
+    out[8..12].copy_from_slice(&head.attempt.to_be_bytes());
+    out[12..16].copy_from_slice(&head.batch_id.to_be_bytes());
+    out[16..20].copy_from_slice(&head.raw_len.to_be_bytes());
+    out[20..24].copy_from_slice(&head.data_len.to_be_bytes());
+    out[24] = head.codec as u8;
+    out[28..32].copy_from_slice(&head.crc.to_be_bytes());
     out
 }
 
 fn crc_for(head_prefix: &[u8], data: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&head_prefix[..24]);
+    hasher.update(&head_prefix[..CRC_COVERED]);
     hasher.update(data);
     hasher.finalize()
 }
@@ -120,9 +146,7 @@ fn crc_for(head_prefix: &[u8], data: &[u8]) -> u32 {
 /// (so a caller can reuse one buffer) and returns the head written.
 pub fn encode_into(
     out: &mut Vec<u8>,
-    map_id: u32,
-    attempt: u32,
-    batch_id: u32,
+    tag: BatchTag,
     raw: &[u8],
     compress: bool,
 ) -> Result<BatchHead, BatchError> {
@@ -147,11 +171,48 @@ pub fn encode_into(
     if codec == Codec::None {
         out.extend_from_slice(raw);
     }
+    Ok(seal_head(out, start, tag, codec, raw_len))
+}
+
+/// Encodes `raw` as one batch into a fresh buffer.
+pub fn encode(tag: BatchTag, raw: &[u8], compress: bool) -> Result<(BatchHead, Bytes), BatchError> {
+    let mut out = Vec::with_capacity(BATCH_HEAD_LEN + raw.len() + raw.len() / 255 + 16);
+    let head = encode_into(&mut out, tag, raw, compress)?;
+    Ok((head, Bytes::from(out)))
+}
+
+/// Builds a batch around `data` taken as already encoded with `codec` (`raw_len` bytes once
+/// decoded), with a correct CRC. Nothing checks that `data` decodes: this is for tests and
+/// fuzzing that need batches whose checksum holds but whose data is wrong, as a faulty writer
+/// would produce. Writers use [`encode`].
+pub fn encode_stored(
+    tag: BatchTag,
+    codec: Codec,
+    raw_len: u32,
+    data: &[u8],
+) -> Result<(BatchHead, Bytes), BatchError> {
+    if raw_len > MAX_BATCH_LEN {
+        return Err(BatchError::TooLarge(raw_len));
+    }
+    if data.len() > MAX_BATCH_LEN as usize {
+        return Err(BatchError::TooLarge(u32::MAX));
+    }
+    let mut out = Vec::with_capacity(BATCH_HEAD_LEN + data.len());
+    out.resize(BATCH_HEAD_LEN, 0);
+    out.extend_from_slice(data);
+    let head = seal_head(&mut out, 0, tag, codec, raw_len);
+    Ok((head, Bytes::from(out)))
+}
+
+/// Fills in the head of the batch that starts at `out[start]` and whose data runs to the end of
+/// `out`, CRC included.
+fn seal_head(out: &mut [u8], start: usize, tag: BatchTag, codec: Codec, raw_len: u32) -> BatchHead {
     let data_len = (out.len() - start - BATCH_HEAD_LEN) as u32;
     let mut head = BatchHead {
-        map_id,
-        attempt,
-        batch_id,
+        partition: tag.partition,
+        map_id: tag.map_id,
+        attempt: tag.attempt,
+        batch_id: tag.batch_id,
         raw_len,
         data_len,
         codec,
@@ -160,20 +221,7 @@ pub fn encode_into(
     let prefix = head_bytes(&head);
     head.crc = crc_for(&prefix, &out[start + BATCH_HEAD_LEN..]);
     out[start..start + BATCH_HEAD_LEN].copy_from_slice(&head_bytes(&head));
-    Ok(head)
-}
-
-/// Encodes `raw` as one batch into a fresh buffer.
-pub fn encode(
-    map_id: u32,
-    attempt: u32,
-    batch_id: u32,
-    raw: &[u8],
-    compress: bool,
-) -> Result<(BatchHead, Bytes), BatchError> {
-    let mut out = Vec::with_capacity(BATCH_HEAD_LEN + raw.len() + raw.len() / 255 + 16);
-    let head = encode_into(&mut out, map_id, attempt, batch_id, raw, compress)?;
-    Ok((head, Bytes::from(out)))
+    head
 }
 
 /// Checks a whole batch (head and data) against its CRC.
@@ -272,13 +320,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn tag(partition: u32, map_id: u32, attempt: u32, batch_id: u32) -> BatchTag {
+        BatchTag {
+            partition,
+            map_id,
+            attempt,
+            batch_id,
+        }
+    }
+
     proptest! {
         #[test]
-        fn round_trip(raw in proptest::collection::vec(any::<u8>(), 0..8192), repeat in 1usize..8, compress: bool, map_id: u32, attempt: u32, batch_id: u32) {
+        fn round_trip(raw in proptest::collection::vec(any::<u8>(), 0..8192), repeat in 1usize..8, compress: bool, partition: u32, map_id: u32, attempt: u32, batch_id: u32) {
             let raw = raw.repeat(repeat);
-            let (head, bytes) = encode(map_id, attempt, batch_id, &raw, compress).unwrap();
+            let tag = tag(partition, map_id, attempt, batch_id);
+            let (head, bytes) = encode(tag, &raw, compress).unwrap();
             let parsed = parse_head(&bytes).unwrap();
             prop_assert_eq!(parsed, head);
+            prop_assert_eq!(parsed.tag(), tag);
             prop_assert_eq!(bytes.len(), head.total_len());
             verify(&parsed, &bytes).unwrap();
             prop_assert_eq!(&decompress(&parsed, &bytes).unwrap()[..], &raw[..]);
@@ -286,7 +345,7 @@ mod tests {
 
         #[test]
         fn any_flipped_bit_is_detected(raw in proptest::collection::vec(any::<u8>(), 1..2048), position: prop::sample::Index, bit in 0u8..8) {
-            let (_, bytes) = encode(1, 0, 3, &raw.repeat(3), true).unwrap();
+            let (_, bytes) = encode(tag(7, 1, 0, 3), &raw.repeat(3), true).unwrap();
             let mut corrupted = bytes.to_vec();
             let at = position.index(corrupted.len());
             corrupted[at] ^= 1 << bit;
@@ -317,7 +376,7 @@ mod tests {
                 rng as u8
             })
             .collect();
-        let (head, bytes) = encode(0, 0, 0, &raw, true).unwrap();
+        let (head, bytes) = encode(tag(0, 0, 0, 0), &raw, true).unwrap();
         assert_eq!(head.codec, Codec::None);
         assert_eq!(head.data_len as usize, raw.len());
         assert_eq!(&decompress(&head, &bytes).unwrap()[..], &raw[..]);
@@ -327,7 +386,13 @@ mod tests {
     fn iter_walks_back_to_back_batches() {
         let mut buf = Vec::new();
         for id in 0..5 {
-            encode_into(&mut buf, 2, 1, id, &vec![id as u8; 100 * id as usize], true).unwrap();
+            encode_into(
+                &mut buf,
+                tag(4, 2, 1, id),
+                &vec![id as u8; 100 * id as usize],
+                true,
+            )
+            .unwrap();
         }
         let heads: Vec<_> = BatchIter::new(Bytes::from(buf))
             .map(|item| item.unwrap().0.batch_id)
@@ -337,9 +402,53 @@ mod tests {
 
     #[test]
     fn a_lying_length_is_an_error_not_an_allocation() {
-        let (_, bytes) = encode(0, 0, 0, b"hello", false).unwrap();
-        let mut lying = bytes.to_vec();
-        lying[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(parse_head(&lying), Err(BatchError::TooLarge(u32::MAX)));
+        let (_, bytes) = encode(tag(0, 0, 0, 0), b"hello", false).unwrap();
+        for field in [16..20, 20..24] {
+            let mut lying = bytes.to_vec();
+            lying[field].copy_from_slice(&u32::MAX.to_be_bytes());
+            assert_eq!(parse_head(&lying), Err(BatchError::TooLarge(u32::MAX)));
+        }
+    }
+
+    #[test]
+    fn the_partition_is_in_the_head_and_under_the_checksum() {
+        let (head, bytes) = encode(tag(9, 1, 0, 2), b"records", false).unwrap();
+        assert_eq!(&bytes[0..4], &9u32.to_be_bytes());
+        assert_eq!(parse_head(&bytes).unwrap().partition, 9);
+        // Another partition id with the old CRC: the batch fails verification.
+        let mut moved = bytes.to_vec();
+        moved[0..4].copy_from_slice(&8u32.to_be_bytes());
+        let moved_head = parse_head(&moved).unwrap();
+        assert_eq!(moved_head.partition, 8);
+        assert_eq!(
+            verify(&moved_head, &moved),
+            Err(BatchError::Checksum {
+                map_id: 1,
+                batch_id: 2
+            })
+        );
+        verify(&head, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_stored_batch_can_carry_data_that_does_not_decode() {
+        let garbage = [0xF0u8; 40];
+        let (head, bytes) = encode_stored(tag(3, 1, 0, 1), Codec::Lz4, 500, &garbage).unwrap();
+        assert_eq!(bytes.len(), BATCH_HEAD_LEN + garbage.len());
+        let parsed = parse_head(&bytes).unwrap();
+        assert_eq!(parsed, head);
+        verify(&parsed, &bytes).unwrap();
+        assert!(matches!(
+            decompress(&parsed, &bytes),
+            Err(BatchError::Decompress {
+                map_id: 1,
+                batch_id: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            encode_stored(tag(0, 0, 0, 0), Codec::None, MAX_BATCH_LEN + 1, b""),
+            Err(BatchError::TooLarge(MAX_BATCH_LEN + 1))
+        );
     }
 }

@@ -8,8 +8,9 @@
 //! - [`connection`]: async frame reader and writer over any byte stream.
 //! - [`rpc`]: a multiplexed request/response client over one connection (request ids), used for
 //!   pushes, fetches and the master's calls into workers.
-//! - [`batch`]: the batch format shared by writers, workers' files and readers: a 28-byte head
-//!   (map, attempt, batch id, lengths, codec, CRC32) and the (LZ4-compressed) payload.
+//! - [`batch`]: the batch format shared by writers, workers' files and readers: a 32-byte head
+//!   (partition, map, attempt, batch id, lengths, codec, CRC32) and the (LZ4-compressed)
+//!   payload.
 //! - [`error`]: [`ErrorCode`], the small closed set of codes every error maps to, and
 //!   [`ProtocolError`].
 //! - [`duration`]: serde helpers for human-readable durations in configuration files.

@@ -1,6 +1,16 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests. Each test file uses a part of them.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sluice::records;
+use sluice_protocol::batch::{self, BatchTag};
+use sluice_protocol::connection::OutFrame;
+use sluice_protocol::frame::{FrameLimits, MessageType};
+use sluice_protocol::pb::master_client::MasterClient;
+use sluice_protocol::rpc::RpcClient;
+use sluice_protocol::{pb, ProtocolResult, ShuffleKey};
 
 /// Every `*.data` file under `dir`, at any depth.
 pub fn data_files(dir: &Path) -> Vec<PathBuf> {
@@ -17,4 +27,120 @@ pub fn data_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+// Low-level writing: batches pushed with the data-plane protocol and map ends reported to the
+// master by hand, to build states the client's writer never produces (batches that do not
+// decode, the same batches in two epochs, copies of one epoch that differ).
+
+/// A batch of map `map` (attempt 0) for `partition` holding records `seqs` of 100 bytes each,
+/// LZ4-compressed.
+pub fn record_batch(partition: u32, map: u32, batch_id: u32, seqs: std::ops::Range<u32>) -> Bytes {
+    let mut raw = Vec::new();
+    for seq in seqs {
+        records::encode(&mut raw, map, seq, 100);
+    }
+    let tag = BatchTag {
+        partition,
+        map_id: map,
+        attempt: 0,
+        batch_id,
+    };
+    let (head, bytes) = batch::encode(tag, &raw, true).unwrap();
+    assert_eq!(head.codec, batch::Codec::Lz4);
+    bytes
+}
+
+/// The totals a writer reports in `MapperEnd` for `batches`.
+pub fn stats_of(batches: &[&Bytes]) -> pb::BatchStats {
+    let mut stats = pb::BatchStats::default();
+    for bytes in batches {
+        let head = batch::parse_head(bytes).unwrap();
+        stats.add(bytes.len() as u64, head.crc);
+    }
+    stats
+}
+
+/// Pushes `batches` to `partition` at `epoch` on the worker whose push port is `addr`, as a
+/// writer (`Primary`: the worker forwards to its replica) or as a primary forwarding
+/// (`Replica`: the worker only stores them).
+pub async fn push_raw(
+    addr: &str,
+    key: &ShuffleKey,
+    partition: u32,
+    epoch: u32,
+    role: pb::Role,
+    batches: &[&Bytes],
+) -> ProtocolResult<()> {
+    let header = pb::PushHeader {
+        shuffle: Some(key.to_pb()),
+        slices: vec![pb::PushSlice {
+            partition,
+            epoch,
+            length: batches.iter().map(|b| b.len() as u32).sum(),
+        }],
+        role: role as i32,
+    };
+    let body = batches.iter().map(|b| (*b).clone()).collect();
+    let frame = OutFrame::new(MessageType::PushData, 0, &header).with_body(body);
+    let timeout = std::time::Duration::from_secs(30);
+    let client = RpcClient::connect(addr, FrameLimits::default(), timeout).await?;
+    client
+        .call_expecting(frame, MessageType::Ack, timeout)
+        .await?;
+    Ok(())
+}
+
+/// Reports the end of map `map_id` attempt `attempt` with `partitions` (partition, totals), as
+/// a writer's `finish` does.
+pub async fn mapper_end(
+    master: &str,
+    key: &ShuffleKey,
+    map_id: u32,
+    attempt: u32,
+    partitions: &[(u32, pb::BatchStats)],
+) -> pb::MapperEndResponse {
+    let mut client = MasterClient::connect(format!("http://{master}"))
+        .await
+        .unwrap();
+    let partitions = partitions
+        .iter()
+        .map(|(partition, stats)| pb::PartitionStats {
+            partition: *partition,
+            stats: Some(*stats),
+        })
+        .collect();
+    client
+        .mapper_end(pb::MapperEndRequest {
+            shuffle: Some(key.to_pb()),
+            map_id,
+            attempt,
+            partitions,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Moves `partition` from `epoch` to a new epoch, as a writer whose push failed does, and
+/// returns the new location.
+pub async fn revive(
+    master: &str,
+    key: &ShuffleKey,
+    partition: u32,
+    epoch: u32,
+) -> pb::RevivedLocation {
+    let mut client = MasterClient::connect(format!("http://{master}"))
+        .await
+        .unwrap();
+    let response = client
+        .revive(pb::ReviveRequest {
+            shuffle: Some(key.to_pb()),
+            failed: vec![pb::FailedLocation { partition, epoch }],
+            reason: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    response.locations.into_iter().next().unwrap()
 }

@@ -87,14 +87,14 @@ pub fn decode(bytes: &[u8], data_len: u64) -> Result<Vec<IndexEntry>, String> {
         .collect()
 }
 
-/// Groups the batches of maps in `[start_map, end_map)` (`end_map == 0`: no upper bound) into
-/// chunks of at most `chunk_size` bytes (a larger batch gets a chunk of its own). Adjacent
+/// Groups the batches of maps in `[start_map, end_map)` (`end_map` `None`: no upper bound; an
+/// empty range selects nothing) into chunks of at most `chunk_size` bytes (a larger batch gets a chunk of its own). Adjacent
 /// batches merge into one range, so a full read is a few large sequential ranges. Entries are
 /// pushed in file order, page by page.
 #[derive(Debug)]
 pub struct Chunker {
     start_map: u32,
-    end_map: u32,
+    end_map: Option<u32>,
     chunk_size: u64,
     done: Vec<pb::Chunk>,
     current: pb::Chunk,
@@ -103,7 +103,7 @@ pub struct Chunker {
 }
 
 impl Chunker {
-    pub fn new(start_map: u32, end_map: u32, chunk_size: u64) -> Chunker {
+    pub fn new(start_map: u32, end_map: Option<u32>, chunk_size: u64) -> Chunker {
         Chunker {
             start_map,
             end_map,
@@ -116,7 +116,7 @@ impl Chunker {
     }
 
     pub fn push(&mut self, entry: &IndexEntry) {
-        if entry.map_id < self.start_map || (self.end_map != 0 && entry.map_id >= self.end_map) {
+        if entry.map_id < self.start_map || self.end_map.is_some_and(|end| entry.map_id >= end) {
             return;
         }
         let length = u64::from(entry.length);
@@ -159,7 +159,7 @@ impl Chunker {
 pub fn chunks(
     entries: &[IndexEntry],
     start_map: u32,
-    end_map: u32,
+    end_map: Option<u32>,
     chunk_size: u64,
 ) -> Vec<pb::Chunk> {
     let mut chunker = Chunker::new(start_map, end_map, chunk_size);
@@ -199,7 +199,7 @@ mod tests {
         let entries: Vec<_> = (0..10)
             .map(|i| entry(i % 2, u64::from(i) * 10, 10))
             .collect();
-        let all = chunks(&entries, 0, 0, 35);
+        let all = chunks(&entries, 0, None, 35);
         let lens: Vec<u64> = all
             .iter()
             .map(|c| c.ranges.iter().map(|r| r.length).sum())
@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(lens, vec![30, 30, 30, 10]);
         assert!(all.iter().all(|c| c.ranges.len() == 1));
         // Map range [1, 2): only odd entries, none adjacent.
-        let odd = chunks(&entries, 1, 2, 1000);
+        let odd = chunks(&entries, 1, Some(2), 1000);
         assert_eq!(odd.len(), 1);
         assert_eq!(odd[0].ranges.len(), 5);
         assert!(odd[0].ranges.iter().all(|r| (r.offset / 10) % 2 == 1));
@@ -215,9 +215,27 @@ mod tests {
         let big = chunks(
             &[entry(0, 0, 5), entry(0, 5, 100), entry(0, 105, 5)],
             0,
-            0,
+            None,
             50,
         );
         assert_eq!(big.len(), 3);
+    }
+
+    #[test]
+    fn an_empty_map_range_selects_nothing() {
+        let entries: Vec<_> = (0..6).map(|i| entry(i, u64::from(i) * 10, 10)).collect();
+        for start in [0, 3, 6] {
+            assert!(
+                chunks(&entries, start, Some(start), 1000).is_empty(),
+                "[{start}, {start})"
+            );
+        }
+        assert!(chunks(&entries, 4, Some(2), 1000).is_empty());
+        let from_3: u64 = chunks(&entries, 3, None, 1000)
+            .iter()
+            .flat_map(|c| &c.ranges)
+            .map(|r| r.length)
+            .sum();
+        assert_eq!(from_3, 30);
     }
 }

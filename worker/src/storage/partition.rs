@@ -214,7 +214,12 @@ impl Partition {
                 |e: String| WorkerError::InvalidRequest(format!("push to {}: {e}", self.name));
             let (head, bytes) = item.map_err(|e| invalid(e.to_string()))?;
             batch::verify(&head, &bytes).map_err(|e| invalid(e.to_string()))?;
-            let _ = partition; // checked against the batch head once it carries the partition
+            if head.partition != partition {
+                return Err(invalid(format!(
+                    "a batch of partition {} (map {}, batch {})",
+                    head.partition, head.map_id, head.batch_id
+                )));
+            }
             IndexEntry::for_batch(&head, base + position).encode_into(&mut index);
             stats.add(head.total_len() as u64, head.crc);
             position += head.total_len() as u64;

@@ -88,7 +88,13 @@ mod tests {
 
     fn batch(map: u32, id: u32, fill: u8) -> Vec<u8> {
         let mut out = Vec::new();
-        batch::encode_into(&mut out, map, 0, id, &[fill; 100], false).unwrap();
+        let tag = batch::BatchTag {
+            partition: 0,
+            map_id: map,
+            attempt: 0,
+            batch_id: id,
+        };
+        batch::encode_into(&mut out, tag, &[fill; 100], false).unwrap();
         out
     }
 
