@@ -1,19 +1,29 @@
 //! The Sluice master: worker membership, partition placement, the shuffle registry and commit
 //! coordination.
 //!
-//! - [`service`]: the `Master` gRPC service. Workers register and heartbeat; writers register
-//!   shuffles (placed by [`placement`] and reserved on the workers over the data-plane port) and
-//!   report map ends; when the last map ends the master has every worker holding the shuffle
-//!   commit its files, and readers' `GetShuffleLayout` calls (which wait for that commit) get
-//!   the committed copies and what each winning map wrote.
+//! - [`service`]: the `Master` gRPC service, a thin adapter. Workers register and heartbeat;
+//!   writers register shuffles and report map ends; readers ask for layouts.
+//! - `reserve`: placing partitions ([`placement`] decides where) and reserving them on the
+//!   workers before a registration or revive is answered.
+//! - `commit`: when the last map ends, every worker holding the shuffle commits its copies;
+//!   layout requests wait for the result.
+//! - `core`: the configuration, the state, and the master's client for its calls into workers
+//!   over their push port (`Reserve`, `Commit`, `Destroy`).
+//! - `background`: tickers that declare silent workers lost and delete expired applications'
+//!   data.
 //! - [`state`]: the registry itself, plain data under one lock.
-//! - Background tasks declare silent workers lost and delete expired applications' data.
+//!
+//! Calls flow one way: `service` -> `reserve` / `commit` / `background` -> `core` -> `state`.
 //!
 //! HA (Raft) is not here yet: one master holds the state in memory.
 
+mod background;
+mod commit;
 pub mod config;
+mod core;
 pub mod error;
 pub mod placement;
+mod reserve;
 pub mod service;
 pub mod state;
 
