@@ -464,6 +464,7 @@ impl Master for MasterService {
                 memory_used_bytes: w.memory_used,
                 active_partitions: w.active_partitions,
                 disks: w.disks.clone(),
+                heartbeat_age_ms: w.last_seen.elapsed().as_millis() as u64,
             })
             .collect();
         workers.sort_by(|a, b| {

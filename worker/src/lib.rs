@@ -137,12 +137,9 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
     };
     let push_port = advertised(config.advertise_push_port, port(&listeners.push)?);
     let fetch_port = advertised(config.advertise_fetch_port, port(&listeners.fetch)?);
-    let id = if config.id.is_empty() {
-        format!("{}-{push_port}", config.host)
-    } else {
-        config.id.clone()
-    };
-    sluice_protocol::ids::validate_app_id(&id)
+    let info = config.worker_info(push_port, fetch_port);
+    let id = &info.id;
+    sluice_protocol::ids::validate_app_id(id)
         .map_err(|_| WorkerError::Config(format!("id: {id:?} must be [A-Za-z0-9._-]+")))?;
     let mut disks = Vec::new();
     for (i, dir) in config.data_dirs.iter().enumerate() {
@@ -168,12 +165,7 @@ fn start(config: WorkerConfig, listeners: &Listeners) -> WorkerResult<Shared> {
         );
     }
     Ok(Shared {
-        info: pb::WorkerInfo {
-            id,
-            host: config.host.clone(),
-            push_port,
-            fetch_port,
-        },
+        info,
         store,
         limits,
         peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
