@@ -10,16 +10,16 @@ use sluice_protocol::ShuffleKey;
 
 use crate::core::Core;
 use crate::error::{MasterError, MasterResult};
-use crate::placement::{self, Candidate};
+use crate::placement::{self, Candidate, Domain};
 use crate::state::WorkerEntry;
 
 /// Placement attempts when workers fail to reserve.
 const PLACEMENT_ATTEMPTS: usize = 3;
 
 /// Places every partition's copies (a primary, and with replication 2 a replica on another
-/// worker, on another host where there is one) and reserves them. A worker that fails to
-/// reserve is excluded and the partitions it was part of are placed again; reservations that
-/// succeeded stay (a primary reserved again takes its new replica).
+/// worker, as far away as the workers' zone, node and host labels allow) and reserves them. A
+/// worker that fails to reserve is excluded and the partitions it was part of are placed again;
+/// reservations that succeeded stay (a primary reserved again takes its new replica).
 pub(crate) async fn place_and_reserve(
     core: &Arc<Core>,
     key: &ShuffleKey,
@@ -64,9 +64,8 @@ pub(crate) async fn place_and_reserve(
         let weights: Vec<Candidate> = candidates.iter().map(|(_, c)| c.clone()).collect();
         let primaries = placement::place(&weights, unplaced.len());
         let replicas = if replication > 1 {
-            placement::place_replicas(&weights, &primaries, |a, b| {
-                candidates[a].0.host == candidates[b].0.host
-            })
+            let domains: Vec<Domain> = candidates.iter().map(|(w, _)| Domain::of(w)).collect();
+            placement::place_replicas(&weights, &domains, &primaries)
         } else {
             vec![None; primaries.len()]
         };
