@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_protocol::connection::OutFrame;
-use sluice_protocol::frame::MessageType;
 use sluice_protocol::pb;
 use sluice_protocol::ShuffleKey;
 
@@ -23,6 +21,30 @@ async fn lost(core: &Core, worker: &str) {
             return;
         }
     }
+}
+
+/// Commits `specs` on `worker`, a frame of at most `max_locations_per_frame` locations at a
+/// time. Returns what the worker answered and, when it stopped answering (an error, or it was
+/// declared lost), why.
+async fn commit_on(
+    core: &Core,
+    key: &ShuffleKey,
+    worker: &pb::WorkerInfo,
+    specs: Vec<pb::LocationSpec>,
+) -> (Vec<pb::CommittedSpec>, Option<MasterError>) {
+    let mut committed = Vec::with_capacity(specs.len());
+    for page in core.pages(specs) {
+        // A worker declared lost while its commit is pending will not answer: stop waiting.
+        let answer = tokio::select! {
+            answer = core.commit_page(worker, key, page) => answer,
+            _ = lost(core, &worker.id) => Err(MasterError::WorkerLost(worker.id.clone())),
+        };
+        match answer {
+            Ok(answer) => committed.extend(answer.locations),
+            Err(e) => return (committed, Some(e)),
+        }
+    }
+    (committed, None)
 }
 
 /// Has every worker holding the shuffle commit its files, then publishes the results.
@@ -51,32 +73,10 @@ pub(crate) async fn commit_shuffle(core: Arc<Core>, key: ShuffleKey) {
         if specs.is_empty() {
             continue;
         }
-        let core = core.clone();
-        let frame = OutFrame::new(
-            MessageType::Commit,
-            0,
-            &pb::CommitHeader {
-                shuffle: Some(key.to_pb()),
-                locations: specs,
-            },
-        );
+        let (core, key) = (core.clone(), key.clone());
         calls.spawn(async move {
-            let timeout = core.config.commit_timeout;
-            let call = core.call_worker(&worker, frame, MessageType::Committed, timeout);
-            // A worker declared lost while its commit is pending will not answer: stop waiting.
-            let result = tokio::select! {
-                result = call => result,
-                _ = lost(&core, &worker.id) => Err(MasterError::WorkerLost(worker.id.clone())),
-            };
-            let result = result.and_then(|frame| {
-                frame
-                    .decode_header::<pb::CommittedHeader>("committed")
-                    .map_err(|source| MasterError::Worker {
-                        worker: worker.id.clone(),
-                        source,
-                    })
-            });
-            (index as u32, result)
+            let answers = commit_on(&core, &key, &worker, specs).await;
+            (index as u32, answers)
         });
     }
     // Every copy starts as failed; a worker's answer fills in what it committed.
@@ -96,42 +96,39 @@ pub(crate) async fn commit_shuffle(core: Arc<Core>, key: ShuffleKey) {
                 .collect()
         })
         .collect();
-    let mut failed = 0usize;
     while let Some(joined) = calls.join_next().await {
-        let Ok((worker, result)) = joined else {
+        let Ok((worker, (committed, error))) = joined else {
             continue;
         };
-        match result {
-            Ok(committed) => {
-                for spec in committed.locations {
-                    let Some(location) = spec.location else {
-                        continue;
-                    };
-                    let slot = results
-                        .get_mut(location.partition as usize)
-                        .and_then(|copies| {
-                            copies.iter_mut().find(|c| {
-                                c.worker == worker
-                                    && c.epoch == location.epoch
-                                    && c.role == location.role
-                            })
-                        });
-                    if let Some(slot) = slot {
-                        slot.ok = spec.ok;
-                        slot.stats = spec.stats;
-                        slot.error = spec.error;
-                    }
-                }
+        for spec in committed {
+            let Some(location) = spec.location else {
+                continue;
+            };
+            let slot = results
+                .get_mut(location.partition as usize)
+                .and_then(|copies| {
+                    copies.iter_mut().find(|c| {
+                        c.worker == worker && c.epoch == location.epoch && c.role == location.role
+                    })
+                });
+            if let Some(slot) = slot {
+                slot.ok = spec.ok;
+                slot.stats = spec.stats;
+                slot.error = spec.error;
             }
-            Err(e) => {
-                tracing::warn!(shuffle = %key, error = %e, "commit on worker failed");
-                for slot in results.iter_mut().flatten().filter(|c| c.worker == worker) {
-                    slot.error = e.to_string();
-                }
+        }
+        if let Some(e) = error {
+            tracing::warn!(shuffle = %key, error = %e, "commit on worker failed");
+            let unanswered = results
+                .iter_mut()
+                .flatten()
+                .filter(|c| c.worker == worker && !c.ok && c.stats.is_none());
+            for slot in unanswered {
+                slot.error = e.to_string();
             }
         }
     }
-    failed += results.iter().flatten().filter(|c| !c.ok).count();
+    let failed = results.iter().flatten().filter(|c| !c.ok).count();
     let state = core.lock();
     if let Some(entry) = state.shuffles.get(&key) {
         entry

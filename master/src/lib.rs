@@ -4,14 +4,18 @@
 //! - [`service`]: the `Master` gRPC service, a thin adapter. Workers register and heartbeat;
 //!   writers register shuffles and report map ends; readers ask for layouts.
 //! - `reserve`: placing partitions ([`placement`] decides where) and reserving them on the
-//!   workers before a registration or revive is answered.
+//!   workers before a registration or revive is answered. No lock is held across a call to a
+//!   worker: concurrent calls for the same shuffle wait for each other through marks in the
+//!   state, calls for other shuffles go ahead.
 //! - `commit`: when the last map ends, every worker holding the shuffle commits its copies;
 //!   layout requests wait for the result.
 //! - `core`: the configuration, the state, and the master's client for its calls into workers
-//!   over their push port (`Reserve`, `Commit`, `Destroy`).
+//!   over their push port (`Reserve`, `Commit` in pages of bounded size, `Destroy`), each
+//!   bounded by a timeout.
 //! - `background`: tickers that declare silent workers lost and delete expired applications'
 //!   data.
-//! - [`state`]: the registry itself, plain data under one lock.
+//! - [`state`]: the registry itself, plain data under one lock, and the limits that keep it
+//!   bounded (see [`config`]).
 //!
 //! Calls flow one way: `service` -> `reserve` / `commit` / `background` -> `core` -> `state`.
 //!
@@ -39,9 +43,6 @@ pub use service::MasterService;
 /// How long open connections may take to finish once shutdown is asked for.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Largest gRPC message, both ways (layouts of large partition ranges).
-pub const MAX_MESSAGE: usize = 256 << 20;
-
 /// Serves the master on an already bound listener until `shutdown` is cancelled.
 pub async fn run(
     config: MasterConfig,
@@ -50,14 +51,15 @@ pub async fn run(
 ) -> MasterResult<()> {
     config.validate().map_err(MasterError::Config)?;
     let addr = listener.local_addr()?;
+    let message_limit = config.message_limit();
     let service = MasterService::new(config, shutdown.clone());
     service.spawn_background(shutdown.clone());
     tracing::info!(%addr, "master started");
     let serve = tonic::transport::Server::builder()
         .add_service(
             MasterServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(message_limit)
+                .max_encoding_message_size(message_limit),
         )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

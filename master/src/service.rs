@@ -2,14 +2,12 @@
 //! ([`crate::reserve`] for placements, [`crate::commit`] for commits, [`crate::state`] for the
 //! registry).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::pb;
 use sluice_protocol::pb::master_server::Master;
 use sluice_protocol::ShuffleKey;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -17,9 +15,13 @@ use crate::commit::commit_shuffle;
 use crate::config::MasterConfig;
 use crate::core::Core;
 use crate::error::MasterError;
-use crate::reserve::place_and_reserve;
-use crate::state::{CommitState, Location, ShuffleEntry, WorkerEntry};
+use crate::reserve;
+use crate::state::{not_registered, CommitState, Shape};
 
+/// Shortest heartbeat interval a worker is believed to keep.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest worker id, host, node or zone label.
+const MAX_LABEL: usize = 253;
 /// Longest a layout request waits for the commit before answering "not yet".
 const MAX_LAYOUT_WAIT: Duration = Duration::from_secs(60);
 
@@ -30,10 +32,6 @@ pub struct MasterService {
 
 fn shuffle_key(key: Option<&pb::ShuffleKey>) -> Result<ShuffleKey, Status> {
     ShuffleKey::from_pb(key).map_err(|e| MasterError::InvalidRequest(e).into())
-}
-
-fn not_found(key: &ShuffleKey) -> Status {
-    MasterError::NotFound(format!("shuffle {key} is not registered")).into()
 }
 
 impl MasterService {
@@ -69,28 +67,26 @@ impl Master for MasterService {
                 MasterError::InvalidRequest(format!("invalid worker info {info:?}")).into(),
             );
         }
-        let mut state = self.core.lock();
-        let returning = state.workers.contains_key(&info.id);
-        // A worker back under the same id (a restarted pod with its disks) may have new
-        // addresses: every shuffle that placed copies on it now finds it there.
-        for entry in state.shuffles.values_mut() {
-            for known in entry.workers.iter_mut().filter(|w| w.id == info.id) {
-                *known = info.clone();
-            }
+        let labels = [&info.id, &info.host, &info.node, &info.zone];
+        if labels.iter().any(|l| l.len() > MAX_LABEL) {
+            return Err(MasterError::InvalidRequest(format!(
+                "worker id, host, node and zone must be at most {MAX_LABEL} characters"
+            ))
+            .into());
         }
-        tracing::info!(worker = %info.id, push = %info.push_addr(), fetch = %info.fetch_addr(), returning, "worker registered");
-        state.workers.insert(
-            info.id.clone(),
-            WorkerEntry {
-                info,
-                disks: request.disks,
-                last_seen: Instant::now(),
-                alive: true,
-                memory_used: 0,
-                active_partitions: 0,
-                state: pb::WorkerState::Active,
-            },
-        );
+        let interval = match request.heartbeat_interval_ms {
+            0 => self.core.config.worker_timeout / 4,
+            ms => Duration::from_millis(ms)
+                .clamp(MIN_HEARTBEAT_INTERVAL, self.core.config.worker_timeout),
+        };
+        let (push, fetch) = (info.push_addr(), info.fetch_addr());
+        let (id, node, zone) = (info.id.clone(), info.node.clone(), info.zone.clone());
+        let returning = self
+            .core
+            .lock()
+            .register_worker(info, request.disks, interval)
+            .inspect_err(|e| tracing::warn!(worker = %id, push = %push, error = %e, "worker registration refused"))?;
+        tracing::info!(worker = %id, push = %push, fetch = %fetch, node = %node, zone = %zone, heartbeat_interval = ?interval, returning, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {}))
     }
 
@@ -120,18 +116,10 @@ impl Master for MasterService {
     ) -> Result<Response<pb::RegisterShuffleResponse>, Status> {
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
-        let config = &self.core.config;
-        if request.num_partitions == 0 || request.num_partitions > config.max_partitions {
+        if request.num_partitions == 0 || request.num_maps == 0 {
             return Err(MasterError::InvalidRequest(format!(
-                "num_partitions must be 1 to {}, got {}",
-                config.max_partitions, request.num_partitions
-            ))
-            .into());
-        }
-        if request.num_maps == 0 || request.num_maps > config.max_maps {
-            return Err(MasterError::InvalidRequest(format!(
-                "num_maps must be 1 to {}, got {}",
-                config.max_maps, request.num_maps
+                "a shuffle needs at least one map and one partition, got {} maps and {} partitions",
+                request.num_maps, request.num_partitions
             ))
             .into());
         }
@@ -159,49 +147,12 @@ impl Master for MasterService {
             ))
             .into());
         }
-        let _registering = self.core.registering.lock().await;
-        {
-            let mut state = self.core.lock();
-            state.touch_app(&key.app_id);
-            if let Some(existing) = state.shuffles.get(&key) {
-                if (
-                    existing.num_maps,
-                    existing.num_partitions,
-                    existing.replication,
-                ) != (request.num_maps, request.num_partitions, replication)
-                {
-                    return Err(MasterError::InvalidRequest(format!(
-                        "shuffle {key} is already registered with {} maps, {} partitions, replication {}",
-                        existing.num_maps, existing.num_partitions, existing.replication
-                    ))
-                    .into());
-                }
-                return Ok(Response::new(pb::RegisterShuffleResponse {
-                    locations: Some(existing.current_locations()),
-                }));
-            }
-        }
-        let targets: Vec<(u32, u32)> = (0..request.num_partitions).map(|p| (p, 0)).collect();
-        let placement =
-            place_and_reserve(&self.core, &key, &targets, replication, HashSet::new()).await?;
-        let entry = ShuffleEntry {
+        let shape = Shape {
             num_maps: request.num_maps,
             num_partitions: request.num_partitions,
             replication,
-            workers: placement.workers,
-            locations: placement
-                .copies
-                .into_iter()
-                .map(|(primary, replica)| Location::copies(0, primary, replica).collect())
-                .collect(),
-            maps: vec![None; request.num_maps as usize],
-            ended: 0,
-            expected_by_partition: Vec::new(),
-            commit: watch::channel(CommitState::Waiting).0,
         };
-        let locations = entry.current_locations();
-        tracing::info!(shuffle = %key, maps = request.num_maps, partitions = request.num_partitions, workers = entry.workers.len(), "shuffle registered");
-        self.core.lock().shuffles.insert(key, entry);
+        let locations = reserve::register(&self.core, &key, shape).await?;
         Ok(Response::new(pb::RegisterShuffleResponse {
             locations: Some(locations),
         }))
@@ -213,101 +164,7 @@ impl Master for MasterService {
     ) -> Result<Response<pb::ReviveResponse>, Status> {
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
-        // Revives and registrations place one at a time.
-        let _placing = self.core.registering.lock().await;
-        let (replication, targets, excluded) = {
-            let mut state = self.core.lock();
-            state.touch_app(&key.app_id);
-            let entry = state.shuffles.get(&key).ok_or_else(|| not_found(&key))?;
-            if entry.ended == entry.num_maps {
-                return Err(MasterError::Committed(key.to_string()).into());
-            }
-            let mut targets = Vec::new();
-            let mut excluded = HashSet::new();
-            for failed in &request.failed {
-                let copies = entry
-                    .locations
-                    .get(failed.partition as usize)
-                    .ok_or_else(|| {
-                        MasterError::InvalidRequest(format!(
-                            "partition {} of shuffle {key} with {} partitions",
-                            failed.partition, entry.num_partitions
-                        ))
-                    })?;
-                let current = copies.iter().map(|l| l.epoch).max().unwrap_or(0);
-                // Only a failure of the current epoch moves the partition; an older one was
-                // revived already (by another writer), and the answer is the current location.
-                if failed.epoch == current && !targets.iter().any(|(p, _)| *p == failed.partition) {
-                    targets.push((failed.partition, current + 1));
-                    for copy in copies.iter().filter(|l| l.epoch == current) {
-                        excluded.insert(entry.workers[copy.worker as usize].id.clone());
-                    }
-                }
-            }
-            (entry.replication, targets, excluded)
-        };
-        if !targets.is_empty() {
-            tracing::info!(shuffle = %key, partitions = targets.len(), excluded = ?excluded, reason = %request.reason, "reviving");
-            let placement =
-                match place_and_reserve(&self.core, &key, &targets, replication, excluded.clone())
-                    .await
-                {
-                    Ok(placement) => placement,
-                    // No other worker left: anywhere live is better than failing the writer.
-                    Err(_) if !excluded.is_empty() => {
-                        place_and_reserve(&self.core, &key, &targets, replication, HashSet::new())
-                            .await?
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-            let mut state = self.core.lock();
-            let entry = state
-                .shuffles
-                .get_mut(&key)
-                .ok_or_else(|| not_found(&key))?;
-            let mut index_of = |worker: &pb::WorkerInfo| -> u32 {
-                match entry.workers.iter().position(|w| w.id == worker.id) {
-                    Some(index) => index as u32,
-                    None => {
-                        entry.workers.push(worker.clone());
-                        (entry.workers.len() - 1) as u32
-                    }
-                }
-            };
-            let copies: Vec<(u32, Option<u32>)> = placement
-                .copies
-                .iter()
-                .map(|(primary, replica)| {
-                    (
-                        index_of(&placement.workers[*primary as usize]),
-                        replica.map(|r| index_of(&placement.workers[r as usize])),
-                    )
-                })
-                .collect();
-            for ((partition, epoch), (primary, replica)) in targets.iter().zip(copies) {
-                entry.locations[*partition as usize]
-                    .extend(Location::copies(*epoch, primary, replica));
-            }
-        }
-        let state = self.core.lock();
-        let entry = state.shuffles.get(&key).ok_or_else(|| not_found(&key))?;
-        let current = entry.current_locations();
-        let worker = |index: u32| entry.workers.get(index as usize).cloned();
-        let mut seen = HashSet::new();
-        let locations = request
-            .failed
-            .iter()
-            .filter(|f| seen.insert(f.partition))
-            .map(|f| {
-                let p = f.partition as usize;
-                pb::RevivedLocation {
-                    partition: f.partition,
-                    epoch: current.epoch[p],
-                    primary: worker(current.primary_worker[p]),
-                    replica: worker(current.replica_worker[p]),
-                }
-            })
-            .collect();
+        let locations = reserve::revive(&self.core, &key, &request.failed, &request.reason).await?;
         Ok(Response::new(pb::ReviveResponse { locations }))
     }
 
@@ -323,32 +180,25 @@ impl Master for MasterService {
             let entry = state
                 .shuffles
                 .get_mut(&key)
-                .ok_or_else(|| not_found(&key))?;
-            if request.map_id >= entry.num_maps {
+                .ok_or_else(|| not_registered(&key))?;
+            if request.map_id >= entry.shape.num_maps {
                 return Err(MasterError::InvalidRequest(format!(
                     "map {} of shuffle {key} with {} maps",
-                    request.map_id, entry.num_maps
+                    request.map_id, entry.shape.num_maps
                 ))
                 .into());
             }
-            if let Some(bad) = request
-                .partitions
-                .iter()
-                .find(|p| p.partition >= entry.num_partitions)
-            {
-                return Err(MasterError::InvalidRequest(format!(
-                    "partition {} of shuffle {key} with {} partitions",
-                    bad.partition, entry.num_partitions
-                ))
-                .into());
+            for stats in &request.partitions {
+                entry.check_partition(&key, stats.partition)?;
             }
             let (winning_attempt, complete) =
                 entry.map_ended(request.map_id, request.attempt, request.partitions);
             let winner_partitions = if winning_attempt == request.attempt {
                 Vec::new()
             } else {
-                entry.maps[request.map_id as usize]
-                    .as_ref()
+                entry
+                    .maps
+                    .get(&request.map_id)
                     .map(|m| m.partitions.clone())
                     .unwrap_or_default()
             };
@@ -375,13 +225,16 @@ impl Master for MasterService {
         let mut commit = {
             let mut state = self.core.lock();
             state.touch_app(&key.app_id);
-            let entry = state.shuffles.get(&key).ok_or_else(|| not_found(&key))?;
+            let entry = state
+                .shuffles
+                .get(&key)
+                .ok_or_else(|| not_registered(&key))?;
             if request.start_partition >= request.end_partition
-                || request.end_partition > entry.num_partitions
+                || request.end_partition > entry.shape.num_partitions
             {
                 return Err(MasterError::InvalidRequest(format!(
                     "partition range [{}, {}) of shuffle {key} with {} partitions",
-                    request.start_partition, request.end_partition, entry.num_partitions
+                    request.start_partition, request.end_partition, entry.shape.num_partitions
                 ))
                 .into());
             }
@@ -395,9 +248,9 @@ impl Master for MasterService {
         let committed = match done {
             Ok(Ok(state)) => match &*state {
                 CommitState::Done(results) => results.clone(),
-                CommitState::Waiting => return Err(not_found(&key)),
+                CommitState::Waiting => return Err(not_registered(&key).into()),
             },
-            Ok(Err(_)) => return Err(not_found(&key)),
+            Ok(Err(_)) => return Err(not_registered(&key).into()),
             Err(_) => {
                 return Ok(Response::new(pb::GetShuffleLayoutResponse {
                     committed: false,
@@ -406,24 +259,18 @@ impl Master for MasterService {
             }
         };
         let state = self.core.lock();
-        let entry = state.shuffles.get(&key).ok_or_else(|| not_found(&key))?;
-        let partitions = (request.start_partition..request.end_partition)
-            .map(|partition| pb::PartitionLayout {
-                partition,
-                locations: committed[partition as usize].clone(),
-                expected: entry.expected(partition),
-            })
-            .collect();
-        Ok(Response::new(pb::GetShuffleLayoutResponse {
-            committed: true,
-            workers: entry.workers.clone(),
-            winning_attempt: entry
-                .maps
-                .iter()
-                .map(|m| m.as_ref().map_or(0, |m| m.attempt))
-                .collect(),
-            partitions,
-        }))
+        let entry = state
+            .shuffles
+            .get(&key)
+            .ok_or_else(|| not_registered(&key))?;
+        let layout = entry.layout(
+            &key,
+            &committed,
+            request.start_partition,
+            request.end_partition,
+            self.core.config.message_limit(),
+        )?;
+        Ok(Response::new(layout))
     }
 
     async fn unregister_shuffle(
@@ -455,6 +302,7 @@ impl Master for MasterService {
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let state = self.core.lock();
+        let now = Instant::now();
         let mut workers: Vec<pb::WorkerStatus> = state
             .workers
             .values()
@@ -464,7 +312,7 @@ impl Master for MasterService {
                 memory_used_bytes: w.memory_used,
                 active_partitions: w.active_partitions,
                 disks: w.disks.clone(),
-                heartbeat_age_ms: w.last_seen.elapsed().as_millis() as u64,
+                heartbeat_age_ms: now.saturating_duration_since(w.last_seen).as_millis() as u64,
             })
             .collect();
         workers.sort_by(|a, b| {
