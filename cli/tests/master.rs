@@ -325,9 +325,10 @@ async fn a_black_hole_worker_does_not_stall_registrations_and_revives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stopped_heartbeating_gets_no_new_partitions() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(LocalOptions::new(1, dir.path()))
-        .await
-        .unwrap();
+    let mut options = LocalOptions::new(1, dir.path());
+    // A slow heartbeat, so that a loaded machine never makes the real worker look stopped.
+    options.worker.heartbeat_interval = Duration::from_secs(2);
+    let cluster = LocalCluster::start(options).await.unwrap();
     let master = master(&cluster).await;
     let every = Duration::from_millis(200);
     let hole = black_hole(&master, "stopped", u64::MAX / 4, every).await;
