@@ -71,9 +71,12 @@ where
     env.sort();
     for (name, value) in env {
         let key = name[env_prefix.len()..].to_ascii_lowercase();
-        let default = defaults.get(&key).ok_or_else(|| {
-            anyhow!("unknown environment variable {name}: there is no config key {key:?}")
-        })?;
+        let Some(default) = defaults.get(&key) else {
+            if is_service_link(&name, &value) {
+                continue;
+            }
+            bail!("unknown environment variable {name}: there is no config key {key:?}");
+        };
         table.insert(key, coerce(default, &value));
     }
     for (key, value) in flags {
@@ -86,6 +89,41 @@ where
         table.insert(key.clone(), coerce(default, value));
     }
     T::deserialize(toml::Value::Table(table)).map_err(|e| anyhow!("invalid configuration: {e}"))
+}
+
+/// Whether `name=value` is one of the variables the kubelet injects into every pod for each
+/// Service of its namespace (unless `enableServiceLinks: false`): a Service `sluice-master`
+/// yields `SLUICE_MASTER_SERVICE_HOST`, `SLUICE_MASTER_SERVICE_PORT[_<port name>]`,
+/// `SLUICE_MASTER_PORT=tcp://10.0.0.1:9097` and `SLUICE_MASTER_PORT_9097_TCP[_PROTO|_PORT|_ADDR]`,
+/// which share the config prefix without being settings. Only names that are no config key
+/// get here, so a real key ending in `_PORT` is still read, and a misspelled key is still an
+/// error unless it has exactly one of these shapes.
+fn is_service_link(name: &str, value: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") {
+        return true;
+    }
+    if let Some((_, rest)) = name.rsplit_once("_SERVICE_PORT") {
+        if rest.is_empty() || rest.starts_with('_') {
+            return true;
+        }
+    }
+    let url = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .any(|scheme| value.starts_with(scheme));
+    if name.ends_with("_PORT") && url {
+        return true;
+    }
+    // `<NAME>_PORT_<number>_<PROTOCOL>` and its `_PROTO`, `_PORT`, `_ADDR` companions.
+    name.split("_PORT_").skip(1).any(|tail| {
+        let mut parts = tail.split('_');
+        let number = parts.next().unwrap_or("");
+        let protocol = parts.next().unwrap_or("");
+        let suffix: Vec<&str> = parts.collect();
+        !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && matches!(protocol, "TCP" | "UDP" | "SCTP")
+            && matches!(suffix.as_slice(), [] | ["PROTO"] | ["PORT"] | ["ADDR"])
+    })
 }
 
 /// Reads `text` as a value of the same kind as `like`.
@@ -190,6 +228,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("--no-such-key"), "{error}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_ignored_and_misspelled_keys_are_not() {
+        let injected = env(&[
+            // Service `sluice-master`, seen by a master and by a worker.
+            ("SLUICE_MASTER_SERVICE_HOST", "10.0.0.1"),
+            ("SLUICE_MASTER_SERVICE_PORT", "9097"),
+            ("SLUICE_MASTER_SERVICE_PORT_GRPC", "9097"),
+            ("SLUICE_MASTER_PORT", "tcp://10.0.0.1:9097"),
+            ("SLUICE_MASTER_PORT_9097_TCP", "tcp://10.0.0.1:9097"),
+            ("SLUICE_MASTER_PORT_9097_TCP_PROTO", "tcp"),
+            ("SLUICE_MASTER_PORT_9097_TCP_PORT", "9097"),
+            ("SLUICE_MASTER_PORT_9097_TCP_ADDR", "10.0.0.1"),
+            // Service `sluice-worker` with named ports, and `sluice-worker-headless`.
+            ("SLUICE_WORKER_SERVICE_HOST", "10.0.0.2"),
+            ("SLUICE_WORKER_SERVICE_PORT_PUSH", "9098"),
+            ("SLUICE_WORKER_SERVICE_PORT_FETCH", "9099"),
+            ("SLUICE_WORKER_PORT", "tcp://10.0.0.2:9098"),
+            ("SLUICE_WORKER_PORT_9098_TCP_ADDR", "10.0.0.2"),
+            ("SLUICE_WORKER_PORT_9099_UDP", "udp://10.0.0.2:9099"),
+            ("SLUICE_WORKER_HEADLESS_SERVICE_HOST", "10.0.0.3"),
+        ]);
+        let mut worker_env = injected.clone();
+        worker_env.push(("SLUICE_WORKER_MASTER".into(), "sluice-master:9097".into()));
+        worker_env.push(("SLUICE_WORKER_ADVERTISE_PUSH_PORT".into(), "30098".into()));
+        let worker: WorkerConfig = load(None, "SLUICE_WORKER_", worker_env, &[]).unwrap();
+        assert_eq!(worker.master, "sluice-master:9097");
+        assert_eq!(worker.advertise_push_port, 30098);
+        let master: sluice_master::MasterConfig =
+            load(None, "SLUICE_MASTER_", injected, &[]).unwrap();
+        assert_eq!(master, sluice_master::MasterConfig::default());
+
+        // Misspelled keys, also ones ending like a service link, are still errors naming them.
+        for (name, value) in [
+            ("SLUICE_WORKER_ADVERTIZE_PUSH_PORT", "30098"),
+            ("SLUICE_WORKER_PUSH_PORT", "9098"),
+            ("SLUICE_WORKER_HEARTBEAT_INTERVALL", "1s"),
+            ("SLUICE_WORKER_PORT_PUSH", "9098"),
+            ("SLUICE_WORKER_PORT_9098_TCP_HOST", "x"),
+        ] {
+            let error = load::<WorkerConfig>(None, "SLUICE_WORKER_", env(&[(name, value)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(name), "{name}: {error}");
+        }
     }
 
     #[test]

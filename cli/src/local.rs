@@ -122,6 +122,7 @@ impl LocalCluster {
             host: config.host.clone(),
             push_port: u32::from(push.local_addr()?.port()),
             fetch_port: u32::from(fetch.local_addr()?.port()),
+            ..pb::WorkerInfo::default()
         };
         let shutdown = self.shutdown.child_token();
         let task = tokio::spawn(sluice_worker::run(

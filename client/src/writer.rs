@@ -462,6 +462,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 push_port: 1,
                 fetch_port: 1,
+                ..Default::default()
             }],
             primary_worker: vec![0],
             epoch: vec![0],

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -9,22 +10,48 @@ use serde::{Deserialize, Serialize};
 pub struct MasterConfig {
     /// Address the gRPC server binds to.
     pub listen: String,
-    /// A worker silent for this long is lost: it gets no new partitions.
+    /// A worker silent for this long is lost: it gets no new partitions, its pending commits
+    /// count as failed. (Placement already skips a worker that missed two heartbeats.)
     #[serde(with = "sluice_protocol::duration")]
     pub worker_timeout: Duration,
     /// An application with no heartbeat for this long is expired and its data deleted.
     #[serde(with = "sluice_protocol::duration")]
     pub app_timeout: Duration,
-    /// Limit for one call into a worker (reserve, destroy).
+    /// Limit for one call into a worker that is not a reservation or a commit (deletes).
     #[serde(with = "sluice_protocol::duration")]
     pub worker_rpc_timeout: Duration,
-    /// Limit for a worker to commit a shuffle's files.
+    /// Limit for a worker to reserve one frame of locations. A worker that does not answer in
+    /// time is left out: its partitions are placed on other workers, and it gets no new
+    /// partitions for `worker_timeout`.
+    #[serde(with = "sluice_protocol::duration")]
+    pub reserve_timeout: Duration,
+    /// Limit for a worker to commit one frame of locations.
     #[serde(with = "sluice_protocol::duration")]
     pub commit_timeout: Duration,
-    /// Largest number of partitions a shuffle may have.
-    pub max_partitions: u32,
-    /// Largest number of maps a shuffle may have.
-    pub max_maps: u32,
+    /// Most locations in one `Reserve` or `Commit` frame to a worker; larger sets are sent in
+    /// several frames. 16,384 keeps a frame's header at a few MiB, far below the workers' 16 MiB
+    /// header limit, however long the worker names.
+    pub max_locations_per_frame: u32,
+    /// Largest gRPC message the master reads or writes. 128 MiB holds a layout page of 1M
+    /// partitions with two copies each; a layout request whose answer would be larger is
+    /// refused (ask for fewer partitions at a time).
+    pub max_message_size: ByteSize,
+    /// Most maps one shuffle may have.
+    pub max_maps_per_shuffle: u32,
+    /// Most partitions one shuffle may have.
+    pub max_partitions_per_shuffle: u32,
+    /// Most epochs (the first placement and its revives) one partition may have. A revive past
+    /// it is refused: the writer fails instead of moving the partition forever.
+    pub max_epochs_per_partition: u32,
+    /// Most registered (not yet unregistered or expired) shuffles of one application.
+    pub max_live_shuffles_per_app: u32,
+    /// Most registered shuffles in the whole cluster.
+    pub max_live_shuffles: u32,
+    /// Most partitions over the registered shuffles of one application.
+    pub max_live_partitions_per_app: u64,
+    /// Most partitions over every registered shuffle. The master keeps a few hundred bytes per
+    /// partition, so this bounds its memory.
+    pub max_live_partitions: u64,
 }
 
 impl Default for MasterConfig {
@@ -34,25 +61,85 @@ impl Default for MasterConfig {
             worker_timeout: Duration::from_secs(30),
             app_timeout: Duration::from_secs(300),
             worker_rpc_timeout: Duration::from_secs(30),
+            reserve_timeout: Duration::from_secs(5),
             commit_timeout: Duration::from_secs(600),
-            max_partitions: 1_000_000,
-            max_maps: 10_000_000,
+            max_locations_per_frame: 16_384,
+            max_message_size: ByteSize::mib(128),
+            max_maps_per_shuffle: 1_000_000,
+            max_partitions_per_shuffle: 1_000_000,
+            max_epochs_per_partition: 64,
+            max_live_shuffles_per_app: 10_000,
+            max_live_shuffles: 100_000,
+            max_live_partitions_per_app: 10_000_000,
+            max_live_partitions: 20_000_000,
         }
     }
 }
 
 impl MasterConfig {
+    /// Checks the values that types alone cannot.
     pub fn validate(&self) -> Result<(), String> {
         for (key, value) in [
             ("worker_timeout", self.worker_timeout),
             ("app_timeout", self.app_timeout),
             ("worker_rpc_timeout", self.worker_rpc_timeout),
+            ("reserve_timeout", self.reserve_timeout),
             ("commit_timeout", self.commit_timeout),
         ] {
             if value.is_zero() {
                 return Err(format!("{key}: must be above 0"));
             }
         }
+        for (key, value) in [
+            (
+                "max_locations_per_frame",
+                u64::from(self.max_locations_per_frame),
+            ),
+            ("max_maps_per_shuffle", u64::from(self.max_maps_per_shuffle)),
+            (
+                "max_partitions_per_shuffle",
+                u64::from(self.max_partitions_per_shuffle),
+            ),
+            (
+                "max_epochs_per_partition",
+                u64::from(self.max_epochs_per_partition),
+            ),
+            (
+                "max_live_shuffles_per_app",
+                u64::from(self.max_live_shuffles_per_app),
+            ),
+            ("max_live_shuffles", u64::from(self.max_live_shuffles)),
+            (
+                "max_live_partitions_per_app",
+                self.max_live_partitions_per_app,
+            ),
+            ("max_live_partitions", self.max_live_partitions),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be above 0"));
+            }
+        }
+        if self.max_locations_per_frame > 100_000 {
+            return Err("max_locations_per_frame: at most 100000 fit a frame header".into());
+        }
+        let message = self.max_message_size.as_u64();
+        if !(MIN_MESSAGE..=MAX_MESSAGE).contains(&message) {
+            return Err(format!(
+                "max_message_size: must be {} to {}",
+                ByteSize(MIN_MESSAGE),
+                ByteSize(MAX_MESSAGE)
+            ));
+        }
         Ok(())
     }
+
+    /// `max_message_size` in bytes.
+    pub fn message_limit(&self) -> usize {
+        self.max_message_size.as_u64() as usize
+    }
 }
+
+/// Bounds of `max_message_size`: below 64 KiB even small layouts would not fit; above 1 GiB one
+/// answer could take the master's memory.
+const MIN_MESSAGE: u64 = 64 << 10;
+const MAX_MESSAGE: u64 = 1 << 30;

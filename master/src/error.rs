@@ -20,6 +20,16 @@ pub enum MasterError {
     },
     #[error("worker {0} was declared lost")]
     WorkerLost(String),
+    /// A configured limit refused the request; the message names the config key.
+    #[error("{message}")]
+    Limit {
+        key: &'static str,
+        /// Whether the same request may pass later (a quota of live things), or never (a size).
+        retryable: bool,
+        message: String,
+    },
+    #[error("{0}")]
+    WorkerIdTaken(String),
     #[error("shuffle {0} is already committed")]
     Committed(String),
     #[error("the master is shutting down")]
@@ -33,7 +43,14 @@ pub enum MasterError {
 impl MasterError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            MasterError::Config(_) | MasterError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            MasterError::Config(_)
+            | MasterError::InvalidRequest(_)
+            | MasterError::WorkerIdTaken(_) => ErrorCode::InvalidRequest,
+            // ResourceExhausted: retry later, once shuffles were unregistered.
+            MasterError::Limit {
+                retryable: true, ..
+            } => ErrorCode::Busy,
+            MasterError::Limit { .. } => ErrorCode::InvalidRequest,
             MasterError::NotFound(_) => ErrorCode::NotFound,
             MasterError::Committed(_) => ErrorCode::Committed,
             MasterError::NoWorkers(_) | MasterError::ShuttingDown | MasterError::WorkerLost(_) => {

@@ -1,19 +1,33 @@
 //! The Sluice master: worker membership, partition placement, the shuffle registry and commit
 //! coordination.
 //!
-//! - [`service`]: the `Master` gRPC service. Workers register and heartbeat; writers register
-//!   shuffles (placed by [`placement`] and reserved on the workers over the data-plane port) and
-//!   report map ends; when the last map ends the master has every worker holding the shuffle
-//!   commit its files, and readers' `GetShuffleLayout` calls (which wait for that commit) get
-//!   the committed copies and what each winning map wrote.
-//! - [`state`]: the registry itself, plain data under one lock.
-//! - Background tasks declare silent workers lost and delete expired applications' data.
+//! - [`service`]: the `Master` gRPC service, a thin adapter. Workers register and heartbeat;
+//!   writers register shuffles and report map ends; readers ask for layouts.
+//! - `reserve`: placing partitions ([`placement`] decides where) and reserving them on the
+//!   workers before a registration or revive is answered. No lock is held across a call to a
+//!   worker: concurrent calls for the same shuffle wait for each other through marks in the
+//!   state, calls for other shuffles go ahead.
+//! - `commit`: when the last map ends, every worker holding the shuffle commits its copies;
+//!   layout requests wait for the result.
+//! - `core`: the configuration, the state, and the master's client for its calls into workers
+//!   over their push port (`Reserve`, `Commit` in pages of bounded size, `Destroy`), each
+//!   bounded by a timeout.
+//! - `background`: tickers that declare silent workers lost and delete expired applications'
+//!   data.
+//! - [`state`]: the registry itself, plain data under one lock, and the limits that keep it
+//!   bounded (see [`config`]).
+//!
+//! Calls flow one way: `service` -> `reserve` / `commit` / `background` -> `core` -> `state`.
 //!
 //! HA (Raft) is not here yet: one master holds the state in memory.
 
+mod background;
+mod commit;
 pub mod config;
+mod core;
 pub mod error;
 pub mod placement;
+mod reserve;
 pub mod service;
 pub mod state;
 
@@ -29,9 +43,6 @@ pub use service::MasterService;
 /// How long open connections may take to finish once shutdown is asked for.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Largest gRPC message, both ways (layouts of large partition ranges).
-pub const MAX_MESSAGE: usize = 256 << 20;
-
 /// Serves the master on an already bound listener until `shutdown` is cancelled.
 pub async fn run(
     config: MasterConfig,
@@ -40,14 +51,15 @@ pub async fn run(
 ) -> MasterResult<()> {
     config.validate().map_err(MasterError::Config)?;
     let addr = listener.local_addr()?;
+    let message_limit = config.message_limit();
     let service = MasterService::new(config, shutdown.clone());
     service.spawn_background(shutdown.clone());
     tracing::info!(%addr, "master started");
     let serve = tonic::transport::Server::builder()
         .add_service(
             MasterServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(message_limit)
+                .max_encoding_message_size(message_limit),
         )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
+use sluice_protocol::pb;
 
 use crate::storage::engine::EngineChoice;
 
@@ -34,12 +35,24 @@ impl From<IoEngineConfig> for EngineChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Stable worker id (a StatefulSet pod name). Empty: `<host>-<push port>`.
+    /// Stable worker id (a StatefulSet pod name). Empty: `<machine host name>-<push port>`, so
+    /// workers left on defaults on different machines do not share an id. The master refuses
+    /// an id that a live worker at another address holds.
     pub id: String,
     /// Address (`host:port`) of the master's gRPC endpoint.
     pub master: String,
     /// Host name or address that clients and the master use to reach this worker.
     pub host: String,
+    /// The machine (Kubernetes node) this worker runs on; the master never puts both copies of
+    /// a partition on one node when another is available. On Kubernetes fill it from the
+    /// downward API: `env: [{name: SLUICE_WORKER_NODE, valueFrom: {fieldRef: {fieldPath:
+    /// spec.nodeName}}}]`. Empty: unknown.
+    pub node: String,
+    /// The failure domain (zone) this worker runs in; replicas go to another zone first. On
+    /// Kubernetes, the node's `topology.kubernetes.io/zone` label: the downward API does not
+    /// expose node labels, so set `SLUICE_WORKER_ZONE` per zone (one StatefulSet per zone) or
+    /// from an init container. Empty: unknown.
+    pub zone: String,
     /// Address the push server binds to (`0` port: any free port).
     pub push_listen: String,
     /// Address the fetch server binds to.
@@ -56,7 +69,9 @@ pub struct WorkerConfig {
     /// A partition's buffer is flushed to disk once it holds this much.
     pub flush_buffer_size: ByteSize,
     /// Largest a partition location may grow; past it the writer moves the partition to a new
-    /// epoch (on other workers where there are any).
+    /// epoch (on other workers where there are any). Above 0; the master caps the epochs of a
+    /// partition (`max_epochs_per_partition`), so a cap far below a partition's size fails the
+    /// writer rather than moving it forever.
     pub partition_size_cap: ByteSize,
     /// Largest chunk a reader fetches in one request.
     pub chunk_size: ByteSize,
@@ -67,10 +82,12 @@ pub struct WorkerConfig {
     /// How often the worker heartbeats to the master.
     #[serde(with = "sluice_protocol::duration")]
     pub heartbeat_interval: Duration,
-    /// How long a push waits for memory below the budget before the worker answers `Busy`.
+    /// How long a push waits for memory below the budget before the worker answers `Busy`. At
+    /// most 1 minute.
     #[serde(with = "sluice_protocol::duration")]
     pub busy_wait: Duration,
-    /// How long a primary waits for its replica to take a forwarded push.
+    /// How long a primary waits for its replica to take a forwarded push. Above 0, at most 10
+    /// minutes.
     #[serde(with = "sluice_protocol::duration")]
     pub replica_timeout: Duration,
     /// Largest frame body accepted on the push and fetch ports.
@@ -96,6 +113,8 @@ impl Default for WorkerConfig {
             id: String::new(),
             master: "127.0.0.1:9097".into(),
             host: "127.0.0.1".into(),
+            node: String::new(),
+            zone: String::new(),
             push_listen: "0.0.0.0:9098".into(),
             fetch_listen: "0.0.0.0:9099".into(),
             advertise_push_port: 0,
@@ -138,6 +157,22 @@ impl WorkerConfig {
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat_interval: must be above 0".into());
         }
+        if self.partition_size_cap.as_u64() == 0 {
+            return Err("partition_size_cap: must be above 0".into());
+        }
+        if self.busy_wait > MAX_BUSY_WAIT {
+            return Err(format!("busy_wait: must be at most {MAX_BUSY_WAIT:?}"));
+        }
+        if self.replica_timeout.is_zero() || self.replica_timeout > MAX_REPLICA_TIMEOUT {
+            return Err(format!(
+                "replica_timeout: must be above 0 and at most {MAX_REPLICA_TIMEOUT:?}"
+            ));
+        }
+        for (key, label) in [("node", &self.node), ("zone", &self.zone)] {
+            if label.len() > 253 {
+                return Err(format!("{key}: at most 253 characters"));
+            }
+        }
         if self.max_connections == 0 {
             return Err("max_connections: must be above 0".into());
         }
@@ -151,5 +186,123 @@ impl WorkerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The worker's id: `id`, or when empty `<machine host name>-<push port>`.
+    pub fn worker_id(&self, push_port: u32) -> String {
+        if !self.id.is_empty() {
+            return self.id.clone();
+        }
+        let machine = host_name().unwrap_or_else(|| self.host.clone());
+        format!("{machine}-{push_port}")
+    }
+
+    /// What the worker tells the master about itself.
+    pub fn worker_info(&self, push_port: u32, fetch_port: u32) -> pb::WorkerInfo {
+        pb::WorkerInfo {
+            id: self.worker_id(push_port),
+            host: self.host.clone(),
+            push_port,
+            fetch_port,
+            node: self.node.clone(),
+            zone: self.zone.clone(),
+        }
+    }
+}
+
+/// Longest `busy_wait`: a push waits this long at most before `Busy`; writers have given up
+/// on the worker long before.
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(60);
+/// Longest `replica_timeout`.
+const MAX_REPLICA_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// This machine's host name (a pod's name on Kubernetes), when it has a usable one.
+fn host_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: `buffer` is valid for writes of `buffer.len()` bytes; gethostname writes at most
+    // that many and NUL-terminates unless the name was truncated, which the `position` below
+    // tolerates by rejecting a name without a NUL.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buffer.iter().position(|b| *b == 0)?;
+    let name = std::str::from_utf8(&buffer[..len]).ok()?;
+    let usable = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    usable.then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_id_names_the_machine_not_a_loopback_address() {
+        let config = WorkerConfig::default();
+        let id = config.worker_id(9098);
+        let machine = host_name().expect("this machine has a host name");
+        assert_eq!(id, format!("{machine}-9098"));
+        assert!(!id.starts_with("127.0.0.1"), "{id}");
+        let named = WorkerConfig {
+            id: "sluice-worker-0".into(),
+            ..WorkerConfig::default()
+        };
+        assert_eq!(named.worker_id(9098), "sluice-worker-0");
+    }
+
+    #[test]
+    fn labels_travel_in_the_worker_info() {
+        let config = WorkerConfig {
+            node: "node-7".into(),
+            zone: "eu-west-1a".into(),
+            ..WorkerConfig::default()
+        };
+        let info = config.worker_info(1, 2);
+        assert_eq!(
+            (info.node.as_str(), info.zone.as_str()),
+            ("node-7", "eu-west-1a")
+        );
+        assert_eq!((info.push_port, info.fetch_port), (1, 2));
+    }
+
+    #[test]
+    fn values_that_would_overflow_or_never_end_are_refused() {
+        let refused = |config: WorkerConfig, key: &str| {
+            let error = config.validate().unwrap_err();
+            assert!(error.starts_with(key), "{error}");
+        };
+        let base = WorkerConfig::default;
+        refused(
+            WorkerConfig {
+                partition_size_cap: ByteSize::b(0),
+                ..base()
+            },
+            "partition_size_cap",
+        );
+        refused(
+            WorkerConfig {
+                busy_wait: Duration::from_secs(u64::MAX),
+                ..base()
+            },
+            "busy_wait",
+        );
+        refused(
+            WorkerConfig {
+                replica_timeout: Duration::ZERO,
+                ..base()
+            },
+            "replica_timeout",
+        );
+        refused(
+            WorkerConfig {
+                replica_timeout: Duration::from_secs(u64::MAX),
+                ..base()
+            },
+            "replica_timeout",
+        );
+        assert_eq!(base().validate(), Ok(()));
     }
 }

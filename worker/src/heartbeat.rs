@@ -26,14 +26,17 @@ async fn register(
         .register_worker(pb::RegisterWorkerRequest {
             worker: Some(shared.info.clone()),
             disks: disks(shared).await,
+            heartbeat_interval_ms: u64::try_from(shared.config.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
         })
         .await?;
-    tracing::info!(worker = %shared.info.id, master = %shared.config.master, "registered with the master");
+    tracing::info!(worker = %shared.info.id, node = %shared.info.node, zone = %shared.info.zone, master = %shared.config.master, "registered with the master");
     Ok(())
 }
 
 /// Registers, then heartbeats every `heartbeat_interval` until shutdown. A master that cannot
-/// be reached is retried forever (logged once per failure streak).
+/// be reached, or that refuses the registration (the id is held by a live worker elsewhere), is
+/// retried forever (logged once per failure streak).
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let endpoint = match Channel::from_shared(format!("http://{}", shared.config.master)) {
         Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(3)),
@@ -44,7 +47,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     };
     let mut client = MasterClient::new(endpoint.connect_lazy());
     let mut registered = false;
-    let mut failing = false;
+    // The code of the current failure streak's error: each streak, and each change of what
+    // fails, is logged once.
+    let mut failing: Option<tonic::Code> = None;
     loop {
         let result = if registered {
             client
@@ -65,21 +70,25 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             })
         };
         match result {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!(master = %shared.config.master, "master reachable again");
-            }
-            Ok(()) => {}
-            Err(status) => {
-                if !failing {
-                    tracing::warn!(master = %shared.config.master, error = %status.message(), "heartbeat failed");
+            Ok(()) => {
+                if failing.take().is_some() {
+                    tracing::info!(master = %shared.config.master, "master reachable again");
                 }
-                failing = true;
+            }
+            Err(status) => {
+                if failing != Some(status.code()) {
+                    if status.code() == tonic::Code::InvalidArgument {
+                        tracing::error!(worker = %shared.info.id, master = %shared.config.master, error = %status.message(), "the master refused the registration, retrying");
+                    } else {
+                        tracing::warn!(master = %shared.config.master, error = %status.message(), "heartbeat failed");
+                    }
+                }
+                failing = Some(status.code());
                 registered = false;
             }
         }
         // Re-register at once when the master asked for it.
-        if !registered && !failing {
+        if !registered && failing.is_none() {
             continue;
         }
         tokio::select! {

@@ -50,12 +50,9 @@ pub(crate) fn start(
     };
     let push_port = advertised(config.advertise_push_port, port(&listeners.push)?);
     let fetch_port = advertised(config.advertise_fetch_port, port(&listeners.fetch)?);
-    let id = if config.id.is_empty() {
-        format!("{}-{push_port}", config.host)
-    } else {
-        config.id.clone()
-    };
-    sluice_protocol::ids::validate_app_id(&id)
+    let info = config.worker_info(push_port, fetch_port);
+    let id = &info.id;
+    sluice_protocol::ids::validate_app_id(id)
         .map_err(|_| WorkerError::Config(format!("id: {id:?} must be [A-Za-z0-9._-]+")))?;
     let mut disks = Vec::new();
     let mut queues = Vec::new();
@@ -85,12 +82,7 @@ pub(crate) fn start(
         );
     }
     let shared = Shared {
-        info: pb::WorkerInfo {
-            id,
-            host: config.host.clone(),
-            push_port,
-            fetch_port,
-        },
+        info,
         store,
         limits,
         peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
