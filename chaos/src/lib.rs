@@ -1,24 +1,26 @@
 //! `chaos`: fault injection against a real Sluice cluster of `sluice` processes on loopback.
 //!
-//! A run executes scenarios one after another. Each scenario starts its own cluster
-//! ([`cluster::Cluster`]: a master and four workers, per-process logs under the run directory,
-//! a TCP [`proxy::Proxy`] in front of a worker that is to be cut off, a tmpfs under a worker
-//! whose disk is to fill up), registers a shuffle, writes the workload
-//! ([`workload::Writes`]: M maps × P partitions of [`records`] that carry their own id and a
-//! payload derived from it), injects its fault at a fixed point of the workload (after map m
-//! record r, after the reader took n blocks, after the commit), reads everything back
-//! ([`workload::Reads`]) and judges the result ([`scenario::run`]): every written id read
-//! exactly once and intact passes; with replication 1 a data-loss error from the reader passes
-//! too; short, repeated or changed data without an error fails. Every child is SIGKILLed when
-//! its handle drops, dies with the harness (`PR_SET_PDEATHSIG`), and a final sweep
-//! ([`cluster::Run::sweep`]) kills anything left.
+//! A run executes scenarios one after another. Each scenario ([`faults`]) is one function over
+//! shared steps ([`setup`]): start its own cluster ([`cluster::Cluster`]: a master and four
+//! workers configured by TOML files, per-process logs under the run directory, a TCP
+//! [`proxy::Proxy`] in front of a worker that is to be cut off, a tmpfs under a worker whose disk
+//! is to fill up), register a shuffle, write the workload ([`workload::Writes`]: M maps × P
+//! partitions of [`records`] that carry their own id and a payload derived from it), inject
+//! faults at fixed points of the workload (after map m record r, after the reader took n
+//! blocks, after the commit), read everything back ([`workload::Reads`]) and judge the result
+//! ([`scenario::run`]): every written id read exactly once and intact passes; with replication 1
+//! a data-loss error from the reader passes too; short, repeated or changed data without an
+//! error fails. Every child is SIGKILLed when its handle drops, dies with the harness
+//! (`PR_SET_PDEATHSIG`), and a final sweep ([`cluster::Run::sweep`]) kills anything left.
 //!
 //! [`run`] returns a [`Report`]; [`Report::table`] and [`Report::json`] print it.
 
 pub mod cluster;
+pub mod faults;
 pub mod proxy;
 pub mod records;
 pub mod scenario;
+pub mod setup;
 pub mod workload;
 
 use std::path::PathBuf;

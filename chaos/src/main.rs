@@ -18,8 +18,8 @@ struct Cli {
     #[arg(long)]
     all: bool,
     /// Run this scenario (repeatable): kill-while-pushing, kill-while-reading,
-    /// stop-while-pushing, restart, partition, corrupt, disk-full. `NAME/R` runs only
-    /// replication R.
+    /// stop-while-pushing, restart, rolling-restart, partition, corrupt, disk-full. `NAME/R`
+    /// runs only replication R.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// The sluice binary (default: `sluice` next to this binary).

@@ -20,8 +20,17 @@ pub struct Workload {
     pub records_per_map: u32,
     /// Average record length in bytes (lengths vary from half to one and a half times it).
     pub record_len: usize,
-    /// Partitions that take four records in five (all partitions share evenly when empty).
-    pub hot: Vec<u32>,
+    pub shape: Shape,
+}
+
+/// Which partition each record goes to.
+#[derive(Debug, Clone, Default)]
+pub enum Shape {
+    /// Every partition gets its share.
+    #[default]
+    Even,
+    /// These partitions take four records in five.
+    Hot(Vec<u32>),
 }
 
 impl Workload {
@@ -31,16 +40,27 @@ impl Workload {
 
     /// The partition of record `id`.
     pub fn partition(&self, id: Id) -> u32 {
-        if !self.hot.is_empty() && id.seq % 5 != 0 {
-            let at = (id.seq / 5 + id.map) as usize % self.hot.len();
-            return self.hot[at];
+        match &self.shape {
+            Shape::Hot(hot) if !hot.is_empty() && id.seq % 5 != 0 => {
+                hot[(id.seq / 5 + id.map) as usize % hot.len()]
+            }
+            _ => (id.seq.wrapping_mul(7).wrapping_add(id.map)) % self.partitions,
         }
-        (id.seq.wrapping_mul(7).wrapping_add(id.map)) % self.partitions
     }
 
     fn len(&self, id: Id) -> usize {
         let spread = self.record_len.max(2);
         spread / 2 + (id.seq as usize * 131 + id.map as usize * 17) % spread
+    }
+
+    /// The id `fraction` of the way through the records (map-major order).
+    pub fn at(&self, fraction: f64) -> Id {
+        let per_map = u64::from(self.records_per_map.max(1));
+        let index = (self.records() as f64 * fraction.clamp(0.0, 1.0)) as u64;
+        Id {
+            map: (index / per_map) as u32,
+            seq: (index % per_map) as u32,
+        }
     }
 }
 
@@ -243,7 +263,7 @@ mod tests {
             partitions: 8,
             records_per_map: 100,
             record_len: 100,
-            hot: vec![3],
+            shape: Shape::Hot(vec![3]),
         };
         let hot = (0..100)
             .filter(|seq| workload.partition(Id { map: 1, seq: *seq }) == 3)
