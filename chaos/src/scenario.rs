@@ -1,6 +1,7 @@
 //! The scenarios and their judge. Each scenario is one function over the steps of
-//! [`crate::setup`] (start, write, fault, read); they are in [`crate::faults`]. [`run`] bounds
-//! a scenario by its deadline and [`judge`] turns what it observed into an [`Outcome`].
+//! [`crate::setup`] (start, write, fault, read): the fault scenarios are in [`crate::faults`],
+//! the memory bounds in [`crate::memory`]. [`run`] bounds a scenario by its deadline and
+//! [`judge`] turns what it observed into an [`Outcome`].
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::{Run, Skipped};
 use crate::faults;
+use crate::memory::{self, MemoryFigures};
 use crate::records::Id;
 use crate::setup::{Ctx, Observed, Phase};
 use crate::workload::{Shape, Workload};
@@ -23,10 +25,15 @@ pub enum Scenario {
     Partition,
     Corrupt,
     DiskFull,
+    MemWriters,
+    MemStalledReplica,
+    MemSkewedMerged,
+    MemIdleConnections,
+    MemZeroSlices,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
@@ -35,6 +42,11 @@ impl Scenario {
         Scenario::Partition,
         Scenario::Corrupt,
         Scenario::DiskFull,
+        Scenario::MemWriters,
+        Scenario::MemStalledReplica,
+        Scenario::MemSkewedMerged,
+        Scenario::MemIdleConnections,
+        Scenario::MemZeroSlices,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +59,11 @@ impl Scenario {
             Scenario::Partition => "partition",
             Scenario::Corrupt => "corrupt",
             Scenario::DiskFull => "disk-full",
+            Scenario::MemWriters => "mem-writers",
+            Scenario::MemStalledReplica => "mem-stalled-replica",
+            Scenario::MemSkewedMerged => "mem-skewed-merged",
+            Scenario::MemIdleConnections => "mem-idle-connections",
+            Scenario::MemZeroSlices => "mem-zero-slices",
         }
     }
 
@@ -54,11 +71,27 @@ impl Scenario {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
     }
 
-    /// The replications the scenario runs with: 2 for all, and 1 too for a kill while pushing.
+    /// The replications the scenario runs with: 2 for the faults (and 1 too for a kill while
+    /// pushing); the memory scenarios load one worker with replication 1, except the stalled
+    /// replica, which needs a replica.
     pub fn replications(self) -> &'static [u32] {
         match self {
             Scenario::KillWhilePushing => &[2, 1],
+            Scenario::MemWriters
+            | Scenario::MemSkewedMerged
+            | Scenario::MemIdleConnections
+            | Scenario::MemZeroSlices => &[1],
             _ => &[2],
+        }
+    }
+
+    /// How long a run may take: the memory scenarios move up to 1.5 GiB through one worker,
+    /// so they get twice the faults' deadline.
+    pub fn deadline(self, sizes: Sizes) -> Duration {
+        if self.name().starts_with("mem-") {
+            sizes.deadline * 2
+        } else {
+            sizes.deadline
         }
     }
 
@@ -73,6 +106,11 @@ impl Scenario {
             Scenario::Partition => faults::partition(ctx).await,
             Scenario::Corrupt => faults::corrupt(ctx).await,
             Scenario::DiskFull => faults::disk_full(ctx).await,
+            Scenario::MemWriters => memory::writers(ctx).await,
+            Scenario::MemStalledReplica => memory::stalled_replica(ctx).await,
+            Scenario::MemSkewedMerged => memory::skewed_merged(ctx).await,
+            Scenario::MemIdleConnections => memory::idle_connections(ctx).await,
+            Scenario::MemZeroSlices => memory::zero_slices(ctx).await,
         }
     }
 }
@@ -122,6 +160,9 @@ pub struct Outcome {
     /// What was injected and, on failure or skip, why.
     pub detail: String,
     pub seconds: f64,
+    /// The memory scenarios: the worker process's memory against its budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryFigures>,
 }
 
 impl Outcome {
@@ -137,6 +178,7 @@ impl Outcome {
             verdict: Verdict::Fail,
             detail: String::new(),
             seconds: 0.0,
+            memory: None,
         }
     }
 }
@@ -209,7 +251,7 @@ pub async fn run(run: &Run, scenario: Scenario, replication: u32, sizes: Sizes) 
         sizes,
         phase: phase.clone(),
     };
-    let deadline = sizes.deadline;
+    let deadline = scenario.deadline(sizes);
     let body =
         tokio::spawn(async move { tokio::time::timeout(deadline, scenario.body(&ctx)).await });
     let mut outcome = Outcome::new(scenario, replication);
@@ -244,6 +286,7 @@ fn judge(outcome: &mut Outcome, observed: Observed) {
     outcome.read = tally.records;
     outcome.duplicated = tally.duplicated();
     outcome.corrupted = tally.corrupted;
+    outcome.memory = observed.memory.clone();
     let mut detail = observed.injected.join("; ");
     let mut note = |text: String| {
         if !detail.is_empty() {
@@ -387,10 +430,10 @@ mod tests {
     fn a_failure_besides_the_data_fails_exactly_once_data() {
         let mut o = outcome(1);
         let mut seen = observed(&ALL, None);
-        seen.failures.push("a push never answered".into());
+        seen.failures.push("peak RSS over the bound".into());
         judge(&mut o, seen);
         assert_eq!((o.verdict, o.lost), (Verdict::Fail, 0));
-        assert!(o.detail.contains("never answered"), "{}", o.detail);
+        assert!(o.detail.contains("peak RSS"), "{}", o.detail);
     }
 
     #[test]

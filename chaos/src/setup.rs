@@ -11,6 +11,7 @@ use sluice_client::{ClientConfig, ClientError, ShuffleHandle, SluiceClient};
 use sluice_protocol::ShuffleKey;
 
 use crate::cluster::{Cluster, Run, WorkerSpec};
+use crate::memory::MemoryFigures;
 use crate::records::Id;
 use crate::scenario::Sizes;
 use crate::workload::{Reads, Workload, Writes};
@@ -75,6 +76,7 @@ pub(crate) struct Observed {
     /// What failed besides the data (memory over its bound, a push never answered): the
     /// scenario fails whatever the reader returned.
     pub failures: Vec<String>,
+    pub memory: Option<MemoryFigures>,
 }
 
 /// Four plain workers: the cluster of the fault scenarios.

@@ -18,7 +18,8 @@ pub struct Workload {
     pub maps: u32,
     pub partitions: u32,
     pub records_per_map: u32,
-    /// Average record length in bytes (lengths vary from half to one and a half times it).
+    /// Average record length in bytes (lengths vary from half to one and a half times it),
+    /// except in [`Shape::Alternate`].
     pub record_len: usize,
     pub shape: Shape,
 }
@@ -31,6 +32,13 @@ pub enum Shape {
     Even,
     /// These partitions take four records in five.
     Hot(Vec<u32>),
+    /// Records alternate between a cold partition (even `seq`, `cold_len` bytes each) and a hot
+    /// one (odd `seq`, exactly `record_len` bytes each).
+    Alternate {
+        cold: u32,
+        cold_len: usize,
+        hot: u32,
+    },
 }
 
 impl Workload {
@@ -44,13 +52,27 @@ impl Workload {
             Shape::Hot(hot) if !hot.is_empty() && id.seq % 5 != 0 => {
                 hot[(id.seq / 5 + id.map) as usize % hot.len()]
             }
+            Shape::Alternate { cold, hot, .. } => {
+                if id.seq % 2 == 0 {
+                    *cold
+                } else {
+                    *hot
+                }
+            }
             _ => (id.seq.wrapping_mul(7).wrapping_add(id.map)) % self.partitions,
         }
     }
 
-    fn len(&self, id: Id) -> usize {
-        let spread = self.record_len.max(2);
-        spread / 2 + (id.seq as usize * 131 + id.map as usize * 17) % spread
+    /// The length of record `id`.
+    pub fn len(&self, id: Id) -> usize {
+        match &self.shape {
+            Shape::Alternate { cold_len, .. } if id.seq % 2 == 0 => *cold_len,
+            Shape::Alternate { .. } => self.record_len,
+            _ => {
+                let spread = self.record_len.max(2);
+                spread / 2 + (id.seq as usize * 131 + id.map as usize * 17) % spread
+            }
+        }
     }
 
     /// The id `fraction` of the way through the records (map-major order).
@@ -64,12 +86,16 @@ impl Workload {
     }
 }
 
-/// Writes the workload's maps one after another (attempt 0 each).
+/// Writes the workload's maps one after another (attempt 0 each), or one map
+/// ([`Writes::one_map`]).
 pub struct Writes {
     client: SluiceClient,
     handle: Arc<sluice_client::ShuffleHandle>,
     workload: Workload,
     next: Id,
+    /// The first map not to write.
+    end_map: u32,
+    attempt: u32,
     current: Option<ShuffleWriter>,
     record: Vec<u8>,
     /// Maps whose `finish` succeeded.
@@ -91,11 +117,29 @@ impl Writes {
         Writes {
             client,
             handle,
+            end_map: workload.maps,
             workload,
             next: Id { map: 0, seq: 0 },
+            attempt: 0,
             current: None,
             record: Vec::new(),
             finished_maps: 0,
+        }
+    }
+
+    /// Writes only map `map`, as attempt `attempt`.
+    pub fn one_map(
+        client: SluiceClient,
+        handle: Arc<sluice_client::ShuffleHandle>,
+        workload: Workload,
+        map: u32,
+        attempt: u32,
+    ) -> Writes {
+        Writes {
+            next: Id { map, seq: 0 },
+            end_map: map + 1,
+            attempt,
+            ..Writes::new(client, handle, workload)
         }
     }
 
@@ -103,13 +147,15 @@ impl Writes {
     /// record is written.
     pub async fn until(&mut self, stop: Id) -> ClientResult<()> {
         let w = &self.workload;
-        while self.next < stop && self.next.map < w.maps {
+        while self.next < stop && self.next.map < self.end_map {
             let id = self.next;
             let writer = match &mut self.current {
                 Some(writer) => writer,
-                None => self
-                    .current
-                    .insert(self.client.writer(self.handle.clone(), id.map, 0)?),
+                None => self.current.insert(self.client.writer(
+                    self.handle.clone(),
+                    id.map,
+                    self.attempt,
+                )?),
             };
             let partition = w.partition(id);
             self.record.clear();
@@ -133,7 +179,7 @@ impl Writes {
     /// Writes the rest.
     pub async fn all(&mut self) -> ClientResult<()> {
         let end = Id {
-            map: self.workload.maps,
+            map: self.end_map,
             seq: 0,
         };
         self.until(end).await
