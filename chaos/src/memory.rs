@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{toml_text, Cluster, WorkerSpec};
 use crate::raw::{self, Loiterers, StalledWorker};
-use crate::setup::{client_config, Ctx, Observed, Setup};
+use crate::setup::{client_config, Ctx, Observed, Phase, Setup};
 use crate::workload::{Shape, Workload, Writes};
 
 /// The worker's `memory_budget` in every memory scenario.
@@ -111,19 +111,29 @@ fn proc_status(pid: u32, field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// What an [`RssWatch`] sampled.
+#[derive(Debug, Default)]
+struct Sampled {
+    rss: u64,
+    accounted: u64,
+    samples: u64,
+    /// The largest `VmRSS` in each phase of the scenario, in the order the phases came.
+    by_phase: Vec<(String, u64)>,
+}
+
 /// Samples a worker process's resident set, and the memory the master lists for it, until
 /// [`RssWatch::finish`].
 pub(crate) struct RssWatch {
     pid: u32,
     stop: watch::Sender<bool>,
-    task: JoinHandle<(u64, u64, u64)>,
+    task: JoinHandle<Sampled>,
 }
 
 impl RssWatch {
-    pub(crate) fn start(pid: u32, client: SluiceClient, worker: String) -> RssWatch {
+    pub(crate) fn start(pid: u32, client: SluiceClient, worker: String, phase: Phase) -> RssWatch {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
-            let (mut rss, mut accounted, mut samples) = (0, 0, 0);
+            let mut sampled = Sampled::default();
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
                 tokio::select! {
@@ -131,20 +141,25 @@ impl RssWatch {
                     _ = tick.tick() => {}
                 }
                 if let Some(now) = proc_status(pid, "VmRSS") {
-                    rss = rss.max(now);
-                    samples += 1;
+                    sampled.rss = sampled.rss.max(now);
+                    sampled.samples += 1;
+                    let phase = phase.get();
+                    match sampled.by_phase.iter_mut().find(|(p, _)| *p == phase) {
+                        Some((_, max)) => *max = (*max).max(now),
+                        None => sampled.by_phase.push((phase, now)),
+                    }
                 }
                 let status =
                     tokio::time::timeout(Duration::from_millis(500), client.cluster_status());
                 if let Ok(Ok(status)) = status.await {
                     for w in &status.workers {
                         if w.worker.as_ref().is_some_and(|i| i.id == worker) {
-                            accounted = accounted.max(w.memory_used_bytes);
+                            sampled.accounted = sampled.accounted.max(w.memory_used_bytes);
                         }
                     }
                 }
             }
-            (rss, accounted, samples)
+            sampled
         });
         RssWatch { pid, stop, task }
     }
@@ -154,15 +169,23 @@ impl RssWatch {
     pub(crate) async fn finish(self, observed: &mut Observed) {
         let peak = proc_status(self.pid, "VmHWM");
         self.stop.send_replace(true);
-        let (sampled, accounted, samples) = self.task.await.unwrap_or_default();
+        let sampled = self.task.await.unwrap_or_default();
         let figures = MemoryFigures {
-            peak_rss: peak.unwrap_or(sampled).max(sampled),
-            sampled_rss: sampled,
-            accounted,
+            peak_rss: peak.unwrap_or(sampled.rss).max(sampled.rss),
+            sampled_rss: sampled.rss,
+            accounted: sampled.accounted,
             budget: BUDGET,
             allowance: ALLOWANCE,
-            samples,
+            samples: sampled.samples,
         };
+        let phases: Vec<String> = sampled
+            .by_phase
+            .iter()
+            .map(|(phase, max)| format!("{phase} {}", mib(*max)))
+            .collect();
+        observed
+            .injected
+            .push(format!("largest VmRSS by phase: {}", phases.join(", ")));
         if peak.is_none() {
             observed.failures.push(format!(
                 "the worker (pid {}) was gone before its peak was read",
@@ -187,7 +210,12 @@ fn watch_worker(setup: &Setup, i: usize) -> anyhow::Result<RssWatch> {
         .cluster
         .pid(i)
         .ok_or_else(|| anyhow::anyhow!("worker {i} is not running"))?;
-    Ok(RssWatch::start(pid, setup.client.clone(), setup.id(i)))
+    Ok(RssWatch::start(
+        pid,
+        setup.client.clone(),
+        setup.id(i),
+        setup.phase.clone(),
+    ))
 }
 
 /// Forty writers at once against one worker with a 64 MiB budget, each on its own connection
@@ -308,7 +336,7 @@ pub(crate) async fn stalled_replica(ctx: &Ctx) -> anyhow::Result<Observed> {
     let pid = cluster
         .pid(0)
         .ok_or_else(|| anyhow::anyhow!("w0 is not running"))?;
-    let watch = RssWatch::start(pid, client.clone(), "w0".into());
+    let watch = RssWatch::start(pid, client.clone(), "w0".into(), ctx.phase.clone());
     let mut observed = Observed::default();
     ctx.phase.set(format!(
         "pushing {pushes} x 1 MiB to w0, whose replica never reads"
