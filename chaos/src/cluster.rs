@@ -1,12 +1,14 @@
 //! A cluster of real `sluice` processes on loopback: one master and N workers, each with its
 //! stderr in a log file, every child killed (SIGKILL) when its handle is dropped, on every path.
 //!
-//! A worker can sit behind [`Proxy`]s (its push, fetch and master connections), so it can be cut
-//! off the network, and on a size-limited tmpfs, so its disk fills up.
+//! Each worker reads a TOML config file the harness writes (`<name>/w<i>.toml`) and binds port 0
+//! for push and fetch; its ready line tells the ports. A worker can sit behind [`Proxy`]s (its
+//! push, fetch and master connections), so it can be cut off the network, and on a size-limited
+//! tmpfs, so its disk fills up.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use sluice_client::{ClientConfig, SluiceClient};
+use sluice_protocol::connection::OutFrame;
+use sluice_protocol::frame::{FrameLimits, MessageType};
+use sluice_protocol::rpc::RpcClient;
+use sluice_protocol::{pb, ErrorCode};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -43,6 +49,12 @@ pub struct Run {
     pub sluice: PathBuf,
     pub dir: PathBuf,
     pub live: Registry,
+    /// Config keys and TOML values written into every worker's config file, after the
+    /// scenario's own.
+    pub worker_settings: Vec<(String, String)>,
+    /// Give the memory scenarios' workers the limit settings they expect
+    /// ([`crate::memory::LIMIT_SETTINGS`]) and hold the worker to them.
+    pub worker_limits: bool,
 }
 
 impl Run {
@@ -51,6 +63,8 @@ impl Run {
             sluice,
             dir,
             live: Registry::default(),
+            worker_settings: Vec::new(),
+            worker_limits: false,
         }
     }
 
@@ -83,10 +97,75 @@ fn signal(pid: u32, sig: libc::c_int) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
 }
 
-/// A free loopback port (bound, read, released; another process could take it in between,
-/// which only makes a start fail loudly).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// The push and fetch addresses a worker process bound: its two listening TCP sockets
+/// (`/proc/<pid>/fd` → socket inodes → `/proc/<pid>/net/tcp`), told apart by asking each to
+/// open a stream of a location that does not exist. Only the fetch port looks it up (and
+/// answers `NotFound`); the push port does not serve the request at all.
+async fn bound_ports(pid: u32) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let ports = listening_ports(pid)?;
+    let [a, b] = ports[..] else {
+        bail!("worker pid {pid} listens on {ports:?}, not on two ports");
+    };
+    let (a, b) = (
+        SocketAddr::from(([127, 0, 0, 1], a)),
+        SocketAddr::from(([127, 0, 0, 1], b)),
+    );
+    match (is_fetch_port(a).await?, is_fetch_port(b).await?) {
+        (false, true) => Ok((a, b)),
+        (true, false) => Ok((b, a)),
+        answers => bail!("cannot tell the push port from the fetch port of pid {pid}: {answers:?}"),
+    }
+}
+
+/// Loopback TCP ports process `pid` listens on.
+fn listening_ports(pid: u32) -> anyhow::Result<Vec<u16>> {
+    let mut sockets = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            sockets.insert(inode.to_string());
+        }
+    }
+    // Columns: sl local_address rem_address st ... uid timeout inode; state 0A is LISTEN.
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))?;
+    let mut ports = Vec::new();
+    for line in table.lines().skip(1) {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        if columns.len() > 9 && columns[3] == "0A" && sockets.contains(columns[9]) {
+            let port = columns[1].rsplit(':').next().unwrap_or_default();
+            ports.push(u16::from_str_radix(port, 16)?);
+        }
+    }
+    ports.sort_unstable();
+    Ok(ports)
+}
+
+async fn is_fetch_port(addr: SocketAddr) -> anyhow::Result<bool> {
+    let probe = pb::OpenStreamHeader {
+        location: Some(pb::LocationRef {
+            shuffle: Some(pb::ShuffleKey {
+                app_id: "chaos-probe".into(),
+                shuffle_id: 0,
+            }),
+            ..pb::LocationRef::default()
+        }),
+        ..pb::OpenStreamHeader::default()
+    };
+    let client =
+        RpcClient::connect(&addr.to_string(), FrameLimits::default(), READY_TIMEOUT).await?;
+    let answer = client
+        .call(
+            OutFrame::new(MessageType::OpenStream, 0, &probe),
+            READY_TIMEOUT,
+        )
+        .await;
+    Ok(matches!(answer, Err(e) if e.code() == ErrorCode::NotFound))
 }
 
 /// One child process. Dropping it SIGKILLs it.
@@ -155,7 +234,13 @@ impl Process {
         let line = match line {
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) | Ok(Err(_)) => {
-                bail!("{name} exited before it was ready (log: {})", log.display())
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                bail!(
+                    "{name} exited before it was ready: {} (log: {})",
+                    last.unwrap_or("no output"),
+                    log.display()
+                )
             }
             Err(_) => bail!(
                 "{name} printed nothing in {READY_TIMEOUT:?} (log: {})",
@@ -237,6 +322,24 @@ pub struct WorkerSpec {
     pub proxied: bool,
     /// Mount a tmpfs of this size (`"8m"`) as its data directory.
     pub tmpfs: Option<String>,
+    /// Config keys and TOML values (`("memory_budget", "\"64MiB\"")`) over the harness's
+    /// defaults; the run's own settings ([`Run::worker_settings`]) come last.
+    pub settings: Vec<(String, String)>,
+}
+
+impl WorkerSpec {
+    /// Sets `key` to the TOML value `value` (replacing an earlier setting of it).
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> WorkerSpec {
+        self.settings.retain(|(k, _)| k != key);
+        self.settings.push((key.to_string(), value.into()));
+        self
+    }
+}
+
+/// `text` as a TOML string.
+pub fn toml_text(text: &str) -> String {
+    // A JSON string is a TOML basic string: same quotes, same escapes.
+    serde_json::Value::String(text.to_string()).to_string()
 }
 
 /// The proxies that can cut a worker off.
@@ -252,10 +355,12 @@ struct Proxies {
 pub struct Worker {
     pub id: String,
     pub data_dir: PathBuf,
-    /// Push address as told to the master and clients.
+    /// Push address as told to the master and clients (a proxy's, when proxied). Changes when
+    /// the worker restarts: it binds port 0 each time.
     pub push: String,
     pub fetch: String,
-    args: Vec<String>,
+    /// Its config file, written once; a restart reads it again.
+    config: PathBuf,
     log: PathBuf,
     process: Option<Process>,
     proxies: Option<Proxies>,
@@ -329,73 +434,102 @@ impl Cluster {
         if let Some(size) = &spec.tmpfs {
             self._mounts.push(Mount::tmpfs(&data_dir, size)?);
         }
-        let mut args: Vec<String> = vec!["worker".into(), "--id".into(), id.clone()];
-        let mut setting = |key: &str, value: String| {
-            args.push(format!("--{key}"));
-            args.push(value);
-        };
-        setting("data-dirs", data_dir.display().to_string());
-        setting("heartbeat-interval", "300ms".into());
-        setting("replica-timeout", "2s".into());
-        setting("busy-wait", "300ms".into());
         let proxies = if spec.proxied {
-            let (push_port, fetch_port) = (free_port()?, free_port()?);
-            let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-            let master: SocketAddr = self.master_addr.parse()?;
-            let proxies = Proxies {
-                push: Proxy::start(local(push_port)).await?,
-                fetch: Proxy::start(local(fetch_port)).await?,
-                master: Proxy::start(master).await?,
-            };
-            setting("master", proxies.master.addr().to_string());
-            setting("push-listen", format!("127.0.0.1:{push_port}"));
-            setting("fetch-listen", format!("127.0.0.1:{fetch_port}"));
-            setting(
-                "advertise-push-port",
-                proxies.push.addr().port().to_string(),
-            );
-            setting(
-                "advertise-fetch-port",
-                proxies.fetch.addr().port().to_string(),
-            );
-            Some(proxies)
+            Some(Proxies {
+                push: Proxy::start(None).await?,
+                fetch: Proxy::start(None).await?,
+                master: Proxy::start(Some(self.master_addr.parse()?)).await?,
+            })
         } else {
-            setting("master", self.master_addr.clone());
-            setting("push-listen", "127.0.0.1:0".into());
-            setting("fetch-listen", "127.0.0.1:0".into());
             None
         };
-        let log = self.dir.join(format!("{id}.log"));
-        let (process, ready) = Process::start(&self.run, &id, &args, &log).await?;
+        // Both ports are bound by the worker itself (port 0), so no other process can take
+        // them between a choice and a bind; a proxied worker advertises its proxies' ports.
+        let mut settings = vec![
+            ("id".to_string(), toml_text(&id)),
+            ("push_listen".into(), toml_text("127.0.0.1:0")),
+            ("fetch_listen".into(), toml_text("127.0.0.1:0")),
+            (
+                "data_dirs".into(),
+                format!("[{}]", toml_text(&data_dir.display().to_string())),
+            ),
+            ("heartbeat_interval".into(), toml_text("300ms")),
+            ("replica_timeout".into(), toml_text("2s")),
+            ("busy_wait".into(), toml_text("300ms")),
+        ];
+        match &proxies {
+            Some(proxies) => settings.extend([
+                (
+                    "master".into(),
+                    toml_text(&proxies.master.addr().to_string()),
+                ),
+                (
+                    "advertise_push_port".into(),
+                    proxies.push.addr().port().to_string(),
+                ),
+                (
+                    "advertise_fetch_port".into(),
+                    proxies.fetch.addr().port().to_string(),
+                ),
+            ]),
+            None => settings.push(("master".into(), toml_text(&self.master_addr))),
+        }
+        for (key, value) in spec.settings.iter().chain(&self.run.worker_settings) {
+            settings.retain(|(k, _)| k != key);
+            settings.push((key.clone(), value.clone()));
+        }
+        let config = self.dir.join(format!("{id}.toml"));
+        let text: String = settings
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect();
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        self.workers.push(Worker {
+            log: self.dir.join(format!("{id}.log")),
+            id,
+            data_dir,
+            push: String::new(),
+            fetch: String::new(),
+            config,
+            process: None,
+            proxies,
+        });
+        self.start_worker(self.workers.len() - 1).await
+    }
+
+    /// Starts worker `i` from its config file and waits for its ready line (printed once the
+    /// master accepted its registration); learns its addresses.
+    async fn start_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        let worker = &self.workers[i];
+        let args = vec![
+            "worker".to_string(),
+            "--config".into(),
+            worker.config.display().to_string(),
+        ];
+        let (process, ready) = Process::start(&self.run, &worker.id, &args, &worker.log).await?;
         let addr = |key: &str| {
             ready[key]
                 .as_str()
                 .map(String::from)
-                .ok_or_else(|| anyhow!("{id} printed {ready}"))
+                .ok_or_else(|| anyhow!("{} printed {ready}", worker.id))
         };
         let (push, fetch) = (addr("push")?, addr("fetch")?);
-        if !spec.proxied {
-            // A restart binds the same ports again, so the master's and readers' addresses stay.
-            for (key, value) in [("--push-listen", &push), ("--fetch-listen", &fetch)] {
-                let at = args.iter().position(|a| a == key).unwrap_or(0) + 1;
-                args[at] = value.clone();
-            }
+        if let Some(proxies) = &worker.proxies {
+            // The ready line names the proxies; the worker's own ports are its listening
+            // sockets.
+            let (push, fetch) = bound_ports(process.pid()).await?;
+            proxies.push.retarget(push);
+            proxies.fetch.retarget(fetch);
         }
-        self.workers.push(Worker {
-            id,
-            data_dir,
-            push,
-            fetch,
-            args,
-            log,
-            process: Some(process),
-            proxies,
-        });
+        let worker = &mut self.workers[i];
+        worker.push = push;
+        worker.fetch = fetch;
+        worker.process = Some(process);
         Ok(())
     }
 
     /// Waits until the master lists `n` workers alive.
-    async fn wait_alive(&self, n: usize) -> anyhow::Result<()> {
+    pub async fn wait_alive(&self, n: usize) -> anyhow::Result<()> {
         let client = SluiceClient::new(ClientConfig::new(self.master_addr.clone()))?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -442,14 +576,18 @@ impl Cluster {
             .is_some_and(|p| p.signal(libc::SIGCONT))
     }
 
-    /// Starts worker `i` again with the same id, ports and data directories.
+    /// SIGKILLs worker `i` and starts it again with the same id, config and data directories;
+    /// returns once the master accepted its registration. Its ports are new (port 0 again): the
+    /// master points every shuffle at them when the worker registers.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i).await;
-        let worker = &self.workers[i];
-        tracing::info!(worker = %worker.id, "restarting on the same data directories");
-        let (process, _) = Process::start(&self.run, &worker.id, &worker.args, &worker.log).await?;
-        self.workers[i].process = Some(process);
-        Ok(())
+        tracing::info!(worker = %self.workers[i].id, "restarting on the same data directories");
+        self.start_worker(i).await
+    }
+
+    /// The pid of worker `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.workers[i].pid()
     }
 
     /// Cuts worker `i` off the network (it must have been started `proxied`).

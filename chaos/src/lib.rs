@@ -1,24 +1,36 @@
 //! `chaos`: fault injection against a real Sluice cluster of `sluice` processes on loopback.
 //!
-//! A run executes scenarios one after another. Each scenario starts its own cluster
-//! ([`cluster::Cluster`]: a master and four workers, per-process logs under the run directory,
-//! a TCP [`proxy::Proxy`] in front of a worker that is to be cut off, a tmpfs under a worker
-//! whose disk is to fill up), registers a shuffle, writes the workload
-//! ([`workload::Writes`]: M maps × P partitions of [`records`] that carry their own id and a
-//! payload derived from it), injects its fault at a fixed point of the workload (after map m
-//! record r, after the reader took n blocks, after the commit), reads everything back
-//! ([`workload::Reads`]) and judges the result ([`scenario::run`]): every written id read
-//! exactly once and intact passes; with replication 1 a data-loss error from the reader passes
-//! too; short, repeated or changed data without an error fails. Every child is SIGKILLed when
-//! its handle drops, dies with the harness (`PR_SET_PDEATHSIG`), and a final sweep
-//! ([`cluster::Run::sweep`]) kills anything left.
+//! A run executes scenarios one after another. Each scenario is one function over shared steps
+//! ([`setup`]): start its own cluster ([`cluster::Cluster`]: a master and workers configured by
+//! TOML files, per-process logs under the run directory, a TCP [`proxy::Proxy`] in front of a
+//! worker that is to be cut off, a tmpfs under a worker whose disk is to fill up), register a
+//! shuffle, write the workload ([`workload::Writes`]: M maps × P partitions of [`records`] that
+//! carry their own id and a payload derived from it), inject faults at fixed points of the
+//! workload (after map m record r, after the reader took n blocks, after the commit), read
+//! everything back ([`workload::Reads`]) and judge the result ([`scenario::run`]): every
+//! written id read exactly once and intact passes; with replication 1 a data-loss error from
+//! the reader passes too; short, repeated or changed data without an error fails.
+//!
+//! - [`faults`]: kills, stops, restarts (one worker, or all in turn), a network cut, a flipped
+//!   byte, a full disk.
+//! - [`memory`]: one worker loaded the ways that broke its memory budget (many writers, a
+//!   stalled replica, skewed merged pushes, loitering connections, zero-length slices); the
+//!   worker process's peak RSS must stay within budget + allowance. [`raw`] builds their raw
+//!   frames and the stalled replica.
+//!
+//! Every child is SIGKILLed when its handle drops, dies with the harness (`PR_SET_PDEATHSIG`),
+//! and a final sweep ([`cluster::Run::sweep`]) kills anything left.
 //!
 //! [`run`] returns a [`Report`]; [`Report::table`] and [`Report::json`] print it.
 
 pub mod cluster;
+pub mod faults;
+pub mod memory;
 pub mod proxy;
+pub mod raw;
 pub mod records;
 pub mod scenario;
+pub mod setup;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -39,9 +51,25 @@ pub struct Options {
     pub runs: Vec<(Scenario, u32)>,
     /// Small sizes and short deadlines.
     pub quick: bool,
+    /// Config keys and TOML values (`("memory_budget", "\"1GiB\"")`) for every worker.
+    pub worker_settings: Vec<(String, String)>,
+    /// Give the memory scenarios' workers [`memory::LIMIT_SETTINGS`] and hold them to it.
+    pub worker_limits: bool,
 }
 
 impl Options {
+    /// `runs` of the `sluice` binary at `sluice`, in `run_dir`, with default settings.
+    pub fn new(sluice: PathBuf, run_dir: PathBuf, runs: Vec<(Scenario, u32)>) -> Options {
+        Options {
+            sluice,
+            run_dir,
+            runs,
+            quick: false,
+            worker_settings: Vec::new(),
+            worker_limits: false,
+        }
+    }
+
     /// Every scenario with each of its replications.
     pub fn all_runs() -> Vec<(Scenario, u32)> {
         Scenario::ALL
@@ -104,6 +132,41 @@ impl Report {
                 o.scenario, o.replication, o.detail
             ));
         }
+        let measured: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter_map(|o| Some((o, o.memory.as_ref()?)))
+            .collect();
+        if !measured.is_empty() {
+            out.push_str(&format!(
+                "\nworker process memory (MiB; peak = VmHWM, sampled = largest VmRSS, accounted = \
+                 largest in heartbeats)\n{:<20} {:>4} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7}  {}\n",
+                "scenario",
+                "repl",
+                "peak",
+                "sampled",
+                "accounted",
+                "budget",
+                "allowance",
+                "limit",
+                "within"
+            ));
+            let mib = |bytes: u64| format!("{:.1}", bytes as f64 / (1 << 20) as f64);
+            for (o, m) in measured {
+                out.push_str(&format!(
+                    "{:<20} {:>4} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7}  {}\n",
+                    o.scenario,
+                    o.replication,
+                    mib(m.peak_rss),
+                    mib(m.sampled_rss),
+                    mib(m.accounted),
+                    mib(m.budget),
+                    mib(m.allowance),
+                    mib(m.limit()),
+                    if m.within() { "yes" } else { "NO" }
+                ));
+            }
+        }
         out
     }
 
@@ -122,7 +185,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         );
     }
     std::fs::create_dir_all(&options.run_dir)?;
-    let harness = Run::new(options.sluice.clone(), options.run_dir.clone());
+    let mut harness = Run::new(options.sluice.clone(), options.run_dir.clone());
+    harness.worker_settings = options.worker_settings.clone();
+    harness.worker_limits = options.worker_limits;
     let sizes = Sizes::new(options.quick);
     let mut scenarios = Vec::new();
     for (scenario, replication) in &options.runs {

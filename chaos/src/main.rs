@@ -18,10 +18,21 @@ struct Cli {
     #[arg(long)]
     all: bool,
     /// Run this scenario (repeatable): kill-while-pushing, kill-while-reading,
-    /// stop-while-pushing, restart, partition, corrupt, disk-full. `NAME/R` runs only
-    /// replication R.
+    /// stop-while-pushing, restart, rolling-restart, partition, corrupt, disk-full,
+    /// mem-writers, mem-stalled-replica, mem-skewed-merged, mem-idle-connections,
+    /// mem-zero-slices. `NAME/R` runs only replication R.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
+    /// A worker config key for every worker (repeatable), `KEY=VALUE`; VALUE is a TOML value,
+    /// and text that is not one is taken as a string (`--worker-setting memory_budget=1GiB`).
+    #[arg(long = "worker-setting", value_name = "KEY=VALUE")]
+    worker_settings: Vec<String>,
+    /// Give the memory scenarios' workers an idle timeout, a frame read timeout and a
+    /// connection cap (connection_idle_timeout, frame_read_timeout, max_connections) and
+    /// require mem-idle-connections' loitering connections to be closed. Today's worker
+    /// refuses these keys.
+    #[arg(long)]
+    worker_limits: bool,
     /// The sluice binary (default: `sluice` next to this binary).
     #[arg(long)]
     sluice: Option<PathBuf>,
@@ -56,6 +67,23 @@ fn runs(cli: &Cli) -> anyhow::Result<Vec<(Scenario, u32)>> {
         }
     }
     Ok(runs)
+}
+
+/// `KEY=VALUE` as a key and a TOML value: numbers, booleans, arrays and quoted strings stay as
+/// they are, anything else becomes a string.
+fn worker_setting(arg: &str) -> anyhow::Result<(String, String)> {
+    let (key, value) = arg
+        .split_once('=')
+        .with_context(|| format!("--worker-setting {arg:?}: expected KEY=VALUE"))?;
+    let literal = value.parse::<f64>().is_ok()
+        || matches!(value, "true" | "false")
+        || value.starts_with(['[', '"', '\'']);
+    let value = if literal {
+        value.to_string()
+    } else {
+        chaos::cluster::toml_text(value)
+    };
+    Ok((key.trim().replace('-', "_"), value))
 }
 
 fn main() -> ExitCode {
@@ -98,10 +126,14 @@ fn main_inner() -> anyhow::Result<ExitCode> {
     };
     eprintln!("chaos: logs and data under {}", run_dir.display());
     let options = Options {
-        sluice,
-        run_dir,
-        runs,
         quick: cli.quick,
+        worker_settings: cli
+            .worker_settings
+            .iter()
+            .map(|s| worker_setting(s))
+            .collect::<anyhow::Result<_>>()?,
+        worker_limits: cli.worker_limits,
+        ..Options::new(sluice, run_dir, runs)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,4 +147,25 @@ fn main_inner() -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_settings_are_toml_values_or_strings() {
+        let setting = |arg: &str| worker_setting(arg).unwrap();
+        assert_eq!(
+            setting("max-connections=64"),
+            ("max_connections".into(), "64".into())
+        );
+        assert_eq!(
+            setting("memory_budget=1GiB"),
+            ("memory_budget".into(), "\"1GiB\"".into())
+        );
+        assert_eq!(setting("fsync_on_commit=true").1, "true");
+        assert_eq!(setting("data_dirs=[\"/a\"]").1, "[\"/a\"]");
+        assert!(worker_setting("no-value").is_err());
+    }
 }

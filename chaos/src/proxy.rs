@@ -5,6 +5,10 @@
 //! connections but never forwards or answers them (a blackhole: the peer sees a silent
 //! network, not a refusal, so only its timeouts save it). [`Proxy::heal`] forwards again.
 //! Dropping the proxy stops every task it started.
+//!
+//! The target can be given later ([`Proxy::retarget`]): a worker behind the proxy binds port 0
+//! and the harness learns its port once it runs, and again after each restart. Connections
+//! that arrive before a target is known wait for one.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,21 +29,34 @@ enum Link {
 pub struct Proxy {
     addr: SocketAddr,
     link: watch::Sender<Link>,
+    target: watch::Sender<Option<SocketAddr>>,
     accept: JoinHandle<()>,
 }
 
 impl Proxy {
-    /// Binds `127.0.0.1:0` and forwards to `target` (which need not listen yet).
-    pub async fn start(target: SocketAddr) -> std::io::Result<Proxy> {
+    /// Binds `127.0.0.1:0` and forwards to `target` (which need not listen yet; `None`: not
+    /// known yet, see [`Proxy::retarget`]).
+    pub async fn start(target: Option<SocketAddr>) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (link, watch) = watch::channel(Link::Up);
-        let accept = tokio::spawn(accept_loop(listener, target, watch));
-        Ok(Proxy { addr, link, accept })
+        let (link, link_watch) = watch::channel(Link::Up);
+        let (target, target_watch) = watch::channel(target);
+        let accept = tokio::spawn(accept_loop(listener, target_watch, link_watch));
+        Ok(Proxy {
+            addr,
+            link,
+            target,
+            accept,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Forwards new connections to `target` from now on.
+    pub fn retarget(&self, target: SocketAddr) {
+        self.target.send_replace(Some(target));
     }
 
     /// Drops every connection and blackholes new ones.
@@ -60,7 +77,11 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, link: watch::Receiver<Link>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: watch::Receiver<Option<SocketAddr>>,
+    link: watch::Receiver<Link>,
+) {
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             // Out of descriptors or similar: back off rather than spin.
@@ -71,7 +92,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, link: watch::Rec
         if *link.borrow() == Link::Cut {
             tokio::spawn(blackhole(socket, link));
         } else {
-            tokio::spawn(forward(socket, target, link));
+            tokio::spawn(forward(socket, target.clone(), link));
         }
     }
 }
@@ -90,12 +111,20 @@ async fn blackhole(mut socket: TcpStream, mut link: watch::Receiver<Link>) {
     }
 }
 
-async fn forward(mut client: TcpStream, target: SocketAddr, mut link: watch::Receiver<Link>) {
-    let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target));
+async fn forward(
+    mut client: TcpStream,
+    mut target: watch::Receiver<Option<SocketAddr>>,
+    mut link: watch::Receiver<Link>,
+) {
+    let connect = async {
+        let target = (*target.wait_for(Option::is_some).await.ok()?)?;
+        TcpStream::connect(target).await.ok()
+    };
+    let connect = tokio::time::timeout(Duration::from_secs(5), connect);
     let mut server = tokio::select! {
         _ = link.wait_for(|l| *l == Link::Cut) => return,
         connected = connect => match connected {
-            Ok(Ok(server)) => server,
+            Ok(Some(server)) => server,
             _ => return,
         },
     };
@@ -136,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_cuts_blackholes_and_heals() {
-        let proxy = Proxy::start(echo_server().await).await.unwrap();
+        let proxy = Proxy::start(Some(echo_server().await)).await.unwrap();
         let mut before = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(&round_trip(&mut before).await.unwrap(), b"ping");
 
@@ -154,5 +183,34 @@ mod tests {
         proxy.heal();
         let mut after = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(&round_trip(&mut after).await.unwrap(), b"ping");
+    }
+
+    /// A server that greets every connection with `greeting`.
+    async fn greeter(greeting: &'static [u8; 4]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let _ = socket.write_all(greeting).await;
+            }
+        });
+        addr
+    }
+
+    async fn greeting(stream: &mut TcpStream) -> [u8; 4] {
+        let mut greeting = [0u8; 4];
+        stream.read_exact(&mut greeting).await.unwrap();
+        greeting
+    }
+
+    #[tokio::test]
+    async fn a_connection_waits_for_the_target_and_follows_a_retarget() {
+        let proxy = Proxy::start(None).await.unwrap();
+        let mut early = TcpStream::connect(proxy.addr()).await.unwrap();
+        proxy.retarget(greeter(b"one ").await);
+        assert_eq!(&greeting(&mut early).await, b"one ");
+        proxy.retarget(greeter(b"two ").await);
+        let mut late = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(&greeting(&mut late).await, b"two ");
     }
 }

@@ -1,19 +1,18 @@
-//! The scenarios: each starts its own cluster, writes and reads the workload, injects one fault
-//! at a fixed point, and judges what the reader returned.
+//! The scenarios and their judge. Each scenario is one function over the steps of
+//! [`crate::setup`] (start, write, fault, read): the fault scenarios are in [`crate::faults`],
+//! the memory bounds in [`crate::memory`]. [`run`] bounds a scenario by its deadline and
+//! [`judge`] turns what it observed into an [`Outcome`].
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
 use serde::Serialize;
-use sluice_client::{ClientConfig, ClientError, ShuffleHandle, SluiceClient};
-use sluice_protocol::ShuffleKey;
 
-use crate::cluster::{Cluster, Run, Skipped, WorkerSpec};
+use crate::cluster::{Run, Skipped};
+use crate::faults;
+use crate::memory::{self, MemoryFigures};
 use crate::records::Id;
-use crate::workload::{Reads, Workload, Writes};
+use crate::setup::{Ctx, Observed, Phase};
+use crate::workload::{Shape, Workload};
 
 /// The faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,20 +21,32 @@ pub enum Scenario {
     KillWhileReading,
     StopWhilePushing,
     Restart,
+    RollingRestart,
     Partition,
     Corrupt,
     DiskFull,
+    MemWriters,
+    MemStalledReplica,
+    MemSkewedMerged,
+    MemIdleConnections,
+    MemZeroSlices,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
         Scenario::Restart,
+        Scenario::RollingRestart,
         Scenario::Partition,
         Scenario::Corrupt,
         Scenario::DiskFull,
+        Scenario::MemWriters,
+        Scenario::MemStalledReplica,
+        Scenario::MemSkewedMerged,
+        Scenario::MemIdleConnections,
+        Scenario::MemZeroSlices,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,9 +55,15 @@ impl Scenario {
             Scenario::KillWhileReading => "kill-while-reading",
             Scenario::StopWhilePushing => "stop-while-pushing",
             Scenario::Restart => "restart",
+            Scenario::RollingRestart => "rolling-restart",
             Scenario::Partition => "partition",
             Scenario::Corrupt => "corrupt",
             Scenario::DiskFull => "disk-full",
+            Scenario::MemWriters => "mem-writers",
+            Scenario::MemStalledReplica => "mem-stalled-replica",
+            Scenario::MemSkewedMerged => "mem-skewed-merged",
+            Scenario::MemIdleConnections => "mem-idle-connections",
+            Scenario::MemZeroSlices => "mem-zero-slices",
         }
     }
 
@@ -54,11 +71,46 @@ impl Scenario {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
     }
 
-    /// The replications the scenario runs with: 2 for all, and 1 too for a kill while pushing.
+    /// The replications the scenario runs with: 2 for the faults (and 1 too for a kill while
+    /// pushing); the memory scenarios load one worker with replication 1, except the stalled
+    /// replica, which needs a replica.
     pub fn replications(self) -> &'static [u32] {
         match self {
             Scenario::KillWhilePushing => &[2, 1],
+            Scenario::MemWriters
+            | Scenario::MemSkewedMerged
+            | Scenario::MemIdleConnections
+            | Scenario::MemZeroSlices => &[1],
             _ => &[2],
+        }
+    }
+
+    /// How long a run may take: the memory scenarios move up to 1.5 GiB through one worker,
+    /// so they get twice the faults' deadline.
+    pub fn deadline(self, sizes: Sizes) -> Duration {
+        if self.name().starts_with("mem-") {
+            sizes.deadline * 2
+        } else {
+            sizes.deadline
+        }
+    }
+
+    /// The scenario's function.
+    async fn body(self, ctx: &Ctx) -> anyhow::Result<Observed> {
+        match self {
+            Scenario::KillWhilePushing => faults::kill_while_pushing(ctx).await,
+            Scenario::KillWhileReading => faults::kill_while_reading(ctx).await,
+            Scenario::StopWhilePushing => faults::stop_while_pushing(ctx).await,
+            Scenario::Restart => faults::restart(ctx).await,
+            Scenario::RollingRestart => faults::rolling_restart(ctx).await,
+            Scenario::Partition => faults::partition(ctx).await,
+            Scenario::Corrupt => faults::corrupt(ctx).await,
+            Scenario::DiskFull => faults::disk_full(ctx).await,
+            Scenario::MemWriters => memory::writers(ctx).await,
+            Scenario::MemStalledReplica => memory::stalled_replica(ctx).await,
+            Scenario::MemSkewedMerged => memory::skewed_merged(ctx).await,
+            Scenario::MemIdleConnections => memory::idle_connections(ctx).await,
+            Scenario::MemZeroSlices => memory::zero_slices(ctx).await,
         }
     }
 }
@@ -108,11 +160,33 @@ pub struct Outcome {
     /// What was injected and, on failure or skip, why.
     pub detail: String,
     pub seconds: f64,
+    /// The memory scenarios: the worker process's memory against its budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryFigures>,
+}
+
+impl Outcome {
+    fn new(scenario: Scenario, replication: u32) -> Outcome {
+        Outcome {
+            scenario: scenario.name(),
+            replication,
+            written: 0,
+            read: 0,
+            lost: 0,
+            duplicated: 0,
+            corrupted: 0,
+            verdict: Verdict::Fail,
+            detail: String::new(),
+            seconds: 0.0,
+            memory: None,
+        }
+    }
 }
 
 /// Sizes of the workload and limits of a run.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
+    pub quick: bool,
     pub maps: u32,
     pub partitions: u32,
     pub records_per_map: u32,
@@ -125,6 +199,7 @@ impl Sizes {
     pub fn new(quick: bool) -> Sizes {
         if quick {
             Sizes {
+                quick,
                 maps: 4,
                 partitions: 8,
                 records_per_map: 1500,
@@ -133,6 +208,7 @@ impl Sizes {
             }
         } else {
             Sizes {
+                quick,
                 maps: 8,
                 partitions: 16,
                 records_per_map: 4000,
@@ -142,201 +218,23 @@ impl Sizes {
         }
     }
 
-    fn workload(&self) -> Workload {
+    pub(crate) fn workload(&self) -> Workload {
         Workload {
             maps: self.maps,
             partitions: self.partitions,
             records_per_map: self.records_per_map,
             record_len: self.record_len,
-            hot: Vec::new(),
+            shape: Shape::Even,
         }
     }
 
     /// Half-way through the middle map.
-    fn mid_write(&self) -> Id {
+    pub(crate) fn mid_write(&self) -> Id {
         Id {
             map: self.maps / 2,
             seq: self.records_per_map / 2,
         }
     }
-}
-
-/// Raw bytes per batch: small, so there are many pushes and chunks to interrupt.
-const BATCH_SIZE: usize = 32 * 1024;
-
-/// The client settings of every scenario: short timeouts so a dead or silent worker is noticed
-/// in seconds, and small batches so there are many pushes and chunks to interrupt.
-fn client_config(master: &str, replication: u32) -> ClientConfig {
-    ClientConfig {
-        replication,
-        batch_size: BATCH_SIZE,
-        push_size: 128 * 1024,
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(2),
-        push_retry_timeout: Duration::from_secs(60),
-        layout_timeout: Duration::from_secs(60),
-        ..ClientConfig::new(master)
-    }
-}
-
-/// What a scenario is doing now, so a scenario that runs out of time says where it hung.
-#[derive(Debug, Clone, Default)]
-struct Phase(Arc<std::sync::Mutex<String>>);
-
-impl Phase {
-    fn set(&self, what: impl Into<String>) {
-        let what = what.into();
-        tracing::info!(phase = %what, "scenario phase");
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = what;
-    }
-
-    fn get(&self) -> String {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-/// What a scenario body produces; turned into an [`Outcome`] by [`judge`].
-#[derive(Debug, Default)]
-struct Observed {
-    written: u64,
-    maps_done: u32,
-    records_per_map: u32,
-    tally: crate::workload::Tally,
-    write_error: Option<ClientError>,
-    read_error: Option<ClientError>,
-    injected: Vec<String>,
-    /// Why the fault did not happen (the scenario then fails: nothing was verified).
-    not_injected: Option<String>,
-}
-
-/// A started cluster with a registered shuffle.
-struct Setup {
-    cluster: Cluster,
-    client: SluiceClient,
-    key: ShuffleKey,
-    handle: Arc<ShuffleHandle>,
-    workload: Workload,
-    phase: Phase,
-}
-
-impl Setup {
-    async fn start(
-        run: &Run,
-        name: &str,
-        specs: &[WorkerSpec],
-        replication: u32,
-        workload: Workload,
-        phase: &Phase,
-    ) -> anyhow::Result<Setup> {
-        phase.set("starting the cluster");
-        let cluster = Cluster::start(run, name, specs).await?;
-        let client = SluiceClient::new(client_config(&cluster.master_addr, replication))?;
-        let key = ShuffleKey::new("chaos", 0);
-        let handle = client
-            .register_shuffle(&key, workload.maps, workload.partitions)
-            .await
-            .context("registering the shuffle")?;
-        Ok(Setup {
-            cluster,
-            client,
-            key,
-            handle,
-            workload,
-            phase: phase.clone(),
-        })
-    }
-
-    /// A writer of the whole workload; its progress is the phase "writing".
-    fn writes(&self) -> Writes {
-        self.phase.set("writing");
-        Writes::new(
-            self.client.clone(),
-            self.handle.clone(),
-            self.workload.clone(),
-        )
-    }
-
-    /// The cluster index of the worker the layout names at `index` in `locations.workers`.
-    fn worker_at(&self, index: u32) -> anyhow::Result<usize> {
-        let info = self
-            .handle
-            .locations
-            .workers
-            .get(index as usize)
-            .ok_or_else(|| anyhow!("placement names worker #{index}, which it does not list"))?;
-        self.cluster
-            .index_of(&info.id)
-            .ok_or_else(|| anyhow!("placement names unknown worker {}", info.id))
-    }
-
-    /// The worker holding the registered primary of partition `p`.
-    fn primary_of(&self, p: u32) -> anyhow::Result<usize> {
-        self.worker_at(self.handle.locations.primary_worker[p as usize])
-    }
-
-    /// The worker holding the registered replica of partition `p`, if any.
-    fn replica_of(&self, p: u32) -> Option<usize> {
-        let at = *self.handle.locations.replica_worker.get(p as usize)?;
-        self.worker_at(at).ok()
-    }
-
-    /// Partitions whose registered primary is worker `i`.
-    fn primaries_on(&self, i: usize) -> usize {
-        (0..self.workload.partitions)
-            .filter(|p| self.primary_of(*p).ok() == Some(i))
-            .count()
-    }
-
-    fn id(&self, i: usize) -> String {
-        self.cluster.workers[i].id.clone()
-    }
-
-    /// Reads everything into `observed`.
-    async fn read_all(&self, observed: &mut Observed) {
-        self.phase.set("reading");
-        match Reads::open(&self.client, &self.key, &self.workload).await {
-            Ok(mut reads) => {
-                let result = reads.to_end().await;
-                observed.tally = reads.tally;
-                observed.read_error = result.err();
-            }
-            Err(e) => observed.read_error = Some(e),
-        }
-    }
-
-    /// Waits until the shuffle is committed (a reader's open waits for the layout).
-    async fn committed(&self) -> anyhow::Result<()> {
-        self.phase.set("waiting for the commit");
-        Reads::open(&self.client, &self.key, &self.workload)
-            .await
-            .context("waiting for the commit")?;
-        Ok(())
-    }
-}
-
-/// Writes everything with `fault` injected at `at`; records write errors in `observed`.
-async fn write_with_fault(
-    setup: &mut Setup,
-    observed: &mut Observed,
-    at: Id,
-    fault: impl AsyncFnOnce(&mut Setup) -> anyhow::Result<String>,
-) -> anyhow::Result<()> {
-    let mut writes = setup.writes();
-    let mut result = writes.until(at).await;
-    if result.is_ok() {
-        setup.phase.set("injecting the fault");
-        let what = fault(setup).await?;
-        setup.phase.set(format!("writing after: {what}"));
-        observed.injected.push(format!(
-            "after map {} record {} of {}x{}: {what}",
-            at.map, at.seq, setup.workload.maps, setup.workload.records_per_map,
-        ));
-        result = writes.all().await;
-    }
-    observed.written = writes.written();
-    observed.maps_done = writes.finished_maps;
-    observed.write_error = result.err();
-    Ok(())
 }
 
 /// Runs one scenario with one replication and judges it. Never panics through; every process
@@ -346,30 +244,17 @@ pub async fn run(run: &Run, scenario: Scenario, replication: u32, sizes: Sizes) 
     let name = format!("{}-r{replication}", scenario.name());
     tracing::info!(scenario = %name, "starting");
     let phase = Phase::default();
-    let body = {
-        let run = run.clone();
-        let name = name.clone();
-        let phase = phase.clone();
-        tokio::spawn(async move {
-            tokio::time::timeout(
-                sizes.deadline,
-                body(&run, &name, scenario, replication, sizes, &phase),
-            )
-            .await
-        })
-    };
-    let mut outcome = Outcome {
-        scenario: scenario.name(),
+    let ctx = Ctx {
+        run: run.clone(),
+        name: name.clone(),
         replication,
-        written: 0,
-        read: 0,
-        lost: 0,
-        duplicated: 0,
-        corrupted: 0,
-        verdict: Verdict::Fail,
-        detail: String::new(),
-        seconds: 0.0,
+        sizes,
+        phase: phase.clone(),
     };
+    let deadline = scenario.deadline(sizes);
+    let body =
+        tokio::spawn(async move { tokio::time::timeout(deadline, scenario.body(&ctx)).await });
+    let mut outcome = Outcome::new(scenario, replication);
     match body.await {
         Ok(Ok(Ok(observed))) => judge(&mut outcome, observed),
         Ok(Ok(Err(e))) => match e.downcast_ref::<Skipped>() {
@@ -381,8 +266,7 @@ pub async fn run(run: &Run, scenario: Scenario, replication: u32, sizes: Sizes) 
         },
         Ok(Err(_)) => {
             outcome.detail = format!(
-                "did not finish within {:?}; hung while {}",
-                sizes.deadline,
+                "did not finish within {deadline:?}; hung while {}",
                 phase.get()
             )
         }
@@ -393,12 +277,16 @@ pub async fn run(run: &Run, scenario: Scenario, replication: u32, sizes: Sizes) 
     outcome
 }
 
+/// Exactly once and intact passes; with replication 1 a data-loss error from the reader passes
+/// too; short, repeated or changed data without an error fails, and so does a fault that never
+/// happened or any failure besides the data.
 fn judge(outcome: &mut Outcome, observed: Observed) {
     let tally = &observed.tally;
     outcome.written = observed.written;
     outcome.read = tally.records;
     outcome.duplicated = tally.duplicated();
     outcome.corrupted = tally.corrupted;
+    outcome.memory = observed.memory.clone();
     let mut detail = observed.injected.join("; ");
     let mut note = |text: String| {
         if !detail.is_empty() {
@@ -411,6 +299,9 @@ fn judge(outcome: &mut Outcome, observed: Observed) {
     }
     if let Some(why) = &observed.not_injected {
         note(format!("fault not injected: {why}"));
+    }
+    for failure in &observed.failures {
+        note(format!("FAILED: {failure}"));
     }
     if let Some(e) = &observed.write_error {
         note(format!("write failed: {e}"));
@@ -444,291 +335,21 @@ fn judge(outcome: &mut Outcome, observed: Observed) {
             note(format!("reader error: {e}"));
         }
     }
+    if !observed.failures.is_empty() {
+        outcome.verdict = Verdict::Fail;
+    }
     outcome.detail = detail;
-}
-
-async fn body(
-    run: &Run,
-    name: &str,
-    scenario: Scenario,
-    replication: u32,
-    sizes: Sizes,
-    phase: &Phase,
-) -> anyhow::Result<Observed> {
-    let workers = vec![WorkerSpec::default(); 4];
-    let mut observed = Observed {
-        records_per_map: sizes.records_per_map,
-        ..Observed::default()
-    };
-    match scenario {
-        Scenario::KillWhilePushing => {
-            let mut setup =
-                Setup::start(run, name, &workers, replication, sizes.workload(), phase).await?;
-            let victim = setup.primary_of(0)?;
-            let primaries = setup.primaries_on(victim);
-            write_with_fault(&mut setup, &mut observed, sizes.mid_write(), async |s| {
-                s.cluster.kill(victim).await;
-                Ok(format!(
-                    "SIGKILL {} (primary of {primaries} partitions)",
-                    s.id(victim)
-                ))
-            })
-            .await?;
-            if observed.write_error.is_none() {
-                setup.read_all(&mut observed).await;
-            }
-            setup.cluster.shutdown().await;
-        }
-        Scenario::KillWhileReading => {
-            let mut setup =
-                Setup::start(run, name, &workers, replication, sizes.workload(), phase).await?;
-            let mut writes = setup.writes();
-            observed.write_error = writes.all().await.err();
-            observed.written = writes.written();
-            observed.maps_done = writes.finished_maps;
-            if observed.write_error.is_none() {
-                phase.set("reading");
-                let mut reads = Reads::open(&setup.client, &setup.key, &setup.workload).await?;
-                // A third of the way through (blocks are batches of at most `batch_size` raw
-                // bytes): kill the primary of the partition being read.
-                let raw = setup.workload.records() * setup.workload.record_len as u64;
-                let at = (raw / BATCH_SIZE as u64 / 3).max(1);
-                let result = match reads.blocks(at).await {
-                    Ok(true) => {
-                        let partition = reads.tally.last_partition.unwrap_or(0);
-                        let victim = setup.primary_of(partition)?;
-                        setup.cluster.kill(victim).await;
-                        phase.set("reading after the kill");
-                        observed.injected.push(format!(
-                            "SIGKILL {} (primary of partition {partition}, being read) after {at} blocks",
-                            setup.id(victim)
-                        ));
-                        reads.to_end().await
-                    }
-                    Ok(false) => {
-                        observed
-                            .injected
-                            .push(format!("no fault: the reader ended before {at} blocks"));
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                observed.tally = reads.tally;
-                observed.read_error = result.err();
-            }
-            setup.cluster.shutdown().await;
-        }
-        Scenario::StopWhilePushing => {
-            let setup =
-                Setup::start(run, name, &workers, replication, sizes.workload(), phase).await?;
-            let victim = setup.primary_of(0)?;
-            let stop_for = Duration::from_secs(4);
-            let mut writes = setup.writes();
-            let mut result = writes.until(sizes.mid_write()).await;
-            if result.is_ok() {
-                if !setup.cluster.stop(victim) {
-                    return Err(anyhow!("SIGSTOP {} failed", setup.id(victim)));
-                }
-                observed.injected.push(format!(
-                    "SIGSTOP {} after map {} record {}, SIGCONT {stop_for:?} later (push timeout 2s)",
-                    setup.id(victim),
-                    sizes.mid_write().map,
-                    sizes.mid_write().seq
-                ));
-                phase.set("writing while the worker is stopped");
-                let cluster = &setup.cluster;
-                let (written, _) = tokio::join!(writes.all(), async {
-                    tokio::time::sleep(stop_for).await;
-                    cluster.resume(victim);
-                });
-                result = written;
-            }
-            observed.written = writes.written();
-            observed.maps_done = writes.finished_maps;
-            observed.write_error = result.err();
-            if observed.write_error.is_none() {
-                setup.read_all(&mut observed).await;
-            }
-            setup.cluster.resume(victim);
-            setup.cluster.shutdown().await;
-        }
-        Scenario::Restart => {
-            let mut setup =
-                Setup::start(run, name, &workers, replication, sizes.workload(), phase).await?;
-            let mut writes = setup.writes();
-            observed.write_error = writes.all().await.err();
-            observed.written = writes.written();
-            observed.maps_done = writes.finished_maps;
-            if observed.write_error.is_none() {
-                setup.committed().await?;
-                let victim = setup.primary_of(0)?;
-                setup.cluster.restart(victim).await?;
-                observed.injected.push(format!(
-                    "after the commit: SIGKILL {0} and restart it on its data directories",
-                    setup.id(victim)
-                ));
-                // Then lose the other copy of partition 0, so reading it needs the restarted
-                // worker's files.
-                if let Some(other) = setup.replica_of(0).filter(|o| *o != victim) {
-                    setup.cluster.kill(other).await;
-                    observed.injected.push(format!(
-                        "SIGKILL {} (the other copy of partition 0)",
-                        setup.id(other)
-                    ));
-                }
-                setup.read_all(&mut observed).await;
-            }
-            setup.cluster.shutdown().await;
-        }
-        Scenario::Partition => {
-            let mut specs = workers.clone();
-            specs[0].proxied = true;
-            let mut setup =
-                Setup::start(run, name, &specs, replication, sizes.workload(), phase).await?;
-            let victim = 0;
-            let primaries = setup.primaries_on(victim);
-            if primaries == 0 {
-                return Err(anyhow!("placement gave {} no primary", setup.id(victim)));
-            }
-            write_with_fault(&mut setup, &mut observed, sizes.mid_write(), async |s| {
-                s.cluster.cut(victim)?;
-                Ok(format!(
-                    "cut {} off the network (push, fetch, master; primary of {primaries} partitions)",
-                    s.id(victim)
-                ))
-            })
-            .await?;
-            if observed.write_error.is_none() {
-                setup.read_all(&mut observed).await;
-            }
-            setup.cluster.heal(victim);
-            setup.cluster.shutdown().await;
-        }
-        Scenario::Corrupt => {
-            let setup =
-                Setup::start(run, name, &workers, replication, sizes.workload(), phase).await?;
-            let mut writes = setup.writes();
-            observed.write_error = writes.all().await.err();
-            observed.written = writes.written();
-            observed.maps_done = writes.finished_maps;
-            if observed.write_error.is_none() {
-                setup.committed().await?;
-                let victim = setup.primary_of(0)?;
-                let file = setup
-                    .cluster
-                    .data_files(victim, 'p')
-                    .into_iter()
-                    .find(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0))
-                    .ok_or_else(|| anyhow!("{} has no primary data file", setup.id(victim)))?;
-                let at = flip(&file)?;
-                observed.injected.push(format!(
-                    "flipped 16 bytes at offset {at} of {}'s {}",
-                    setup.id(victim),
-                    file.strip_prefix(&setup.cluster.dir)
-                        .unwrap_or(&file)
-                        .display()
-                ));
-                setup.read_all(&mut observed).await;
-            }
-            setup.cluster.shutdown().await;
-        }
-        Scenario::DiskFull => {
-            // Every data dir is a tmpfs, so placement (weighted by free space) still gives the
-            // small one partitions; then most records go to the partitions it holds.
-            let mut specs = workers.clone();
-            for (i, spec) in specs.iter_mut().enumerate() {
-                spec.tmpfs = Some(if i == 0 { "8m" } else { "32m" }.into());
-            }
-            let mut workload = sizes.workload();
-            workload.maps = 8;
-            workload.partitions = 16;
-            workload.record_len = 1000;
-            workload.records_per_map = 2000;
-            observed.records_per_map = workload.records_per_map;
-            let mut setup = Setup::start(run, name, &specs, replication, workload, phase).await?;
-            let victim = 0;
-            let hot: Vec<u32> = (0..setup.workload.partitions)
-                .filter(|p| {
-                    setup.primary_of(*p).ok() == Some(victim)
-                        || setup.replica_of(*p) == Some(victim)
-                })
-                .collect();
-            if hot.is_empty() {
-                return Err(anyhow!(
-                    "placement gave {} (8m tmpfs) no partition to fill",
-                    setup.id(victim)
-                ));
-            }
-            let hot_bytes = setup.workload.records() * setup.workload.record_len as u64 * 4 / 5;
-            setup.workload.hot = hot.clone();
-            observed.injected.push(format!(
-                "{} on an 8m tmpfs holds partitions {hot:?}, which get ~{} MiB",
-                setup.id(victim),
-                hot_bytes >> 20
-            ));
-            let mut writes = setup.writes();
-            observed.write_error = writes.all().await.err();
-            observed.written = writes.written();
-            observed.maps_done = writes.finished_maps;
-            if observed.write_error.is_none() {
-                setup.read_all(&mut observed).await;
-            }
-            let full = std::fs::read_to_string(
-                setup.cluster.dir.join(format!("{}.log", setup.id(victim))),
-            )
-            .map(|log| log.contains("No space left") || log.contains("ENOSPC"))
-            .unwrap_or(false);
-            if full {
-                observed
-                    .injected
-                    .push(format!("{} logged ENOSPC", setup.id(victim)));
-            } else {
-                observed.not_injected = Some(format!("{} never logged ENOSPC", setup.id(victim)));
-            }
-            setup.cluster.shutdown().await;
-        }
-    }
-    Ok(observed)
-}
-
-/// Flips 16 bytes in the middle of `file`; returns the offset.
-fn flip(file: &Path) -> anyhow::Result<u64> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)?;
-    let len = f.metadata()?.len();
-    let at = (len / 2).saturating_sub(8);
-    let mut bytes = [0u8; 16];
-    f.seek(SeekFrom::Start(at))?;
-    let n = f.read(&mut bytes)?;
-    for b in &mut bytes[..n] {
-        *b ^= 0xA5;
-    }
-    f.seek(SeekFrom::Start(at))?;
-    f.write_all(&bytes[..n])?;
-    f.sync_all()?;
-    Ok(at)
 }
 
 #[cfg(test)]
 mod tests {
+    use sluice_client::ClientError;
+
     use super::*;
     use crate::records::Id;
 
     fn outcome(replication: u32) -> Outcome {
-        Outcome {
-            scenario: "test",
-            replication,
-            written: 0,
-            read: 0,
-            lost: 0,
-            duplicated: 0,
-            corrupted: 0,
-            verdict: Verdict::Fail,
-            detail: String::new(),
-            seconds: 0.0,
-        }
+        Outcome::new(Scenario::Corrupt, replication)
     }
 
     /// Two maps of three records; `read` lists the (map, seq) ids returned.
@@ -803,5 +424,23 @@ mod tests {
         judge(&mut o, seen);
         assert_eq!(o.verdict, Verdict::Fail);
         assert!(o.detail.contains("not injected"), "{}", o.detail);
+    }
+
+    #[test]
+    fn a_failure_besides_the_data_fails_exactly_once_data() {
+        let mut o = outcome(1);
+        let mut seen = observed(&ALL, None);
+        seen.failures.push("peak RSS over the bound".into());
+        judge(&mut o, seen);
+        assert_eq!((o.verdict, o.lost), (Verdict::Fail, 0));
+        assert!(o.detail.contains("peak RSS"), "{}", o.detail);
+    }
+
+    #[test]
+    fn every_scenario_has_a_unique_name_and_a_replication() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::from_name(s.name()), Some(s));
+            assert!(!s.replications().is_empty());
+        }
     }
 }

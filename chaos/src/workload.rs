@@ -18,10 +18,27 @@ pub struct Workload {
     pub maps: u32,
     pub partitions: u32,
     pub records_per_map: u32,
-    /// Average record length in bytes (lengths vary from half to one and a half times it).
+    /// Average record length in bytes (lengths vary from half to one and a half times it),
+    /// except in [`Shape::Alternate`].
     pub record_len: usize,
-    /// Partitions that take four records in five (all partitions share evenly when empty).
-    pub hot: Vec<u32>,
+    pub shape: Shape,
+}
+
+/// Which partition each record goes to.
+#[derive(Debug, Clone, Default)]
+pub enum Shape {
+    /// Every partition gets its share.
+    #[default]
+    Even,
+    /// These partitions take four records in five.
+    Hot(Vec<u32>),
+    /// Records alternate between a cold partition (even `seq`, `cold_len` bytes each) and a hot
+    /// one (odd `seq`, exactly `record_len` bytes each).
+    Alternate {
+        cold: u32,
+        cold_len: usize,
+        hot: u32,
+    },
 }
 
 impl Workload {
@@ -31,25 +48,54 @@ impl Workload {
 
     /// The partition of record `id`.
     pub fn partition(&self, id: Id) -> u32 {
-        if !self.hot.is_empty() && id.seq % 5 != 0 {
-            let at = (id.seq / 5 + id.map) as usize % self.hot.len();
-            return self.hot[at];
+        match &self.shape {
+            Shape::Hot(hot) if !hot.is_empty() && id.seq % 5 != 0 => {
+                hot[(id.seq / 5 + id.map) as usize % hot.len()]
+            }
+            Shape::Alternate { cold, hot, .. } => {
+                if id.seq % 2 == 0 {
+                    *cold
+                } else {
+                    *hot
+                }
+            }
+            _ => (id.seq.wrapping_mul(7).wrapping_add(id.map)) % self.partitions,
         }
-        (id.seq.wrapping_mul(7).wrapping_add(id.map)) % self.partitions
     }
 
-    fn len(&self, id: Id) -> usize {
-        let spread = self.record_len.max(2);
-        spread / 2 + (id.seq as usize * 131 + id.map as usize * 17) % spread
+    /// The length of record `id`.
+    pub fn len(&self, id: Id) -> usize {
+        match &self.shape {
+            Shape::Alternate { cold_len, .. } if id.seq % 2 == 0 => *cold_len,
+            Shape::Alternate { .. } => self.record_len,
+            _ => {
+                let spread = self.record_len.max(2);
+                spread / 2 + (id.seq as usize * 131 + id.map as usize * 17) % spread
+            }
+        }
+    }
+
+    /// The id `fraction` of the way through the records (map-major order).
+    pub fn at(&self, fraction: f64) -> Id {
+        let per_map = u64::from(self.records_per_map.max(1));
+        let index = (self.records() as f64 * fraction.clamp(0.0, 1.0)) as u64;
+        Id {
+            map: (index / per_map) as u32,
+            seq: (index % per_map) as u32,
+        }
     }
 }
 
-/// Writes the workload's maps one after another (attempt 0 each).
+/// Writes the workload's maps one after another (attempt 0 each), or one map
+/// ([`Writes::one_map`]).
 pub struct Writes {
     client: SluiceClient,
     handle: Arc<sluice_client::ShuffleHandle>,
     workload: Workload,
     next: Id,
+    /// The first map not to write.
+    end_map: u32,
+    attempt: u32,
     current: Option<ShuffleWriter>,
     record: Vec<u8>,
     /// Maps whose `finish` succeeded.
@@ -71,11 +117,29 @@ impl Writes {
         Writes {
             client,
             handle,
+            end_map: workload.maps,
             workload,
             next: Id { map: 0, seq: 0 },
+            attempt: 0,
             current: None,
             record: Vec::new(),
             finished_maps: 0,
+        }
+    }
+
+    /// Writes only map `map`, as attempt `attempt`.
+    pub fn one_map(
+        client: SluiceClient,
+        handle: Arc<sluice_client::ShuffleHandle>,
+        workload: Workload,
+        map: u32,
+        attempt: u32,
+    ) -> Writes {
+        Writes {
+            next: Id { map, seq: 0 },
+            end_map: map + 1,
+            attempt,
+            ..Writes::new(client, handle, workload)
         }
     }
 
@@ -83,13 +147,15 @@ impl Writes {
     /// record is written.
     pub async fn until(&mut self, stop: Id) -> ClientResult<()> {
         let w = &self.workload;
-        while self.next < stop && self.next.map < w.maps {
+        while self.next < stop && self.next.map < self.end_map {
             let id = self.next;
             let writer = match &mut self.current {
                 Some(writer) => writer,
-                None => self
-                    .current
-                    .insert(self.client.writer(self.handle.clone(), id.map, 0)?),
+                None => self.current.insert(self.client.writer(
+                    self.handle.clone(),
+                    id.map,
+                    self.attempt,
+                )?),
             };
             let partition = w.partition(id);
             self.record.clear();
@@ -113,7 +179,7 @@ impl Writes {
     /// Writes the rest.
     pub async fn all(&mut self) -> ClientResult<()> {
         let end = Id {
-            map: self.workload.maps,
+            map: self.end_map,
             seq: 0,
         };
         self.until(end).await
@@ -243,7 +309,7 @@ mod tests {
             partitions: 8,
             records_per_map: 100,
             record_len: 100,
-            hot: vec![3],
+            shape: Shape::Hot(vec![3]),
         };
         let hot = (0..100)
             .filter(|seq| workload.partition(Id { map: 1, seq: *seq }) == 3)

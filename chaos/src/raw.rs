@@ -1,0 +1,493 @@
+//! Raw data-plane traffic for the memory scenarios, built from `sluice_protocol` directly: push
+//! frames sent many at a time with every answer counted, connections that sit idle or stop
+//! half-way through a frame, and a stalled "worker" that the master places replicas on but
+//! that never reads what a primary forwards to it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sluice_protocol::batch;
+use sluice_protocol::connection::{FrameReader, FrameWriter, OutFrame};
+use sluice_protocol::frame::{FrameHead, FrameLimits, MessageType};
+use sluice_protocol::pb;
+use sluice_protocol::pb::master_client::MasterClient;
+use sluice_protocol::rpc::RpcClient;
+use sluice_protocol::{ErrorCode, ProtocolError, ShuffleKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// A push frame of one batch of `len` bytes (head included) for each `(partition, epoch)`
+/// location, as a primary gets it from a writer. The batch is the same for every location; a
+/// worker does not mind, and nothing reads it back.
+pub(crate) fn push_frames(key: &ShuffleKey, locations: &[(u32, u32)], len: usize) -> Vec<OutFrame> {
+    let raw: Vec<u8> = (0..len.saturating_sub(batch::BATCH_HEAD_LEN))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let Ok((_, body)) = batch::encode(0, 0, 0, &raw, false) else {
+        return Vec::new();
+    };
+    locations
+        .iter()
+        .map(|(partition, epoch)| {
+            let header = pb::PushHeader {
+                shuffle: Some(key.to_pb()),
+                slices: vec![pb::PushSlice {
+                    partition: *partition,
+                    epoch: *epoch,
+                    length: body.len() as u32,
+                }],
+                role: pb::Role::Primary as i32,
+            };
+            OutFrame::new(MessageType::PushData, 0, &header).with_body(vec![body.clone()])
+        })
+        .collect()
+}
+
+/// A push frame with `slices` slices of length 0 to `(partition, epoch)` and an empty body: it
+/// passes a check that the slices add up to the body.
+pub(crate) fn zero_slices_frame(
+    key: &ShuffleKey,
+    (partition, epoch): (u32, u32),
+    slices: usize,
+) -> OutFrame {
+    let header = pb::PushHeader {
+        shuffle: Some(key.to_pb()),
+        slices: vec![
+            pb::PushSlice {
+                partition,
+                epoch,
+                length: 0,
+            };
+            slices
+        ],
+        role: pb::Role::Primary as i32,
+    };
+    OutFrame::new(MessageType::PushMergedData, 0, &header)
+}
+
+/// How a batch of pushes was answered.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Answers {
+    pub sent: u64,
+    pub acked: u64,
+    /// Error answers by code (`Busy` among them).
+    pub refused: BTreeMap<String, u64>,
+    /// No answer within the harness's limit: the worker held the push.
+    pub unanswered: u64,
+    /// The connection broke or could not be made.
+    pub broken: u64,
+    pub first_error: Option<String>,
+}
+
+impl Answers {
+    fn add(&mut self, other: Answers) {
+        self.sent += other.sent;
+        self.acked += other.acked;
+        for (code, n) in other.refused {
+            *self.refused.entry(code).or_insert(0) += n;
+        }
+        self.unanswered += other.unanswered;
+        self.broken += other.broken;
+        self.first_error = self.first_error.take().or(other.first_error);
+    }
+
+    fn record(&mut self, answer: Result<(), ProtocolError>) {
+        self.sent += 1;
+        let error = match answer {
+            Ok(()) => {
+                self.acked += 1;
+                return;
+            }
+            Err(error) => error,
+        };
+        match &error {
+            ProtocolError::Timeout { .. } => self.unanswered += 1,
+            ProtocolError::Remote { code, .. } => {
+                *self.refused.entry(format!("{code:?}")).or_insert(0) += 1
+            }
+            _ => self.broken += 1,
+        }
+        if self.first_error.is_none() {
+            self.first_error = Some(error.to_string());
+        }
+    }
+
+    /// `"1500 sent: 0 acked, refused {Busy: 3}, 1242 unanswered, 0 broken"`.
+    pub fn summary(&self) -> String {
+        let refused: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(code, n)| format!("{n} {code}"))
+            .collect();
+        format!(
+            "{} sent: {} acked, {} refused ({}), {} unanswered, {} on broken connections{}",
+            self.sent,
+            self.acked,
+            self.refused.values().sum::<u64>(),
+            if refused.is_empty() {
+                "none".to_string()
+            } else {
+                refused.join(", ")
+            },
+            self.unanswered,
+            self.broken,
+            self.first_error
+                .as_ref()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// Sends `count` pushes to `addr`, cycling through `frames`, over `connections` connections
+/// with up to `inflight` pushes in flight on each, every one bounded by `timeout`.
+pub(crate) async fn send_pushes(
+    addr: &str,
+    frames: &[OutFrame],
+    count: usize,
+    connections: usize,
+    inflight: usize,
+    timeout: Duration,
+) -> Answers {
+    let next = Arc::new(AtomicU64::new(0));
+    let frames: Arc<[OutFrame]> = frames.into();
+    let mut tasks = JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (addr, next, frames) = (addr.to_string(), next.clone(), frames.clone());
+        tasks.spawn(async move {
+            let mut answers = Answers::default();
+            let client = match RpcClient::connect(&addr, FrameLimits::default(), timeout).await {
+                Ok(client) => Arc::new(client),
+                Err(e) => {
+                    answers.broken += 1;
+                    answers.first_error = Some(e.to_string());
+                    return answers;
+                }
+            };
+            let mut calls = JoinSet::new();
+            loop {
+                while calls.len() < inflight.max(1) {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= count || frames.is_empty() {
+                        break;
+                    }
+                    let (client, frame) = (client.clone(), frames[i % frames.len()].clone());
+                    calls.spawn(async move {
+                        // The call's own limit covers the wait for the answer; this one also
+                        // covers queueing the frame.
+                        let call = client.call_expecting(frame, MessageType::Ack, timeout);
+                        match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
+                            Ok(answer) => answer.map(|_| ()),
+                            Err(_) => Err(ProtocolError::Timeout {
+                                peer: client.peer().to_string(),
+                                millis: timeout.as_millis() as u64,
+                            }),
+                        }
+                    });
+                }
+                match calls.join_next().await {
+                    Some(Ok(answer)) => answers.record(answer),
+                    Some(Err(e)) => {
+                        answers.broken += 1;
+                        answers.first_error.get_or_insert(e.to_string());
+                    }
+                    None => return answers,
+                }
+            }
+        });
+    }
+    let mut answers = Answers::default();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(one) = joined {
+            answers.add(one);
+        }
+    }
+    answers
+}
+
+/// Connections opened to a worker's port and left there: idle ones, and ones that sent the
+/// head of a frame, its header and part of its body, then nothing more. Each is watched for the
+/// worker closing it.
+pub(crate) struct Loiterers {
+    pub idle: usize,
+    pub partial: usize,
+    /// Connections that could not be opened.
+    pub refused: usize,
+    /// Partial ones whose bytes did not all go out within 2 s (the worker stopped reading).
+    stuck: Arc<AtomicU64>,
+    opened: Instant,
+    closed: Arc<std::sync::Mutex<Vec<(bool, Duration)>>>,
+    tasks: JoinSet<()>,
+}
+
+impl Loiterers {
+    /// Opens `idle` idle connections and `partial` ones that announce a push of `body_len`
+    /// bytes and send `sent` of them, to `addr`.
+    pub(crate) async fn open(
+        addr: &str,
+        key: &ShuffleKey,
+        idle: usize,
+        partial: usize,
+        body_len: u32,
+        sent: usize,
+    ) -> Loiterers {
+        let header = pb::PushHeader {
+            shuffle: Some(key.to_pb()),
+            slices: vec![pb::PushSlice {
+                partition: 0,
+                epoch: 0,
+                length: body_len,
+            }],
+            role: pb::Role::Primary as i32,
+        };
+        let frame = OutFrame::new(MessageType::PushData, 1, &header);
+        let head = FrameHead {
+            kind: MessageType::PushData,
+            flags: 0,
+            request_id: 1,
+            header_len: frame.header.len() as u32,
+            body_len,
+            crc: 0,
+        };
+        let mut start = head.encode().to_vec();
+        start.extend_from_slice(&frame.header);
+        start.resize(start.len() + sent.min(body_len as usize), 0x5A);
+        let start: Arc<[u8]> = start.into();
+        let mut loiterers = Loiterers {
+            idle: 0,
+            partial: 0,
+            refused: 0,
+            stuck: Arc::default(),
+            opened: Instant::now(),
+            closed: Arc::default(),
+            tasks: JoinSet::new(),
+        };
+        for i in 0..idle + partial {
+            let is_partial = i >= idle;
+            let connect = TcpStream::connect(addr);
+            let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+                loiterers.refused += 1;
+                continue;
+            };
+            if is_partial {
+                loiterers.partial += 1;
+            } else {
+                loiterers.idle += 1;
+            }
+            let (start, stuck) = (start.clone(), loiterers.stuck.clone());
+            let (closed, opened) = (loiterers.closed.clone(), loiterers.opened);
+            loiterers.tasks.spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                if is_partial {
+                    let written = tokio::time::timeout(Duration::from_secs(2), async {
+                        write.write_all(&start).await?;
+                        write.flush().await
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        stuck.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // `write` stays alive until the worker closes: dropping it would send a FIN.
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = read.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                drop(write);
+                closed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((is_partial, opened.elapsed()));
+            });
+        }
+        loiterers
+    }
+
+    /// Partial connections whose bytes did not all go out within 2 s.
+    pub fn stuck(&self) -> u64 {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Connections the worker closed so far: (idle, partial).
+    pub fn closed(&self) -> (usize, usize) {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        let partial = closed.iter().filter(|(p, _)| *p).count();
+        (closed.len() - partial, partial)
+    }
+
+    /// Waits until every connection is closed or `limit` has passed since they were opened.
+    pub async fn wait_closed(&self, limit: Duration) {
+        let total = self.idle + self.partial;
+        while self.opened.elapsed() < limit {
+            let (idle, partial) = self.closed();
+            if idle + partial >= total {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// When, after opening, the worker closed the last connection it closed.
+    pub fn last_close(&self) -> Option<Duration> {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        closed.iter().map(|(_, at)| *at).max()
+    }
+}
+
+impl Drop for Loiterers {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// A "worker" that registers with the master and heartbeats, accepts every connection,
+/// answers the master's `Reserve` and `Destroy` (and refuses `Commit`), and never reads a
+/// single byte of a push: a replica whose disk or process is wedged while its sockets stay up.
+pub(crate) struct StalledWorker {
+    pub id: String,
+    tasks: JoinSet<()>,
+}
+
+impl StalledWorker {
+    pub(crate) async fn start(master: &str, id: &str) -> anyhow::Result<StalledWorker> {
+        let push = TcpListener::bind("127.0.0.1:0").await?;
+        let fetch = TcpListener::bind("127.0.0.1:0").await?;
+        let info = pb::WorkerInfo {
+            id: id.to_string(),
+            host: "127.0.0.1".into(),
+            push_port: u32::from(push.local_addr()?.port()),
+            fetch_port: u32::from(fetch.local_addr()?.port()),
+        };
+        // A small healthy disk: the master takes it for a live worker, and placement (weighted
+        // by free space) gives it replicas but few primaries.
+        let disks = vec![pb::DiskStatus {
+            path: "/stalled".into(),
+            capacity_bytes: 1 << 30,
+            free_bytes: 1 << 30,
+            flush_latency_us: 0,
+            healthy: true,
+        }];
+        let mut master = MasterClient::connect(format!("http://{master}"))
+            .await
+            .context("connecting the stalled worker to the master")?;
+        let register = pb::RegisterWorkerRequest {
+            worker: Some(info.clone()),
+            disks: disks.clone(),
+        };
+        master
+            .register_worker(register.clone())
+            .await
+            .context("registering the stalled worker")?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let beat = pb::WorkerHeartbeatRequest {
+                    worker_id: info.id.clone(),
+                    disks: disks.clone(),
+                    memory_budget_bytes: 1 << 30,
+                    state: pb::WorkerState::Active as i32,
+                    ..pb::WorkerHeartbeatRequest::default()
+                };
+                if let Ok(answer) = master.worker_heartbeat(beat).await {
+                    if answer.into_inner().reregister {
+                        let _ = master.register_worker(register.clone()).await;
+                    }
+                }
+            }
+        });
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = push.accept().await {
+                connections.spawn(serve_stalled(stream));
+            }
+        });
+        tasks.spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = fetch.accept().await {
+                held.push(stream);
+            }
+        });
+        Ok(StalledWorker {
+            id: id.to_string(),
+            tasks,
+        })
+    }
+}
+
+impl Drop for StalledWorker {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// One connection to the stalled worker: looks at the first frame's type without reading it.
+/// The master's control frames are answered; a push connection is held and never read.
+async fn serve_stalled(stream: TcpStream) {
+    let mut head = [0u8; 6];
+    let kind = loop {
+        match stream.peek(&mut head).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n >= head.len() => break MessageType::from_u8(head[5]),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    if matches!(
+        kind,
+        Some(MessageType::PushData | MessageType::PushMergedData)
+    ) {
+        // Never read: the primary's writes fill the socket buffers and then wait.
+        std::future::pending::<()>().await;
+    }
+    let (read, write) = stream.into_split();
+    let mut reader = FrameReader::new(read, FrameLimits::default());
+    let mut writer = FrameWriter::new(write);
+    while let Ok(Some(frame)) = reader.read_frame().await {
+        let id = frame.request_id;
+        let answer = match frame.kind {
+            MessageType::Reserve | MessageType::Destroy => {
+                OutFrame::new(MessageType::Ack, id, &pb::Ack {})
+            }
+            other => OutFrame::error(
+                id,
+                ErrorCode::Unavailable,
+                format!("the stalled worker does not serve {other:?}"),
+            ),
+        };
+        if writer.write_frame(&answer).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to `want` (or its hard limit, if lower);
+/// children started afterwards inherit it. Returns the soft and hard limits now in force.
+pub(crate) fn raise_fd_limit(want: u64) -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the rlimit struct passed by pointer,
+    // which lives on this stack frame for the duration of each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return (0, 0);
+        }
+        if limit.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: want.min(limit.rlim_max),
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    (limit.rlim_cur, limit.rlim_max)
+}
