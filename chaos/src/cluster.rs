@@ -52,9 +52,6 @@ pub struct Run {
     /// Config keys and TOML values written into every worker's config file, after the
     /// scenario's own.
     pub worker_settings: Vec<(String, String)>,
-    /// Give the memory scenarios' workers the limit settings they expect
-    /// ([`crate::memory::LIMIT_SETTINGS`]) and hold the worker to them.
-    pub worker_limits: bool,
 }
 
 impl Run {
@@ -64,7 +61,6 @@ impl Run {
             dir,
             live: Registry::default(),
             worker_settings: Vec::new(),
-            worker_limits: false,
         }
     }
 

@@ -53,8 +53,6 @@ pub struct Options {
     pub quick: bool,
     /// Config keys and TOML values (`("memory_budget", "\"1GiB\"")`) for every worker.
     pub worker_settings: Vec<(String, String)>,
-    /// Give the memory scenarios' workers [`memory::LIMIT_SETTINGS`] and hold them to it.
-    pub worker_limits: bool,
 }
 
 impl Options {
@@ -66,7 +64,6 @@ impl Options {
             runs,
             quick: false,
             worker_settings: Vec::new(),
-            worker_limits: false,
         }
     }
 
@@ -187,7 +184,6 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&options.run_dir)?;
     let mut harness = Run::new(options.sluice.clone(), options.run_dir.clone());
     harness.worker_settings = options.worker_settings.clone();
-    harness.worker_limits = options.worker_limits;
     let sizes = Sizes::new(options.quick);
     let mut scenarios = Vec::new();
     for (scenario, replication) in &options.runs {

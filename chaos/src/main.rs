@@ -27,12 +27,6 @@ struct Cli {
     /// and text that is not one is taken as a string (`--worker-setting memory_budget=1GiB`).
     #[arg(long = "worker-setting", value_name = "KEY=VALUE")]
     worker_settings: Vec<String>,
-    /// Give the memory scenarios' workers an idle timeout, a frame read timeout and a
-    /// connection cap (connection_idle_timeout, frame_read_timeout, max_connections) and
-    /// require mem-idle-connections' loitering connections to be closed. Today's worker
-    /// refuses these keys.
-    #[arg(long)]
-    worker_limits: bool,
     /// The sluice binary (default: `sluice` next to this binary).
     #[arg(long)]
     sluice: Option<PathBuf>,
@@ -132,7 +126,6 @@ fn main_inner() -> anyhow::Result<ExitCode> {
             .iter()
             .map(|s| worker_setting(s))
             .collect::<anyhow::Result<_>>()?,
-        worker_limits: cli.worker_limits,
         ..Options::new(sluice, run_dir, runs)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

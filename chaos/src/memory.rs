@@ -37,10 +37,8 @@ pub const BUDGET: u64 = 64 << 20;
 /// read buffers of idle connections, allocator slack.
 pub const ALLOWANCE: u64 = 48 << 20;
 
-/// Worker settings the memory scenarios expect once the worker has them. Today's worker
-/// refuses unknown keys, so they are written into the worker's config only with
-/// `--worker-limits`; with them, `mem-idle-connections` also requires the worker to close every
-/// loitering connection within [`CLOSE_LIMIT`].
+/// The connection limits every memory scenario's worker runs with; `mem-idle-connections`
+/// requires the worker to close every loitering connection within [`CLOSE_LIMIT`].
 pub const LIMIT_SETTINGS: [(&str, &str); 3] = [
     // A connection that sends nothing for this long is closed.
     ("connection_idle_timeout", "\"5s\""),
@@ -85,14 +83,12 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-/// The worker of every memory scenario: the budget, and the limit settings when asked for.
-fn memory_worker(ctx: &Ctx) -> WorkerSpec {
+/// The worker of every memory scenario: the budget and the connection limits.
+fn memory_worker() -> WorkerSpec {
     let mut spec =
         WorkerSpec::default().set("memory_budget", toml_text(&format!("{}MiB", BUDGET >> 20)));
-    if ctx.run.worker_limits {
-        for (key, value) in LIMIT_SETTINGS {
-            spec = spec.set(key, value);
-        }
+    for (key, value) in LIMIT_SETTINGS {
+        spec = spec.set(key, value);
     }
     spec
 }
@@ -236,7 +232,7 @@ pub(crate) async fn writers(ctx: &Ctx) -> anyhow::Result<Observed> {
         record_len,
         shape: Shape::Even,
     };
-    let setup = Setup::start(ctx, &[memory_worker(ctx)], workload).await?;
+    let setup = Setup::start(ctx, &[memory_worker()], workload).await?;
     let mut observed = setup.observed();
     let watch = watch_worker(&setup, 0)?;
     let push_size = |map: u32| (1usize << (map % 3)) << 20;
@@ -308,7 +304,7 @@ pub(crate) async fn stalled_replica(ctx: &Ctx) -> anyhow::Result<Observed> {
     const PUSH_ANSWER_LIMIT: Duration = Duration::from_secs(15);
     let pushes = if ctx.sizes.quick { 400 } else { 1500 };
     ctx.phase.set("starting the cluster");
-    let cluster = Cluster::start(&ctx.run, &ctx.name, &[memory_worker(ctx)]).await?;
+    let cluster = Cluster::start(&ctx.run, &ctx.name, &[memory_worker()]).await?;
     let stalled = StalledWorker::start(&cluster.master_addr, "w9-stalled").await?;
     cluster.wait_alive(2).await?;
     let client = SluiceClient::new(client_config(&cluster.master_addr, 2))?;
@@ -389,7 +385,7 @@ pub(crate) async fn skewed_merged(ctx: &Ctx) -> anyhow::Result<Observed> {
     };
     // A record to the cold partition, then one to the hot one: the writer has buffered more
     // than `max_buffered` and cuts both buffers into batches, which fill one push.
-    let setup = Setup::start_with(ctx, &[memory_worker(ctx)], workload, |config| {
+    let setup = Setup::start_with(ctx, &[memory_worker()], workload, |config| {
         config.batch_size = 2 << 20;
         config.max_buffered = 1 << 20;
         config.push_size = 1 << 20;
@@ -411,14 +407,14 @@ pub(crate) async fn skewed_merged(ctx: &Ctx) -> anyhow::Result<Observed> {
 
 /// 1000 idle connections and 1000 that sent the head of a 1 MiB push, its header and half its
 /// body, all left open on the push port while the verified workload runs. The workload must
-/// complete exactly once; how many loiterers the worker closed is reported, and with
-/// `--worker-limits` every one must be closed within [`CLOSE_LIMIT`].
+/// complete exactly once; how many loiterers the worker closed is reported, and every
+/// one must be closed within [`CLOSE_LIMIT`].
 pub(crate) async fn idle_connections(ctx: &Ctx) -> anyhow::Result<Observed> {
     const IDLE: usize = 1000;
     const PARTIAL: usize = 1000;
     const BODY: u32 = 1 << 20;
     let (soft, hard) = raw::raise_fd_limit(8192);
-    let setup = Setup::start(ctx, &[memory_worker(ctx)], ctx.sizes.workload()).await?;
+    let setup = Setup::start(ctx, &[memory_worker()], ctx.sizes.workload()).await?;
     let mut observed = setup.observed();
     let watch = watch_worker(&setup, 0)?;
     ctx.phase.set("opening 2000 connections to the push port");
@@ -438,11 +434,9 @@ pub(crate) async fn idle_connections(ctx: &Ctx) -> anyhow::Result<Observed> {
     ));
     setup.write_all(&mut observed).await;
     setup.read_if_written(&mut observed).await;
-    if ctx.run.worker_limits {
-        ctx.phase
-            .set("waiting for the worker to close the loiterers");
-        loiterers.wait_closed(CLOSE_LIMIT).await;
-    }
+    ctx.phase
+        .set("waiting for the worker to close the loiterers");
+    loiterers.wait_closed(CLOSE_LIMIT).await;
     let (idle, partial) = loiterers.closed();
     let total = loiterers.idle + loiterers.partial;
     observed.injected.push(format!(
@@ -454,7 +448,7 @@ pub(crate) async fn idle_connections(ctx: &Ctx) -> anyhow::Result<Observed> {
             .map(|at| format!(", the last {at:.1?} after opening"))
             .unwrap_or_default()
     ));
-    if ctx.run.worker_limits && idle + partial < total {
+    if idle + partial < total {
         observed.failures.push(format!(
             "{} of {total} loitering connections still open {CLOSE_LIMIT:?} after opening",
             total - idle - partial
@@ -473,7 +467,7 @@ pub(crate) async fn zero_slices(ctx: &Ctx) -> anyhow::Result<Observed> {
     const SLICES: usize = 1 << 20;
     const ANSWER_LIMIT: Duration = Duration::from_secs(30);
     let frames = if ctx.sizes.quick { 4 } else { 20 };
-    let setup = Setup::start(ctx, &[memory_worker(ctx)], ctx.sizes.workload()).await?;
+    let setup = Setup::start(ctx, &[memory_worker()], ctx.sizes.workload()).await?;
     let mut observed = setup.observed();
     let watch = watch_worker(&setup, 0)?;
     ctx.phase.set("pushing frames of zero-length slices");

@@ -21,18 +21,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 /// A push frame of one batch of `len` bytes (head included) for each `(partition, epoch)`
-/// location, as a primary gets it from a writer. The batch is the same for every location; a
-/// worker does not mind, and nothing reads it back.
+/// location, as a primary gets it from a writer. The batches differ only in their partition;
+/// nothing reads them back.
 pub(crate) fn push_frames(key: &ShuffleKey, locations: &[(u32, u32)], len: usize) -> Vec<OutFrame> {
     let raw: Vec<u8> = (0..len.saturating_sub(batch::BATCH_HEAD_LEN))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let Ok((_, body)) = batch::encode(0, 0, 0, &raw, false) else {
-        return Vec::new();
-    };
     locations
         .iter()
-        .map(|(partition, epoch)| {
+        .filter_map(|(partition, epoch)| {
+            let tag = batch::BatchTag {
+                partition: *partition,
+                map_id: 0,
+                attempt: 0,
+                batch_id: 0,
+            };
+            let (_, body) = batch::encode(tag, &raw, false).ok()?;
             let header = pb::PushHeader {
                 shuffle: Some(key.to_pb()),
                 slices: vec![pb::PushSlice {
@@ -42,7 +46,7 @@ pub(crate) fn push_frames(key: &ShuffleKey, locations: &[(u32, u32)], len: usize
                 }],
                 role: pb::Role::Primary as i32,
             };
-            OutFrame::new(MessageType::PushData, 0, &header).with_body(vec![body.clone()])
+            Some(OutFrame::new(MessageType::PushData, 0, &header).with_body(vec![body]))
         })
         .collect()
 }
@@ -363,6 +367,7 @@ impl StalledWorker {
             host: "127.0.0.1".into(),
             push_port: u32::from(push.local_addr()?.port()),
             fetch_port: u32::from(fetch.local_addr()?.port()),
+            ..Default::default()
         };
         // A small healthy disk: the master takes it for a live worker, and placement (weighted
         // by free space) gives it replicas but few primaries.
@@ -379,6 +384,7 @@ impl StalledWorker {
         let register = pb::RegisterWorkerRequest {
             worker: Some(info.clone()),
             disks: disks.clone(),
+            heartbeat_interval_ms: 300,
         };
         master
             .register_worker(register.clone())

@@ -237,7 +237,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Makes glibc serve every allocation of 128 KiB and more (frame bodies, flush buffers) with its
+/// own mapping, returned to the system when freed. By default the threshold grows after such
+/// frees, and large bodies then come from the heap, where freed memory stays resident and
+/// fragments: a worker's RSS would drift far above what its memory budget counts.
+fn return_large_allocations() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
+    // exists, and M_MMAP_THRESHOLD with a value below the documented maximum is valid.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_allocations();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

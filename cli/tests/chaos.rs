@@ -1,7 +1,6 @@
 //! The quick chaos subset on real `sluice` processes: a worker SIGKILLed while maps push (with
 //! replication 2 and 1), one SIGKILLed while reducers read, and a flipped byte in a committed
-//! file. Then, ignored until the worker keeps its memory within budget and recovers flushed
-//! files after a restart: every worker restarted in turn while maps push, and a memory bound.
+//! file; every worker restarted in turn while maps push, and a memory bound.
 //! The full set: `cargo run -p chaos -- --all`.
 
 use std::path::PathBuf;
@@ -41,7 +40,6 @@ async fn quick_chaos_scenarios_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs worker memory lease (lead's branch)"]
 async fn rolling_restart_and_memory_bound_pass() {
     quick(vec![
         (Scenario::RollingRestart, 2),

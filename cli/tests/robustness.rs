@@ -1072,3 +1072,88 @@ async fn a_worker_process_joins_a_master_serves_a_shuffle_and_stops_on_sigterm()
     stop_master.cancel();
     master.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_of_damaged_or_misrouted_batches_are_refused_and_the_worker_keeps_serving() {
+    use sluice_protocol::batch::{self, BatchTag};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(1, dir.path()).await;
+    let client = SluiceClient::new(ClientConfig {
+        replication: 1,
+        ..ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap();
+    let key = ShuffleKey::new("damaged-pushes", 0);
+    client.register_shuffle(&key, 1, 2).await.unwrap();
+    let batch_for = |partition: u32| {
+        let tag = BatchTag {
+            partition,
+            map_id: 0,
+            attempt: 0,
+            batch_id: 0,
+        };
+        batch::encode(tag, &[7u8; 500], false).unwrap().1
+    };
+    let push = |id: u64, slices: Vec<(u32, u32)>, body: Vec<Bytes>| {
+        let header = pb::PushHeader {
+            shuffle: Some(key.to_pb()),
+            slices: slices
+                .into_iter()
+                .map(|(partition, length)| pb::PushSlice {
+                    partition,
+                    epoch: 0,
+                    length,
+                })
+                .collect(),
+            role: pb::Role::Primary as i32,
+        };
+        OutFrame::new(MessageType::PushData, id, &header).with_body(body)
+    };
+    let good = batch_for(0);
+    let mut flipped = good.to_vec();
+    *flipped.last_mut().unwrap() ^= 1;
+    let len = good.len() as u32;
+    let mut conn = FrameConn::open(&cluster.workers()[0].push_addr()).await;
+    // A batch whose own CRC fails (the frame's CRC is computed over the damaged bytes).
+    conn.expect_invalid(
+        push(1, vec![(0, len)], vec![flipped.into()]),
+        "a damaged batch",
+    )
+    .await;
+    // A whole batch of partition 1 pushed to partition 0.
+    conn.expect_invalid(
+        push(2, vec![(0, len)], vec![batch_for(1)]),
+        "a misrouted batch",
+    )
+    .await;
+    // A push without a frame CRC.
+    conn.expect_invalid(
+        push(3, vec![(0, len)], vec![good.clone()]).without_crc(),
+        "a push without a frame checksum",
+    )
+    .await;
+    // Empty slices beside a whole one (they would add up to the body).
+    let mut slices = vec![(0, len)];
+    slices.extend((0..10_000).map(|_| (1, 0)));
+    conn.expect_invalid(push(4, slices, vec![good.clone()]), "empty slices")
+        .await;
+    // The same connection still takes a good push, and a full shuffle still goes through.
+    let answer = conn
+        .call(&push(5, vec![(0, len)], vec![good]), "a good push")
+        .await;
+    assert_eq!(answer.kind, MessageType::Ack, "{answer:?}");
+    let other = ShuffleKey::new("damaged-pushes", 1);
+    let handle = client.register_shuffle(&other, 1, 4).await.unwrap();
+    let mut writer = client.writer(handle, 0, 0).unwrap();
+    for seq in 0..100u32 {
+        writer.write(seq % 4, &seq.to_be_bytes()).await.unwrap();
+    }
+    writer.finish().await.unwrap();
+    let mut reader = client.reader(&other, 0..4, None).await.unwrap();
+    let mut bytes = 0;
+    while let Some(block) = reader.next().await.unwrap() {
+        bytes += block.len();
+    }
+    assert_eq!(bytes, 400);
+    cluster.shutdown().await.unwrap();
+}

@@ -133,7 +133,7 @@ impl Default for WorkerConfig {
             max_connections: 10_000,
             connection_idle_timeout: Duration::from_secs(600),
             frame_read_timeout: Duration::from_secs(30),
-            max_buffer_age: Duration::from_secs(1),
+            max_buffer_age: Duration::from_millis(250),
         }
     }
 }

@@ -127,7 +127,9 @@ fn handle(shared: &Shared, frame: &Frame) -> WorkerResult<Vec<Forward>> {
             frame.body.slice(offset..end)
         };
         offset = end;
-        partition.append(slice.partition, bytes.clone(), threshold, size_cap)?;
+        if partition.append(slice.partition, bytes.clone(), threshold, size_cap)? {
+            shared.store.note_buffered(&partition);
+        }
         if let (false, Some(replica)) = (replica, partition.replica()) {
             let (slices, body) = forwards.entry(replica).or_default();
             slices.push(*slice);

@@ -186,20 +186,35 @@ pub struct FlushQueue(mpsc::UnboundedReceiver<FlushJob>);
 
 /// Opens a job's files off the runtime, waiting out a shortage of descriptors.
 async fn open_files(files: &LocationFiles, create: bool) -> std::io::Result<(File, File)> {
-    let deadline = tokio::time::Instant::now() + DESCRIPTOR_WAIT;
+    retry_out_of_descriptors(DESCRIPTOR_WAIT, || {
+        let files = files.clone();
+        async move {
+            tokio::task::spawn_blocking(move || files.open_for_write(create))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        }
+    })
+    .await
+}
+
+/// Runs `attempt` until it does not fail with EMFILE/ENFILE (backing off up to 1 s between
+/// tries) or `limit` has passed: running out of descriptors is a passing shortage, not a fault
+/// of the location.
+async fn retry_out_of_descriptors<T, F, Fut>(limit: Duration, mut attempt: F) -> std::io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     let mut pause = Duration::from_millis(10);
     loop {
-        let opening = files.clone();
-        let opened = tokio::task::spawn_blocking(move || opening.open_for_write(create))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        match opened {
+        match attempt().await {
             Err(e) if out_of_descriptors(&e) && tokio::time::Instant::now() < deadline => {
-                tracing::warn!(file = %files.data.display(), error = %e, "out of file descriptors, flush waits");
+                tracing::warn!(error = %e, "out of file descriptors, a flush waits");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
-            opened => return opened,
+            result => return result,
         }
     }
 }
@@ -253,5 +268,47 @@ pub async fn run_flusher(disk: std::sync::Weak<Disk>, queue: FlushQueue) {
             drop(permit);
             disk.flush_ended(started, result, done);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emfile() -> std::io::Error {
+        std::io::Error::from_raw_os_error(libc::EMFILE)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn running_out_of_descriptors_is_waited_out_not_a_failure() {
+        let mut tries = 0;
+        let opened = retry_out_of_descriptors(DESCRIPTOR_WAIT, || {
+            tries += 1;
+            let result = if tries < 4 { Err(emfile()) } else { Ok(tries) };
+            async move { result }
+        })
+        .await;
+        assert_eq!(opened.unwrap(), 4);
+        assert!(
+            !is_disk_fault(&emfile()),
+            "a shortage never marks the disk unhealthy"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_shortage_or_another_error_ends_the_wait() {
+        let lasting =
+            retry_out_of_descriptors(Duration::from_secs(2), || async { Err::<(), _>(emfile()) });
+        assert_eq!(
+            lasting.await.unwrap_err().raw_os_error(),
+            Some(libc::EMFILE)
+        );
+        let mut tries = 0;
+        let other = retry_out_of_descriptors(DESCRIPTOR_WAIT, || {
+            tries += 1;
+            async { Err::<(), _>(std::io::Error::from_raw_os_error(libc::EIO)) }
+        });
+        assert_eq!(other.await.unwrap_err().raw_os_error(), Some(libc::EIO));
+        assert_eq!(tries, 1);
     }
 }

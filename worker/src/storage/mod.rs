@@ -36,6 +36,9 @@ pub struct Store {
     disks: Vec<Arc<Disk>>,
     memory: Arc<MemoryBudget>,
     shuffles: Mutex<Shuffles>,
+    /// Partitions whose buffer held something when last looked at: what aged flushes visit,
+    /// so a tick costs what is buffered, not what is reserved.
+    buffered: Mutex<Vec<Arc<Partition>>>,
     next_disk: AtomicUsize,
     fsync_on_commit: bool,
 }
@@ -46,6 +49,7 @@ impl Store {
             disks,
             memory,
             shuffles: Mutex::default(),
+            buffered: Mutex::default(),
             next_disk: AtomicUsize::new(0),
             fsync_on_commit,
         }
@@ -165,17 +169,26 @@ impl Store {
             })
     }
 
-    /// Flushes every partition's buffer (memory pressure), or only what has waited longer
-    /// than `older_than`.
-    pub fn flush_pending(&self, older_than: Option<Duration>) {
-        let partitions: Vec<Arc<Partition>> = self
+    /// Lists a partition whose buffer just went from empty to holding something.
+    pub fn note_buffered(&self, partition: &Arc<Partition>) {
+        self.buffered
             .lock()
-            .values()
-            .flat_map(|m| m.values().cloned())
+            .unwrap_or_else(|e| e.into_inner())
+            .push(partition.clone());
+    }
+
+    /// Flushes every buffered partition (memory pressure), or only what has waited longer than
+    /// `older_than`; partitions still holding something stay listed.
+    pub fn flush_pending(&self, older_than: Option<Duration>) {
+        let listed = std::mem::take(&mut *self.buffered.lock().unwrap_or_else(|e| e.into_inner()));
+        let still: Vec<Arc<Partition>> = listed
+            .into_iter()
+            .filter(|partition| partition.flush_pending(older_than))
             .collect();
-        for partition in partitions {
-            partition.flush_pending(older_than);
-        }
+        self.buffered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(still);
     }
 
     /// Commits the given locations, in parallel.

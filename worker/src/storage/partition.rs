@@ -44,6 +44,8 @@ struct State {
     pending_index: Vec<u8>,
     /// When the oldest pending slice arrived.
     pending_since: Option<Instant>,
+    /// Whether the store lists this partition for aged flushes.
+    listed: bool,
     /// Whether the data and index files exist (created by the first flush).
     created: bool,
     /// Data-file offset where `pending` will be written.
@@ -107,6 +109,7 @@ impl Partition {
                 pending_len: 0,
                 pending_index: Vec::new(),
                 pending_since: None,
+                listed: false,
                 created: false,
                 flushed_len: 0,
                 index_len: 0,
@@ -169,7 +172,8 @@ impl Partition {
     }
 
     /// Appends a slice of whole batches, each checked against its CRC and its partition. The
-    /// slice (and the lease it carries) stays in the buffer until it is flushed. Malformed
+    /// slice (and the lease it carries) stays in the buffer until it is flushed. Returns whether
+    /// the caller must list the partition for aged flushes (it is not listed yet). Malformed
     /// batches reject the whole slice. A location holding anything may not grow past
     /// `size_cap`: the push is refused and the writer moves the partition to a new epoch
     /// elsewhere.
@@ -179,7 +183,7 @@ impl Partition {
         slice: Bytes,
         flush_threshold: u64,
         size_cap: u64,
-    ) -> WorkerResult<()> {
+    ) -> WorkerResult<bool> {
         let mut state = self.lock();
         match &state.status {
             Status::Open => {}
@@ -229,15 +233,16 @@ impl Partition {
         state.pending_len += slice.len() as u64;
         state.pending.push(slice);
         state.pending_since.get_or_insert_with(Instant::now);
+        let list = !std::mem::replace(&mut state.listed, true);
         if state.pending_len >= flush_threshold {
             self.flush_locked(&mut state);
         }
-        Ok(())
+        Ok(list)
     }
 
     /// Writes out whatever is pending (memory pressure), or only what has waited longer than
-    /// `older_than` when given.
-    pub fn flush_pending(self: &Arc<Self>, older_than: Option<Duration>) {
+    /// `older_than` when given. Returns whether it stays listed (something is still pending).
+    pub fn flush_pending(self: &Arc<Self>, older_than: Option<Duration>) -> bool {
         let mut state = self.lock();
         let due = match (older_than, state.pending_since) {
             (_, None) => false,
@@ -247,6 +252,8 @@ impl Partition {
         if due && matches!(state.status, Status::Open | Status::Sealing) {
             self.flush_locked(&mut state);
         }
+        state.listed = state.pending_since.is_some();
+        state.listed
     }
 
     fn fail_locked(&self, state: &mut State, reason: String) {
