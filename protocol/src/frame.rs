@@ -285,27 +285,12 @@ pub fn head_for(
     with_crc: bool,
 ) -> Result<FrameHead, FrameError> {
     let body_len: usize = body.iter().map(Bytes::len).sum();
-    let header_len = u32::try_from(header.len()).map_err(|_| FrameError::HeaderTooLarge {
-        len: u32::MAX,
-        max: u32::MAX,
-    })?;
-    let body_len = u32::try_from(body_len).map_err(|_| FrameError::BodyTooLarge {
-        len: u32::MAX,
-        max: u32::MAX,
-    })?;
-    let (flags, crc) = if with_crc {
-        (FLAG_CRC, crc_of(header, body))
-    } else {
-        (0, 0)
-    };
-    Ok(FrameHead {
-        kind,
-        flags,
-        request_id,
-        header_len,
-        body_len,
-        crc,
-    })
+    let mut head = head_for_body(kind, request_id, header, body_len as u64)?;
+    if with_crc {
+        head.flags = FLAG_CRC;
+        head.crc = crc_of(header, body);
+    }
+    Ok(head)
 }
 
 /// The head of a frame without a CRC whose body of `body_len` bytes the caller sends itself
