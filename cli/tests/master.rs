@@ -11,12 +11,14 @@
 //! - A worker id held by a live worker at another address is refused; a restarted worker whose
 //!   old incarnation stopped heartbeating is accepted, and a refused worker keeps retrying.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice::local::{LocalCluster, LocalOptions};
-use sluice::records::{self, RecordId};
+use sluice::records::RecordId;
 use sluice_client::{ClientConfig, SluiceClient};
 use sluice_master::MasterConfig;
 use sluice_protocol::pb;
@@ -454,50 +456,14 @@ async fn a_partition_is_not_revived_past_max_epochs_per_partition() {
     cluster.shutdown().await.unwrap();
 }
 
-/// Writes `maps` maps of 300 records over `partitions` and returns every record id.
-async fn write(
-    client: &SluiceClient,
-    key: &ShuffleKey,
-    maps: u32,
-    partitions: u32,
-) -> Vec<RecordId> {
-    let handle = client
-        .register_shuffle(key, maps, partitions)
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for map in 0..maps {
-        let mut writer = client.writer(handle.clone(), map, 0).unwrap();
-        let mut record = Vec::new();
-        for seq in 0..300u32 {
-            record.clear();
-            records::encode(&mut record, map, seq, 40 + (seq as usize * 13) % 500);
-            writer
-                .write((seq * 7 + map) % partitions, &record)
-                .await
-                .unwrap();
-            ids.push(RecordId { map, seq });
-        }
-        writer.finish().await.unwrap();
-    }
-    ids
-}
-
 async fn read_all(
     client: &SluiceClient,
     key: &ShuffleKey,
     partitions: u32,
 ) -> HashMap<RecordId, usize> {
-    let mut reader = client.reader(key, 0..partitions, None).await.unwrap();
-    let mut seen = HashMap::new();
-    while let Some(block) = reader.next().await.unwrap() {
-        records::parse(&block, true, |id, _, intact| {
-            assert!(intact, "record {id:?} damaged");
-            *seen.entry(id).or_insert(0) += 1;
-        })
-        .unwrap();
-    }
-    seen
+    common::read_records(client, key, 0..partitions, None)
+        .await
+        .unwrap()
 }
 
 async fn layout(
@@ -532,7 +498,7 @@ async fn reserve_and_commit_go_to_workers_in_pages_and_the_layout_is_complete() 
     })
     .unwrap();
     let key = ShuffleKey::new("paged", 0);
-    let ids = write(&client, &key, 3, 100).await;
+    let ids = common::write_records(&client, &key, (3, 100), 300, 500).await;
     let master = master(&cluster).await;
     let layout = layout(&master, &key, 0..100).await.unwrap();
     assert!(layout.committed);

@@ -46,16 +46,7 @@ async fn read(
     partitions: std::ops::Range<u32>,
     maps: Option<std::ops::Range<u32>>,
 ) -> Result<HashMap<RecordId, usize>, ClientError> {
-    let mut reader = client.reader(key, partitions, maps).await?;
-    let mut seen = HashMap::new();
-    while let Some(block) = reader.next().await? {
-        records::parse(&block, true, |id, _, intact| {
-            assert!(intact, "record {id:?} changed");
-            *seen.entry(id).or_insert(0) += 1;
-        })
-        .unwrap();
-    }
-    Ok(seen)
+    common::read_records(client, key, partitions, maps).await
 }
 
 /// Asserts every record of map 0 with a sequence number in `seqs` was read exactly once, and

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::data_files;
+use common::{data_files, read_records, write_records};
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::records::{self, RecordId};
 use sluice_client::{ClientConfig, ClientError, SluiceClient};
@@ -27,26 +27,7 @@ async fn write(
     maps: u32,
     partitions: u32,
 ) -> Vec<RecordId> {
-    let handle = client
-        .register_shuffle(key, maps, partitions)
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for map in 0..maps {
-        let mut writer = client.writer(handle.clone(), map, 0).unwrap();
-        let mut record = Vec::new();
-        for seq in 0..600u32 {
-            record.clear();
-            records::encode(&mut record, map, seq, 40 + (seq as usize * 13) % 900);
-            writer
-                .write((seq * 7 + map) % partitions, &record)
-                .await
-                .unwrap();
-            ids.push(RecordId { map, seq });
-        }
-        writer.finish().await.unwrap();
-    }
-    ids
+    write_records(client, key, (maps, partitions), 600, 900).await
 }
 
 async fn read(
@@ -54,16 +35,7 @@ async fn read(
     key: &ShuffleKey,
     partitions: u32,
 ) -> Result<HashMap<RecordId, usize>, ClientError> {
-    let mut reader = client.reader(key, 0..partitions, None).await?;
-    let mut seen = HashMap::new();
-    while let Some(block) = reader.next().await? {
-        records::parse(&block, true, |id, _, intact| {
-            assert!(intact, "record {id:?} changed");
-            *seen.entry(id).or_insert(0) += 1;
-        })
-        .unwrap();
-    }
-    Ok(seen)
+    read_records(client, key, 0..partitions, None).await
 }
 
 fn assert_exactly_once(seen: &HashMap<RecordId, usize>, ids: &[RecordId]) {

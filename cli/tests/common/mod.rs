@@ -29,6 +29,59 @@ pub fn data_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+// Writing and reading self-checking records through the client.
+
+/// Registers `key` and writes `maps` maps of `per_map` records (40 bytes up to `max_len`) over
+/// `partitions`; returns every record id.
+pub async fn write_records(
+    client: &sluice_client::SluiceClient,
+    key: &ShuffleKey,
+    (maps, partitions): (u32, u32),
+    per_map: u32,
+    max_len: usize,
+) -> Vec<records::RecordId> {
+    let handle = client
+        .register_shuffle(key, maps, partitions)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for map in 0..maps {
+        let mut writer = client.writer(handle.clone(), map, 0).unwrap();
+        let mut record = Vec::new();
+        for seq in 0..per_map {
+            record.clear();
+            records::encode(&mut record, map, seq, 40 + (seq as usize * 13) % max_len);
+            writer
+                .write((seq * 7 + map) % partitions, &record)
+                .await
+                .unwrap();
+            ids.push(records::RecordId { map, seq });
+        }
+        writer.finish().await.unwrap();
+    }
+    ids
+}
+
+/// Reads `partitions` (maps `maps`, all when `None`) and counts every record; checks each
+/// record's bytes.
+pub async fn read_records(
+    client: &sluice_client::SluiceClient,
+    key: &ShuffleKey,
+    partitions: std::ops::Range<u32>,
+    maps: Option<std::ops::Range<u32>>,
+) -> Result<std::collections::HashMap<records::RecordId, usize>, sluice_client::ClientError> {
+    let mut reader = client.reader(key, partitions, maps).await?;
+    let mut seen = std::collections::HashMap::new();
+    while let Some(block) = reader.next().await? {
+        records::parse(&block, true, |id, _, intact| {
+            assert!(intact, "record {id:?} changed");
+            *seen.entry(id).or_insert(0) += 1;
+        })
+        .unwrap();
+    }
+    Ok(seen)
+}
+
 // Low-level writing: batches pushed with the data-plane protocol and map ends reported to the
 // master by hand, to build states the client's writer never produces (batches that do not
 // decode, the same batches in two epochs, copies of one epoch that differ).
