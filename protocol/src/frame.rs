@@ -26,7 +26,9 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// `"SLUC"`.
 pub const MAGIC: u32 = 0x534C_5543;
-pub const VERSION: u8 = 1;
+/// 2: batches carry their partition (32-byte batch head), pushes must carry a frame CRC, and
+/// OpenStream pages its answers. A peer speaking 1 is refused at its first frame head.
+pub const VERSION: u8 = 2;
 pub const HEAD_LEN: usize = 28;
 /// The frame carries a CRC32 of header and body.
 pub const FLAG_CRC: u16 = 1;
