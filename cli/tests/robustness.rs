@@ -233,7 +233,7 @@ fn garbage(served: &[u8], seed: u64) -> Vec<(&'static str, Vec<u8>)> {
     let mut unknown_type = head(MessageType::Ack, 0, 0);
     unknown_type[5] = 200;
     let mut bad_version = head(MessageType::Ack, 0, 0);
-    bad_version[4] = 2;
+    bad_version[4] = frame::VERSION + 1;
     vec![
         ("random bytes", random),
         (
