@@ -102,15 +102,27 @@ fn main() {
     let stream = [ack.clone(), pushed.clone(), chunk_data.clone()].concat();
     for (limits, tag) in [(0u8, "default"), (1, "small")] {
         write("frame", &format!("ack-{tag}"), &prefixed(&[limits], &ack));
-        write("frame", &format!("push-{tag}"), &prefixed(&[limits], &pushed));
-        write("frame", &format!("stream-{tag}"), &prefixed(&[limits], &stream));
+        write(
+            "frame",
+            &format!("push-{tag}"),
+            &prefixed(&[limits], &pushed),
+        );
+        write(
+            "frame",
+            &format!("stream-{tag}"),
+            &prefixed(&[limits], &stream),
+        );
         write(
             "frame_reader",
             &format!("stream-{tag}"),
             &prefixed(&[limits, 3, 1, 29, 200], &stream),
         );
     }
-    write("frame_reader", "truncated", &prefixed(&[0, 1, 7], &pushed[..pushed.len() - 3]));
+    write(
+        "frame_reader",
+        "truncated",
+        &prefixed(&[0, 1, 7], &pushed[..pushed.len() - 3]),
+    );
 
     // Headers, one per type, numbered as the headers target picks them.
     let headers: [Vec<u8>; 8] = [
@@ -161,7 +173,11 @@ fn main() {
         .encode_to_vec(),
     ];
     for (i, header) in headers.iter().enumerate() {
-        write("headers", &format!("type-{i}"), &prefixed(&[i as u8], header));
+        write(
+            "headers",
+            &format!("type-{i}"),
+            &prefixed(&[i as u8], header),
+        );
     }
 
     // Push frames: header length, header, body.
@@ -170,7 +186,9 @@ fn main() {
     input.extend_from_slice(&header);
     input.extend_from_slice(&batches);
     write("push", "one-slice", &input);
-    let split = batch::parse_head(&batches).expect("first batch").total_len();
+    let split = batch::parse_head(&batches)
+        .expect("first batch")
+        .total_len();
     let two = pb::PushHeader {
         slices: vec![
             pb::PushSlice {
@@ -218,9 +236,17 @@ fn main() {
     write(
         "commit_marker",
         "created",
-        format!("sluice-committed-v1 {offset} {} {offset} 3 987654321 1\n", index.len()).as_bytes(),
+        format!(
+            "sluice-committed-v1 {offset} {} {offset} 3 987654321 1\n",
+            index.len()
+        )
+        .as_bytes(),
     );
-    write("commit_marker", "empty", b"sluice-committed-v1 0 0 0 0 0 0\n");
+    write(
+        "commit_marker",
+        "empty",
+        b"sluice-committed-v1 0 0 0 0 0 0\n",
+    );
 
     // Configs.
     let worker = toml::to_string(&WorkerConfig::default()).expect("worker defaults");

@@ -50,16 +50,24 @@ fuzz_target!(|data: &[u8]| {
         let verified = batch::verify(&head, &whole).is_ok();
         match batch::decompress(&head, &whole) {
             Ok(raw) => {
-                assert_eq!(raw.len(), head.raw_len as usize, "decompressed to the wrong length");
+                assert_eq!(
+                    raw.len(),
+                    head.raw_len as usize,
+                    "decompressed to the wrong length"
+                );
                 if head.codec == Codec::None {
                     assert_eq!(raw[..], whole[BATCH_HEAD_LEN..]);
                 }
                 if verified {
                     // A writer encoding the same raw bytes gets a batch that reads back to them.
-                    let (again, encoded) = batch::encode(head.map_id, head.attempt, head.batch_id, &raw, true)
-                        .expect("raw bytes of a batch re-encode");
+                    let (again, encoded) =
+                        batch::encode(head.map_id, head.attempt, head.batch_id, &raw, true)
+                            .expect("raw bytes of a batch re-encode");
                     batch::verify(&again, &encoded).expect("a fresh batch verifies");
-                    assert_eq!(batch::decompress(&again, &encoded).expect("a fresh batch decompresses"), raw);
+                    assert_eq!(
+                        batch::decompress(&again, &encoded).expect("a fresh batch decompresses"),
+                        raw
+                    );
                 }
             }
             Err(e) => assert!(matches!(e, batch::BatchError::Decompress { .. }), "{e:?}"),

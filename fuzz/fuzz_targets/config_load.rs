@@ -21,13 +21,22 @@ fn config_path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let shm = PathBuf::from("/dev/shm");
-        let dir = if shm.is_dir() { shm } else { std::env::temp_dir() };
+        let dir = if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        };
         dir.join(format!("sluice-fuzz-config-{}.toml", std::process::id()))
     })
 }
 
-fn run<T>(prefix: &str, file: &str, env: &str, args: &str, validate: impl Fn(&T) -> Result<(), String>)
-where
+fn run<T>(
+    prefix: &str,
+    file: &str,
+    env: &str,
+    args: &str,
+    validate: impl Fn(&T) -> Result<(), String>,
+) where
     T: serde::de::DeserializeOwned + serde::Serialize + Default,
 {
     let args: Vec<String> = args.lines().map(str::to_string).collect();

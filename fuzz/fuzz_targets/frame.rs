@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(head) => {
             assert!(bytes.len() >= HEAD_LEN);
             assert!(head.header_len <= limits.max_header && head.body_len <= limits.max_body);
-            assert_eq!(head.encode()[..], bytes[..HEAD_LEN], "head does not re-encode");
+            assert_eq!(
+                head.encode()[..],
+                bytes[..HEAD_LEN],
+                "head does not re-encode"
+            );
         }
         Err(FrameError::Incomplete) => {
             assert!(bytes.len() < HEAD_LEN);
@@ -60,7 +64,10 @@ fuzz_target!(|data: &[u8]| {
                     .expect("a re-encoded frame parses");
                 assert_eq!(again, parsed);
                 if head.flags == 0 && head.crc == 0 || head.flags == FLAG_CRC {
-                    assert_eq!(encoded[..], bytes[bytes.len() - before..][..head.frame_len()]);
+                    assert_eq!(
+                        encoded[..],
+                        bytes[bytes.len() - before..][..head.frame_len()]
+                    );
                 }
             }
             Err(FrameError::Incomplete) => {

@@ -113,7 +113,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = decode::<pb::CommittedHeader>(MessageType::Committed, header);
         }
         _ => {
-            if let Some(opened) = decode::<pb::StreamOpenedHeader>(MessageType::StreamOpened, header)
+            if let Some(opened) =
+                decode::<pb::StreamOpenedHeader>(MessageType::StreamOpened, header)
             {
                 for c in opened.chunks {
                     chunk(c, opened.file_length, u64::MAX);

@@ -30,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(entries.len() * index::ENTRY_LEN, bytes.len());
     for entry in &entries {
         let end = entry.offset.checked_add(u64::from(entry.length));
-        assert!(end.is_some_and(|end| end <= data_len), "{entry:?} past {data_len}");
+        assert!(
+            end.is_some_and(|end| end <= data_len),
+            "{entry:?} past {data_len}"
+        );
     }
 
     let chunks = index::chunks(&entries, start_map, end_map, chunk_size);
@@ -45,19 +48,42 @@ fuzz_target!(|data: &[u8]| {
         let len: u64 = chunk.ranges.iter().map(|r| r.length).sum();
         assert!(len > 0, "chunk of no bytes");
         // Only a single batch larger than the chunk size makes a larger chunk.
-        let largest = wanted.iter().map(|e| u64::from(e.length)).max().unwrap_or(0);
-        assert!(len <= chunk_size.max(largest), "chunk of {len} bytes, size {chunk_size}");
+        let largest = wanted
+            .iter()
+            .map(|e| u64::from(e.length))
+            .max()
+            .unwrap_or(0);
+        assert!(
+            len <= chunk_size.max(largest),
+            "chunk of {len} bytes, size {chunk_size}"
+        );
         for range in &chunk.ranges {
-            let end = range.offset.checked_add(range.length).expect("range end overflows");
-            assert!(end <= data_len, "range {}+{} past the data file's {data_len} bytes", range.offset, range.length);
+            let end = range
+                .offset
+                .checked_add(range.length)
+                .expect("range end overflows");
+            assert!(
+                end <= data_len,
+                "range {}+{} past the data file's {data_len} bytes",
+                range.offset,
+                range.length
+            );
             ranges.push((range.offset, end));
         }
         total += len;
     }
-    assert_eq!(total, wanted.iter().map(|e| u64::from(e.length)).sum::<u64>());
+    assert_eq!(
+        total,
+        wanted.iter().map(|e| u64::from(e.length)).sum::<u64>()
+    );
     ranges.retain(|(start, end)| start < end);
     ranges.sort_unstable();
     for pair in ranges.windows(2) {
-        assert!(pair[0].1 <= pair[1].0, "ranges {:?} and {:?} overlap", pair[0], pair[1]);
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "ranges {:?} and {:?} overlap",
+            pair[0],
+            pair[1]
+        );
     }
 });

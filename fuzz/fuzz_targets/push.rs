@@ -67,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(_) => false,
         });
-        assert_eq!(appended.is_ok(), whole, "append disagrees with the batches: {appended:?}");
+        assert_eq!(
+            appended.is_ok(),
+            whole,
+            "append disagrees with the batches: {appended:?}"
+        );
         if whole {
             assert_eq!(walked, bytes.len());
         }
