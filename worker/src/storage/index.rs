@@ -64,7 +64,9 @@ impl IndexEntry {
     }
 }
 
-/// Decodes a whole index file. Entries must lie inside a data file of `data_len` bytes.
+/// Decodes a whole index file. Entries must lie inside a data file of `data_len` bytes, in file
+/// order, without overlapping (batches are appended back to back, so a valid index never
+/// overlaps; one that does is corrupt and would serve bytes twice).
 pub fn decode(bytes: &[u8], data_len: u64) -> Result<Vec<IndexEntry>, String> {
     if bytes.len() % ENTRY_LEN != 0 {
         return Err(format!(
@@ -72,16 +74,25 @@ pub fn decode(bytes: &[u8], data_len: u64) -> Result<Vec<IndexEntry>, String> {
             bytes.len()
         ));
     }
+    let mut previous_end = 0u64;
     bytes
         .chunks_exact(ENTRY_LEN)
         .map(|e| {
             let entry = IndexEntry::decode(e).ok_or_else(|| "torn index entry".to_string())?;
-            if entry.offset.saturating_add(u64::from(entry.length)) > data_len {
+            let end = entry.offset.checked_add(u64::from(entry.length));
+            let Some(end) = end.filter(|end| *end <= data_len) else {
                 return Err(format!(
                     "index entry at {} + {} runs past the data file's {data_len} bytes",
                     entry.offset, entry.length
                 ));
+            };
+            if entry.offset < previous_end {
+                return Err(format!(
+                    "index entry at {} overlaps the batch before it, which ends at {previous_end}",
+                    entry.offset
+                ));
             }
+            previous_end = end;
             Ok(entry)
         })
         .collect()
@@ -192,6 +203,27 @@ mod tests {
             "entry past the data file accepted"
         );
         assert!(decode(&bytes[..30], 30).is_err(), "torn entry accepted");
+    }
+
+    /// Found by the `index` fuzz target: two entries over the same bytes were accepted and
+    /// `chunks` then served those bytes twice.
+    #[test]
+    fn overlapping_or_backward_entries_are_rejected() {
+        let encode = |entries: &[IndexEntry]| {
+            let mut bytes = Vec::new();
+            entries.iter().for_each(|e| e.encode_into(&mut bytes));
+            bytes
+        };
+        let overlapping = encode(&[entry(0, 0, 1280), entry(0, 0, 8_947_848)]);
+        assert!(decode(&overlapping, 1 << 30).is_err());
+        let backward = encode(&[entry(0, 100, 10), entry(0, 0, 10)]);
+        assert!(decode(&backward, 1 << 30).is_err());
+        let straddling = encode(&[entry(0, 0, 10), entry(0, 9, 10)]);
+        assert!(decode(&straddling, 1 << 30).is_err());
+        let with_gap = vec![entry(0, 0, 10), entry(1, 20, 10)];
+        assert_eq!(decode(&encode(&with_gap), 30).unwrap(), with_gap);
+        // An end past u64::MAX is outside any data file, even one of u64::MAX bytes.
+        assert!(decode(&encode(&[entry(0, u64::MAX, 1)]), u64::MAX).is_err());
     }
 
     #[test]

@@ -182,7 +182,9 @@ impl CommitMarker {
                 _ => return None,
             },
         };
-        fields.next().is_none().then_some(marker)
+        // Files are created by the first flush, so a location without them holds nothing.
+        let consistent = marker.created || (marker.data_len == 0 && marker.index_len == 0);
+        (consistent && fields.next().is_none()).then_some(marker)
     }
 }
 
@@ -294,6 +296,8 @@ mod tests {
             "other 1 2 3 4 5 1",
             &text[..text.len() / 2],
             &format!("{text} 9"),
+            // Found by the `commit_marker` fuzz target: no files, yet bytes to serve.
+            "sluice-committed-v1 88888 03 0000000000000000008 03 000 00000000000000000",
         ] {
             assert_eq!(CommitMarker::parse(bad), None, "{bad:?}");
         }
