@@ -63,8 +63,6 @@ pub struct Disk {
     pub path: PathBuf,
     pub engine: Arc<dyn IoEngine>,
     flusher: mpsc::UnboundedSender<FlushJob>,
-    /// Locations on this disk and not yet dropped.
-    active: AtomicU64,
     healthy: AtomicBool,
     flush_micros: AtomicU64,
     flushes: AtomicU64,
@@ -78,7 +76,6 @@ impl Disk {
             path,
             engine,
             flusher,
-            active: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             flush_micros: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -89,18 +86,6 @@ impl Disk {
     /// Queues a flush. False only if the flusher has stopped (the worker is shutting down).
     pub fn flush(&self, job: FlushJob) -> bool {
         self.flusher.send(job).is_ok()
-    }
-
-    pub fn location_added(&self) {
-        self.active.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn location_removed(&self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn active_locations(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
     }
 
     /// Records a flush's latency and health, and hands its outcome to whoever waits for it.

@@ -98,7 +98,6 @@ pub struct Partition {
 
 impl Partition {
     pub fn new(name: String, disk: Arc<Disk>, files: LocationFiles) -> Partition {
-        disk.location_added();
         Partition {
             name,
             disk,
@@ -156,10 +155,6 @@ impl Partition {
             state.stats = extent.stats;
         }
         partition
-    }
-
-    pub fn disk(&self) -> &Arc<Disk> {
-        &self.disk
     }
 
     pub fn name(&self) -> &str {
@@ -411,11 +406,5 @@ impl Partition {
     pub fn discard(&self) {
         let mut state = self.lock();
         self.drop_pending_locked(&mut state, "deleted".into());
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        self.disk.location_removed();
     }
 }
