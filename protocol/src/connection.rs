@@ -70,15 +70,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() - self.buf.len() < frame::HEAD_LEN {
                 self.buf.reserve(4096);
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ReadError::Truncated {
-                        buffered: self.buf.len(),
-                    })
-                };
+            if !self.fill().await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// Reads more bytes into the buffer. `Ok(false)` is a clean end of stream between frames; an
+    /// end inside a frame is [`ReadError::Truncated`].
+    async fn fill(&mut self) -> Result<bool, ReadError> {
+        if self.inner.read_buf(&mut self.buf).await? > 0 {
+            return Ok(true);
+        }
+        if self.buf.is_empty() {
+            Ok(false)
+        } else {
+            Err(ReadError::Truncated {
+                buffered: self.buf.len(),
+            })
         }
     }
 
@@ -184,14 +193,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ReadError::Truncated {
-                        buffered: self.buf.len(),
-                    })
-                };
+            if !self.fill().await? {
+                return Ok(None);
             }
         }
     }
