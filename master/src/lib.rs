@@ -27,6 +27,7 @@ pub mod config;
 mod core;
 pub mod error;
 pub mod placement;
+pub mod raft;
 mod reserve;
 pub mod service;
 pub mod state;

@@ -297,6 +297,20 @@ impl Master for MasterService {
         Ok(Response::new(pb::AppHeartbeatResponse {}))
     }
 
+    async fn master_status(
+        &self,
+        _request: Request<pb::MasterStatusRequest>,
+    ) -> Result<Response<pb::MasterStatusResponse>, Status> {
+        Err(Status::unimplemented("master status"))
+    }
+
+    async fn change_masters(
+        &self,
+        _request: Request<pb::ChangeMastersRequest>,
+    ) -> Result<Response<pb::MasterStatusResponse>, Status> {
+        Err(Status::unimplemented("change masters"))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,

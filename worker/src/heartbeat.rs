@@ -60,6 +60,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                     memory_budget_bytes: shared.store.memory().budget(),
                     active_partitions: shared.store.active_partitions(),
                     state: pb::WorkerState::Active as i32,
+                    shuffles: Vec::new(),
                 })
                 .await
                 .map(|r| registered = !r.into_inner().reregister)
