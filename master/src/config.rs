@@ -1,5 +1,6 @@
 //! Master configuration. Every key is documented where it is declared; unknown keys are errors.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -10,6 +11,31 @@ use serde::{Deserialize, Serialize};
 pub struct MasterConfig {
     /// Address the gRPC server binds to.
     pub listen: String,
+    /// Where the Raft log and snapshots live: every shuffle survives a restart of the master.
+    pub data_dir: PathBuf,
+    /// The masters of the cluster, by id: `peers[i]` is the `host:port` of master `i`. Empty:
+    /// one master with no peers (id 0). On Kubernetes, `sluice-master-<i>.<service>:9097`.
+    pub peers: Vec<String>,
+    /// This master's id, an index into `peers`. Unset: the trailing number of the host name
+    /// (`sluice-master-2` is 2, as a StatefulSet names its pods), else the position of
+    /// `advertise` in `peers`.
+    pub id: Option<u64>,
+    /// The `host:port` other masters, workers and clients reach this master at. Empty:
+    /// `peers[id]`, or `listen` for a master with no peers.
+    pub advertise: String,
+    /// How often the leader sends Raft heartbeats to the other masters.
+    #[serde(with = "sluice_protocol::duration")]
+    pub raft_heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time between this and twice this starts
+    /// an election: it bounds how long a dead leader stops writes.
+    #[serde(with = "sluice_protocol::duration")]
+    pub election_timeout: Duration,
+    /// Log entries applied between snapshots; older entries are then dropped from the log.
+    pub snapshot_every: u64,
+    /// A shuffle a worker reports holding that the leading master has not known of for this
+    /// long is deleted on that worker (the orphan of a lost driver or of a missed delete).
+    #[serde(with = "sluice_protocol::duration")]
+    pub orphan_grace: Duration,
     /// A worker silent for this long is lost: it gets no new partitions, its pending commits
     /// count as failed. (Placement already skips a worker that missed two heartbeats.)
     #[serde(with = "sluice_protocol::duration")]
@@ -58,6 +84,14 @@ impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             listen: "0.0.0.0:9097".into(),
+            data_dir: PathBuf::from("/var/lib/sluice/master"),
+            peers: Vec::new(),
+            id: None,
+            advertise: String::new(),
+            raft_heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            snapshot_every: 10_000,
+            orphan_grace: Duration::from_secs(120),
             worker_timeout: Duration::from_secs(30),
             app_timeout: Duration::from_secs(300),
             worker_rpc_timeout: Duration::from_secs(30),
@@ -85,6 +119,9 @@ impl MasterConfig {
             ("worker_rpc_timeout", self.worker_rpc_timeout),
             ("reserve_timeout", self.reserve_timeout),
             ("commit_timeout", self.commit_timeout),
+            ("raft_heartbeat_interval", self.raft_heartbeat_interval),
+            ("election_timeout", self.election_timeout),
+            ("orphan_grace", self.orphan_grace),
         ] {
             if value.is_zero() {
                 return Err(format!("{key}: must be above 0"));
@@ -117,6 +154,25 @@ impl MasterConfig {
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be above 0"));
+            }
+        }
+        if self.raft_heartbeat_interval * 3 > self.election_timeout {
+            return Err(format!(
+                "election_timeout ({:?}) must be at least three raft_heartbeat_interval ({:?}): \
+                 followers would start elections while the leader is alive",
+                self.election_timeout, self.raft_heartbeat_interval
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return Err("snapshot_every: must be above 0".into());
+        }
+        if let Some(id) = self.id {
+            if !self.peers.is_empty() && id >= self.peers.len() as u64 {
+                return Err(format!(
+                    "id {id} names no master: peers lists {} (ids 0 to {})",
+                    self.peers.len(),
+                    self.peers.len() - 1
+                ));
             }
         }
         if self.max_locations_per_frame > 100_000 {
