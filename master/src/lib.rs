@@ -19,12 +19,18 @@
 //!
 //! Calls flow one way: `service` -> `reserve` / `commit` / `background` -> `core` -> `state`.
 //!
-//! HA (Raft) is not here yet: one master holds the state in memory.
+//! - [`raft`]: the replicated log. The state's replicated half (shuffles: placements and every
+//!   epoch, map ends, commit results) changes only by commands applied from it, on every
+//!   master; worker membership and application heartbeats are each master's own soft state.
+//! - `membership`: the masters themselves (status, adding and removing masters).
+//!
+//! Only the leader serves requests; the others answer with its address.
 
 mod background;
 mod commit;
 pub mod config;
 mod core;
+mod membership;
 pub mod error;
 pub mod placement;
 pub mod raft;
@@ -32,6 +38,7 @@ mod reserve;
 pub mod service;
 pub mod state;
 
+use sluice_protocol::pb::master_raft_server::MasterRaftServer;
 use sluice_protocol::pb::master_server::MasterServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,14 +60,19 @@ pub async fn run(
     config.validate().map_err(MasterError::Config)?;
     let addr = listener.local_addr()?;
     let message_limit = config.message_limit();
-    let service = MasterService::new(config, shutdown.clone());
+    let service = MasterService::start(config, addr, shutdown.clone()).await?;
     service.spawn_background(shutdown.clone());
     tracing::info!(%addr, "master started");
     let serve = tonic::transport::Server::builder()
         .add_service(
-            MasterServer::new(service)
+            MasterServer::new(service.clone())
                 .max_decoding_message_size(message_limit)
                 .max_encoding_message_size(message_limit),
+        )
+        .add_service(
+            MasterRaftServer::new(service.raft_server())
+                .max_decoding_message_size(raft::RAFT_MESSAGE_LIMIT)
+                .max_encoding_message_size(raft::RAFT_MESSAGE_LIMIT),
         )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -75,6 +87,7 @@ pub async fn run(
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!(%addr, grace = ?SHUTDOWN_GRACE, "connections still open after the grace period, closing them"),
     }
+    service.stop().await;
     tracing::info!(%addr, "master stopped");
     Ok(())
 }
