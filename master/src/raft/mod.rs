@@ -6,6 +6,14 @@
 //! - [`Machine`]: what the state machine store applies commands to. The master's
 //!   [`crate::state::State`] implements it; applying is pure (commands in, state out, no I/O).
 
+mod log_store;
+mod network;
+mod state_machine;
+
+pub use log_store::{LogStore, LOG_FILE};
+pub use network::{Network, PeerClient, RaftServer, RAFT_MESSAGE_LIMIT};
+pub use state_machine::{SnapshotBuilder, StateMachineStore, SNAPSHOT_FILE};
+
 use std::io::Cursor;
 
 use openraft::BasicNode;
