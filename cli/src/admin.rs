@@ -9,9 +9,12 @@ async fn connect(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
     let endpoint = Channel::from_shared(format!("http://{addr}"))
         .with_context(|| format!("master address {addr:?}"))?
         .connect_timeout(std::time::Duration::from_secs(3));
-    Ok(MasterClient::new(endpoint.connect().await.with_context(
-        || format!("connecting to master {addr}"),
-    )?))
+    Ok(MasterClient::new(
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to master {addr}"))?,
+    ))
 }
 
 fn endpoints(masters: &str) -> anyhow::Result<Vec<String>> {
@@ -112,7 +115,11 @@ pub async fn print_status(masters: &str, json: bool) -> anyhow::Result<()> {
 
 /// Adds master `id` at `addr` (it must be running, started with the same peers plus itself),
 /// or removes master `id`, through the leader.
-pub async fn change(masters: &str, add: Option<(u64, String)>, remove: Option<u64>) -> anyhow::Result<()> {
+pub async fn change(
+    masters: &str,
+    add: Option<(u64, String)>,
+    remove: Option<u64>,
+) -> anyhow::Result<()> {
     let leader = leader(masters).await?;
     let mut client = connect(&leader).await?;
     let request = pb::ChangeMastersRequest {
@@ -127,7 +134,11 @@ pub async fn change(masters: &str, add: Option<(u64, String)>, remove: Option<u6
         .await
         .map_err(|s| anyhow!("leader {leader} refused: {}", s.message()))?
         .into_inner();
-    let voters: Vec<String> = status.voters.iter().map(|n| format!("{} {}", n.id, n.addr)).collect();
+    let voters: Vec<String> = status
+        .voters
+        .iter()
+        .map(|n| format!("{} {}", n.id, n.addr))
+        .collect();
     println!("voters now: {}", voters.join(", "));
     Ok(())
 }

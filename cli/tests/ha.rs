@@ -46,7 +46,11 @@ fn master_config(dir: &Path, peers: &[String], id: usize) -> MasterConfig {
     MasterConfig {
         listen: peers[id].clone(),
         data_dir: dir.join(format!("master-{id}")),
-        peers: if peers.len() > 1 { peers.to_vec() } else { Vec::new() },
+        peers: if peers.len() > 1 {
+            peers.to_vec()
+        } else {
+            Vec::new()
+        },
         id: Some(id as u64),
         worker_timeout: Duration::from_secs(3),
         commit_timeout: Duration::from_secs(10),
@@ -95,7 +99,10 @@ fn client(masters: &str) -> SluiceClient {
 
 async fn status(addr: &str) -> Option<pb::MasterStatusResponse> {
     let mut master = MasterClient::connect(format!("http://{addr}")).await.ok()?;
-    let status = master.master_status(pb::MasterStatusRequest {}).await.ok()?;
+    let status = master
+        .master_status(pb::MasterStatusRequest {})
+        .await
+        .ok()?;
     Some(status.into_inner())
 }
 
@@ -107,11 +114,15 @@ async fn leader_with_workers(masters: &[String], n: usize) -> String {
             let Some(status) = status(addr).await else {
                 continue;
             };
-            let Some(leader) = status.leader else { continue };
+            let Some(leader) = status.leader else {
+                continue;
+            };
             if leader.addr != *addr {
                 continue;
             }
-            let mut master = MasterClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut master = MasterClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             let cluster = master
                 .cluster_status(pb::ClusterStatusRequest {})
                 .await
@@ -127,7 +138,13 @@ async fn leader_with_workers(masters: &[String], n: usize) -> String {
 }
 
 fn assert_exactly_once(ids: &[RecordId], seen: &HashMap<RecordId, usize>) {
-    assert_eq!(seen.len(), ids.len(), "records read: {} of {}", seen.len(), ids.len());
+    assert_eq!(
+        seen.len(),
+        ids.len(),
+        "records read: {} of {}",
+        seen.len(),
+        ids.len()
+    );
     for id in ids {
         assert_eq!(seen.get(id), Some(&1), "record {id:?}");
     }
@@ -204,7 +221,9 @@ async fn three_masters_keep_serving_when_the_leader_stops() {
     }
     let mut masters: Vec<Option<Node>> = Vec::new();
     for id in 0..3 {
-        masters.push(Some(start_master(master_config(dir.path(), &peers, id)).await));
+        masters.push(Some(
+            start_master(master_config(dir.path(), &peers, id)).await,
+        ));
     }
     let endpoints = peers.join(",");
     let workers = [
@@ -215,7 +234,9 @@ async fn three_masters_keep_serving_when_the_leader_stops() {
 
     // A follower redirects to the leader.
     let follower = peers.iter().find(|p| **p != leader).unwrap();
-    let mut direct = MasterClient::connect(format!("http://{follower}")).await.unwrap();
+    let mut direct = MasterClient::connect(format!("http://{follower}"))
+        .await
+        .unwrap();
     let refused = direct
         .register_shuffle(pb::RegisterShuffleRequest {
             shuffle: Some(ShuffleKey::new("app-probe", 0).to_pb()),
@@ -226,7 +247,10 @@ async fn three_masters_keep_serving_when_the_leader_stops() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let hint = refused.metadata().get("sluice-leader").map(|v| v.to_str().unwrap().to_string());
+    let hint = refused
+        .metadata()
+        .get("sluice-leader")
+        .map(|v| v.to_str().unwrap().to_string());
     assert_eq!(hint.as_deref(), Some(leader.as_str()), "{refused:?}");
 
     let client = client(&endpoints);
@@ -264,7 +288,10 @@ async fn three_masters_keep_serving_when_the_leader_stops() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "restarted master did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "restarted master did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

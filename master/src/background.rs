@@ -40,9 +40,11 @@ pub(crate) fn spawn(core: &Arc<Core>, shutdown: CancellationToken) {
         move || expire_workers(&workers),
     );
     let apps = core.clone();
-    every(quarter(core.config.app_timeout), shutdown.clone(), move || {
-        expire_apps(&apps)
-    });
+    every(
+        quarter(core.config.app_timeout),
+        shutdown.clone(),
+        move || expire_apps(&apps),
+    );
     tokio::spawn(lead(core.clone(), shutdown));
 }
 

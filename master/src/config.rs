@@ -27,8 +27,9 @@ pub struct MasterConfig {
     /// How often the leader sends Raft heartbeats to the other masters.
     #[serde(with = "sluice_protocol::duration")]
     pub raft_heartbeat_interval: Duration,
-    /// A follower that hears no leader for a random time between this and twice this starts
-    /// an election: it bounds how long a dead leader stops writes.
+    /// A follower that hears no leader for its lease (twice this) and then a random time
+    /// between this and twice this starts an election: it bounds how long a dead leader stops
+    /// writes (1.2 to 1.6 s at 400 ms, plus one vote round).
     #[serde(with = "sluice_protocol::duration")]
     pub election_timeout: Duration,
     /// Log entries applied between snapshots; older entries are then dropped from the log.
@@ -90,7 +91,7 @@ impl Default for MasterConfig {
             id: None,
             advertise: String::new(),
             raft_heartbeat_interval: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
+            election_timeout: Duration::from_millis(400),
             snapshot_every: 10_000,
             orphan_grace: Duration::from_secs(120),
             worker_timeout: Duration::from_secs(30),

@@ -253,7 +253,6 @@ fn pages(most: u32, specs: Vec<pb::LocationSpec>) -> Vec<Vec<pb::LocationSpec>> 
 mod tests {
     use super::*;
 
-
     fn spec(partition: u32, replica: Option<pb::WorkerInfo>) -> pb::LocationSpec {
         pb::LocationSpec {
             partition,

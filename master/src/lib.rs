@@ -30,15 +30,14 @@ mod background;
 mod commit;
 pub mod config;
 mod core;
-mod membership;
 pub mod error;
+mod membership;
 pub mod placement;
 pub mod raft;
 mod reserve;
 pub mod service;
 pub mod state;
 
-use sluice_protocol::pb::master_raft_server::MasterRaftServer;
 use sluice_protocol::pb::master_server::MasterServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,11 +68,7 @@ pub async fn run(
                 .max_decoding_message_size(message_limit)
                 .max_encoding_message_size(message_limit),
         )
-        .add_service(
-            MasterRaftServer::new(service.raft_server())
-                .max_decoding_message_size(raft::RAFT_MESSAGE_LIMIT)
-                .max_encoding_message_size(raft::RAFT_MESSAGE_LIMIT),
-        )
+        .add_service(service.raft_server().into_service())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),

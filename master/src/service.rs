@@ -131,7 +131,11 @@ impl Master for MasterService {
                     worker.memory_used = request.memory_used_bytes;
                     worker.active_partitions = request.active_partitions;
                 }
-                _ => return Ok(Response::new(pb::WorkerHeartbeatResponse { reregister: true })),
+                _ => {
+                    return Ok(Response::new(pb::WorkerHeartbeatResponse {
+                        reregister: true,
+                    }))
+                }
             }
             let held = request
                 .shuffles
@@ -144,13 +148,24 @@ impl Master for MasterService {
             }
         };
         if !orphans.is_empty() {
-            let worker = self.core.lock().workers.get(&request.worker_id).map(|w| w.info.clone());
+            let worker = self
+                .core
+                .lock()
+                .workers
+                .get(&request.worker_id)
+                .map(|w| w.info.clone());
             for key in orphans.into_iter().filter(|_| worker.is_some()) {
                 tracing::warn!(worker = %request.worker_id, shuffle = %key, grace = ?self.core.config.orphan_grace, "deleting a shuffle no master knows of");
-                self.core.destroy_on(worker.clone().into_iter().collect(), &key.app_id, Some(key.shuffle_id));
+                self.core.destroy_on(
+                    worker.clone().into_iter().collect(),
+                    &key.app_id,
+                    Some(key.shuffle_id),
+                );
             }
         }
-        Ok(Response::new(pb::WorkerHeartbeatResponse { reregister: false }))
+        Ok(Response::new(pb::WorkerHeartbeatResponse {
+            reregister: false,
+        }))
     }
 
     async fn register_shuffle(
@@ -328,7 +343,12 @@ impl Master for MasterService {
     ) -> Result<Response<pb::UnregisterShuffleResponse>, Status> {
         self.core.leader_check()?;
         let key = shuffle_key(request.into_inner().shuffle.as_ref())?;
-        let workers = self.core.lock().shuffles.get(&key).map(|e| e.workers.clone());
+        let workers = self
+            .core
+            .lock()
+            .shuffles
+            .get(&key)
+            .map(|e| e.workers.clone());
         if let Some(workers) = workers {
             let command = state::command(Cmd::ShuffleRemoved(pb::ShuffleRemoved {
                 shuffle: Some(key.to_pb()),
@@ -404,7 +424,12 @@ impl Master for MasterService {
 /// The answer to a map's end: the attempt that counts and, when another one won, its figures.
 fn answer_map_end(request: &pb::MapperEndRequest, winner: &MapResult) -> pb::MapperEndResponse {
     if winner.attempt != request.attempt {
-        tracing::debug!(map = request.map_id, attempt = request.attempt, winning_attempt = winner.attempt, "late map attempt ignored");
+        tracing::debug!(
+            map = request.map_id,
+            attempt = request.attempt,
+            winning_attempt = winner.attempt,
+            "late map attempt ignored"
+        );
     }
     pb::MapperEndResponse {
         winning_attempt: winner.attempt,

@@ -151,7 +151,8 @@ impl State {
         if copies.len() != placed.partition.len() || copies.len() != placed.epoch.len() {
             return Err("placement lists of different lengths".into());
         }
-        for ((p, epoch), (primary, replica)) in placed.partition.iter().zip(&placed.epoch).zip(copies)
+        for ((p, epoch), (primary, replica)) in
+            placed.partition.iter().zip(&placed.epoch).zip(copies)
         {
             if *p >= entry.shape.num_partitions {
                 return Err(format!("partition {p} of shuffle {key}"));
@@ -269,7 +270,10 @@ impl State {
         }
         for map in record.maps {
             if map.map_id >= shape.num_maps {
-                return Err(format!("shuffle {key}: map {} out of its shape", map.map_id));
+                return Err(format!(
+                    "shuffle {key}: map {} out of its shape",
+                    map.map_id
+                ));
             }
             entry.maps.insert(
                 map.map_id,
@@ -306,7 +310,8 @@ impl ShuffleEntry {
             .iter()
             .map(|p| p.locations.clone())
             .collect();
-        self.commit.send_replace(CommitState::Done(Arc::new(results)));
+        self.commit
+            .send_replace(CommitState::Done(Arc::new(results)));
         Ok(())
     }
 
@@ -380,5 +385,127 @@ impl Machine for State {
             self.touch_app(&app);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str) -> pb::WorkerInfo {
+        pb::WorkerInfo {
+            id: id.into(),
+            host: "127.0.0.1".into(),
+            push_port: 1,
+            fetch_port: 2,
+            ..Default::default()
+        }
+    }
+
+    fn stats(partition: u32, bytes: u64) -> pb::PartitionStats {
+        pb::PartitionStats {
+            partition,
+            stats: Some(pb::BatchStats {
+                bytes,
+                batches: 1,
+                checksum: bytes,
+            }),
+        }
+    }
+
+    fn map_ended(key: &ShuffleKey, map_id: u32, attempt: u32) -> pb::MasterCommand {
+        command(C::MapEnded(pb::MapEnded {
+            shuffle: Some(key.to_pb()),
+            map_id,
+            attempt,
+            partitions: vec![stats(map_id % 3, 10 + u64::from(map_id))],
+        }))
+    }
+
+    /// Registers, revives, ends maps, commits: the replicated state after each command, as
+    /// the snapshot encodes it.
+    fn history(key: &ShuffleKey) -> Vec<pb::MasterCommand> {
+        let shape = Shape {
+            num_maps: 2,
+            num_partitions: 3,
+            replication: 2,
+        };
+        let placement = Placement {
+            workers: vec![worker("a"), worker("b")],
+            copies: vec![(0, Some(1)), (1, Some(0)), (0, Some(1))],
+        };
+        let revived = Placement {
+            workers: vec![worker("c"), worker("a")],
+            copies: vec![(0, Some(1))],
+        };
+        let committed = pb::ShuffleCommitted {
+            shuffle: Some(key.to_pb()),
+            partitions: vec![
+                pb::CommittedPartition {
+                    locations: vec![pb::CommittedLocation::default(); 4],
+                },
+                pb::CommittedPartition {
+                    locations: vec![pb::CommittedLocation::default(); 2],
+                },
+                pb::CommittedPartition {
+                    locations: vec![pb::CommittedLocation::default(); 2],
+                },
+            ],
+        };
+        vec![
+            shuffle_placed(key, shape, placement),
+            epochs_placed(key, &[(0, 1)], &revived),
+            map_ended(key, 1, 4),
+            map_ended(key, 1, 0),
+            map_ended(key, 0, 2),
+            command(C::ShuffleCommitted(committed)),
+        ]
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_state_after_every_command() {
+        let key = ShuffleKey::new("app", 7);
+        let mut state = State::default();
+        for cmd in history(&key) {
+            let reply = state.apply(&cmd);
+            assert!(reply.error.is_empty(), "{cmd:?}: {}", reply.error);
+            let snapshot = state.snapshot();
+            let mut restored = State::default();
+            restored.restore(&snapshot).unwrap();
+            assert_eq!(restored.snapshot(), snapshot);
+        }
+        let entry = &state.shuffles[&key];
+        assert_eq!(entry.current_epoch(0), 1);
+        assert_eq!(entry.current(0).1, 2, "epoch 1 on worker c (index 2)");
+        assert_eq!(*entry.winning_attempt, vec![2, 4]);
+        assert!(matches!(*entry.commit.borrow(), CommitState::Done(_)));
+    }
+
+    #[test]
+    fn commands_that_no_longer_fit_change_nothing() {
+        let key = ShuffleKey::new("app", 7);
+        let mut state = State::default();
+        let commands = history(&key);
+        for cmd in &commands {
+            state.apply(cmd);
+        }
+        let before = state.snapshot();
+        // A second registration, a revive after the commit, a map of another shape, garbage.
+        let replies = [
+            state.apply(&commands[0]),
+            state.apply(&commands[1]),
+            state.apply(&map_ended(&key, 9, 0)),
+            state.apply(&pb::MasterCommand::default()),
+            state.apply(&map_ended(&ShuffleKey::new("other", 1), 0, 0)),
+        ];
+        for reply in replies {
+            assert!(!reply.error.is_empty());
+        }
+        assert_eq!(state.snapshot(), before);
+        state.apply(&command(C::AppRemoved(pb::AppRemoved {
+            app_id: "app".into(),
+        })));
+        assert!(state.shuffles.is_empty());
+        assert!(state.restore(b"\xff\xff not a snapshot").is_err());
     }
 }

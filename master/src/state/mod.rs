@@ -25,10 +25,10 @@ use tokio::sync::watch;
 use crate::config::MasterConfig;
 use crate::error::{MasterError, MasterResult};
 
+pub use machine::{command, epochs_placed, shuffle_placed};
 pub use shuffle::{
     worker_index, CommitState, Location, MapResult, Shape, ShuffleEntry, NO_REPLICA,
 };
-pub use machine::{command, epochs_placed, shuffle_placed};
 pub use worker::{WorkerEntry, MISSED_HEARTBEATS};
 
 /// Where partitions went: a worker table and, per placed `(partition, epoch)`, the primary's
