@@ -1,11 +1,13 @@
 //! The client's error type.
 
-use sluice_protocol::{ErrorCode, ProtocolError};
+use sluice_protocol::{ErrorCode, MasterCallError, ProtocolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A master call failed: `addr` is the master that answered, or every master tried when
+    /// none served the call in time.
     #[error("master {addr}: {status}")]
     Master { addr: String, status: tonic::Status },
     #[error("push to {worker} failed: {source}")]
@@ -60,6 +62,15 @@ impl ClientError {
             self,
             ClientError::DataLost { .. } | ClientError::IncompleteOutput { .. }
         )
+    }
+}
+
+impl From<MasterCallError> for ClientError {
+    fn from(error: MasterCallError) -> Self {
+        ClientError::Master {
+            addr: error.addr,
+            status: error.status,
+        }
     }
 }
 
