@@ -56,6 +56,13 @@ impl ClientError {
         }
     }
 
+    /// Whether the master answered that it does not know the shuffle (it was never registered
+    /// there, or was deleted): a placement cached for it is stale, and registering the shuffle
+    /// again makes a new one.
+    pub fn is_unknown_shuffle(&self) -> bool {
+        matches!(self, ClientError::Master { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+
     /// Whether the data this error concerns is gone (as opposed to a caller or transient error).
     pub fn is_data_loss(&self) -> bool {
         matches!(
@@ -75,3 +82,29 @@ impl From<MasterCallError> for ClientError {
 }
 
 pub type ClientResult<T> = Result<T, ClientError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_master_saying_not_found_makes_a_shuffle_unknown() {
+        let master = |status| ClientError::Master {
+            addr: "m1:1".into(),
+            status,
+        };
+        assert!(
+            master(tonic::Status::not_found("shuffle a/0 is not registered")).is_unknown_shuffle()
+        );
+        assert!(!master(tonic::Status::unavailable("no leader")).is_unknown_shuffle());
+        let worker = ClientError::Push {
+            worker: "w:1".into(),
+            source: ProtocolError::Remote {
+                peer: "w:1".into(),
+                code: ErrorCode::NotFound,
+                message: "location not reserved".into(),
+            },
+        };
+        assert!(!worker.is_unknown_shuffle());
+    }
+}
