@@ -302,3 +302,69 @@ async fn three_masters_keep_serving_when_the_leader_stops() {
         worker.stop().await;
     }
 }
+
+/// A worker holds a shuffle the master does not know (the master's state was lost: a fresh
+/// data directory). The master deletes it on the worker after `orphan_grace`, and learns
+/// nothing from the worker's report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_deleted_after_the_grace_period_and_never_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = vec![free_addr().await];
+    let config = |data: &Path| MasterConfig {
+        orphan_grace: Duration::from_secs(1),
+        ..master_config(data, &peers, 0)
+    };
+    let first = tempfile::tempdir().unwrap();
+    let master = start_master(config(first.path())).await;
+    let worker = start_worker(dir.path(), 0, &peers[0]).await;
+    leader_with_workers(&peers, 1).await;
+    let client = SluiceClient::new(ClientConfig {
+        replication: 1,
+        ..ClientConfig::new(peers[0].clone())
+    })
+    .unwrap();
+    let key = ShuffleKey::new("app-orphan", 3);
+    write_records(&client, &key, (2, 4), 200, 100).await;
+    let shuffle_dir = dir.path().join("w0");
+    assert!(!data_files(&shuffle_dir).is_empty());
+
+    // The master comes back without its state.
+    master.stop().await;
+    let second = tempfile::tempdir().unwrap();
+    let master = start_master(config(second.path())).await;
+    leader_with_workers(&peers, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !data_files(&shuffle_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the orphan was never deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut direct = MasterClient::connect(format!("http://{}", peers[0])).await.unwrap();
+    let cluster = direct
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cluster.shuffles, 0, "the master learned a shuffle from a worker");
+
+    master.stop().await;
+    worker.stop().await;
+}
+
+/// The `.data` files under `dir`; directories deleted meanwhile count as empty.
+fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "data") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

@@ -70,9 +70,6 @@ impl MasterError {
     }
 }
 
-/// The gRPC metadata key naming the leader's address in a not-the-leader answer.
-pub const LEADER_METADATA: &str = "sluice-leader";
-
 impl From<MasterError> for tonic::Status {
     fn from(error: MasterError) -> Self {
         let mut status = tonic::Status::new(error.code().grpc_code(), error.to_string());
@@ -82,7 +79,9 @@ impl From<MasterError> for tonic::Status {
         } = &error
         {
             if let Ok(value) = leader.parse() {
-                status.metadata_mut().insert(LEADER_METADATA, value);
+                status
+                    .metadata_mut()
+                    .insert(sluice_protocol::master_channel::LEADER_METADATA, value);
             }
         }
         status
