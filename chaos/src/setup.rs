@@ -77,6 +77,8 @@ pub(crate) struct Observed {
     /// scenario fails whatever the reader returned.
     pub failures: Vec<String>,
     pub memory: Option<MemoryFigures>,
+    /// The master scenarios: from the fault to the first write a master accepted.
+    pub failover: Option<Duration>,
 }
 
 /// Four plain workers: the cluster of the fault scenarios.
@@ -112,8 +114,20 @@ impl Setup {
         workload: Workload,
         tune: impl FnOnce(&mut ClientConfig),
     ) -> anyhow::Result<Setup> {
+        Setup::start_masters(ctx, 1, specs, workload, tune).await
+    }
+
+    /// Like [`Setup::start_with`], with `masters` masters (a Raft group when more than one);
+    /// the client and the workers are given them all.
+    pub(crate) async fn start_masters(
+        ctx: &Ctx,
+        masters: usize,
+        specs: &[WorkerSpec],
+        workload: Workload,
+        tune: impl FnOnce(&mut ClientConfig),
+    ) -> anyhow::Result<Setup> {
         ctx.phase.set("starting the cluster");
-        let cluster = Cluster::start(&ctx.run, &ctx.name, specs).await?;
+        let cluster = Cluster::start_with_masters(&ctx.run, &ctx.name, masters, specs).await?;
         let mut config = client_config(&cluster.master_addr, ctx.replication);
         tune(&mut config);
         let client = SluiceClient::new(config)?;
