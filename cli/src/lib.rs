@@ -7,6 +7,7 @@
 //! - [`bench`]: the load generator behind `sluice bench`.
 //! - [`records`]: self-checking records used by the benchmark and tests.
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod local;

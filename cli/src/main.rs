@@ -67,6 +67,11 @@ enum Command {
         #[arg(long)]
         memory_budget: Option<bytesize::ByteSize>,
     },
+    /// Operate a running cluster.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Push a shuffle through a cluster and read it back; prints a JSON report as its last line.
     Bench {
         /// Master of an existing cluster; without it an embedded cluster is started.
@@ -99,6 +104,31 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         replication: u32,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// The masters: each one's view of the leader, term, applied log index and voters; or
+    /// add / remove a master (Raft membership change through the leader).
+    Masters {
+        /// Master endpoints, comma-separated (host:port,...).
+        #[arg(long)]
+        master: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        change: Option<MastersChange>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MastersChange {
+    /// Add master ID reachable at ADDR (start it first, with `peers` listing every master
+    /// including itself). It catches up with the log, then votes.
+    Add { id: u64, addr: String },
+    /// Remove master ID (stop it afterwards).
+    Remove { id: u64 },
 }
 
 fn init_logging(format: LogFormat) {
@@ -206,6 +236,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             shutdown.cancelled().await;
             cluster.shutdown().await?;
         }
+        Command::Admin {
+            command:
+                AdminCommand::Masters {
+                    master,
+                    json,
+                    change,
+                },
+        } => match change {
+            None => sluice::admin::print_status(&master, json).await?,
+            Some(MastersChange::Add { id, addr }) => {
+                sluice::admin::change(&master, Some((id, addr)), None).await?
+            }
+            Some(MastersChange::Remove { id }) => {
+                sluice::admin::change(&master, None, Some(id)).await?
+            }
+        },
         Command::Bench {
             master,
             workers,

@@ -932,7 +932,11 @@ async fn a_master_stops_while_silent_connections_are_open() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let config = sluice_master::MasterConfig::default();
+    let dir = tempfile::tempdir().unwrap();
+    let config = sluice_master::MasterConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..sluice_master::MasterConfig::default()
+    };
     let master = tokio::spawn(sluice_master::run(config, listener, stop.clone()));
     let _held = silent_master_connections(addr);
     assert_serving(addr).await;
@@ -1010,11 +1014,11 @@ async fn a_worker_process_joins_a_master_serves_a_shuffle_and_stops_on_sigterm()
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let master_addr = listener.local_addr().unwrap().to_string();
     let stop_master = CancellationToken::new();
-    let master = tokio::spawn(sluice_master::run(
-        sluice_master::MasterConfig::default(),
-        listener,
-        stop_master.clone(),
-    ));
+    let config = sluice_master::MasterConfig {
+        data_dir: dir.path().join("master"),
+        ..sluice_master::MasterConfig::default()
+    };
+    let master = tokio::spawn(sluice_master::run(config, listener, stop_master.clone()));
 
     let mut command = sluice(["worker", "--master", &master_addr, "--id", "w1"]);
     command

@@ -9,7 +9,9 @@ use sluice_protocol::ShuffleKey;
 
 use crate::core::Core;
 use crate::error::MasterError;
-use crate::state::CommitState;
+use crate::state::{self, CommitState};
+
+use pb::master_command::Command as Cmd;
 
 /// Resolves once the master considers `worker` lost (or forgets it).
 async fn lost(core: &Core, worker: &str) {
@@ -47,12 +49,44 @@ async fn commit_on(
     (committed, None)
 }
 
-/// Has every worker holding the shuffle commit its files, then publishes the results.
-pub(crate) async fn commit_shuffle(core: Arc<Core>, key: ShuffleKey) {
+/// Starts the commit of `key` unless this master is running it already.
+pub(crate) fn start(core: &Arc<Core>, key: ShuffleKey) {
+    if !core.lock().committing.insert(key.clone()) {
+        return;
+    }
+    let core = core.clone();
+    tokio::spawn(async move {
+        commit_shuffle(&core, &key).await;
+        core.lock().committing.remove(&key);
+    });
+}
+
+/// Starts the commit of every shuffle whose maps have all ended and whose results the log does
+/// not hold: a new leader finishes what the former one left running (committing again on a
+/// worker answers what it committed before).
+pub(crate) fn resume(core: &Arc<Core>) {
+    let pending: Vec<ShuffleKey> = core
+        .lock()
+        .shuffles
+        .iter()
+        .filter(|(_, entry)| {
+            entry.complete() && matches!(*entry.commit.borrow(), CommitState::Waiting)
+        })
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in pending {
+        tracing::info!(shuffle = %key, "resuming the commit a former leader started");
+        start(core, key);
+    }
+}
+
+/// Has every worker holding the shuffle commit its files, then records the results in the log
+/// (readers waiting for the layout wake when it is applied).
+async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
     let started = Instant::now();
     let (workers, locations) = {
         let state = core.lock();
-        let Some(entry) = state.shuffles.get(&key) else {
+        let Some(entry) = state.shuffles.get(key) else {
             return;
         };
         (entry.workers.clone(), entry.locations.clone())
@@ -129,11 +163,18 @@ pub(crate) async fn commit_shuffle(core: Arc<Core>, key: ShuffleKey) {
         }
     }
     let failed = results.iter().flatten().filter(|c| !c.ok).count();
-    let state = core.lock();
-    if let Some(entry) = state.shuffles.get(&key) {
-        entry
-            .commit
-            .send_replace(CommitState::Done(Arc::new(results)));
+    let command = state::command(Cmd::ShuffleCommitted(pb::ShuffleCommitted {
+        shuffle: Some(key.to_pb()),
+        partitions: results
+            .into_iter()
+            .map(|locations| pb::CommittedPartition { locations })
+            .collect(),
+    }));
+    match core.propose(command).await {
+        Ok(_) => {
+            tracing::info!(shuffle = %key, failed_locations = failed, took = ?started.elapsed(), "shuffle committed")
+        }
+        // The next leader commits it again.
+        Err(e) => tracing::warn!(shuffle = %key, error = %e, "commit results not recorded"),
     }
-    tracing::info!(shuffle = %key, failed_locations = failed, took = ?started.elapsed(), "shuffle committed");
 }

@@ -16,9 +16,10 @@ pub struct MasterConfig {
     /// The masters of the cluster, by id: `peers[i]` is the `host:port` of master `i`. Empty:
     /// one master with no peers (id 0). On Kubernetes, `sluice-master-<i>.<service>:9097`.
     pub peers: Vec<String>,
-    /// This master's id, an index into `peers`. Unset: the trailing number of the host name
+    /// This master's id, an index into `peers`. `"auto"`: the trailing number of the host name
     /// (`sluice-master-2` is 2, as a StatefulSet names its pods), else the position of
     /// `advertise` in `peers`.
+    #[serde(with = "auto_id")]
     pub id: Option<u64>,
     /// The `host:port` other masters, workers and clients reach this master at. Empty:
     /// `peers[id]`, or `listen` for a master with no peers.
@@ -26,8 +27,9 @@ pub struct MasterConfig {
     /// How often the leader sends Raft heartbeats to the other masters.
     #[serde(with = "sluice_protocol::duration")]
     pub raft_heartbeat_interval: Duration,
-    /// A follower that hears no leader for a random time between this and twice this starts
-    /// an election: it bounds how long a dead leader stops writes.
+    /// A follower that hears no leader for its lease (twice this) and then a random time
+    /// between this and twice this starts an election: it bounds how long a dead leader stops
+    /// writes (1.2 to 1.6 s at 400 ms, plus one vote round).
     #[serde(with = "sluice_protocol::duration")]
     pub election_timeout: Duration,
     /// Log entries applied between snapshots; older entries are then dropped from the log.
@@ -89,7 +91,7 @@ impl Default for MasterConfig {
             id: None,
             advertise: String::new(),
             raft_heartbeat_interval: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
+            election_timeout: Duration::from_millis(400),
             snapshot_every: 10_000,
             orphan_grace: Duration::from_secs(120),
             worker_timeout: Duration::from_secs(30),
@@ -199,3 +201,31 @@ impl MasterConfig {
 /// answer could take the master's memory.
 const MIN_MESSAGE: u64 = 64 << 10;
 const MAX_MESSAGE: u64 = 1 << 30;
+
+/// `id` as a number, or `"auto"` when unset (so flags and environment variables can set it).
+mod auto_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => s.serialize_u64(*id),
+            None => s.serialize_str("auto"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Id {
+            Number(u64),
+            Text(String),
+        }
+        match Id::deserialize(d)? {
+            Id::Number(n) => Ok(Some(n)),
+            Id::Text(t) if t == "auto" => Ok(None),
+            Id::Text(t) => t.parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!("id: {t:?} is neither a number nor \"auto\""))
+            }),
+        }
+    }
+}

@@ -4,6 +4,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Raft, ServerState};
 use prost::Message;
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::{Frame, FrameLimits, MessageType};
@@ -13,27 +15,101 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MasterConfig;
 use crate::error::{MasterError, MasterResult};
+use crate::raft::{Command, NodeId, TypeConfig};
 use crate::state::State;
 
 /// Most header bytes of one paged `Reserve` or `Commit` frame (the workers accept 16 MiB).
 pub const PAGE_BYTES: usize = 4 << 20;
 
-#[derive(Debug)]
 pub(crate) struct Core {
     pub config: MasterConfig,
-    state: Mutex<State>,
+    /// The state; its replicated half changes only by commands applied from the Raft log.
+    state: Arc<Mutex<State>>,
+    pub raft: Raft<TypeConfig>,
+    /// This master's Raft id and address.
+    pub id: NodeId,
+    pub addr: String,
     workers: RpcPool,
     /// Cancelled when the master stops: long polls answer at once.
     pub shutdown: CancellationToken,
 }
 
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Core {
-    pub fn new(config: MasterConfig, shutdown: CancellationToken) -> Core {
-        Core {
+    /// Starts the Raft node on `data_dir` (restoring every shuffle it holds) and the core
+    /// around it.
+    pub async fn start(
+        config: MasterConfig,
+        listening: std::net::SocketAddr,
+        shutdown: CancellationToken,
+    ) -> MasterResult<Core> {
+        let id = crate::raft::node::node_id(&config, listening)?;
+        let addr = crate::raft::node::advertise(&config, id, listening);
+        let state = Arc::new(Mutex::new(State::default()));
+        let raft = crate::raft::node::start(&config, id, &addr, state.clone()).await?;
+        Ok(Core {
             config,
-            state: Mutex::default(),
+            state,
+            raft,
+            id,
+            addr,
             workers: RpcPool::new(FrameLimits::default(), Duration::from_secs(5)),
             shutdown,
+        })
+    }
+
+    /// The leader's address, when one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Fails with [`MasterError::NotLeader`] unless this master leads and its state holds
+    /// every change committed before its term (it applied an entry of its own term).
+    pub fn leader_check(&self) -> MasterResult<()> {
+        let metrics = self.raft.metrics();
+        let ready = {
+            let m = metrics.borrow();
+            m.state == ServerState::Leader
+                && m.current_leader == Some(self.id)
+                && m.last_applied
+                    .is_some_and(|applied| applied.leader_id.term == m.current_term)
+        };
+        if ready {
+            return Ok(());
+        }
+        Err(MasterError::NotLeader {
+            id: self.id,
+            leader: self.leader_addr().filter(|l| *l != self.addr),
+        })
+    }
+
+    /// Appends `command` to the replicated log and waits until this master applied it: the
+    /// answer of applying it. Fails on a master that is not (or no longer) the leader.
+    pub async fn propose(&self, command: pb::MasterCommand) -> MasterResult<pb::MasterReply> {
+        match self.raft.client_write(Command(command)).await {
+            Ok(written) => Ok(written.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(MasterError::NotLeader {
+                    id: self.id,
+                    leader: forward.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(MasterError::Raft(e.to_string())),
         }
     }
 
@@ -71,24 +147,7 @@ impl Core {
     /// `max_locations_per_frame` locations and [`PAGE_BYTES`] of header each, so no frame comes
     /// near the workers' 16 MiB header limit however large the shuffle or long the names.
     pub fn pages(&self, specs: Vec<pb::LocationSpec>) -> Vec<Vec<pb::LocationSpec>> {
-        let most = self.config.max_locations_per_frame as usize;
-        let mut pages = Vec::new();
-        let mut page = Vec::new();
-        let mut bytes = 0;
-        for spec in specs {
-            // The field's tag and length prefix: at most 1 + 5 bytes.
-            let len = spec.encoded_len() + 6;
-            if !page.is_empty() && (page.len() == most || bytes + len > PAGE_BYTES) {
-                pages.push(std::mem::take(&mut page));
-                bytes = 0;
-            }
-            bytes += len;
-            page.push(spec);
-        }
-        if !page.is_empty() {
-            pages.push(page);
-        }
-        pages
+        pages(self.config.max_locations_per_frame, specs)
     }
 
     /// Reserves `specs` of shuffle `key` on `worker`, one page after the other, each within
@@ -168,17 +227,31 @@ impl Core {
     }
 }
 
+/// Splits `specs` into pages of at most `most` locations and [`PAGE_BYTES`] of header.
+fn pages(most: u32, specs: Vec<pb::LocationSpec>) -> Vec<Vec<pb::LocationSpec>> {
+    let most = most as usize;
+    let mut pages = Vec::new();
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for spec in specs {
+        // The field's tag and length prefix: at most 1 + 5 bytes.
+        let len = spec.encoded_len() + 6;
+        if !page.is_empty() && (page.len() == most || bytes + len > PAGE_BYTES) {
+            pages.push(std::mem::take(&mut page));
+            bytes = 0;
+        }
+        bytes += len;
+        page.push(spec);
+    }
+    if !page.is_empty() {
+        pages.push(page);
+    }
+    pages
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn core(max_locations_per_frame: u32) -> Core {
-        let config = MasterConfig {
-            max_locations_per_frame,
-            ..MasterConfig::default()
-        };
-        Core::new(config, CancellationToken::new())
-    }
 
     fn spec(partition: u32, replica: Option<pb::WorkerInfo>) -> pb::LocationSpec {
         pb::LocationSpec {
@@ -192,12 +265,12 @@ mod tests {
     #[test]
     fn pages_hold_at_most_the_configured_locations_in_order() {
         let specs: Vec<_> = (0..40_000).map(|p| spec(p, None)).collect();
-        let pages = core(16_384).pages(specs);
+        let pages = pages(16_384, specs);
         let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![16_384, 16_384, 7_232]);
         let partitions: Vec<u32> = pages.iter().flatten().map(|s| s.partition).collect();
         assert_eq!(partitions, (0..40_000).collect::<Vec<_>>());
-        assert!(core(7).pages(Vec::new()).is_empty());
+        assert!(super::pages(7, Vec::new()).is_empty());
     }
 
     #[test]
@@ -215,7 +288,7 @@ mod tests {
         let specs: Vec<_> = (0..20_000)
             .map(|p| spec(1_000_000 + p, Some(replica.clone())))
             .collect();
-        let pages = core(16_384).pages(specs);
+        let pages = pages(16_384, specs);
         assert!(pages.len() > 4, "{} pages", pages.len());
         let key = ShuffleKey::new("x".repeat(255), u32::MAX);
         for locations in pages {

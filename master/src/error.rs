@@ -34,6 +34,12 @@ pub enum MasterError {
     Committed(String),
     #[error("the master is shutting down")]
     ShuttingDown,
+    /// Only the leader serves this; `leader` is its address when known.
+    #[error("master {id} is not the leader{}", match leader { Some(l) => format!("; the leader is {l}"), None => "; no leader is elected yet".into() })]
+    NotLeader { id: u64, leader: Option<String> },
+    /// The replicated log could not take the change (lost leadership meanwhile, or storage).
+    #[error("the master's replicated log refused the change: {0}")]
+    Raft(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("server failed: {0}")]
@@ -53,18 +59,33 @@ impl MasterError {
             MasterError::Limit { .. } => ErrorCode::InvalidRequest,
             MasterError::NotFound(_) => ErrorCode::NotFound,
             MasterError::Committed(_) => ErrorCode::Committed,
-            MasterError::NoWorkers(_) | MasterError::ShuttingDown | MasterError::WorkerLost(_) => {
-                ErrorCode::Unavailable
-            }
+            MasterError::NoWorkers(_)
+            | MasterError::ShuttingDown
+            | MasterError::WorkerLost(_)
+            | MasterError::NotLeader { .. }
+            | MasterError::Raft(_) => ErrorCode::Unavailable,
             MasterError::Worker { source, .. } => source.code(),
             MasterError::Io(_) | MasterError::Transport(_) => ErrorCode::Internal,
         }
     }
 }
 
+/// The gRPC metadata key naming the leader's address in a not-the-leader answer.
+pub const LEADER_METADATA: &str = "sluice-leader";
+
 impl From<MasterError> for tonic::Status {
     fn from(error: MasterError) -> Self {
-        tonic::Status::new(error.code().grpc_code(), error.to_string())
+        let mut status = tonic::Status::new(error.code().grpc_code(), error.to_string());
+        if let MasterError::NotLeader {
+            leader: Some(leader),
+            ..
+        } = &error
+        {
+            if let Ok(value) = leader.parse() {
+                status.metadata_mut().insert(LEADER_METADATA, value);
+            }
+        }
+        status
     }
 }
 

@@ -19,13 +19,19 @@
 //!
 //! Calls flow one way: `service` -> `reserve` / `commit` / `background` -> `core` -> `state`.
 //!
-//! HA (Raft) is not here yet: one master holds the state in memory.
+//! - [`raft`]: the replicated log. The state's replicated half (shuffles: placements and every
+//!   epoch, map ends, commit results) changes only by commands applied from it, on every
+//!   master; worker membership and application heartbeats are each master's own soft state.
+//! - `membership`: the masters themselves (status, adding and removing masters).
+//!
+//! Only the leader serves requests; the others answer with its address.
 
 mod background;
 mod commit;
 pub mod config;
 mod core;
 pub mod error;
+mod membership;
 pub mod placement;
 pub mod raft;
 mod reserve;
@@ -53,15 +59,16 @@ pub async fn run(
     config.validate().map_err(MasterError::Config)?;
     let addr = listener.local_addr()?;
     let message_limit = config.message_limit();
-    let service = MasterService::new(config, shutdown.clone());
+    let service = MasterService::start(config, addr, shutdown.clone()).await?;
     service.spawn_background(shutdown.clone());
     tracing::info!(%addr, "master started");
     let serve = tonic::transport::Server::builder()
         .add_service(
-            MasterServer::new(service)
+            MasterServer::new(service.clone())
                 .max_decoding_message_size(message_limit)
                 .max_encoding_message_size(message_limit),
         )
+        .add_service(service.raft_server().into_service())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
@@ -75,6 +82,7 @@ pub async fn run(
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!(%addr, grace = ?SHUTDOWN_GRACE, "connections still open after the grace period, closing them"),
     }
+    service.stop().await;
     tracing::info!(%addr, "master stopped");
     Ok(())
 }

@@ -17,7 +17,7 @@ use crate::core::Core;
 use crate::error::{MasterError, MasterResult};
 use crate::placement::{self, Candidate, Domain};
 use crate::state::{
-    worker_index, Placement, Registration, ReviveStep, Shape, ShuffleEntry, WorkerEntry,
+    self, not_registered, worker_index, Placement, Registration, ReviveStep, Shape, WorkerEntry,
 };
 
 /// Placement attempts when workers fail to reserve.
@@ -39,32 +39,27 @@ pub(crate) async fn register(
         }
     }
     // Ends the registration however this call ends (an error, or the caller going away).
-    let mut pending = EndRegistration {
-        core,
-        key,
-        entry: None,
-    };
+    let _pending = EndRegistration { core, key };
     let targets: Vec<(u32, u32)> = (0..shape.num_partitions).map(|p| (p, 0)).collect();
     let placement =
         place_and_reserve(core, key, &targets, shape.replication, HashSet::new()).await?;
-    let entry = ShuffleEntry::new(shape, placement.workers, placement.copies);
-    let locations = entry.current_locations();
-    tracing::info!(shuffle = %key, maps = shape.num_maps, partitions = shape.num_partitions, workers = entry.workers.len(), "shuffle registered");
-    pending.entry = Some(entry);
-    Ok(locations)
+    // The registration counts once the log holds it (a registration by an earlier leader that
+    // got there first wins; its locations are the answer).
+    core.propose(state::shuffle_placed(key, shape, placement))
+        .await?;
+    let state = core.lock();
+    let entry = state.shuffles.get(key).ok_or_else(|| not_registered(key))?;
+    Ok(entry.current_locations())
 }
 
 struct EndRegistration<'a> {
     core: &'a Core,
     key: &'a ShuffleKey,
-    entry: Option<ShuffleEntry>,
 }
 
 impl Drop for EndRegistration<'_> {
     fn drop(&mut self) {
-        self.core
-            .lock()
-            .end_registration(self.key, self.entry.take());
+        self.core.lock().end_registration(self.key);
     }
 }
 
@@ -87,11 +82,10 @@ pub(crate) async fn revive(
             .begin_revive(key, failed, core.config.max_epochs_per_partition)?;
         if !targets.is_empty() {
             tracing::info!(shuffle = %key, partitions = targets.len(), excluded = ?excluded, reason, "reviving");
-            let moving = EndRevive {
+            let _moving = EndRevive {
                 core,
                 key,
                 targets: &targets,
-                ended: false,
             };
             let placement =
                 match place_and_reserve(core, key, &targets, replication, excluded.clone()).await {
@@ -102,7 +96,16 @@ pub(crate) async fn revive(
                     }
                     Err(e) => return Err(e),
                 };
-            moving.end(&placement)?;
+            let reply = core
+                .propose(state::epochs_placed(key, &targets, &placement))
+                .await?;
+            if !reply.error.is_empty() {
+                // The shuffle completed (or went) meanwhile: no new epochs.
+                return Err(match core.lock().shuffles.contains_key(key) {
+                    true => MasterError::Committed(key.to_string()),
+                    false => not_registered(key),
+                });
+            }
         }
         match wait {
             // Another call is moving some of these partitions: wait for it, then look again.
@@ -115,29 +118,16 @@ pub(crate) async fn revive(
     core.lock().revived_locations(key, failed)
 }
 
-/// Records a revive's placement, or when the call ends without one (an error, or the caller
-/// going away) clears its marks, so waiting revives look again.
+/// Clears the marks of a revive however it ends, so waiting revives look again.
 struct EndRevive<'a> {
     core: &'a Core,
     key: &'a ShuffleKey,
     targets: &'a [(u32, u32)],
-    ended: bool,
-}
-
-impl EndRevive<'_> {
-    fn end(mut self, placement: &Placement) -> MasterResult<()> {
-        self.ended = true;
-        self.core
-            .lock()
-            .end_revive(self.key, self.targets, Some(placement))
-    }
 }
 
 impl Drop for EndRevive<'_> {
     fn drop(&mut self) {
-        if !self.ended {
-            let _ = self.core.lock().end_revive(self.key, self.targets, None);
-        }
+        self.core.lock().end_revive(self.key, self.targets);
     }
 }
 

@@ -11,12 +11,13 @@ use sluice_protocol::ShuffleKey;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::commit::commit_shuffle;
 use crate::config::MasterConfig;
 use crate::core::Core;
 use crate::error::MasterError;
 use crate::reserve;
-use crate::state::{not_registered, CommitState, Shape};
+use crate::state::{self, not_registered, CommitState, MapResult, Shape};
+
+use pb::master_command::Command as Cmd;
 
 /// Shortest heartbeat interval a worker is believed to keep.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
@@ -35,15 +36,34 @@ fn shuffle_key(key: Option<&pb::ShuffleKey>) -> Result<ShuffleKey, Status> {
 }
 
 impl MasterService {
-    pub fn new(config: MasterConfig, shutdown: CancellationToken) -> MasterService {
-        MasterService {
-            core: Arc::new(Core::new(config, shutdown)),
-        }
+    /// Starts the master's Raft node (restoring its state from `data_dir`) and the service.
+    pub async fn start(
+        config: MasterConfig,
+        listening: std::net::SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<MasterService, MasterError> {
+        let core = Core::start(config, listening, shutdown).await?;
+        Ok(MasterService {
+            core: Arc::new(core),
+        })
     }
 
-    /// Starts the tasks that declare silent workers lost and expire silent applications.
+    /// Starts the tasks that declare silent workers lost, expire silent applications, and
+    /// resume the commits a former leader left running.
     pub fn spawn_background(&self, shutdown: CancellationToken) {
         crate::background::spawn(&self.core, shutdown);
+    }
+
+    /// The Raft service the other masters call.
+    pub fn raft_server(&self) -> crate::raft::RaftServer {
+        crate::raft::RaftServer::new(self.core.raft.clone())
+    }
+
+    /// Stops the Raft node.
+    pub async fn stop(&self) {
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft node did not stop cleanly");
+        }
     }
 }
 
@@ -81,12 +101,17 @@ impl Master for MasterService {
         };
         let (push, fetch) = (info.push_addr(), info.fetch_addr());
         let (id, node, zone) = (info.id.clone(), info.node.clone(), info.zone.clone());
-        let returning = self
+        let (returning, moved) = self
             .core
             .lock()
-            .register_worker(info, request.disks, interval)
+            .register_worker(info.clone(), request.disks, interval)
             .inspect_err(|e| tracing::warn!(worker = %id, push = %push, error = %e, "worker registration refused"))?;
         tracing::info!(worker = %id, push = %push, fetch = %fetch, node = %node, zone = %zone, heartbeat_interval = ?interval, returning, "worker registered");
+        // Every master hears every worker; the leader records a move for all of them.
+        if moved && self.core.leader_check().is_ok() {
+            let command = state::command(Cmd::WorkerMoved(pb::WorkerMoved { worker: Some(info) }));
+            self.core.propose(command).await?;
+        }
         Ok(Response::new(pb::RegisterWorkerResponse {}))
     }
 
@@ -95,25 +120,59 @@ impl Master for MasterService {
         request: Request<pb::WorkerHeartbeatRequest>,
     ) -> Result<Response<pb::WorkerHeartbeatResponse>, Status> {
         let request = request.into_inner();
-        let mut state = self.core.lock();
-        let reregister = match state.workers.get_mut(&request.worker_id) {
-            Some(worker) if worker.alive => {
-                worker.state = request.state();
-                worker.last_seen = Instant::now();
-                worker.disks = request.disks;
-                worker.memory_used = request.memory_used_bytes;
-                worker.active_partitions = request.active_partitions;
-                false
+        let leads = self.core.leader_check().is_ok();
+        let orphans = {
+            let mut state = self.core.lock();
+            match state.workers.get_mut(&request.worker_id) {
+                Some(worker) if worker.alive => {
+                    worker.state = request.state();
+                    worker.last_seen = Instant::now();
+                    worker.disks = request.disks;
+                    worker.memory_used = request.memory_used_bytes;
+                    worker.active_partitions = request.active_partitions;
+                }
+                _ => {
+                    return Ok(Response::new(pb::WorkerHeartbeatResponse {
+                        reregister: true,
+                    }))
+                }
             }
-            _ => true,
+            let held = request
+                .shuffles
+                .iter()
+                .filter_map(|k| ShuffleKey::from_pb(Some(k)).ok());
+            // Only the leader's registry is sure to hold every shuffle committed so far.
+            match leads {
+                true => state.orphans_of(&request.worker_id, held, self.core.config.orphan_grace),
+                false => Vec::new(),
+            }
         };
-        Ok(Response::new(pb::WorkerHeartbeatResponse { reregister }))
+        if !orphans.is_empty() {
+            let worker = self
+                .core
+                .lock()
+                .workers
+                .get(&request.worker_id)
+                .map(|w| w.info.clone());
+            for key in orphans.into_iter().filter(|_| worker.is_some()) {
+                tracing::warn!(worker = %request.worker_id, shuffle = %key, grace = ?self.core.config.orphan_grace, "deleting a shuffle no master knows of");
+                self.core.destroy_on(
+                    worker.clone().into_iter().collect(),
+                    &key.app_id,
+                    Some(key.shuffle_id),
+                );
+            }
+        }
+        Ok(Response::new(pb::WorkerHeartbeatResponse {
+            reregister: false,
+        }))
     }
 
     async fn register_shuffle(
         &self,
         request: Request<pb::RegisterShuffleRequest>,
     ) -> Result<Response<pb::RegisterShuffleResponse>, Status> {
+        self.core.leader_check()?;
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
         if request.num_partitions == 0 || request.num_maps == 0 {
@@ -162,6 +221,7 @@ impl Master for MasterService {
         &self,
         request: Request<pb::ReviveRequest>,
     ) -> Result<Response<pb::ReviveResponse>, Status> {
+        self.core.leader_check()?;
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
         let locations = reserve::revive(&self.core, &key, &request.failed, &request.reason).await?;
@@ -172,14 +232,15 @@ impl Master for MasterService {
         &self,
         request: Request<pb::MapperEndRequest>,
     ) -> Result<Response<pb::MapperEndResponse>, Status> {
+        self.core.leader_check()?;
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
-        let (winning_attempt, complete, winner_partitions) = {
+        {
             let mut state = self.core.lock();
             state.touch_app(&key.app_id);
             let entry = state
                 .shuffles
-                .get_mut(&key)
+                .get(&key)
                 .ok_or_else(|| not_registered(&key))?;
             if request.map_id >= entry.shape.num_maps {
                 return Err(MasterError::InvalidRequest(format!(
@@ -191,35 +252,38 @@ impl Master for MasterService {
             for stats in &request.partitions {
                 entry.check_partition(&key, stats.partition)?;
             }
-            let (winning_attempt, complete) =
-                entry.map_ended(request.map_id, request.attempt, request.partitions);
-            let winner_partitions = if winning_attempt == request.attempt {
-                Vec::new()
-            } else {
-                entry
-                    .maps
-                    .get(&request.map_id)
-                    .map(|m| m.partitions.clone())
-                    .unwrap_or_default()
-            };
-            (winning_attempt, complete, winner_partitions)
-        };
-        if winning_attempt != request.attempt {
-            tracing::debug!(shuffle = %key, map = request.map_id, attempt = request.attempt, winning_attempt, "late map attempt ignored");
+            // A map that ended already is answered from the registry, not logged again.
+            if let Some(winner) = entry.maps.get(&request.map_id) {
+                return Ok(Response::new(answer_map_end(&request, winner)));
+            }
         }
-        if complete {
-            tokio::spawn(commit_shuffle(self.core.clone(), key));
+        let command = state::command(Cmd::MapEnded(pb::MapEnded {
+            shuffle: Some(key.to_pb()),
+            map_id: request.map_id,
+            attempt: request.attempt,
+            partitions: request.partitions.clone(),
+        }));
+        let reply = self.core.propose(command).await?;
+        if !reply.error.is_empty() {
+            return Err(not_registered(&key).into());
         }
-        Ok(Response::new(pb::MapperEndResponse {
-            winning_attempt,
-            winner_partitions,
-        }))
+        if reply.complete {
+            crate::commit::start(&self.core, key.clone());
+        }
+        let state = self.core.lock();
+        let winner = state
+            .shuffles
+            .get(&key)
+            .and_then(|entry| entry.maps.get(&request.map_id))
+            .ok_or_else(|| not_registered(&key))?;
+        Ok(Response::new(answer_map_end(&request, winner)))
     }
 
     async fn get_shuffle_layout(
         &self,
         request: Request<pb::GetShuffleLayoutRequest>,
     ) -> Result<Response<pb::GetShuffleLayoutResponse>, Status> {
+        self.core.leader_check()?;
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
         let mut commit = {
@@ -277,12 +341,22 @@ impl Master for MasterService {
         &self,
         request: Request<pb::UnregisterShuffleRequest>,
     ) -> Result<Response<pb::UnregisterShuffleResponse>, Status> {
+        self.core.leader_check()?;
         let key = shuffle_key(request.into_inner().shuffle.as_ref())?;
-        let removed = self.core.lock().shuffles.remove(&key);
-        if let Some(entry) = removed {
+        let workers = self
+            .core
+            .lock()
+            .shuffles
+            .get(&key)
+            .map(|e| e.workers.clone());
+        if let Some(workers) = workers {
+            let command = state::command(Cmd::ShuffleRemoved(pb::ShuffleRemoved {
+                shuffle: Some(key.to_pb()),
+            }));
+            self.core.propose(command).await?;
             tracing::info!(shuffle = %key, "shuffle unregistered");
             self.core
-                .destroy_on(entry.workers, &key.app_id, Some(key.shuffle_id));
+                .destroy_on(workers, &key.app_id, Some(key.shuffle_id));
         }
         Ok(Response::new(pb::UnregisterShuffleResponse {}))
     }
@@ -291,6 +365,8 @@ impl Master for MasterService {
         &self,
         request: Request<pb::AppHeartbeatRequest>,
     ) -> Result<Response<pb::AppHeartbeatResponse>, Status> {
+        // The leader expires applications: it is the one that must hear them.
+        self.core.leader_check()?;
         let app_id = request.into_inner().app_id;
         sluice_protocol::ids::validate_app_id(&app_id).map_err(MasterError::InvalidRequest)?;
         self.core.lock().touch_app(&app_id);
@@ -301,14 +377,16 @@ impl Master for MasterService {
         &self,
         _request: Request<pb::MasterStatusRequest>,
     ) -> Result<Response<pb::MasterStatusResponse>, Status> {
-        Err(Status::unimplemented("master status"))
+        Ok(Response::new(crate::membership::status(&self.core)))
     }
 
     async fn change_masters(
         &self,
-        _request: Request<pb::ChangeMastersRequest>,
+        request: Request<pb::ChangeMastersRequest>,
     ) -> Result<Response<pb::MasterStatusResponse>, Status> {
-        Err(Status::unimplemented("change masters"))
+        self.core.leader_check()?;
+        crate::membership::change(&self.core, request.into_inner()).await?;
+        Ok(Response::new(crate::membership::status(&self.core)))
     }
 
     async fn cluster_status(
@@ -340,5 +418,24 @@ impl Master for MasterService {
             shuffles: state.shuffles.len() as u64,
             applications: state.apps.len() as u64,
         }))
+    }
+}
+
+/// The answer to a map's end: the attempt that counts and, when another one won, its figures.
+fn answer_map_end(request: &pb::MapperEndRequest, winner: &MapResult) -> pb::MapperEndResponse {
+    if winner.attempt != request.attempt {
+        tracing::debug!(
+            map = request.map_id,
+            attempt = request.attempt,
+            winning_attempt = winner.attempt,
+            "late map attempt ignored"
+        );
+    }
+    pb::MapperEndResponse {
+        winning_attempt: winner.attempt,
+        winner_partitions: match winner.attempt == request.attempt {
+            true => Vec::new(),
+            false => winner.partitions.clone(),
+        },
     }
 }

@@ -5,6 +5,21 @@
 //!   `MasterCommand`) and applying one answers a [`Reply`].
 //! - [`Machine`]: what the state machine store applies commands to. The master's
 //!   [`crate::state::State`] implements it; applying is pure (commands in, state out, no I/O).
+//! - `log_store`: the log, vote and committed/purged ids in a redb file under `data_dir`, every
+//!   change durable before it is acknowledged.
+//! - `state_machine`: applies entries to the [`Machine`] and keeps the latest snapshot as one
+//!   file (written, synced, renamed).
+//! - `network`: the masters' Raft RPCs over gRPC (`MasterRaft`), both ends.
+//! - `node`: a master's id, address and first membership, and starting its node.
+
+mod log_store;
+mod network;
+pub mod node;
+mod state_machine;
+
+pub use log_store::{LogStore, LOG_FILE};
+pub use network::{Network, PeerClient, RaftServer, RAFT_MESSAGE_LIMIT};
+pub use state_machine::{SnapshotBuilder, StateMachineStore, SNAPSHOT_FILE};
 
 use std::io::Cursor;
 

@@ -11,6 +11,7 @@
 //! - `limits`: the checks that keep what requests can make the master hold bounded.
 
 mod limits;
+mod machine;
 mod shuffle;
 mod worker;
 
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use crate::config::MasterConfig;
 use crate::error::{MasterError, MasterResult};
 
+pub use machine::{command, epochs_placed, shuffle_placed};
 pub use shuffle::{
     worker_index, CommitState, Location, MapResult, Shape, ShuffleEntry, NO_REPLICA,
 };
@@ -66,7 +68,12 @@ pub struct State {
     pub workers: HashMap<String, WorkerEntry>,
     pub shuffles: HashMap<ShuffleKey, ShuffleEntry>,
     pub registering: HashMap<ShuffleKey, Registering>,
+    /// Shuffles whose commit this master is running (as leader).
+    pub committing: HashSet<ShuffleKey>,
     pub apps: HashMap<Arc<str>, Instant>,
+    /// Per worker, the shuffles it reported holding that the registry does not know, and since
+    /// when (see `orphan_grace`).
+    pub orphans: HashMap<String, HashMap<ShuffleKey, Instant>>,
 }
 
 /// What [`State::begin_registration`] decided.
@@ -118,12 +125,10 @@ impl State {
         Ok(Registration::Place)
     }
 
-    /// Ends a registration this call placed: the entry when placement succeeded. Waiters wake.
-    pub fn end_registration(&mut self, key: &ShuffleKey, entry: Option<ShuffleEntry>) {
+    /// Ends a registration this call placed (its entry, if any, came through the log). Waiters
+    /// wake.
+    pub fn end_registration(&mut self, key: &ShuffleKey) {
         self.registering.remove(key);
-        if let Some(entry) = entry {
-            self.shuffles.insert(key.clone(), entry);
-        }
     }
 
     /// Decides what a revive of `failed` does: which partitions this call moves to the next
@@ -188,34 +193,15 @@ impl State {
         })
     }
 
-    /// Ends the revive of `targets`: records their new epochs when placed, clears their marks
-    /// and wakes revives waiting on them. A shuffle that completed meanwhile (its commit has
-    /// started) takes no new epochs.
-    pub fn end_revive(
-        &mut self,
-        key: &ShuffleKey,
-        targets: &[(u32, u32)],
-        placed: Option<&Placement>,
-    ) -> MasterResult<()> {
-        let entry = self
-            .shuffles
-            .get_mut(key)
-            .ok_or_else(|| not_registered(key))?;
-        for (p, _) in targets {
-            entry.reviving.remove(p);
+    /// Ends the revive of `targets` (their new epochs, if any, came through the log): clears
+    /// their marks and wakes revives waiting on them.
+    pub fn end_revive(&mut self, key: &ShuffleKey, targets: &[(u32, u32)]) {
+        if let Some(entry) = self.shuffles.get_mut(key) {
+            for (p, _) in targets {
+                entry.reviving.remove(p);
+            }
+            entry.revived.send_modify(|n| *n += 1);
         }
-        entry.revived.send_modify(|n| *n += 1);
-        let Some(Placement { workers, copies }) = placed else {
-            return Ok(());
-        };
-        if entry.complete() {
-            return Err(MasterError::Committed(key.to_string()));
-        }
-        for ((p, epoch), (primary, replica)) in targets.iter().zip(copies) {
-            let replica = replica.map(|r| &workers[r as usize]);
-            entry.add_epoch(*p, *epoch, &workers[*primary as usize], replica);
-        }
-        Ok(())
     }
 
     /// The current location of each partition of `failed` (each once).
@@ -244,17 +230,48 @@ impl State {
         Ok(locations)
     }
 
+    /// Notes the shuffles `worker` reports holding; returns those the registry has not known
+    /// of for `grace` (they are then forgotten here: deleting them is the caller's). A shuffle
+    /// being registered is known.
+    pub fn orphans_of(
+        &mut self,
+        worker: &str,
+        held: impl Iterator<Item = ShuffleKey>,
+        grace: Duration,
+    ) -> Vec<ShuffleKey> {
+        let now = Instant::now();
+        let mut previous = self.orphans.remove(worker).unwrap_or_default();
+        let mut tracked = HashMap::new();
+        let mut due = Vec::new();
+        for key in held {
+            if self.shuffles.contains_key(&key) || self.registering.contains_key(&key) {
+                continue;
+            }
+            let since = previous.remove(&key).unwrap_or(now);
+            if now.saturating_duration_since(since) >= grace {
+                due.push(key);
+            } else {
+                tracked.insert(key, since);
+            }
+        }
+        if !tracked.is_empty() {
+            self.orphans.insert(worker.to_string(), tracked);
+        }
+        due
+    }
+
     /// Registers (or registers again) a worker. An id held by a live worker at another address
     /// is refused: two workers would otherwise share one identity and the second would take
     /// over the first's partitions. A restarted worker (same id, new address) is accepted once
     /// its old incarnation missed its heartbeats, or at once at the same address. Returns
-    /// whether the id was known.
+    /// whether the id was known, and whether a shuffle knows it at other addresses (the leader
+    /// then records its move through the log).
     pub fn register_worker(
         &mut self,
         info: pb::WorkerInfo,
         disks: Vec<pb::DiskStatus>,
         heartbeat_interval: Duration,
-    ) -> MasterResult<bool> {
+    ) -> MasterResult<(bool, bool)> {
         let now = Instant::now();
         if let Some(held) = self.workers.get(&info.id) {
             if !held.same_address(&info) && held.is_fresh(now) {
@@ -271,16 +288,16 @@ impl State {
         }
         let returning = self.workers.contains_key(&info.id);
         // A worker back under the same id (a restarted pod with its disks) may have new
-        // addresses: every shuffle that placed copies on it now finds it there.
-        for entry in self.shuffles.values_mut() {
-            for known in entry.workers.iter_mut().filter(|w| w.id == info.id) {
-                *known = info.clone();
-            }
-        }
+        // addresses: every shuffle that placed copies on it must find it there.
+        let moved = self
+            .shuffles
+            .values()
+            .flat_map(|entry| &entry.workers)
+            .any(|known| known.id == info.id && *known != info);
         self.workers.insert(
             info.id.clone(),
             WorkerEntry::new(info, disks, heartbeat_interval),
         );
-        Ok(returning)
+        Ok((returning, moved))
     }
 }

@@ -233,7 +233,7 @@ impl ShuffleEntry {
         (attempt, complete)
     }
 
-    fn index_expected(&mut self) {
+    pub(super) fn index_expected(&mut self) {
         let mut by_partition = vec![Vec::new(); self.shape.num_partitions as usize];
         for (map_id, result) in &self.maps {
             for stats in &result.partitions {

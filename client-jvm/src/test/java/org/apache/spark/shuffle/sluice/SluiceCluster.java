@@ -92,6 +92,7 @@ public final class SluiceCluster implements AutoCloseable {
   private final Path dataRoot;
   private final List<Proc> procs = new ArrayList<>();
   private final List<Worker> workers = new ArrayList<>();
+  private final List<Proc> masters = new ArrayList<>();
   private String master;
   private final Thread shutdownHook;
 
@@ -149,8 +150,17 @@ public final class SluiceCluster implements AutoCloseable {
     SluiceCluster cluster = new SluiceCluster(label);
     try {
       Proc master =
-          cluster.start("master", "master", "--listen", "127.0.0.1:0", "--worker-timeout", "3s");
+          cluster.start(
+              "master",
+              "master",
+              "--listen",
+              "127.0.0.1:0",
+              "--worker-timeout",
+              "3s",
+              "--data-dir",
+              cluster.dataRoot.resolve("master").toString());
       cluster.master = text(master.ready, "master", master);
+      cluster.masters.add(master);
       for (int i = 0; i < workers; i++) {
         cluster.startWorker("w" + i);
       }
@@ -159,6 +169,110 @@ public final class SluiceCluster implements AutoCloseable {
       cluster.close();
       throw e;
     }
+  }
+
+  /**
+   * {@code masters} {@code sluice master} processes replicating their state with Raft, and
+   * {@code workers} worker processes pointed at all of them. {@link #master()} is the
+   * comma-separated endpoint list; {@link #killLeader()} SIGKILLs whichever master leads.
+   */
+  public static SluiceCluster ha(String label, int masters, int workers) throws IOException {
+    SluiceCluster cluster = new SluiceCluster(label);
+    try {
+      List<String> peers = new ArrayList<>();
+      for (int i = 0; i < masters; i++) {
+        // Peers must know each other's ports up front: take free ones (bound, then released).
+        try (java.net.ServerSocket socket =
+            new java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress())) {
+          peers.add("127.0.0.1:" + socket.getLocalPort());
+        }
+      }
+      String list = String.join(",", peers);
+      for (int i = 0; i < masters; i++) {
+        Proc master =
+            cluster.start(
+                "master-" + i,
+                "master",
+                "--listen",
+                peers.get(i),
+                "--peers",
+                list,
+                "--id",
+                Integer.toString(i),
+                "--worker-timeout",
+                "3s",
+                "--data-dir",
+                cluster.dataRoot.resolve("master-" + i).toString());
+        cluster.masters.add(master);
+      }
+      cluster.master = list;
+      for (int i = 0; i < workers; i++) {
+        cluster.startWorker("w" + i);
+      }
+      cluster.leader(Duration.ofSeconds(30));
+      return cluster;
+    } catch (RuntimeException | IOException e) {
+      cluster.close();
+      throw e;
+    }
+  }
+
+  /**
+   * The address of the leading master, as {@code sluice admin masters --json} reports it, waiting
+   * up to {@code wait} for one to be elected.
+   */
+  public String leader(Duration wait) throws IOException {
+    long deadline = System.nanoTime() + wait.toNanos();
+    while (true) {
+      ProcessBuilder pb =
+          new ProcessBuilder(binary().toString(), "admin", "masters", "--master", master, "--json");
+      pb.redirectErrorStream(false);
+      pb.redirectError(ProcessBuilder.Redirect.DISCARD);
+      Process process = pb.start();
+      String out = new String(process.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+      try {
+        process.waitFor(STOP_TIMEOUT.toSeconds(), TimeUnit.SECONDS);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        throw new IOException("interrupted", e);
+      }
+      Object rows = MiniJson.parse(out.trim().isEmpty() ? "[]" : out.trim());
+      if (rows instanceof List) {
+        for (Object row : (List<?>) rows) {
+          if (row instanceof Map) {
+            Object leader = ((Map<?, ?>) row).get("leader");
+            Object endpoint = ((Map<?, ?>) row).get("endpoint");
+            if (leader instanceof String && leader.equals(endpoint)) {
+              return (String) leader;
+            }
+          }
+        }
+      }
+      if (System.nanoTime() > deadline) {
+        throw new IllegalStateException("no master leads after " + wait + ": " + out + "; " + this);
+      }
+      try {
+        Thread.sleep(100);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        throw new IOException("interrupted", e);
+      }
+    }
+  }
+
+  /** SIGKILLs the leading master (of an {@link #ha} cluster); returns its address. */
+  public String killLeader() throws IOException, InterruptedException {
+    String leader = leader(Duration.ofSeconds(30));
+    for (Proc proc : masters) {
+      if (proc.ready != null && leader.equals(proc.ready.get("master")) && proc.process.isAlive()) {
+        proc.process.destroyForcibly();
+        if (!proc.process.waitFor(STOP_TIMEOUT.toSeconds(), TimeUnit.SECONDS)) {
+          throw new IllegalStateException("master " + leader + " survived SIGKILL");
+        }
+        return leader;
+      }
+    }
+    throw new IllegalStateException("the leader " + leader + " is none of this cluster's masters");
   }
 
   /** Starts one more worker process (only for {@link #separate} clusters). */
@@ -192,7 +306,10 @@ public final class SluiceCluster implements AutoCloseable {
     return worker;
   }
 
-  /** The master's {@code host:port}, the value of {@code spark.sluice.master.endpoints}. */
+  /**
+   * The master's {@code host:port} (every master's, comma-separated, for {@link #ha}): the value
+   * of {@code spark.sluice.master.endpoints}.
+   */
   public String master() {
     return master;
   }

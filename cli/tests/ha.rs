@@ -1,0 +1,304 @@
+//! The master's state survives: one master restarted on its data directory keeps every
+//! shuffle, and three masters keep serving when their leader stops. Masters and workers run
+//! in-process on loopback ports; records are written and read back by the real client.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice::records::RecordId;
+use sluice_client::{ClientConfig, SluiceClient};
+use sluice_master::MasterConfig;
+use sluice_protocol::pb;
+use sluice_protocol::pb::master_client::MasterClient;
+use sluice_protocol::ShuffleKey;
+use sluice_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use common::{read_records, write_records};
+
+struct Node {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("node stops")
+            .unwrap();
+    }
+}
+
+/// A loopback address no one listens on (bound, then released).
+async fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn master_config(dir: &Path, peers: &[String], id: usize) -> MasterConfig {
+    MasterConfig {
+        listen: peers[id].clone(),
+        data_dir: dir.join(format!("master-{id}")),
+        peers: if peers.len() > 1 {
+            peers.to_vec()
+        } else {
+            Vec::new()
+        },
+        id: Some(id as u64),
+        worker_timeout: Duration::from_secs(3),
+        commit_timeout: Duration::from_secs(10),
+        ..MasterConfig::default()
+    }
+}
+
+async fn start_master(config: MasterConfig) -> Node {
+    let listener = TcpListener::bind(&config.listen).await.unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { sluice_master::run(config, listener, stop).await.unwrap() }
+    });
+    Node { stop, task }
+}
+
+async fn start_worker(dir: &Path, id: usize, masters: &str) -> Node {
+    let config = WorkerConfig {
+        id: format!("w{id}"),
+        master: masters.to_string(),
+        data_dirs: vec![dir.join(format!("w{id}"))],
+        heartbeat_interval: Duration::from_millis(200),
+        memory_budget: bytesize::ByteSize::mib(128),
+        ..WorkerConfig::default()
+    };
+    let listeners = sluice_worker::Listeners {
+        push: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        fetch: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { sluice_worker::run(config, listeners, stop).await.unwrap() }
+    });
+    Node { stop, task }
+}
+
+fn client(masters: &str) -> SluiceClient {
+    SluiceClient::new(ClientConfig {
+        replication: 2,
+        ..ClientConfig::new(masters.to_string())
+    })
+    .unwrap()
+}
+
+async fn status(addr: &str) -> Option<pb::MasterStatusResponse> {
+    let mut master = MasterClient::connect(format!("http://{addr}")).await.ok()?;
+    let status = master
+        .master_status(pb::MasterStatusRequest {})
+        .await
+        .ok()?;
+    Some(status.into_inner())
+}
+
+/// Waits until `n` live workers are seen by the leader, and returns the leader's address.
+async fn leader_with_workers(masters: &[String], n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for addr in masters {
+            let Some(status) = status(addr).await else {
+                continue;
+            };
+            let Some(leader) = status.leader else {
+                continue;
+            };
+            if leader.addr != *addr {
+                continue;
+            }
+            let mut master = MasterClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let cluster = master
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if cluster.workers.iter().filter(|w| w.alive).count() >= n {
+                return leader.addr;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader with {n} workers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_exactly_once(ids: &[RecordId], seen: &HashMap<RecordId, usize>) {
+    assert_eq!(
+        seen.len(),
+        ids.len(),
+        "records read: {} of {}",
+        seen.len(),
+        ids.len()
+    );
+    for id in ids {
+        assert_eq!(seen.get(id), Some(&1), "record {id:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_keeps_every_shuffle_committed_or_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = vec![free_addr().await];
+    let master = start_master(master_config(dir.path(), &peers, 0)).await;
+    let workers = [
+        start_worker(dir.path(), 0, &peers[0]).await,
+        start_worker(dir.path(), 1, &peers[0]).await,
+    ];
+    leader_with_workers(&peers, 2).await;
+    let client = client(&peers[0]);
+
+    // One shuffle committed before the restart, one with half its maps ended.
+    let done = ShuffleKey::new("app-restart", 0);
+    let done_ids = write_records(&client, &done, (3, 8), 400, 300).await;
+    let running = ShuffleKey::new("app-restart", 1);
+    let handle = client.register_shuffle(&running, 4, 8).await.unwrap();
+    let mut running_ids = Vec::new();
+    for map in 0..2 {
+        running_ids.extend(write_map(&client, &handle, map).await);
+    }
+
+    master.stop().await;
+    let master = start_master(master_config(dir.path(), &peers, 0)).await;
+    leader_with_workers(&peers, 2).await;
+
+    // The writers' handle (cached before the restart) still works: same placements.
+    for map in 2..4 {
+        running_ids.extend(write_map(&client, &handle, map).await);
+    }
+    let seen = read_records(&client, &done, 0..8, None).await.unwrap();
+    assert_exactly_once(&done_ids, &seen);
+    let seen = read_records(&client, &running, 0..8, None).await.unwrap();
+    assert_exactly_once(&running_ids, &seen);
+
+    master.stop().await;
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+async fn write_map(
+    client: &SluiceClient,
+    handle: &std::sync::Arc<sluice_client::ShuffleHandle>,
+    map: u32,
+) -> Vec<RecordId> {
+    let mut writer = client.writer(handle.clone(), map, 0).unwrap();
+    let mut ids = Vec::new();
+    let mut record = Vec::new();
+    for seq in 0..300 {
+        record.clear();
+        sluice::records::encode(&mut record, map, seq, 60 + (seq as usize * 7) % 200);
+        writer
+            .write((seq + map) % handle.num_partitions, &record)
+            .await
+            .unwrap();
+        ids.push(RecordId { map, seq });
+    }
+    writer.finish().await.unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_masters_keep_serving_when_the_leader_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(free_addr().await);
+    }
+    let mut masters: Vec<Option<Node>> = Vec::new();
+    for id in 0..3 {
+        masters.push(Some(
+            start_master(master_config(dir.path(), &peers, id)).await,
+        ));
+    }
+    let endpoints = peers.join(",");
+    let workers = [
+        start_worker(dir.path(), 0, &endpoints).await,
+        start_worker(dir.path(), 1, &endpoints).await,
+    ];
+    let leader = leader_with_workers(&peers, 2).await;
+
+    // A follower redirects to the leader.
+    let follower = peers.iter().find(|p| **p != leader).unwrap();
+    let mut direct = MasterClient::connect(format!("http://{follower}"))
+        .await
+        .unwrap();
+    let refused = direct
+        .register_shuffle(pb::RegisterShuffleRequest {
+            shuffle: Some(ShuffleKey::new("app-probe", 0).to_pb()),
+            num_maps: 1,
+            num_partitions: 1,
+            replication: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let hint = refused
+        .metadata()
+        .get("sluice-leader")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(hint.as_deref(), Some(leader.as_str()), "{refused:?}");
+
+    let client = client(&endpoints);
+    let first = ShuffleKey::new("app-ha", 0);
+    let first_ids = write_records(&client, &first, (2, 6), 300, 200).await;
+    let second = ShuffleKey::new("app-ha", 1);
+    let handle = client.register_shuffle(&second, 4, 6).await.unwrap();
+    let mut second_ids = write_map(&client, &handle, 0).await;
+
+    let index = peers.iter().position(|p| *p == leader).unwrap();
+    let stopped = Instant::now();
+    masters[index].take().unwrap().stop().await;
+    let rest: Vec<String> = peers.iter().filter(|p| **p != leader).cloned().collect();
+    let new_leader = leader_with_workers(&rest, 2).await;
+    eprintln!("new leader {new_leader} after {:?}", stopped.elapsed());
+
+    for map in 1..4 {
+        second_ids.extend(write_map(&client, &handle, map).await);
+    }
+    let seen = read_records(&client, &first, 0..6, None).await.unwrap();
+    assert_exactly_once(&first_ids, &seen);
+    let seen = read_records(&client, &second, 0..6, None).await.unwrap();
+    assert_exactly_once(&second_ids, &seen);
+
+    // The stopped master comes back as a follower and catches up.
+    masters[index] = Some(start_master(master_config(dir.path(), &peers, index)).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader_applied = status(&new_leader).await.map(|s| s.last_applied);
+        let back = status(&leader).await;
+        if let (Some(applied), Some(back)) = (leader_applied, back) {
+            if back.last_applied >= applied
+                && back.leader.as_ref().map(|l| l.addr.as_str()) == Some(new_leader.as_str())
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted master did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for master in masters.into_iter().flatten() {
+        master.stop().await;
+    }
+    for worker in workers {
+        worker.stop().await;
+    }
+}
