@@ -39,6 +39,10 @@ use crate::proxy::Proxy;
 /// How long a process may take to print its ready line, and a cluster to form.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The masters' `election_timeout` (a follower that hears no leader for a random time between
+/// it and twice it starts an election), written into their config files: their default.
+pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(400);
+
 /// A scenario could not run here (not a pass, not a failure), with the reason.
 #[derive(Debug)]
 pub struct Skipped(pub String);
@@ -474,9 +478,8 @@ impl Cluster {
         for i in 0..masters {
             cluster.start_master(i).await?;
         }
-        if masters > 1 {
-            cluster.leader(READY_TIMEOUT).await?;
-        }
+        // Even a lone master serves only once it has elected itself.
+        cluster.leader(READY_TIMEOUT).await?;
         for (i, spec) in specs.iter().enumerate() {
             cluster.add_worker(i, spec).await?;
         }
@@ -507,6 +510,10 @@ impl Cluster {
             ("worker_timeout".into(), toml_text("3s")),
             ("worker_rpc_timeout".into(), toml_text("5s")),
             ("commit_timeout".into(), toml_text("10s")),
+            (
+                "election_timeout".into(),
+                toml_text(&format!("{}ms", ELECTION_TIMEOUT.as_millis())),
+            ),
         ];
         if peers.len() > 1 {
             let list: Vec<String> = peers.iter().map(|p| toml_text(&p.to_string())).collect();

@@ -25,9 +25,9 @@ use crate::workload::{Reads, Shape, Workload, Writes};
 const MASTERS: usize = 3;
 /// How long the masters may take to agree on a new leader, and a rejoining master to catch up.
 const ELECTION_LIMIT: Duration = Duration::from_secs(20);
-/// The masters' `election_timeout` (their default): a stopped leader stays stopped at least
-/// three times as long, past the longest random timeout (twice it).
-const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
+/// A stopped leader stays stopped at least three times the masters' `election_timeout`, past
+/// the longest random timeout (twice it).
+const ELECTION_TIMEOUT: Duration = crate::cluster::ELECTION_TIMEOUT;
 /// How often the probe sends a registration.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// Longest one probe registration may take; the probe keeps at most this many in flight.
