@@ -2,8 +2,8 @@
 //! push, while the reducers read, and right as the last map ends (the commit then runs on the
 //! leader), or SIGSTOPped past the election timeout and SIGCONTed once another master leads: the
 //! deposed leader, sent a write directly, must refuse it. A lone master is restarted on its
-//! data directory while the maps push. The workload, at replication 2, must come out exactly
-//! once and intact every time.
+//! data directory while the maps push, or as the last map ends (it finds the commit pending).
+//! The workload, at replication 2, must come out exactly once and intact every time.
 //!
 //! Each scenario measures its failover with a [`Probe`]: a client of the master list registers
 //! a tiny shuffle every 20 ms; the failover is the time from the fault to the first registration
@@ -337,10 +337,33 @@ pub(crate) async fn kill_leader_commit(ctx: &Ctx) -> anyhow::Result<Observed> {
             leader.index, leader.term
         ));
         record_failover(&setup.cluster, &probe, &mut observed, "SIGKILL").await;
+        observed
+            .injected
+            .push(commit_seen(&setup.cluster, leader.index, &setup.key));
         setup.read_all(&mut observed).await;
     }
     setup.cluster.shutdown().await;
     Ok(observed)
+}
+
+/// Whether the killed leader `killed` had finished the commit of `key`, from the masters' logs:
+/// for the record, since the kill races the commit it started.
+fn commit_seen(cluster: &Cluster, killed: usize, key: &ShuffleKey) -> String {
+    let committed = format!("shuffle committed shuffle={key} ");
+    // Logs written to a file carry no colour codes.
+    let log = |i: usize| {
+        std::fs::read_to_string(cluster.dir.join(format!("m{i}.log"))).unwrap_or_default()
+    };
+    if log(killed).contains(&committed) {
+        return format!("m{killed} had finished the commit before the SIGKILL");
+    }
+    match (0..cluster.masters.len())
+        .filter(|i| *i != killed)
+        .find(|i| log(*i).contains("resuming the commit"))
+    {
+        Some(i) => format!("m{killed} was killed mid-commit; m{i} resumed the commit"),
+        None => format!("m{killed} was killed before its commit finished"),
+    }
 }
 
 /// The leader SIGSTOPped half-way through the writes, which go on; once the other two agree on
@@ -373,22 +396,24 @@ pub(crate) async fn stop_leader(ctx: &Ctx) -> anyhow::Result<Observed> {
                     l.index != old.index && l.term > old.term
                 })
                 .await;
+            let elected = stopped.elapsed();
             let failover = probe.failover(ELECTION_LIMIT).await;
             let held = ELECTION_TIMEOUT * 3;
             tokio::time::sleep(held.saturating_sub(stopped.elapsed())).await;
             let stopped_for = stopped.elapsed();
             cluster.resume_master(old.index);
             let answer = write_to(&mut deposed).await;
-            (new, failover, stopped_for, answer)
+            (new.map(|n| (n, elected)), failover, stopped_for, answer)
         });
         result = written;
         let (new, failover, stopped_for, answer) = checked;
         match new {
-            Ok(new) => observed.injected.push(format!(
-                "m{} elected in term {} while m{} was stopped; SIGCONT after {} ms",
+            Ok((new, elected)) => observed.injected.push(format!(
+                "m{} elected in term {}, seen by the other masters {} ms after the SIGSTOP; \
+                 SIGCONT after {} ms",
                 new.index,
                 new.term,
-                old.index,
+                elected.as_millis(),
                 stopped_for.as_millis()
             )),
             Err(e) => observed.failures.push(format!(
@@ -473,10 +498,11 @@ fn judge_deposed(
 }
 
 /// A cluster of one master that keeps its state in its data directory: a small shuffle is
-/// written and committed, then the master is SIGKILLed half-way through the workload's writes
-/// and started again on the same address and data directory. Both shuffles must read back
-/// whole.
-pub(crate) async fn single_master_restart(ctx: &Ctx) -> anyhow::Result<Observed> {
+/// written and committed, then the master is SIGKILLed and started again on the same address
+/// and data directory, half-way through the workload's writes or (`at_commit`) as soon as the
+/// last map's end is acknowledged, so the restarted master finds the commit pending. Both
+/// shuffles must read back whole.
+pub(crate) async fn single_master_restart(ctx: &Ctx, at_commit: bool) -> anyhow::Result<Observed> {
     let mut setup = Setup::start(ctx, &four_workers(), ctx.sizes.workload()).await?;
     let mut observed = setup.observed();
     ctx.phase
@@ -498,13 +524,23 @@ pub(crate) async fn single_master_restart(ctx: &Ctx) -> anyhow::Result<Observed>
     Reads::open(&setup.client, &early_key, &early).await?;
     ctx.phase.set("starting the probe");
     let probe = Probe::start(&setup.cluster.master_addr).await?;
-    let at = [ctx.sizes.mid_write()];
+    // The end of the workload is reached once the last map's end is acknowledged.
+    let at = [if at_commit {
+        setup.workload.at(1.0)
+    } else {
+        ctx.sizes.mid_write()
+    }];
     let mark = probe.mark();
     write_with_faults(&mut setup, &mut observed, &at, async move |s, _| {
         mark.now();
         s.cluster.restart_master(0).await?;
         Ok(format!(
-            "SIGKILL the master and start it again on {} and its data directory",
+            "{}SIGKILL the master and start it again on {} and its data directory",
+            if at_commit {
+                "the last map's end acknowledged, the commit under way: "
+            } else {
+                ""
+            },
             s.cluster.masters[0].addr
         ))
     })

@@ -16,8 +16,8 @@
 //!   byte, a full disk.
 //! - [`ha`]: the masters' faults: the Raft leader of three masters SIGKILLed (while pushing,
 //!   while reading, as the commit starts) or SIGSTOPped (the deposed leader must refuse a
-//!   write), a lone master restarted on its data directory; each measures the failover, from
-//!   the fault to the first write a master accepted.
+//!   write), a lone master restarted on its data directory (mid-stage, or with the commit
+//!   pending); each measures the failover, from the fault to the first write a master accepted.
 //! - [`memory`]: one worker loaded the ways that broke its memory budget (many writers, a
 //!   stalled replica, skewed merged pushes, loitering connections, zero-length slices); the
 //!   worker process's peak RSS must stay within budget + allowance. [`raw`] builds their raw
@@ -103,7 +103,7 @@ impl Report {
     /// A fixed-width table, one row per scenario, then each row's detail.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<22} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}  {}\n",
+            "{:<28} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}  {}\n",
             "scenario",
             "repl",
             "written",
@@ -116,7 +116,7 @@ impl Report {
         );
         for o in &self.scenarios {
             out.push_str(&format!(
-                "{:<22} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7.1}  {}\n",
+                "{:<28} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7.1}  {}\n",
                 o.scenario,
                 o.replication,
                 o.written,
@@ -143,12 +143,12 @@ impl Report {
         if !failovers.is_empty() {
             out.push_str(&format!(
                 "\nmaster failover (from the SIGKILL or SIGSTOP to the first write a master \
-                 accepted)\n{:<22} {:>4} {:>8}\n",
+                 accepted)\n{:<28} {:>4} {:>8}\n",
                 "scenario", "repl", "ms"
             ));
             for (o, ms) in failovers {
                 out.push_str(&format!(
-                    "{:<22} {:>4} {:>8}\n",
+                    "{:<28} {:>4} {:>8}\n",
                     o.scenario, o.replication, ms
                 ));
             }

@@ -36,10 +36,11 @@ pub enum Scenario {
     HaKillLeaderCommit,
     HaStopLeader,
     SingleMasterRestart,
+    SingleMasterRestartCommit,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 18] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
@@ -58,6 +59,7 @@ impl Scenario {
         Scenario::HaKillLeaderCommit,
         Scenario::HaStopLeader,
         Scenario::SingleMasterRestart,
+        Scenario::SingleMasterRestartCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +82,7 @@ impl Scenario {
             Scenario::HaKillLeaderCommit => "ha-kill-leader-commit",
             Scenario::HaStopLeader => "ha-stop-leader",
             Scenario::SingleMasterRestart => "single-master-restart",
+            Scenario::SingleMasterRestartCommit => "single-master-restart-commit",
         }
     }
 
@@ -131,7 +134,8 @@ impl Scenario {
             Scenario::HaKillLeaderRead => ha::kill_leader_read(ctx).await,
             Scenario::HaKillLeaderCommit => ha::kill_leader_commit(ctx).await,
             Scenario::HaStopLeader => ha::stop_leader(ctx).await,
-            Scenario::SingleMasterRestart => ha::single_master_restart(ctx).await,
+            Scenario::SingleMasterRestart => ha::single_master_restart(ctx, false).await,
+            Scenario::SingleMasterRestartCommit => ha::single_master_restart(ctx, true).await,
         }
     }
 }
