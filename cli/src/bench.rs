@@ -23,7 +23,8 @@ use crate::records;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// An existing cluster's master; `None` starts an embedded cluster.
+    /// An existing cluster's masters (`host:port[,host:port...]`); `None` starts an embedded
+    /// cluster.
     pub master: Option<String>,
     /// Workers of the embedded cluster.
     pub workers: usize,

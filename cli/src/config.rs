@@ -205,6 +205,27 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_takes_its_masters_as_a_list_anywhere() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "master = [\"m1:9097\", \"m2:9097\"]").unwrap();
+        let config: WorkerConfig =
+            load(Some(file.path()), "SLUICE_WORKER_", env(&[]), &[]).unwrap();
+        assert_eq!(config.master, "m1:9097,m2:9097");
+        let config: WorkerConfig = load(
+            Some(file.path()),
+            "SLUICE_WORKER_",
+            env(&[("SLUICE_WORKER_MASTER", "m1:1,m2:2,m3:3")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.master, "m1:1,m2:2,m3:3");
+        let (_, flags) = parse_flags(&["--master".into(), "m4:4, m5:5".into()]).unwrap();
+        let config: WorkerConfig = load(None, "SLUICE_WORKER_", env(&[]), &flags).unwrap();
+        assert_eq!(config.master, "m4:4, m5:5");
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
     fn unknown_keys_are_errors_naming_them() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "memroy_budget = \"1GiB\"").unwrap();

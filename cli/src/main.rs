@@ -74,7 +74,8 @@ enum Command {
     },
     /// Push a shuffle through a cluster and read it back; prints a JSON report as its last line.
     Bench {
-        /// Master of an existing cluster; without it an embedded cluster is started.
+        /// Master of an existing cluster (`host:port`, or every master separated by commas);
+        /// without it an embedded cluster is started.
         #[arg(long)]
         master: Option<String>,
         /// Workers of the embedded cluster.

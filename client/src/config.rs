@@ -4,7 +4,9 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
-    /// The master's gRPC address (`host:port`).
+    /// The masters' gRPC addresses: one `host:port`, or several separated by commas
+    /// (`"m1:9097,m2:9097,m3:9097"`) when the masters are replicated. Calls go to the leader,
+    /// found by trying the list in order and following the masters' redirects.
     pub master: String,
     /// Copies of every pushed batch: 1, or 2 (a replica on another worker; a push is acked only
     /// once both hold it, and readers fail over to the replica). 0: the cluster's default, 2 when
@@ -35,9 +37,16 @@ pub struct ClientConfig {
     pub fetch_retry_wait: Duration,
     /// How long a reader waits for the shuffle's commit.
     pub layout_timeout: Duration,
+    /// How long a master call keeps trying (the other masters, the leader a master names, a
+    /// leader election, a restarting master) before it fails with the last error.
+    pub master_retry_timeout: Duration,
+    /// Limit for one attempt of a master call on one master; a master silent this long is
+    /// treated as unreachable. Readers wait for a commit in polls of at most half of it.
+    pub master_request_timeout: Duration,
 }
 
 impl ClientConfig {
+    /// Defaults, with the masters at `master` (`host:port[,host:port...]`).
     pub fn new(master: impl Into<String>) -> ClientConfig {
         ClientConfig {
             master: master.into(),
@@ -54,6 +63,8 @@ impl ClientConfig {
             fetch_retries: 3,
             fetch_retry_wait: Duration::from_millis(200),
             layout_timeout: Duration::from_secs(600),
+            master_retry_timeout: Duration::from_secs(15),
+            master_request_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Sluice Rust client core, used by the JVM bridge, the benchmark, chaos tests and tests.
 //!
-//! - [`SluiceClient`]: one per process. Talks to the master (gRPC) and keeps one multiplexed
-//!   connection per worker port. Registers and unregisters shuffles, heartbeats applications,
+//! - [`SluiceClient`]: one per process. Talks to the leading master (gRPC, through a
+//!   [`MasterChannel`] over every configured master) and keeps one multiplexed connection per
+//!   worker port. Registers and unregisters shuffles, heartbeats applications,
 //!   and makes writers and readers.
 //! - [`writer::ShuffleWriter`]: one per map attempt. Buffers records per partition, cuts them into
 //!   LZ4-compressed, checksummed batches tagged `(map, attempt, batch id)`, merges batches bound
@@ -27,10 +28,8 @@ use std::sync::Arc;
 
 use sluice_protocol::frame::FrameLimits;
 use sluice_protocol::pb;
-use sluice_protocol::pb::master_client::MasterClient;
 use sluice_protocol::rpc::RpcPool;
-use sluice_protocol::ShuffleKey;
-use tonic::transport::Channel;
+use sluice_protocol::{MasterChannel, MasterOptions, ShuffleKey};
 
 pub use config::ClientConfig;
 pub use error::{ClientError, ClientResult};
@@ -43,17 +42,9 @@ const MAX_MESSAGE: usize = 256 << 20;
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub config: ClientConfig,
-    pub master: MasterClient<Channel>,
+    /// Every master call goes through it, to whichever master leads.
+    pub master: MasterChannel,
     pub workers: RpcPool,
-}
-
-impl Inner {
-    pub fn master_error(&self, status: tonic::Status) -> ClientError {
-        ClientError::Master {
-            addr: self.config.master.clone(),
-            status,
-        }
-    }
 }
 
 /// A shuffle's placement, as its writers need it. Shared by every writer of the shuffle in the
@@ -138,18 +129,17 @@ pub struct SluiceClient {
 }
 
 impl SluiceClient {
-    /// Creates a client. The master connection is made on first use, so a master that is not
-    /// up yet (or restarts) is not an error here.
+    /// Creates a client. Master connections are made on first use, so masters that are not
+    /// up yet (or restart) are not an error here; a malformed master list is.
     pub fn new(config: ClientConfig) -> ClientResult<SluiceClient> {
-        let endpoint = Channel::from_shared(format!("http://{}", config.master))
-            .map_err(|e| {
-                ClientError::InvalidArgument(format!("master address {:?}: {e}", config.master))
-            })?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true);
-        let master = MasterClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let options = MasterOptions {
+            connect_timeout: config.connect_timeout,
+            call_timeout: config.master_request_timeout,
+            retry_timeout: config.master_retry_timeout,
+            max_message_size: MAX_MESSAGE,
+        };
+        let master = MasterChannel::new(&config.master, options)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let workers = RpcPool::new(FrameLimits::default(), config.connect_timeout);
         Ok(SluiceClient {
             inner: Arc::new(Inner {
@@ -171,19 +161,19 @@ impl SluiceClient {
         num_maps: u32,
         num_partitions: u32,
     ) -> ClientResult<Arc<ShuffleHandle>> {
+        let request = pb::RegisterShuffleRequest {
+            shuffle: Some(key.to_pb()),
+            num_maps,
+            num_partitions,
+            replication: self.inner.config.replication,
+        };
         let response = self
             .inner
             .master
-            .clone()
-            .register_shuffle(pb::RegisterShuffleRequest {
-                shuffle: Some(key.to_pb()),
-                num_maps,
-                num_partitions,
-                replication: self.inner.config.replication,
+            .call(request, |mut master, request| async move {
+                master.register_shuffle(request).await
             })
-            .await
-            .map_err(|s| self.inner.master_error(s))?
-            .into_inner();
+            .await?;
         let locations = response.locations.unwrap_or_default();
         let n = num_partitions as usize;
         let valid = locations.primary_worker.len() == n
@@ -193,9 +183,10 @@ impl SluiceClient {
                 .iter()
                 .all(|w| (*w as usize) < locations.workers.len());
         if !valid {
-            return Err(self.inner.master_error(tonic::Status::internal(
-                "master answered an inconsistent placement",
-            )));
+            return Err(ClientError::Master {
+                addr: self.inner.master.leader(),
+                status: tonic::Status::internal("master answered an inconsistent placement"),
+            });
         }
         Ok(Arc::new(ShuffleHandle::new(
             key.clone(),
@@ -207,27 +198,29 @@ impl SluiceClient {
 
     /// Deletes a shuffle on the master and its workers.
     pub async fn unregister_shuffle(&self, key: &ShuffleKey) -> ClientResult<()> {
+        let request = pb::UnregisterShuffleRequest {
+            shuffle: Some(key.to_pb()),
+        };
         self.inner
             .master
-            .clone()
-            .unregister_shuffle(pb::UnregisterShuffleRequest {
-                shuffle: Some(key.to_pb()),
+            .call(request, |mut master, request| async move {
+                master.unregister_shuffle(request).await
             })
-            .await
-            .map_err(|s| self.inner.master_error(s))?;
+            .await?;
         Ok(())
     }
 
     /// Tells the master the application is alive (its data is kept).
     pub async fn app_heartbeat(&self, app_id: &str) -> ClientResult<()> {
+        let request = pb::AppHeartbeatRequest {
+            app_id: app_id.to_string(),
+        };
         self.inner
             .master
-            .clone()
-            .app_heartbeat(pb::AppHeartbeatRequest {
-                app_id: app_id.to_string(),
+            .call(request, |mut master, request| async move {
+                master.app_heartbeat(request).await
             })
-            .await
-            .map_err(|s| self.inner.master_error(s))?;
+            .await?;
         Ok(())
     }
 
@@ -235,11 +228,11 @@ impl SluiceClient {
         Ok(self
             .inner
             .master
-            .clone()
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .map_err(|s| self.inner.master_error(s))?
-            .into_inner())
+            .call(
+                pb::ClusterStatusRequest {},
+                |mut master, request| async move { master.cluster_status(request).await },
+            )
+            .await?)
     }
 
     /// A writer for one attempt of one map.

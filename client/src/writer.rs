@@ -272,19 +272,19 @@ impl ShuffleWriter {
                 stats: Some(*s),
             })
             .collect();
+        let request = pb::MapperEndRequest {
+            shuffle: Some(self.handle.key.to_pb()),
+            map_id: self.map_id,
+            attempt: self.attempt,
+            partitions,
+        };
         let response = self
             .inner
             .master
-            .clone()
-            .mapper_end(pb::MapperEndRequest {
-                shuffle: Some(self.handle.key.to_pb()),
-                map_id: self.map_id,
-                attempt: self.attempt,
-                partitions,
+            .call(request, |mut master, request| async move {
+                master.mapper_end(request).await
             })
-            .await
-            .map_err(|s| self.inner.master_error(s))?
-            .into_inner();
+            .await?;
         if self.stage_ended && response.winning_attempt == self.attempt {
             // Pushes were refused as committed, so part of this attempt's output was dropped,
             // yet the master counts this attempt's output as the map's: succeeding would report
@@ -425,17 +425,17 @@ async fn revive(
         .collect();
     failed.sort_by_key(|f| (f.partition, f.epoch));
     failed.dedup();
+    let request = pb::ReviveRequest {
+        shuffle: Some(handle.key.to_pb()),
+        failed,
+        reason: reason.to_string(),
+    };
     let response = inner
         .master
-        .clone()
-        .revive(pb::ReviveRequest {
-            shuffle: Some(handle.key.to_pb()),
-            failed,
-            reason: reason.to_string(),
+        .call(request, |mut master, request| async move {
+            master.revive(request).await
         })
-        .await
-        .map_err(|s| inner.master_error(s))?
-        .into_inner();
+        .await?;
     handle.revived(&response.locations);
     Ok(())
 }

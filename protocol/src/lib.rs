@@ -15,6 +15,8 @@
 //!   [`ProtocolError`].
 //! - [`duration`]: serde helpers for human-readable durations in configuration files.
 //! - [`ids`]: id types ([`ShuffleKey`], [`WorkerId`]) and conversions.
+//! - [`master_channel`]: [`MasterChannel`], calls to whichever of several masters leads
+//!   (redirects, failover, retries within a bound), over one lazily connected channel each.
 //!
 //! Data flows: a client encodes records into batches ([`batch::encode`]), groups batches per
 //! worker into a push frame ([`frame::MessageType::PushMergedData`]) and sends it with
@@ -28,6 +30,7 @@ pub mod duration;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod master_channel;
 pub mod rpc;
 
 /// Generated protobuf messages and gRPC stubs.
@@ -38,3 +41,4 @@ pub mod pb {
 
 pub use error::{ErrorCode, ProtocolError, ProtocolResult};
 pub use ids::{ShuffleKey, WorkerId};
+pub use master_channel::{MasterCallError, MasterChannel, MasterOptions};

@@ -39,7 +39,10 @@ pub struct WorkerConfig {
     /// workers left on defaults on different machines do not share an id. The master refuses
     /// an id that a live worker at another address holds.
     pub id: String,
-    /// Address (`host:port`) of the master's gRPC endpoint.
+    /// The masters' gRPC addresses: one `host:port`, several separated by commas
+    /// (`"m1:9097,m2:9097,m3:9097"`), or in a file a list (`["m1:9097", "m2:9097"]`). The worker
+    /// registers and heartbeats with every one of them, so whichever leads knows it.
+    #[serde(deserialize_with = "endpoint_list")]
     pub master: String,
     /// Host name or address that clients and the master use to reach this worker.
     pub host: String,
@@ -141,6 +144,8 @@ impl Default for WorkerConfig {
 impl WorkerConfig {
     /// Checks the values that types alone cannot.
     pub fn validate(&self) -> Result<(), String> {
+        sluice_protocol::master_channel::parse_endpoints(&self.master)
+            .map_err(|e| format!("master: {e}"))?;
         if self.data_dirs.is_empty() {
             return Err("data_dirs: at least one data directory is needed".into());
         }
@@ -208,6 +213,24 @@ impl WorkerConfig {
             zone: self.zone.clone(),
         }
     }
+}
+
+/// Reads a list of endpoints given as one comma-separated string or as a list of strings, as
+/// the comma-separated string.
+fn endpoint_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(
+        untagged,
+        expecting = "\"host:port[,host:port...]\" or a list of \"host:port\""
+    )]
+    enum List {
+        Joined(String),
+        Each(Vec<String>),
+    }
+    Ok(match List::deserialize(deserializer)? {
+        List::Joined(list) => list,
+        List::Each(list) => list.join(","),
+    })
 }
 
 /// Longest `busy_wait`: a push waits this long at most before `Busy`; writers have given up
@@ -304,5 +327,26 @@ mod tests {
             "replica_timeout",
         );
         assert_eq!(base().validate(), Ok(()));
+    }
+
+    #[test]
+    fn masters_are_a_comma_separated_string_or_a_list() {
+        let parse = |toml: &str| -> WorkerConfig {
+            WorkerConfig::deserialize(toml.parse::<toml::Table>().unwrap()).unwrap()
+        };
+        assert_eq!(parse("master = \"m1:1\"").master, "m1:1");
+        assert_eq!(parse("master = \"m1:1, m2:2\"").master, "m1:1, m2:2");
+        assert_eq!(
+            parse("master = [\"m1:1\", \"m2:2\", \"m3:3\"]").master,
+            "m1:1,m2:2,m3:3"
+        );
+        let error = WorkerConfig {
+            master: "m1:1,,m3:3".into(),
+            ..WorkerConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(error.starts_with("master"), "{error}");
+        assert!(error.contains("\"\""), "{error}");
     }
 }

@@ -1,14 +1,23 @@
-//! Registration with the master and the heartbeat loop.
+//! Registration with the masters and the heartbeat loops.
+//!
+//! One loop per configured master endpoint: every master, not only the leader, keeps its own
+//! view of the live workers, so a newly elected leader knows them at once. Each heartbeat also
+//! lists the shuffles this worker holds, so the leader can delete orphans (shuffles it does not
+//! know) after a grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_protocol::master_channel::{master_client, parse_endpoints, MasterOptions};
 use sluice_protocol::pb;
 use sluice_protocol::pb::master_client::MasterClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::shared::Shared;
+
+/// Shuffles listed in one heartbeat at most.
+const MAX_REPORTED_SHUFFLES: usize = 100_000;
 
 async fn disks(shared: &Shared) -> Vec<pb::DiskStatus> {
     let mut out = Vec::with_capacity(shared.store.disks().len());
@@ -21,6 +30,7 @@ async fn disks(shared: &Shared) -> Vec<pb::DiskStatus> {
 async fn register(
     client: &mut MasterClient<Channel>,
     shared: &Shared,
+    master: &str,
 ) -> Result<(), tonic::Status> {
     client
         .register_worker(pb::RegisterWorkerRequest {
@@ -30,42 +40,77 @@ async fn register(
                 .unwrap_or(u64::MAX),
         })
         .await?;
-    tracing::info!(worker = %shared.info.id, node = %shared.info.node, zone = %shared.info.zone, master = %shared.config.master, "registered with the master");
+    tracing::info!(worker = %shared.info.id, node = %shared.info.node, zone = %shared.info.zone, master = %master, "registered with the master");
     Ok(())
 }
 
-/// Registers, then heartbeats every `heartbeat_interval` until shutdown. A master that cannot
-/// be reached, or that refuses the registration (the id is held by a live worker elsewhere), is
-/// retried forever (logged once per failure streak).
+async fn heartbeat(
+    client: &mut MasterClient<Channel>,
+    shared: &Shared,
+) -> Result<pb::WorkerHeartbeatResponse, tonic::Status> {
+    let shuffles = shared
+        .store
+        .shuffle_keys(MAX_REPORTED_SHUFFLES)
+        .iter()
+        .map(|key| key.to_pb())
+        .collect();
+    let response = client
+        .worker_heartbeat(pb::WorkerHeartbeatRequest {
+            worker_id: shared.info.id.clone(),
+            disks: disks(shared).await,
+            memory_used_bytes: shared.store.memory().used(),
+            memory_budget_bytes: shared.store.memory().budget(),
+            active_partitions: shared.store.active_partitions(),
+            state: pb::WorkerState::Active as i32,
+            shuffles,
+        })
+        .await?;
+    Ok(response.into_inner())
+}
+
+/// Registers with every master, then heartbeats each every `heartbeat_interval` until
+/// shutdown. `shared.registered` becomes true once the first master accepts the registration.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let endpoint = match Channel::from_shared(format!("http://{}", shared.config.master)) {
-        Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(3)),
+    let masters = match parse_endpoints(&shared.config.master) {
+        Ok(masters) => masters,
         Err(e) => {
-            tracing::error!(master = %shared.config.master, error = %e, "invalid master address");
+            tracing::error!(error = %e, "invalid master endpoints");
             return;
         }
     };
-    let mut client = MasterClient::new(endpoint.connect_lazy());
+    let mut loops = tokio::task::JoinSet::new();
+    for master in masters {
+        loops.spawn(run_with(shared.clone(), master, shutdown.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+/// Registers with the master at `master`, then heartbeats it. A master that cannot be reached,
+/// that refuses the registration (the id is held by a live worker elsewhere) or that asks for a
+/// new registration is retried forever (logged once per failure streak).
+async fn run_with(shared: Arc<Shared>, master: String, shutdown: CancellationToken) {
+    let options = MasterOptions {
+        connect_timeout: Duration::from_secs(3),
+        ..MasterOptions::default()
+    };
+    let mut client = match master_client(&master, &options) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(master = %master, error = %e, "invalid master address");
+            return;
+        }
+    };
     let mut registered = false;
     // The code of the current failure streak's error: each streak, and each change of what
     // fails, is logged once.
     let mut failing: Option<tonic::Code> = None;
     loop {
         let result = if registered {
-            client
-                .worker_heartbeat(pb::WorkerHeartbeatRequest {
-                    worker_id: shared.info.id.clone(),
-                    disks: disks(&shared).await,
-                    memory_used_bytes: shared.store.memory().used(),
-                    memory_budget_bytes: shared.store.memory().budget(),
-                    active_partitions: shared.store.active_partitions(),
-                    state: pb::WorkerState::Active as i32,
-                    shuffles: Vec::new(),
-                })
+            heartbeat(&mut client, &shared)
                 .await
-                .map(|r| registered = !r.into_inner().reregister)
+                .map(|response| registered = !response.reregister)
         } else {
-            register(&mut client, &shared).await.map(|()| {
+            register(&mut client, &shared, &master).await.map(|()| {
                 registered = true;
                 shared.registered.send_replace(true);
             })
@@ -73,15 +118,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         match result {
             Ok(()) => {
                 if failing.take().is_some() {
-                    tracing::info!(master = %shared.config.master, "master reachable again");
+                    tracing::info!(master = %master, "master reachable again");
                 }
             }
             Err(status) => {
                 if failing != Some(status.code()) {
                     if status.code() == tonic::Code::InvalidArgument {
-                        tracing::error!(worker = %shared.info.id, master = %shared.config.master, error = %status.message(), "the master refused the registration, retrying");
+                        tracing::error!(worker = %shared.info.id, master = %master, error = %status.message(), "the master refused the registration, retrying");
                     } else {
-                        tracing::warn!(master = %shared.config.master, error = %status.message(), "heartbeat failed");
+                        tracing::warn!(master = %master, error = %status.message(), "heartbeat failed");
                     }
                 }
                 failing = Some(status.code());

@@ -8,7 +8,8 @@
 //! - [`shared`]: the state every task of a worker shares, and its start-up.
 //! - [`storage`]: partition buffers, one write engine (flusher) per data directory, the
 //!   append-only data files with their batch indexes, commit, chunked reads, deletion.
-//! - [`heartbeat`]: registration with the master and heartbeats with disk and memory figures.
+//! - [`heartbeat`]: registration with every master and heartbeats with disk and memory figures
+//!   and the shuffles held.
 //! - [`config`]: the worker configuration, [`WorkerConfig`].
 //!
 //! A push frame's body is read once into an allocation that carries its memory lease; each
@@ -78,8 +79,8 @@ impl Worker {
         &self.shared.info
     }
 
-    /// Watches whether the master has accepted the worker's registration (true once it has;
-    /// the worker keeps registering until then, once serving).
+    /// Watches whether a master has accepted the worker's registration (true once the first
+    /// has; the worker keeps registering with every master, once serving).
     pub fn registered(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shared.registered.subscribe()
     }

@@ -26,7 +26,8 @@ pub struct Shared {
     pub limits: FrameLimits,
     /// Connections to other workers (replicas this worker forwards to).
     pub peers: sluice_protocol::rpc::RpcPool,
-    /// Becomes true once the master has accepted this worker's registration.
+    /// Becomes true once a master (the first of them to answer) has accepted this worker's
+    /// registration.
     pub registered: tokio::sync::watch::Sender<bool>,
 }
 

@@ -8,6 +8,10 @@
 //!
 //! Native objects (client, writer, reader) cross the boundary as `jlong` handles made by
 //! [`into_handle`] and released exactly once by the matching `close*` call.
+//!
+//! The one state kept here is each client's cache of shuffle placements ([`Placements`]): a
+//! shuffle is registered once per JVM, and forgotten when the master answers that it does not
+//! know it, so the next writer registers it again.
 
 #![allow(clippy::too_many_arguments)]
 
@@ -20,7 +24,8 @@ use jni::objects::{JByteArray, JClass, JObjectArray, JString};
 use jni::sys::{jbyteArray, jint, jlong, jlongArray};
 use jni::JNIEnv;
 use sluice_client::{
-    ClientConfig, ClientError, ShuffleHandle, ShuffleReader, ShuffleWriter, SluiceClient,
+    ClientConfig, ClientError, ClientResult, ShuffleHandle, ShuffleReader, ShuffleWriter,
+    SluiceClient,
 };
 use sluice_protocol::ShuffleKey;
 use tokio::runtime::Runtime;
@@ -119,27 +124,75 @@ fn release<T>(handle: jlong) {
     }
 }
 
+/// The placements this JVM registered, by shuffle, so that each shuffle is registered once
+/// and every writer of it shares one placement (and its revives). A placement whose shuffle the
+/// master says it does not know is forgotten, so the next writer registers the shuffle again.
+struct Placements<H>(Mutex<HashMap<ShuffleKey, H>>);
+
+impl<H: Clone> Placements<H> {
+    fn new() -> Self {
+        Placements(Mutex::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ShuffleKey, H>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &ShuffleKey) -> Option<H> {
+        self.lock().get(key).cloned()
+    }
+
+    fn insert(&self, key: &ShuffleKey, placement: H) {
+        self.lock().insert(key.clone(), placement);
+    }
+
+    fn remove(&self, key: &ShuffleKey) {
+        self.lock().remove(key);
+    }
+
+    /// Passes `result` on, first forgetting `key`'s placement if the master does not know the
+    /// shuffle.
+    fn check<T>(&self, key: &ShuffleKey, result: ClientResult<T>) -> Result<T> {
+        result.map_err(|error| {
+            if error.is_unknown_shuffle() {
+                self.remove(key);
+            }
+            Error::Client(error)
+        })
+    }
+}
+
 struct Client {
     client: SluiceClient,
-    shuffles: Mutex<HashMap<ShuffleKey, Arc<ShuffleHandle>>>,
+    /// Shared with the client's writers, which may outlive it.
+    placements: Arc<Placements<Arc<ShuffleHandle>>>,
 }
 
 impl Client {
     fn handle(&self, key: &ShuffleKey, maps: u32, partitions: u32) -> Result<Arc<ShuffleHandle>> {
-        if let Some(handle) = self
-            .shuffles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-        {
-            return Ok(handle.clone());
+        if let Some(handle) = self.placements.get(key) {
+            return Ok(handle);
         }
-        let handle = runtime()?.block_on(self.client.register_shuffle(key, maps, partitions))?;
-        self.shuffles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), handle.clone());
+        let registered = runtime()?.block_on(self.client.register_shuffle(key, maps, partitions));
+        let handle = self.placements.check(key, registered)?;
+        self.placements.insert(key, handle.clone());
         Ok(handle)
+    }
+}
+
+/// A map attempt's writer (`None` once finished) and the cache its shuffle's placement came
+/// from, to forget it if the master turns out not to know the shuffle.
+struct Writer {
+    writer: Option<ShuffleWriter>,
+    key: ShuffleKey,
+    placements: Arc<Placements<Arc<ShuffleHandle>>>,
+}
+
+impl Writer {
+    fn open(&mut self) -> Result<&mut ShuffleWriter> {
+        self.writer
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("writer already finished".into()))
     }
 }
 
@@ -187,6 +240,8 @@ fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> 
             "request_timeout_ms" => config.request_timeout = millis()?,
             "push_retry_timeout_ms" => config.push_retry_timeout = millis()?,
             "layout_timeout_ms" => config.layout_timeout = millis()?,
+            "master_retry_timeout_ms" => config.master_retry_timeout = millis()?,
+            "master_request_timeout_ms" => config.master_request_timeout = millis()?,
             other => {
                 return Err(Error::Invalid(format!(
                     "unknown Sluice client setting {other:?}"
@@ -215,11 +270,10 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_newClie
         }
         let mut config = ClientConfig::new(master);
         apply_settings(&mut config, &pairs)?;
-        // The client's master channel is created inside the runtime.
-        let client = runtime()?.block_on(async { SluiceClient::new(config) })?;
+        let client = SluiceClient::new(config)?;
         Ok(into_handle(Client {
             client,
-            shuffles: Mutex::default(),
+            placements: Arc::new(Placements::new()),
         }))
     })
 }
@@ -269,11 +323,7 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_unregis
     guard(&mut env, (), |env| {
         let client = borrow::<Client>(client)?;
         let key = key(env, &app_id, shuffle_id)?;
-        client
-            .shuffles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        client.placements.remove(&key);
         runtime()?.block_on(client.client.unregister_shuffle(&key))?;
         Ok(())
     })
@@ -319,14 +369,12 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_newWrit
             unsigned(map_id, "mapId")?,
             unsigned(attempt, "attempt")?,
         )?;
-        Ok(into_handle(Some(writer)))
+        Ok(into_handle(Writer {
+            writer: Some(writer),
+            key,
+            placements: client.placements.clone(),
+        }))
     })
-}
-
-fn writer<'a>(handle: jlong) -> Result<&'a mut ShuffleWriter> {
-    borrow::<Option<ShuffleWriter>>(handle)?
-        .as_mut()
-        .ok_or_else(|| Error::Invalid("writer already finished".into()))
 }
 
 #[no_mangle]
@@ -340,7 +388,7 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_write(
     length: jint,
 ) {
     guard(&mut env, (), |env| {
-        let writer = writer(handle)?;
+        let writer = borrow::<Writer>(handle)?;
         let (offset, length) = (
             unsigned(offset, "offset")? as usize,
             unsigned(length, "length")? as usize,
@@ -357,8 +405,9 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_write(
         let view =
             unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), length) };
         env.get_byte_array_region(&data, offset as i32, view)?;
-        runtime()?.block_on(writer.write(unsigned(partition, "partition")?, &bytes))?;
-        Ok(())
+        let partition = unsigned(partition, "partition")?;
+        let written = runtime()?.block_on(writer.open()?.write(partition, &bytes));
+        writer.placements.check(&writer.key, written)
     })
 }
 
@@ -369,9 +418,9 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_flush(
     handle: jlong,
 ) {
     guard(&mut env, (), |_| {
-        let writer = writer(handle)?;
-        runtime()?.block_on(writer.flush())?;
-        Ok(())
+        let writer = borrow::<Writer>(handle)?;
+        let flushed = runtime()?.block_on(writer.open()?.flush());
+        writer.placements.check(&writer.key, flushed)
     })
 }
 
@@ -382,10 +431,13 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_finish(
     handle: jlong,
 ) -> jlongArray {
     guard(&mut env, std::ptr::null_mut(), |env| {
-        let writer = borrow::<Option<ShuffleWriter>>(handle)?
+        let writer = borrow::<Writer>(handle)?;
+        let finishing = writer
+            .writer
             .take()
             .ok_or_else(|| Error::Invalid("writer already finished".into()))?;
-        let output = runtime()?.block_on(writer.finish())?;
+        let finished = runtime()?.block_on(finishing.finish());
+        let output = writer.placements.check(&writer.key, finished)?;
         let sizes: Vec<i64> = output.partition_bytes.iter().map(|b| *b as i64).collect();
         let array = env.new_long_array(sizes.len() as i32)?;
         env.set_long_array_region(&array, 0, &sizes)?;
@@ -400,7 +452,7 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_closeWr
     handle: jlong,
 ) {
     guard(&mut env, (), |_| {
-        release::<Option<ShuffleWriter>>(handle);
+        release::<Writer>(handle);
         Ok(())
     })
 }
@@ -423,7 +475,8 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_newRead
         let partitions =
             unsigned(start_partition, "startPartition")?..unsigned(end_partition, "endPartition")?;
         let maps = unsigned(start_map, "startMap")?..unsigned(end_map, "endMap")?;
-        let reader = runtime()?.block_on(client.client.reader(&key, partitions, Some(maps)))?;
+        let opened = runtime()?.block_on(client.client.reader(&key, partitions, Some(maps)));
+        let reader = client.placements.check(&key, opened)?;
         Ok(into_handle(reader))
     })
 }
@@ -474,6 +527,14 @@ mod tests {
         assert_eq!(config.batch_size, 1024);
         assert!(!config.compression);
         assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        let master = [
+            "master_retry_timeout_ms=2500",
+            "master_request_timeout_ms=90000",
+        ]
+        .map(String::from);
+        assert!(apply_settings(&mut config, &master).is_ok());
+        assert_eq!(config.master_retry_timeout, Duration::from_millis(2500));
+        assert_eq!(config.master_request_timeout, Duration::from_secs(90));
         for bad in [
             "nonsense",
             "batch_size=lots",
@@ -485,5 +546,33 @@ mod tests {
                 "{bad} accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_placement_is_forgotten_when_the_master_does_not_know_its_shuffle() {
+        let placements = Placements::new();
+        let (a, b) = (ShuffleKey::new("app", 0), ShuffleKey::new("app", 1));
+        placements.insert(&a, 1);
+        placements.insert(&b, 2);
+        let master = |status| -> ClientResult<()> {
+            Err(ClientError::Master {
+                addr: "m1:1".into(),
+                status,
+            })
+        };
+        // Unreachable masters or other failures keep it.
+        assert!(placements
+            .check(&a, master(tonic::Status::unavailable("no leader")))
+            .is_err());
+        assert!(placements.check(&a, Ok(())).is_ok());
+        assert_eq!(placements.get(&a), Some(1));
+        // NotFound from the master drops it (and only it): the next writer registers again.
+        let unknown = master(tonic::Status::not_found("shuffle app/0 is not registered"));
+        assert!(matches!(
+            placements.check(&a, unknown),
+            Err(Error::Client(ClientError::Master { .. }))
+        ));
+        assert_eq!(placements.get(&a), None);
+        assert_eq!(placements.get(&b), Some(2));
     }
 }

@@ -25,7 +25,7 @@ mod seen;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_protocol::batch::BatchIter;
@@ -38,8 +38,8 @@ use self::seen::Seen;
 use crate::error::{ClientError, ClientResult};
 use crate::Inner;
 
-/// How long one layout request waits on the master before asking again.
-const LAYOUT_POLL_MS: u32 = 30_000;
+/// How long one layout request waits on the master before asking again (at most).
+const LAYOUT_POLL: Duration = Duration::from_secs(30);
 
 enum Item {
     Chunk {
@@ -117,19 +117,21 @@ impl ShuffleReader {
             )));
         }
         let started = Instant::now();
+        // A poll must end well within the limit of one master call.
+        let poll = LAYOUT_POLL.min(inner.config.master_request_timeout / 2);
+        let request = pb::GetShuffleLayoutRequest {
+            shuffle: Some(key.to_pb()),
+            start_partition: partitions.start,
+            end_partition: partitions.end,
+            wait_ms: u32::try_from(poll.as_millis()).unwrap_or(u32::MAX),
+        };
         let layout = loop {
             let layout = inner
                 .master
-                .clone()
-                .get_shuffle_layout(pb::GetShuffleLayoutRequest {
-                    shuffle: Some(key.to_pb()),
-                    start_partition: partitions.start,
-                    end_partition: partitions.end,
-                    wait_ms: LAYOUT_POLL_MS,
+                .call(request.clone(), |mut master, request| async move {
+                    master.get_shuffle_layout(request).await
                 })
-                .await
-                .map_err(|s| inner.master_error(s))?
-                .into_inner();
+                .await?;
             if layout.committed {
                 break layout;
             }

@@ -109,6 +109,12 @@ impl Store {
         self.lock().values().map(|m| m.len() as u64).sum()
     }
 
+    /// The shuffles this worker holds locations of (reserved, buffered, flushed or committed),
+    /// at most `limit` of them, in no particular order. From memory only: no disk I/O.
+    pub fn shuffle_keys(&self, limit: usize) -> Vec<ShuffleKey> {
+        self.lock().keys().take(limit).cloned().collect()
+    }
+
     /// The next healthy disk, round robin (all disks when none is healthy, so the error surfaces
     /// on write rather than here).
     fn pick_disk(&self) -> Arc<Disk> {
@@ -285,5 +291,37 @@ impl Store {
             tracing::warn!(error = %e, "shuffle deletion task failed");
         }
         tracing::info!(app = app_id, shuffle = ?shuffle_id, "deleted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::engine::{open_engine, EngineChoice};
+
+    #[tokio::test]
+    async fn shuffle_keys_lists_each_held_shuffle_once_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open_engine(EngineChoice::Sync, "shuffle-keys").unwrap();
+        let (disk, _queue) = Disk::new(dir.path().to_path_buf(), engine);
+        let store = Store::new(
+            vec![Arc::new(disk)],
+            Arc::new(MemoryBudget::new(1 << 20)),
+            false,
+        );
+        assert!(store.shuffle_keys(10).is_empty());
+        let spec = |partition| pb::LocationSpec {
+            partition,
+            ..Default::default()
+        };
+        let (a, b) = (ShuffleKey::new("app-1", 0), ShuffleKey::new("app-1", 1));
+        store.reserve(&a, &[spec(0), spec(1)]).unwrap();
+        store.reserve(&b, &[spec(0)]).unwrap();
+        let mut keys = store.shuffle_keys(10);
+        keys.sort_by_key(|k| k.shuffle_id);
+        assert_eq!(keys, vec![a.clone(), b]);
+        assert_eq!(store.shuffle_keys(1).len(), 1);
+        store.destroy("app-1", Some(1)).await;
+        assert_eq!(store.shuffle_keys(10), vec![a]);
     }
 }

@@ -15,7 +15,8 @@ import scala.Tuple2;
  *   <caption>Keys</caption>
  *   <tr><th>key</th><th>default</th><th>meaning</th></tr>
  *   <tr><td>{@code spark.sluice.master.endpoints}</td><td>(required)</td>
- *       <td>comma-separated {@code host:port} of the Sluice masters; the first is used</td></tr>
+ *       <td>comma-separated {@code host:port} of the Sluice masters (all of them when the
+ *           masters are replicated: the native client finds the leader and follows it)</td></tr>
  *   <tr><td>{@code spark.sluice.push.bufferSize}</td><td>{@code 256k}</td>
  *       <td>serialized bytes a map task buffers per partition before handing them to the native
  *           client as one chunk</td></tr>
@@ -25,7 +26,8 @@ import scala.Tuple2;
  *       <td>passed verbatim to the native client as {@code <key>=<value>} ({@code batch_size},
  *           {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
  *           {@code compression}, {@code connect_timeout_ms}, {@code request_timeout_ms},
- *           {@code push_retry_timeout_ms}, {@code prefetch_chunks}, {@code layout_timeout_ms});
+ *           {@code push_retry_timeout_ms}, {@code prefetch_chunks}, {@code layout_timeout_ms},
+ *           {@code master_retry_timeout_ms}, {@code master_request_timeout_ms});
  *           sizes may be written {@code 1m}, {@code *_ms} durations {@code 30s}; an unknown key
  *           fails when the client is created</td></tr>
  * </table>
@@ -38,9 +40,12 @@ final class SluiceConf {
 
   static final String DATA_IO_KEY = "spark.shuffle.sort.io.plugin.class";
 
-  /** The master the native client talks to ({@code host:port}). */
+  /**
+   * Every configured master as the native client takes them: the {@code host:port} entries in
+   * order, joined by commas, blanks and empty entries dropped.
+   */
   final String master;
-  /** Every configured master, in order. Only the first is used until master HA exists. */
+  /** Every configured master, in order. */
   final List<String> masters;
   final int pushBufferSize;
   final long heartbeatIntervalMs;
@@ -57,7 +62,8 @@ final class SluiceConf {
       endpoints = conf.get(MASTER_ENDPOINTS);
     } catch (NoSuchElementException e) {
       throw new IllegalArgumentException(
-          MASTER_ENDPOINTS + " is not set: give the Sluice master as host:port", e);
+          MASTER_ENDPOINTS + " is not set: give the Sluice masters as host:port[,host:port...]",
+          e);
     }
     List<String> parsed = new ArrayList<>();
     for (String endpoint : endpoints.split(",")) {
@@ -70,7 +76,7 @@ final class SluiceConf {
       throw new IllegalArgumentException(MASTER_ENDPOINTS + " is empty: give host:port");
     }
     masters = List.copyOf(parsed);
-    master = masters.get(0);
+    master = String.join(",", masters);
 
     long bufferSize = conf.getSizeAsBytes(PUSH_BUFFER_SIZE, "256k");
     if (bufferSize < 1 || bufferSize > (Integer.MAX_VALUE >> 2)) {

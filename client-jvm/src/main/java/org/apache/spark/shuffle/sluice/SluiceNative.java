@@ -17,17 +17,23 @@ public final class SluiceNative {
   private SluiceNative() {}
 
   /**
-   * Creates a client of the master at {@code master} ({@code host:port}). {@code settings} are
-   * {@code key=value} strings: {@code batch_size}, {@code push_size}, {@code max_inflight_pushes},
-   * {@code max_buffered}, {@code compression} ({@code true|false}), {@code connect_timeout_ms},
+   * Creates a client of the masters in {@code master}: {@code host:port}, or several separated by
+   * commas when the masters are replicated (calls go to the leader, found by trying them in order
+   * and following their redirects). {@code settings} are {@code key=value} strings:
+   * {@code batch_size}, {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
+   * {@code compression} ({@code true|false}), {@code connect_timeout_ms},
    * {@code request_timeout_ms}, {@code push_retry_timeout_ms}, {@code prefetch_chunks},
-   * {@code layout_timeout_ms}. An unknown key throws.
+   * {@code layout_timeout_ms}, {@code master_retry_timeout_ms},
+   * {@code master_request_timeout_ms}. An unknown key or a malformed master list throws.
    */
   public static native long newClient(String master, String[] settings);
 
   public static native void closeClient(long client);
 
-  /** Registers a shuffle (idempotent; the placement is cached per client). */
+  /**
+   * Registers a shuffle (idempotent; the placement is cached per client, and forgotten when the
+   * master answers that it does not know the shuffle, so the next use registers it again).
+   */
   public static native void registerShuffle(
       long client, String appId, int shuffleId, int numMaps, int numPartitions);
 

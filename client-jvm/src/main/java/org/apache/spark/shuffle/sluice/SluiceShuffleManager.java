@@ -30,7 +30,7 @@ import scala.Option;
  * <pre>
  *   spark.shuffle.manager=org.apache.spark.shuffle.sluice.SluiceShuffleManager
  *   spark.shuffle.sort.io.plugin.class=org.apache.spark.shuffle.sluice.SluiceShuffleDataIO
- *   spark.sluice.master.endpoints=host:port
+ *   spark.sluice.master.endpoints=host:port[,host:port...]
  * </pre>
  *
  * <p>Settings are listed on {@link SluiceConf}. One native client serves the whole JVM (driver or
