@@ -1,5 +1,14 @@
-//! A cluster of real `sluice` processes on loopback: one master and N workers, each with its
-//! stderr in a log file, every child killed (SIGKILL) when its handle is dropped, on every path.
+//! A cluster of real `sluice` processes on loopback: one master (or a Raft group of several) and
+//! N workers, each with its stderr in a log file, every child killed (SIGKILL) when its handle is
+//! dropped, on every path.
+//!
+//! Each master reads a TOML config file (`<name>/m<i>.toml`) and keeps its state in its own data
+//! directory. Masters must know each other's addresses before they start, and one must come back
+//! on its own address after a kill, so port 0 will not do: each master gets its own loopback IP
+//! (`127.a.b.c`) and a port below the ephemeral range, derived from the cluster's directory (the
+//! same for the whole run, different for concurrent runs) and checked free by binding it. Workers
+//! and clients are given the masters as one comma-separated list and follow the leader, which
+//! [`Cluster::leader`] finds by asking the masters themselves (`MasterStatus`).
 //!
 //! Each worker reads a TOML config file the harness writes (`<name>/w<i>.toml`) and binds port 0
 //! for push and fetch; its ready line tells the ports. A worker can sit behind [`Proxy`]s (its
@@ -8,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -18,15 +27,21 @@ use anyhow::{anyhow, bail, Context};
 use sluice_client::{ClientConfig, SluiceClient};
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::{FrameLimits, MessageType};
+use sluice_protocol::pb::master_client::MasterClient;
 use sluice_protocol::rpc::RpcClient;
 use sluice_protocol::{pb, ErrorCode};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::proxy::Proxy;
 
 /// How long a process may take to print its ready line, and a cluster to form.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The masters' `election_timeout` (a follower that hears no leader for a random time between
+/// it and twice it starts an election), written into their config files: their default.
+pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// A scenario could not run here (not a pass, not a failure), with the reason.
 #[derive(Debug)]
@@ -368,11 +383,48 @@ impl Worker {
     }
 }
 
-/// A master and its workers. Fields drop in order: processes first, then the mounts.
+/// One master process. Its address is fixed for the run: it restarts on it, and its peers know
+/// it in advance.
+#[derive(Debug)]
+pub struct Master {
+    /// Its Raft id, which is its index in [`Cluster::masters`].
+    pub id: usize,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Its config file, written once; a restart reads it again.
+    config: PathBuf,
+    log: PathBuf,
+    process: Option<Process>,
+    /// SIGSTOPped and not SIGCONTed since.
+    stopped: bool,
+}
+
+impl Master {
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    /// Running and not stopped.
+    pub fn serving(&self) -> bool {
+        self.process.is_some() && !self.stopped
+    }
+}
+
+/// The master the masters agree leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// Its index in [`Cluster::masters`].
+    pub index: usize,
+    pub addr: String,
+    pub term: u64,
+}
+
+/// Masters and their workers. Fields drop in order: processes first, then the mounts.
 #[derive(Debug)]
 pub struct Cluster {
     pub workers: Vec<Worker>,
-    master: Option<Process>,
+    pub masters: Vec<Master>,
+    /// Every master's address, comma-separated: the `master` setting of workers and clients.
     pub master_addr: String,
     pub dir: PathBuf,
     run: Run,
@@ -380,47 +432,255 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a master and one worker per spec under `<run dir>/<name>`, and waits until the
+    /// Starts one master and one worker per spec under `<run dir>/<name>`, and waits until the
     /// master sees every worker alive.
     pub async fn start(run: &Run, name: &str, specs: &[WorkerSpec]) -> anyhow::Result<Cluster> {
+        Cluster::start_with_masters(run, name, 1, specs).await
+    }
+
+    /// Starts `masters` masters (a Raft group when more than one) and one worker per spec under
+    /// `<run dir>/<name>`, and waits until the masters elected a leader and it sees every worker
+    /// alive.
+    pub async fn start_with_masters(
+        run: &Run,
+        name: &str,
+        masters: usize,
+        specs: &[WorkerSpec],
+    ) -> anyhow::Result<Cluster> {
+        if masters == 0 {
+            bail!("a cluster needs a master");
+        }
+        if masters > 1 && specs.iter().any(|s| s.proxied) {
+            bail!("a proxied worker reaches one master only: use a single master");
+        }
         let dir = run.dir.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir)?;
-        // The default commit timeout (600s) would hold every commit up for ten minutes on a
-        // worker that is cut off; a commit of this harness's data takes milliseconds.
-        let args: Vec<String> = [
-            "master",
-            "--listen",
-            "127.0.0.1:0",
-            "--worker-timeout",
-            "3s",
-            "--worker-rpc-timeout",
-            "5s",
-            "--commit-timeout",
-            "10s",
-        ]
-        .map(String::from)
-        .to_vec();
-        let (master, ready) = Process::start(run, "master", &args, &dir.join("master.log")).await?;
-        let master_addr = ready["master"]
-            .as_str()
-            .ok_or_else(|| anyhow!("master printed {ready}"))?
-            .to_string();
+        let addrs = master_addrs(&dir, masters)?;
+        let master_addr = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut cluster = Cluster {
             workers: Vec::new(),
-            master: Some(master),
+            masters: Vec::new(),
             master_addr,
             dir,
             run: run.clone(),
             _mounts: Vec::new(),
         };
+        for (id, addr) in addrs.iter().enumerate() {
+            cluster.add_master(id, *addr, &addrs)?;
+        }
+        for i in 0..masters {
+            cluster.start_master(i).await?;
+        }
+        // Even a lone master serves only once it has elected itself.
+        cluster.leader(READY_TIMEOUT).await?;
         for (i, spec) in specs.iter().enumerate() {
             cluster.add_worker(i, spec).await?;
         }
         cluster.wait_alive(specs.len()).await?;
         Ok(cluster)
+    }
+
+    /// Writes master `id`'s config file: its address, data directory and, in a group, its peers.
+    fn add_master(
+        &mut self,
+        id: usize,
+        addr: SocketAddr,
+        peers: &[SocketAddr],
+    ) -> anyhow::Result<()> {
+        let data_dir = self.dir.join(format!("m{id}")).join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let mut settings = vec![
+            ("listen".to_string(), toml_text(&addr.to_string())),
+            ("advertise".into(), toml_text(&addr.to_string())),
+            ("id".into(), id.to_string()),
+            (
+                "data_dir".into(),
+                toml_text(&data_dir.display().to_string()),
+            ),
+            // Seconds, not the defaults' minutes: a lost worker is noticed while the scenario
+            // runs, and a commit of this harness's data takes milliseconds (the default 600s
+            // would hold every commit up for ten minutes on a worker that is cut off).
+            ("worker_timeout".into(), toml_text("3s")),
+            ("worker_rpc_timeout".into(), toml_text("5s")),
+            ("commit_timeout".into(), toml_text("10s")),
+            (
+                "election_timeout".into(),
+                toml_text(&format!("{}ms", ELECTION_TIMEOUT.as_millis())),
+            ),
+        ];
+        if peers.len() > 1 {
+            let list: Vec<String> = peers.iter().map(|p| toml_text(&p.to_string())).collect();
+            settings.push(("peers".into(), format!("[{}]", list.join(", "))));
+        }
+        let config = self.dir.join(format!("m{id}.toml"));
+        let text: String = settings
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect();
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        self.masters.push(Master {
+            id,
+            addr,
+            data_dir,
+            log: self.dir.join(format!("m{id}.log")),
+            config,
+            process: None,
+            stopped: false,
+        });
+        Ok(())
+    }
+
+    /// Starts master `i` from its config file (same address, same data directory every time) and
+    /// waits for its ready line.
+    pub async fn start_master(&mut self, i: usize) -> anyhow::Result<()> {
+        let master = &self.masters[i];
+        let args = vec![
+            "master".to_string(),
+            "--config".into(),
+            master.config.display().to_string(),
+        ];
+        let name = format!("m{}", master.id);
+        let (process, _) = Process::start(&self.run, &name, &args, &master.log).await?;
+        let master = &mut self.masters[i];
+        master.process = Some(process);
+        master.stopped = false;
+        Ok(())
+    }
+
+    /// SIGKILLs master `i` and reaps it.
+    pub async fn kill_master(&mut self, i: usize) {
+        if let Some(process) = self.masters[i].process.take() {
+            tracing::info!(master = i, pid = process.pid(), "SIGKILL");
+            process.kill().await;
+        }
+        self.masters[i].stopped = false;
+    }
+
+    /// SIGKILLs master `i` and starts it again on its address and data directory.
+    pub async fn restart_master(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_master(i).await;
+        tracing::info!(
+            master = i,
+            "restarting on the same address and data directory"
+        );
+        self.start_master(i).await
+    }
+
+    /// SIGSTOPs master `i`.
+    pub fn stop_master(&mut self, i: usize) -> bool {
+        tracing::info!(master = i, "SIGSTOP");
+        let master = &mut self.masters[i];
+        let stopped = master
+            .process
+            .as_ref()
+            .is_some_and(|p| p.signal(libc::SIGSTOP));
+        master.stopped |= stopped;
+        stopped
+    }
+
+    /// SIGCONTs master `i`.
+    pub fn resume_master(&mut self, i: usize) -> bool {
+        tracing::info!(master = i, "SIGCONT");
+        let master = &mut self.masters[i];
+        let resumed = master
+            .process
+            .as_ref()
+            .is_some_and(|p| p.signal(libc::SIGCONT));
+        master.stopped &= !resumed;
+        resumed
+    }
+
+    /// What every serving master (running, not stopped) answers to `MasterStatus` within
+    /// `timeout`, by index; masters that did not answer are left out.
+    pub async fn master_statuses(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(usize, pb::MasterStatusResponse)> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, master) in self.masters.iter().enumerate() {
+            if master.serving() {
+                let addr = master.addr.to_string();
+                asks.spawn(async move { (i, master_status(&addr, timeout).await) });
+            }
+        }
+        let mut answers = Vec::new();
+        while let Some(done) = asks.join_next().await {
+            if let Ok((i, Ok(status))) = done {
+                answers.push((i, status));
+            }
+        }
+        answers.sort_by_key(|(i, _)| *i);
+        answers
+    }
+
+    /// The leader, once the masters agree on one: a serving master that says it leads, named
+    /// leader in its term by a majority of all masters (itself included). Waits up to `limit`.
+    pub async fn leader(&self, limit: Duration) -> anyhow::Result<Leader> {
+        self.leader_where(limit, |_| true).await
+    }
+
+    /// The leader, once the masters agree on one that `accept`s. Waits up to `limit`.
+    pub async fn leader_where(
+        &self,
+        limit: Duration,
+        accept: impl Fn(&Leader) -> bool,
+    ) -> anyhow::Result<Leader> {
+        let deadline = Instant::now() + limit;
+        let majority = self.masters.len() / 2 + 1;
+        loop {
+            let answers = self.master_statuses(Duration::from_millis(500)).await;
+            for (i, status) in &answers {
+                let (Some(me), Some(leader)) = (&status.self_, &status.leader) else {
+                    continue;
+                };
+                if me.id != leader.id || me.id != *i as u64 {
+                    continue;
+                }
+                let agree = answers
+                    .iter()
+                    .filter(|(_, other)| {
+                        other.term == status.term
+                            && other.leader.as_ref().is_some_and(|l| l.id == leader.id)
+                    })
+                    .count();
+                let found = Leader {
+                    index: *i,
+                    addr: leader.addr.clone(),
+                    term: status.term,
+                };
+                if agree >= majority && accept(&found) {
+                    return Ok(found);
+                }
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = answers
+                    .iter()
+                    .map(|(i, s)| {
+                        format!(
+                            "m{i}: term {} leader {:?}",
+                            s.term,
+                            s.leader.as_ref().map(|l| l.id)
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "the masters agreed on no leader within {limit:?} (last answers: {})",
+                    if seen.is_empty() {
+                        "none".to_string()
+                    } else {
+                        seen.join(", ")
+                    }
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn add_worker(&mut self, i: usize, spec: &WorkerSpec) -> anyhow::Result<()> {
@@ -434,7 +694,7 @@ impl Cluster {
             Some(Proxies {
                 push: Proxy::start(None).await?,
                 fetch: Proxy::start(None).await?,
-                master: Proxy::start(Some(self.master_addr.parse()?)).await?,
+                master: Proxy::start(Some(self.masters[0].addr)).await?,
             })
         } else {
             None
@@ -636,8 +896,108 @@ impl Cluster {
         for i in 0..self.workers.len() {
             self.kill(i).await;
         }
-        if let Some(master) = self.master.take() {
-            master.kill().await;
+        for i in 0..self.masters.len() {
+            self.kill_master(i).await;
         }
+    }
+}
+
+/// What the master at `addr` answers to `MasterStatus`, within `timeout` (connecting included).
+pub async fn master_status(
+    addr: &str,
+    timeout: Duration,
+) -> anyhow::Result<pb::MasterStatusResponse> {
+    let ask = async {
+        let channel = master_channel(addr, timeout).await?;
+        let status = MasterClient::new(channel)
+            .master_status(pb::MasterStatusRequest {})
+            .await?;
+        anyhow::Ok(status.into_inner())
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| anyhow!("{addr} did not answer MasterStatus within {timeout:?}"))?
+}
+
+/// A gRPC channel connected to the master at `addr` (not to whichever master leads), each call
+/// on it bounded by `timeout`.
+pub async fn master_channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to master {addr}"))
+}
+
+/// Addresses for `n` masters of the cluster in `dir`: each its own loopback IP (`127.a.b.c`,
+/// never `127.0.x.x`) and a port from 20000 to 31999, below the ephemeral range so no outgoing
+/// connection takes it while its master is down. They follow from `dir`'s path, so every start
+/// of a master in this cluster has the same address and concurrent runs (other directories)
+/// other ones; each is checked free by binding it (and the next candidate taken if not).
+fn master_addrs(dir: &Path, n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    // FNV-1a of the path, then splitmix64 steps: a fixed sequence of candidates per directory.
+    let mut state = dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(n);
+    for _ in 0..1000 {
+        if addrs.len() == n {
+            return Ok(addrs);
+        }
+        let [a, b, c, ..] = next().to_le_bytes();
+        let ip = Ipv4Addr::new(127, 1 + a % 254, b, 1 + c % 254);
+        let port = 20_000 + (next() % 12_000) as u16;
+        let addr = SocketAddr::from((ip, port));
+        if addrs.iter().any(|a| a.ip() == addr.ip()) {
+            continue;
+        }
+        if std::net::TcpListener::bind(addr).is_ok() {
+            addrs.push(addr);
+        }
+    }
+    if addrs.len() == n {
+        return Ok(addrs);
+    }
+    bail!(
+        "found only {} free loopback addresses for {n} masters",
+        addrs.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_addresses_are_distinct_loopback_ips_fixed_per_directory() {
+        let a = master_addrs(Path::new("/tmp/run-a/ha-kill-leader-push-r2"), 3).unwrap();
+        let b = master_addrs(Path::new("/tmp/run-b/ha-kill-leader-push-r2"), 3).unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!(
+            a,
+            master_addrs(Path::new("/tmp/run-a/ha-kill-leader-push-r2"), 3).unwrap()
+        );
+        assert_ne!(a, b);
+        for addr in a.iter().chain(&b) {
+            let std::net::IpAddr::V4(ip) = addr.ip() else {
+                panic!("{addr} is not IPv4");
+            };
+            assert!(ip.is_loopback() && ip.octets()[1] != 0, "{addr}");
+            assert!((20_000..32_000).contains(&addr.port()), "{addr}");
+        }
+        let ips: std::collections::HashSet<_> = a.iter().map(SocketAddr::ip).collect();
+        assert_eq!(ips.len(), 3);
     }
 }

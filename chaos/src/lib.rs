@@ -1,18 +1,23 @@
 //! `chaos`: fault injection against a real Sluice cluster of `sluice` processes on loopback.
 //!
 //! A run executes scenarios one after another. Each scenario is one function over shared steps
-//! ([`setup`]): start its own cluster ([`cluster::Cluster`]: a master and workers configured by
-//! TOML files, per-process logs under the run directory, a TCP [`proxy::Proxy`] in front of a
-//! worker that is to be cut off, a tmpfs under a worker whose disk is to fill up), register a
-//! shuffle, write the workload ([`workload::Writes`]: M maps × P partitions of [`records`] that
-//! carry their own id and a payload derived from it), inject faults at fixed points of the
-//! workload (after map m record r, after the reader took n blocks, after the commit), read
+//! ([`setup`]): start its own cluster ([`cluster::Cluster`]: a master, or a Raft group of three,
+//! and workers configured by TOML files, per-process logs under the run directory, a TCP
+//! [`proxy::Proxy`] in front of a worker that is to be cut off, a tmpfs under a worker whose
+//! disk is to fill up), register a shuffle, write the workload ([`workload::Writes`]: M maps × P
+//! partitions of [`records`] that carry their own id and a payload derived from it), inject
+//! faults at fixed points of the workload (after map m record r, after the reader took n
+//! blocks, after the commit), read
 //! everything back ([`workload::Reads`]) and judge the result ([`scenario::run`]): every
 //! written id read exactly once and intact passes; with replication 1 a data-loss error from
 //! the reader passes too; short, repeated or changed data without an error fails.
 //!
 //! - [`faults`]: kills, stops, restarts (one worker, or all in turn), a network cut, a flipped
 //!   byte, a full disk.
+//! - [`ha`]: the masters' faults: the Raft leader of three masters SIGKILLed (while pushing,
+//!   while reading, as the commit starts) or SIGSTOPped (the deposed leader must refuse a
+//!   write), a lone master restarted on its data directory (mid-stage, or with the commit
+//!   pending); each measures the failover, from the fault to the first write a master accepted.
 //! - [`memory`]: one worker loaded the ways that broke its memory budget (many writers, a
 //!   stalled replica, skewed merged pushes, loitering connections, zero-length slices); the
 //!   worker process's peak RSS must stay within budget + allowance. [`raw`] builds their raw
@@ -25,6 +30,7 @@
 
 pub mod cluster;
 pub mod faults;
+pub mod ha;
 pub mod memory;
 pub mod proxy;
 pub mod raw;
@@ -97,7 +103,7 @@ impl Report {
     /// A fixed-width table, one row per scenario, then each row's detail.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<20} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}  {}\n",
+            "{:<28} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}  {}\n",
             "scenario",
             "repl",
             "written",
@@ -110,7 +116,7 @@ impl Report {
         );
         for o in &self.scenarios {
             out.push_str(&format!(
-                "{:<20} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7.1}  {}\n",
+                "{:<28} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7.1}  {}\n",
                 o.scenario,
                 o.replication,
                 o.written,
@@ -128,6 +134,24 @@ impl Report {
                 "{} r{}: {}\n",
                 o.scenario, o.replication, o.detail
             ));
+        }
+        let failovers: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter_map(|o| Some((o, o.failover_ms?)))
+            .collect();
+        if !failovers.is_empty() {
+            out.push_str(&format!(
+                "\nmaster failover (from the SIGKILL or SIGSTOP to the first write a master \
+                 accepted)\n{:<28} {:>4} {:>8}\n",
+                "scenario", "repl", "ms"
+            ));
+            for (o, ms) in failovers {
+                out.push_str(&format!(
+                    "{:<28} {:>4} {:>8}\n",
+                    o.scenario, o.replication, ms
+                ));
+            }
         }
         let measured: Vec<_> = self
             .scenarios

@@ -20,7 +20,9 @@ struct Cli {
     /// Run this scenario (repeatable): kill-while-pushing, kill-while-reading,
     /// stop-while-pushing, restart, rolling-restart, partition, corrupt, disk-full,
     /// mem-writers, mem-stalled-replica, mem-skewed-merged, mem-idle-connections,
-    /// mem-zero-slices. `NAME/R` runs only replication R.
+    /// mem-zero-slices, ha-kill-leader-push, ha-kill-leader-read, ha-kill-leader-commit,
+    /// ha-stop-leader, single-master-restart, single-master-restart-commit. `NAME/R` runs only
+    /// replication R.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// A worker config key for every worker (repeatable), `KEY=VALUE`; VALUE is a TOML value,

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::{Run, Skipped};
 use crate::faults;
+use crate::ha;
 use crate::memory::{self, MemoryFigures};
 use crate::records::Id;
 use crate::setup::{Ctx, Observed, Phase};
@@ -30,10 +31,16 @@ pub enum Scenario {
     MemSkewedMerged,
     MemIdleConnections,
     MemZeroSlices,
+    HaKillLeaderPush,
+    HaKillLeaderRead,
+    HaKillLeaderCommit,
+    HaStopLeader,
+    SingleMasterRestart,
+    SingleMasterRestartCommit,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
@@ -47,6 +54,12 @@ impl Scenario {
         Scenario::MemSkewedMerged,
         Scenario::MemIdleConnections,
         Scenario::MemZeroSlices,
+        Scenario::HaKillLeaderPush,
+        Scenario::HaKillLeaderRead,
+        Scenario::HaKillLeaderCommit,
+        Scenario::HaStopLeader,
+        Scenario::SingleMasterRestart,
+        Scenario::SingleMasterRestartCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +77,12 @@ impl Scenario {
             Scenario::MemSkewedMerged => "mem-skewed-merged",
             Scenario::MemIdleConnections => "mem-idle-connections",
             Scenario::MemZeroSlices => "mem-zero-slices",
+            Scenario::HaKillLeaderPush => "ha-kill-leader-push",
+            Scenario::HaKillLeaderRead => "ha-kill-leader-read",
+            Scenario::HaKillLeaderCommit => "ha-kill-leader-commit",
+            Scenario::HaStopLeader => "ha-stop-leader",
+            Scenario::SingleMasterRestart => "single-master-restart",
+            Scenario::SingleMasterRestartCommit => "single-master-restart-commit",
         }
     }
 
@@ -111,6 +130,12 @@ impl Scenario {
             Scenario::MemSkewedMerged => memory::skewed_merged(ctx).await,
             Scenario::MemIdleConnections => memory::idle_connections(ctx).await,
             Scenario::MemZeroSlices => memory::zero_slices(ctx).await,
+            Scenario::HaKillLeaderPush => ha::kill_leader_push(ctx).await,
+            Scenario::HaKillLeaderRead => ha::kill_leader_read(ctx).await,
+            Scenario::HaKillLeaderCommit => ha::kill_leader_commit(ctx).await,
+            Scenario::HaStopLeader => ha::stop_leader(ctx).await,
+            Scenario::SingleMasterRestart => ha::single_master_restart(ctx, false).await,
+            Scenario::SingleMasterRestartCommit => ha::single_master_restart(ctx, true).await,
         }
     }
 }
@@ -163,6 +188,9 @@ pub struct Outcome {
     /// The memory scenarios: the worker process's memory against its budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryFigures>,
+    /// The master scenarios: milliseconds from the fault to the first write a master accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover_ms: Option<u64>,
 }
 
 impl Outcome {
@@ -179,6 +207,7 @@ impl Outcome {
             detail: String::new(),
             seconds: 0.0,
             memory: None,
+            failover_ms: None,
         }
     }
 }
@@ -287,6 +316,9 @@ fn judge(outcome: &mut Outcome, observed: Observed) {
     outcome.duplicated = tally.duplicated();
     outcome.corrupted = tally.corrupted;
     outcome.memory = observed.memory.clone();
+    outcome.failover_ms = observed
+        .failover
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut detail = observed.injected.join("; ");
     let mut note = |text: String| {
         if !detail.is_empty() {

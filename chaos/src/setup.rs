@@ -30,6 +30,10 @@ pub(crate) fn client_config(master: &str, replication: u32) -> ClientConfig {
         request_timeout: Duration::from_secs(2),
         push_retry_timeout: Duration::from_secs(60),
         layout_timeout: Duration::from_secs(60),
+        // A stopped master is given up on after 2s; the masters elect a new leader in about
+        // one second, and a call keeps trying the others well past that.
+        master_request_timeout: Duration::from_secs(2),
+        master_retry_timeout: Duration::from_secs(30),
         ..ClientConfig::new(master)
     }
 }
@@ -77,6 +81,8 @@ pub(crate) struct Observed {
     /// scenario fails whatever the reader returned.
     pub failures: Vec<String>,
     pub memory: Option<MemoryFigures>,
+    /// The master scenarios: from the fault to the first write a master accepted.
+    pub failover: Option<Duration>,
 }
 
 /// Four plain workers: the cluster of the fault scenarios.
@@ -112,8 +118,20 @@ impl Setup {
         workload: Workload,
         tune: impl FnOnce(&mut ClientConfig),
     ) -> anyhow::Result<Setup> {
+        Setup::start_masters(ctx, 1, specs, workload, tune).await
+    }
+
+    /// Like [`Setup::start_with`], with `masters` masters (a Raft group when more than one);
+    /// the client and the workers are given them all.
+    pub(crate) async fn start_masters(
+        ctx: &Ctx,
+        masters: usize,
+        specs: &[WorkerSpec],
+        workload: Workload,
+        tune: impl FnOnce(&mut ClientConfig),
+    ) -> anyhow::Result<Setup> {
         ctx.phase.set("starting the cluster");
-        let cluster = Cluster::start(&ctx.run, &ctx.name, specs).await?;
+        let cluster = Cluster::start_with_masters(&ctx.run, &ctx.name, masters, specs).await?;
         let mut config = client_config(&cluster.master_addr, ctx.replication);
         tune(&mut config);
         let client = SluiceClient::new(config)?;

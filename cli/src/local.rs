@@ -1,6 +1,10 @@
-//! An in-process cluster: one master and N workers on loopback ports, each with its own data
-//! directory. `sluice local` runs one until a signal; tests and the embedded benchmark use it
-//! directly.
+//! An in-process cluster: one master (or a Raft group of several) and N workers on loopback
+//! ports, each with its own data directory. `sluice local` runs one until a signal; tests and the
+//! embedded benchmark use it directly.
+//!
+//! Masters keep their state under `<data_dir>/master-<i>`. Every master's listener is bound
+//! (port 0) before any master starts, so each knows its peers' addresses without a port ever
+//! being chosen and released.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,10 +23,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
+    /// Masters: 1, or a Raft group of 3 or 5 that workers and clients reach as a list.
+    pub masters: usize,
     pub workers: usize,
     pub data_dir: PathBuf,
     /// Data directories per worker (`<data_dir>/worker-<i>/disk-<d>` when above 1).
     pub disks_per_worker: usize,
+    /// Template for every master; `listen`, `advertise`, `peers`, `id` and `data_dir` are set
+    /// per master.
     pub master: MasterConfig,
     /// Template for every worker; `id`, `master`, `data_dirs` and listen addresses are set per
     /// worker.
@@ -32,6 +40,7 @@ pub struct LocalOptions {
 impl LocalOptions {
     pub fn new(workers: usize, data_dir: impl Into<PathBuf>) -> LocalOptions {
         LocalOptions {
+            masters: 1,
             workers,
             data_dir: data_dir.into(),
             disks_per_worker: 1,
@@ -56,9 +65,12 @@ struct LocalWorker {
 
 #[derive(Debug)]
 pub struct LocalCluster {
+    /// Every master's address, comma-separated (the `master` setting of workers and clients).
     pub master_addr: String,
+    /// The masters' addresses by id.
+    pub masters: Vec<String>,
     shutdown: CancellationToken,
-    master: Option<JoinHandle<anyhow::Result<()>>>,
+    master_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     workers: Vec<LocalWorker>,
 }
 
@@ -68,25 +80,50 @@ async fn bind() -> anyhow::Result<TcpListener> {
         .context("binding a loopback port")
 }
 
+/// The config of master `i` of `masters`: its own address and data directory, and with more
+/// than one master, the peers' addresses.
+fn master_config(options: &LocalOptions, masters: &[String], i: usize) -> MasterConfig {
+    let raft = masters.len() > 1;
+    MasterConfig {
+        listen: masters[i].clone(),
+        advertise: masters[i].clone(),
+        data_dir: options.data_dir.join(format!("master-{i}")),
+        peers: if raft { masters.to_vec() } else { Vec::new() },
+        // Set even for a lone master: unset, the id would come from the host name.
+        id: Some(i as u64),
+        ..options.master.clone()
+    }
+}
+
 impl LocalCluster {
-    /// Starts the master and workers and waits until every worker has registered.
+    /// Starts the masters and workers and waits until every worker has registered.
     pub async fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
         if options.workers == 0 {
             bail!("--workers must be at least 1");
         }
+        if options.masters == 0 {
+            bail!("--masters must be at least 1");
+        }
         let shutdown = CancellationToken::new();
-        let listener = bind().await?;
-        let master_addr = listener.local_addr()?.to_string();
-        let master = tokio::spawn(sluice_master::run(
-            options.master.clone(),
-            listener,
-            shutdown.child_token(),
-        ));
-        let master = tokio::spawn(async move { Ok(master.await??) });
+        let mut listeners = Vec::new();
+        for _ in 0..options.masters {
+            listeners.push(bind().await?);
+        }
+        let masters = listeners
+            .iter()
+            .map(|l| Ok(l.local_addr()?.to_string()))
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        let mut master_tasks = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let config = master_config(&options, &masters, i);
+            let master = tokio::spawn(sluice_master::run(config, listener, shutdown.child_token()));
+            master_tasks.push(tokio::spawn(async move { Ok(master.await??) }));
+        }
         let mut cluster = LocalCluster {
-            master_addr,
+            master_addr: masters.join(","),
+            masters,
             shutdown,
-            master: Some(master),
+            master_tasks,
             workers: Vec::new(),
         };
         for i in 0..options.workers {
@@ -220,7 +257,12 @@ impl LocalCluster {
                 })
             })
             .collect();
-        serde_json::json!({ "master": self.master_addr, "workers": workers }).to_string()
+        serde_json::json!({
+            "master": self.master_addr,
+            "masters": self.masters,
+            "workers": workers,
+        })
+        .to_string()
     }
 
     /// Stops worker `index` (its ports close; the master will declare it lost).
@@ -244,8 +286,10 @@ impl LocalCluster {
                 }
             }
         }
-        if let Some(master) = self.master.take() {
-            master.await??;
+        for master in self.master_tasks.drain(..) {
+            if let Err(e) = master.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                result = Err(e);
+            }
         }
         result
     }

@@ -48,9 +48,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         settings: Vec<String>,
     },
-    /// Run a master and N workers in this process on loopback ports. Prints one JSON line with
-    /// their addresses when ready; stops on SIGINT or SIGTERM.
+    /// Run masters and N workers in this process on loopback ports. Prints one JSON line with
+    /// their addresses when ready (`master`: the masters as one comma-separated list, as workers
+    /// and clients take it; `masters`: each one); stops on SIGINT or SIGTERM.
     Local {
+        /// Masters: 1, or a Raft group (3 or 5), each keeping its state under
+        /// `<data-dir>/master-<i>`.
+        #[arg(long, default_value_t = 1)]
+        masters: usize,
         #[arg(long, default_value_t = 1)]
         workers: usize,
         #[arg(long)]
@@ -213,12 +218,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             serving.await??;
         }
         Command::Local {
+            masters,
             workers,
             data_dir,
             disks_per_worker,
             memory_budget,
         } => {
             let mut options = LocalOptions::new(workers, data_dir);
+            options.masters = masters;
             options.disks_per_worker = disks_per_worker;
             if let Some(budget) = memory_budget {
                 options.worker.memory_budget = budget;

@@ -1,6 +1,7 @@
 //! The quick chaos subset on real `sluice` processes: a worker SIGKILLed while maps push (with
 //! replication 2 and 1), one SIGKILLed while reducers read, and a flipped byte in a committed
-//! file; every worker restarted in turn while maps push, and a memory bound.
+//! file; every worker restarted in turn while maps push, and a memory bound; the leader of three
+//! masters SIGKILLed while maps push.
 //! The full set: `cargo run -p chaos -- --all`.
 
 use std::path::PathBuf;
@@ -46,4 +47,9 @@ async fn rolling_restart_and_memory_bound_pass() {
         (Scenario::MemZeroSlices, 1),
     ])
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_leader_kill_passes() {
+    quick(vec![(Scenario::HaKillLeaderPush, 2)]).await;
 }
