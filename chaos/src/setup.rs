@@ -30,9 +30,9 @@ pub(crate) fn client_config(master: &str, replication: u32) -> ClientConfig {
         request_timeout: Duration::from_secs(2),
         push_retry_timeout: Duration::from_secs(60),
         layout_timeout: Duration::from_secs(60),
-        // A stopped master is given up on after 2s; the masters elect a new leader in about
-        // one second, and a call keeps trying the others well past that.
-        master_request_timeout: Duration::from_secs(2),
+        // A stopped master is given up on by the connection's keep-alive (about 1.5 s, at the
+        // default settings); the masters elect a new leader in about as long, and a call keeps
+        // trying the others well past that.
         master_retry_timeout: Duration::from_secs(30),
         ..ClientConfig::new(master)
     }

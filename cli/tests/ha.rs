@@ -338,13 +338,18 @@ async fn orphans_are_deleted_after_the_grace_period_and_never_learned() {
         assert!(Instant::now() < deadline, "the orphan was never deleted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut direct = MasterClient::connect(format!("http://{}", peers[0])).await.unwrap();
+    let mut direct = MasterClient::connect(format!("http://{}", peers[0]))
+        .await
+        .unwrap();
     let cluster = direct
         .cluster_status(pb::ClusterStatusRequest {})
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(cluster.shuffles, 0, "the master learned a shuffle from a worker");
+    assert_eq!(
+        cluster.shuffles, 0,
+        "the master learned a shuffle from a worker"
+    );
 
     master.stop().await;
     worker.stop().await;

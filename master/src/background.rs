@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ServerState;
 use sluice_protocol::pb;
 use tokio_util::sync::CancellationToken;
 
@@ -96,25 +97,50 @@ fn expire_apps(core: &Arc<Core>) {
     }
 }
 
-/// Watches this master's Raft role. Each time it becomes a leader whose state holds every
-/// earlier change, it restarts the clocks of the applications (their heartbeats went to the
-/// former leader) and resumes the commits the former leader left running.
+/// Watches this master's Raft role. Each time it becomes the leader, it first waits until its
+/// state holds every change committed before (a read barrier: a restarted lone master leads
+/// again in its old term, with entries still to apply), and only then serves: it restarts the
+/// clocks of the applications (their heartbeats went to the former leader) and resumes the
+/// commits the former leader left running. While leading, it starts the commit of every
+/// shuffle an applied map end completed (also those whose map end a former leader logged but
+/// did not answer).
 async fn lead(core: Arc<Core>, shutdown: CancellationToken) {
     let mut metrics = core.raft.metrics();
-    let mut led_term = None;
     loop {
-        let term = metrics.borrow().current_term;
-        if core.leader_check().is_ok() && led_term != Some(term) {
-            led_term = Some(term);
-            tracing::info!(id = core.id, term, addr = %core.addr, "leading the masters");
-            {
-                let mut state = core.lock();
-                let apps: Vec<Arc<str>> = state.shuffles.keys().map(|k| k.app_id.clone()).collect();
-                for app in apps {
-                    state.touch_app(&app);
+        let (leads, term) = {
+            let m = metrics.borrow();
+            (
+                m.state == ServerState::Leader && m.current_leader == Some(core.id),
+                m.current_term,
+            )
+        };
+        if leads && !core.ready_in(term) {
+            let barrier = tokio::select! {
+                barrier = core.raft.ensure_linearizable() => barrier,
+                _ = shutdown.cancelled() => return,
+            };
+            match barrier {
+                Ok(_) => {
+                    {
+                        let mut state = core.lock();
+                        let apps: Vec<Arc<str>> =
+                            state.shuffles.keys().map(|k| k.app_id.clone()).collect();
+                        for app in apps {
+                            state.touch_app(&app);
+                        }
+                    }
+                    core.set_ready(term);
+                    tracing::info!(id = core.id, term, addr = %core.addr, "leading the masters");
+                    commit::resume(&core);
                 }
+                Err(e) => tracing::debug!(error = %e, "not leading after all"),
             }
-            commit::resume(&core);
+        }
+        let completed = std::mem::take(&mut core.lock().completed);
+        if core.leader_check().is_ok() {
+            for key in completed {
+                commit::start(&core, key);
+            }
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },

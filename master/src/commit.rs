@@ -13,12 +13,18 @@ use crate::state::{self, CommitState};
 
 use pb::master_command::Command as Cmd;
 
-/// Resolves once the master considers `worker` lost (or forgets it).
+/// Resolves once the master considers `worker` lost (or forgets it). A worker this master has
+/// not heard from since it started (it restarted, or just took the lead) is given
+/// `worker_timeout` from the start to register before it counts as lost: its commit is sent
+/// meanwhile, to the address the shuffle holds.
 async fn lost(core: &Core, worker: &str) {
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     loop {
         poll.tick().await;
-        let alive = core.lock().workers.get(worker).is_some_and(|w| w.alive);
+        let alive = match core.lock().workers.get(worker) {
+            Some(known) => known.alive,
+            None => core.started.elapsed() < core.config.worker_timeout,
+        };
         if !alive {
             return;
         }
@@ -49,10 +55,18 @@ async fn commit_on(
     (committed, None)
 }
 
-/// Starts the commit of `key` unless this master is running it already.
+/// Starts the commit of `key` unless this master is running it already, or it is committed
+/// (or gone).
 pub(crate) fn start(core: &Arc<Core>, key: ShuffleKey) {
-    if !core.lock().committing.insert(key.clone()) {
-        return;
+    {
+        let mut state = core.lock();
+        let waiting = state
+            .shuffles
+            .get(&key)
+            .is_some_and(|entry| matches!(*entry.commit.borrow(), CommitState::Waiting));
+        if !waiting || !state.committing.insert(key.clone()) {
+            return;
+        }
     }
     let core = core.clone();
     tokio::spawn(async move {

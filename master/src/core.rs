@@ -29,6 +29,11 @@ pub(crate) struct Core {
     /// This master's Raft id and address.
     pub id: NodeId,
     pub addr: String,
+    /// When this master started: workers have `worker_timeout` from then to register.
+    pub started: Instant,
+    /// The term in which this master leads with a state holding every earlier change
+    /// (`u64::MAX`: none yet).
+    ready_term: std::sync::atomic::AtomicU64,
     workers: RpcPool,
     /// Cancelled when the master stops: long polls answer at once.
     pub shutdown: CancellationToken,
@@ -61,6 +66,8 @@ impl Core {
             raft,
             id,
             addr,
+            started: Instant::now(),
+            ready_term: std::sync::atomic::AtomicU64::new(u64::MAX),
             workers: RpcPool::new(FrameLimits::default(), Duration::from_secs(5)),
             shutdown,
         })
@@ -78,16 +85,27 @@ impl Core {
             .map(|n| n.addr.clone())
     }
 
-    /// Fails with [`MasterError::NotLeader`] unless this master leads and its state holds
-    /// every change committed before its term (it applied an entry of its own term).
+    /// Whether this master passed its read barrier as leader of `term`.
+    pub fn ready_in(&self, term: u64) -> bool {
+        self.ready_term.load(std::sync::atomic::Ordering::Acquire) == term
+    }
+
+    /// Marks this master as serving leader of `term` (its state holds every earlier change).
+    pub fn set_ready(&self, term: u64) {
+        self.ready_term
+            .store(term, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Fails with [`MasterError::NotLeader`] unless this master leads and passed the read
+    /// barrier of its term (its state holds every change committed before; see
+    /// `background::lead`).
     pub fn leader_check(&self) -> MasterResult<()> {
         let metrics = self.raft.metrics();
         let ready = {
             let m = metrics.borrow();
             m.state == ServerState::Leader
                 && m.current_leader == Some(self.id)
-                && m.last_applied
-                    .is_some_and(|applied| applied.leader_id.term == m.current_term)
+                && self.ready_in(m.current_term)
         };
         if ready {
             return Ok(());

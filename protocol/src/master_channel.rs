@@ -28,6 +28,11 @@ use crate::pb::master_client::MasterClient;
 /// The gRPC metadata key in which a master that does not lead names the leader (`host:port`).
 pub const LEADER_METADATA: &str = "sluice-leader";
 
+/// HTTP/2 pings on every master connection, and how long one may go unanswered.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a master that failed a call on this side is not followed to by redirects.
+const SUSPECT_FOR: Duration = Duration::from_secs(3);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
@@ -162,6 +167,10 @@ struct Node {
     endpoint: Endpoint,
     /// Made on first use: a channel needs the runtime, and a master never called costs nothing.
     channel: Option<Channel>,
+    /// When a call to it last failed on this side (unreachable, no answer in time): for
+    /// [`SUSPECT_FOR`] a redirect to it is not followed (the other masters may still name a
+    /// leader that just died or stopped).
+    failed_at: Option<Instant>,
 }
 
 impl Node {
@@ -171,6 +180,7 @@ impl Node {
         Ok(Node {
             addr: addr.to_string(),
             endpoint,
+            failed_at: None,
             channel: None,
         })
     }
@@ -181,6 +191,12 @@ impl Node {
                 .clone()
                 .connect_timeout(options.connect_timeout)
                 .tcp_nodelay(true)
+                // A master that stops answering (a stopped process, a dead node whose
+                // connections stay open) fails the calls in flight within about 1.5 s, so
+                // they move to the next master instead of waiting out the call timeout.
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .connect_lazy()
         });
         MasterClient::new(channel.clone())
@@ -281,7 +297,10 @@ impl MasterChannel {
             )
             .await
             {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => {
+                    self.state().nodes[index].failed_at = None;
+                    return Ok(response.into_inner());
+                }
                 Ok(Err(status)) => status,
                 Err(_) => tonic::Status::deadline_exceeded(format!(
                     "no answer within {:?}",
@@ -289,6 +308,9 @@ impl MasterChannel {
                 )),
             };
             let outcome = classify(&status);
+            if status.source().is_some() || status.code() == tonic::Code::DeadlineExceeded {
+                self.state().nodes[index].failed_at = Some(Instant::now());
+            }
             tracing::debug!(master = %addr, code = ?status.code(), error = %status.message(), ?outcome, "master call failed");
             let wait = match outcome {
                 Outcome::Return => return Err(MasterCallError { addr, status }),
@@ -329,9 +351,20 @@ impl MasterChannel {
     /// Moves past endpoint `index`, unless another call has already moved on.
     fn advance(&self, index: usize) {
         let mut state = self.state();
-        if state.leader == index {
-            state.leader = (index + 1) % state.nodes.len();
+        if state.leader != index {
+            return;
         }
+        // The next endpoint that did not just fail, or simply the next one.
+        let n = state.nodes.len();
+        let next = (1..=n)
+            .map(|step| (index + step) % n)
+            .find(|i| {
+                state.nodes[*i]
+                    .failed_at
+                    .is_none_or(|at| at.elapsed() >= SUSPECT_FOR)
+            })
+            .unwrap_or((index + 1) % n);
+        state.leader = next;
     }
 
     /// Makes `leader`, as named by endpoint `index`, the endpoint to try next, adding it when
@@ -352,7 +385,10 @@ impl MasterChannel {
                 }
             },
         };
-        if position == index {
+        let suspect = state.nodes[position]
+            .failed_at
+            .is_some_and(|at| at.elapsed() < SUSPECT_FOR);
+        if position == index || suspect {
             return false;
         }
         if state.leader != position {

@@ -183,6 +183,9 @@ impl State {
         }
         let (winning_attempt, complete) =
             entry.map_ended(ended.map_id, ended.attempt, ended.partitions.clone());
+        if complete {
+            self.completed.push(key);
+        }
         Ok(pb::MasterReply {
             winning_attempt,
             complete,

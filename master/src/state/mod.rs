@@ -70,6 +70,9 @@ pub struct State {
     pub registering: HashMap<ShuffleKey, Registering>,
     /// Shuffles whose commit this master is running (as leader).
     pub committing: HashSet<ShuffleKey>,
+    /// Shuffles an applied map end completed, for the leader to commit (taken by
+    /// `background::lead`).
+    pub completed: Vec<ShuffleKey>,
     pub apps: HashMap<Arc<str>, Instant>,
     /// Per worker, the shuffles it reported holding that the registry does not know, and since
     /// when (see `orphan_grace`).
