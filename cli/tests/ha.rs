@@ -373,3 +373,68 @@ fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A master whose disk is lost is replaced the documented way: removed, started again with an
+/// empty data directory (it joins, it does not found a cluster of its own), added back; then
+/// it votes: the cluster survives the loss of another master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_with_a_lost_disk_is_removed_and_added_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(free_addr().await);
+    }
+    let mut masters: Vec<Option<Node>> = Vec::new();
+    for id in 0..3 {
+        masters.push(Some(
+            start_master(master_config(dir.path(), &peers, id)).await,
+        ));
+    }
+    let endpoints = peers.join(",");
+    let workers = [
+        start_worker(dir.path(), 0, &endpoints).await,
+        start_worker(dir.path(), 1, &endpoints).await,
+    ];
+    let leader = leader_with_workers(&peers, 2).await;
+    let client = client(&endpoints);
+    let before = ShuffleKey::new("app-replace", 0);
+    let before_ids = write_records(&client, &before, (2, 4), 200, 100).await;
+
+    // Replace a follower: remove it, wipe it, start it empty, add it.
+    let lost = (0..3).find(|i| peers[*i] != leader).unwrap();
+    sluice::admin::change(&endpoints, None, Some(lost as u64))
+        .await
+        .unwrap();
+    masters[lost].take().unwrap().stop().await;
+    std::fs::remove_dir_all(dir.path().join(format!("master-{lost}"))).unwrap();
+    masters[lost] = Some(start_master(master_config(dir.path(), &peers, lost)).await);
+    let joined = status(&peers[lost]).await.unwrap();
+    assert!(
+        joined.voters.is_empty(),
+        "an empty master founded a cluster: {joined:?}"
+    );
+    sluice::admin::change(&endpoints, Some((lost as u64, peers[lost].clone())), None)
+        .await
+        .unwrap();
+    let view = status(&leader).await.unwrap();
+    assert_eq!(view.voters.len(), 3, "{view:?}");
+
+    // It holds the log: with the leader gone, it and the third master elect a new one.
+    let index = peers.iter().position(|p| *p == leader).unwrap();
+    masters[index].take().unwrap().stop().await;
+    let rest: Vec<String> = peers.iter().filter(|p| **p != leader).cloned().collect();
+    leader_with_workers(&rest, 2).await;
+    let seen = read_records(&client, &before, 0..4, None).await.unwrap();
+    assert_exactly_once(&before_ids, &seen);
+    let after = ShuffleKey::new("app-replace", 1);
+    let after_ids = write_records(&client, &after, (2, 4), 200, 100).await;
+    let seen = read_records(&client, &after, 0..4, None).await.unwrap();
+    assert_exactly_once(&after_ids, &seen);
+
+    for master in masters.into_iter().flatten() {
+        master.stop().await;
+    }
+    for worker in workers {
+        worker.stop().await;
+    }
+}

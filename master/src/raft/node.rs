@@ -15,6 +15,8 @@ use crate::state::State;
 /// Log entries kept after a snapshot, so a follower a little behind catches up from the log
 /// rather than by a snapshot.
 const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+/// How long a fresh master waits for each peer's answer when it looks for a running cluster.
+const PEER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// This master's id: `id`, else the trailing number of the host name when it names one of
 /// `peers` (a StatefulSet's `sluice-master-2`), else the position in `peers` of `advertise`
@@ -76,8 +78,9 @@ fn first_members(config: &MasterConfig, id: NodeId, addr: &str) -> BTreeMap<Node
 }
 
 /// Opens the log and the snapshots in `data_dir`, restores `state` from them, and starts the
-/// node. A fresh node (empty log) proposes the first membership; every master of a fresh
-/// cluster does so with the same one, which Raft allows.
+/// node. A fresh node (empty log) proposes the first membership (every master of a fresh
+/// cluster does so with the same one, which Raft allows), unless a peer answers as a member of
+/// a running cluster: then it waits for the leader to add it.
 pub async fn start(
     config: &MasterConfig,
     id: NodeId,
@@ -108,10 +111,45 @@ pub async fn start(
     let raft = Raft::new(id, Arc::new(raft_config), Network::new(id), log, machine)
         .await
         .map_err(|e| MasterError::Raft(e.to_string()))?;
+    let fresh = raft.metrics().borrow().last_log_index.is_none();
+    if fresh && running_peer(config, addr).await.is_some() {
+        // A master replacing one of a running cluster: it must not found a cluster of its own;
+        // the leader adds it (`sluice admin masters add`).
+        tracing::info!(
+            id,
+            addr,
+            "fresh master of a running cluster: waiting to be added"
+        );
+        return Ok(raft);
+    }
     match raft.initialize(first_members(config, id, addr)).await {
         Ok(()) => tracing::info!(id, peers = ?config.peers, "fresh master cluster initialized"),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
         Err(e) => return Err(MasterError::Raft(format!("initializing: {e}"))),
     }
     Ok(raft)
+}
+
+/// A peer (other than `addr`) that answers as a member of a cluster with voters, if any.
+async fn running_peer(config: &MasterConfig, addr: &str) -> Option<String> {
+    for peer in config.peers.iter().filter(|p| *p != addr) {
+        let options = sluice_protocol::MasterOptions {
+            connect_timeout: PEER_PROBE_TIMEOUT,
+            ..Default::default()
+        };
+        let Ok(mut client) = sluice_protocol::master_channel::master_client(peer, &options) else {
+            continue;
+        };
+        let status = tokio::time::timeout(
+            PEER_PROBE_TIMEOUT,
+            client.master_status(sluice_protocol::pb::MasterStatusRequest {}),
+        )
+        .await;
+        if let Ok(Ok(status)) = status {
+            if !status.into_inner().voters.is_empty() {
+                return Some(peer.clone());
+            }
+        }
+    }
+    None
 }
