@@ -120,15 +120,14 @@ async fn leader_with_workers(masters: &[String], n: usize) -> String {
             if leader.addr != *addr {
                 continue;
             }
-            let mut master = MasterClient::connect(format!("http://{addr}"))
-                .await
-                .unwrap();
-            let cluster = master
-                .cluster_status(pb::ClusterStatusRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            if cluster.workers.iter().filter(|w| w.alive).count() >= n {
+            let Ok(mut master) = MasterClient::connect(format!("http://{addr}")).await else {
+                continue;
+            };
+            // A leader that lost its role meanwhile refuses: look again.
+            let Ok(cluster) = master.cluster_status(pb::ClusterStatusRequest {}).await else {
+                continue;
+            };
+            if cluster.get_ref().workers.iter().filter(|w| w.alive).count() >= n {
                 return leader.addr;
             }
         }
@@ -212,25 +211,51 @@ async fn write_map(
     ids
 }
 
+/// Three masters and two workers, once a leader sees both workers.
+struct Ha {
+    peers: Vec<String>,
+    masters: Vec<Option<Node>>,
+    endpoints: String,
+    workers: [Node; 2],
+    leader: String,
+}
+
+impl Ha {
+    async fn start(dir: &Path) -> Ha {
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            peers.push(free_addr().await);
+        }
+        let mut masters = Vec::new();
+        for id in 0..3 {
+            masters.push(Some(start_master(master_config(dir, &peers, id)).await));
+        }
+        let endpoints = peers.join(",");
+        let workers = [
+            start_worker(dir, 0, &endpoints).await,
+            start_worker(dir, 1, &endpoints).await,
+        ];
+        let leader = leader_with_workers(&peers, 2).await;
+        Ha {
+            peers,
+            masters,
+            endpoints,
+            workers,
+            leader,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_masters_keep_serving_when_the_leader_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let mut peers = Vec::new();
-    for _ in 0..3 {
-        peers.push(free_addr().await);
-    }
-    let mut masters: Vec<Option<Node>> = Vec::new();
-    for id in 0..3 {
-        masters.push(Some(
-            start_master(master_config(dir.path(), &peers, id)).await,
-        ));
-    }
-    let endpoints = peers.join(",");
-    let workers = [
-        start_worker(dir.path(), 0, &endpoints).await,
-        start_worker(dir.path(), 1, &endpoints).await,
-    ];
-    let leader = leader_with_workers(&peers, 2).await;
+    let Ha {
+        peers,
+        mut masters,
+        endpoints,
+        workers,
+        leader,
+    } = Ha::start(dir.path()).await;
 
     // A follower redirects to the leader.
     let follower = peers.iter().find(|p| **p != leader).unwrap();
@@ -380,22 +405,13 @@ fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_with_a_lost_disk_is_removed_and_added_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut peers = Vec::new();
-    for _ in 0..3 {
-        peers.push(free_addr().await);
-    }
-    let mut masters: Vec<Option<Node>> = Vec::new();
-    for id in 0..3 {
-        masters.push(Some(
-            start_master(master_config(dir.path(), &peers, id)).await,
-        ));
-    }
-    let endpoints = peers.join(",");
-    let workers = [
-        start_worker(dir.path(), 0, &endpoints).await,
-        start_worker(dir.path(), 1, &endpoints).await,
-    ];
-    let leader = leader_with_workers(&peers, 2).await;
+    let Ha {
+        peers,
+        mut masters,
+        endpoints,
+        workers,
+        leader,
+    } = Ha::start(dir.path()).await;
     let client = client(&endpoints);
     let before = ShuffleKey::new("app-replace", 0);
     let before_ids = write_records(&client, &before, (2, 4), 200, 100).await;

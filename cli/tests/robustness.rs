@@ -828,7 +828,7 @@ fn sluice_local_serves_a_verified_bench_and_exits_cleanly_on_sigterm() {
         .unwrap_or_else(|e| panic!("ready line {ready_line:?}: {e}"));
     assert_eq!(
         keys(&ready),
-        BTreeSet::from(["master", "workers"]),
+        BTreeSet::from(["master", "masters", "workers"]),
         "{ready}"
     );
     let master = loopback(&ready["master"], "master");

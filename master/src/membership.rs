@@ -39,8 +39,10 @@ pub(crate) fn status(core: &Core) -> pb::MasterStatusResponse {
             false => status.learners.push(node(*id, n)),
         }
     }
+    // This master names itself leader only once it serves (past its read barrier).
     status.leader = m
         .current_leader
+        .filter(|l| *l != core.id || core.ready_in(m.current_term))
         .and_then(|l| membership.get_node(&l).map(|n| node(l, n)));
     status
 }

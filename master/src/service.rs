@@ -393,6 +393,8 @@ impl Master for MasterService {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        // The leader's view: the workers it places on, the shuffles it serves.
+        self.core.leader_check()?;
         let state = self.core.lock();
         let now = Instant::now();
         let mut workers: Vec<pb::WorkerStatus> = state
