@@ -121,47 +121,38 @@ impl Master for MasterService {
     ) -> Result<Response<pb::WorkerHeartbeatResponse>, Status> {
         let request = request.into_inner();
         let leads = self.core.leader_check().is_ok();
-        let orphans = {
+        let (info, orphans) = {
             let mut state = self.core.lock();
-            match state.workers.get_mut(&request.worker_id) {
+            let info = match state.workers.get_mut(&request.worker_id) {
                 Some(worker) if worker.alive => {
                     worker.state = request.state();
                     worker.last_seen = Instant::now();
                     worker.disks = request.disks;
                     worker.memory_used = request.memory_used_bytes;
                     worker.active_partitions = request.active_partitions;
+                    worker.info.clone()
                 }
                 _ => {
                     return Ok(Response::new(pb::WorkerHeartbeatResponse {
                         reregister: true,
                     }))
                 }
-            }
+            };
             let held = request
                 .shuffles
                 .iter()
                 .filter_map(|k| ShuffleKey::from_pb(Some(k)).ok());
             // Only the leader's registry is sure to hold every shuffle committed so far.
-            match leads {
-                true => state.orphans_of(&request.worker_id, held, self.core.config.orphan_grace),
+            let orphans = match leads {
+                true => state.orphans_of(&info.id, held, self.core.config.orphan_grace),
                 false => Vec::new(),
-            }
+            };
+            (info, orphans)
         };
-        if !orphans.is_empty() {
-            let worker = self
-                .core
-                .lock()
-                .workers
-                .get(&request.worker_id)
-                .map(|w| w.info.clone());
-            for key in orphans.into_iter().filter(|_| worker.is_some()) {
-                tracing::warn!(worker = %request.worker_id, shuffle = %key, grace = ?self.core.config.orphan_grace, "deleting a shuffle no master knows of");
-                self.core.destroy_on(
-                    worker.clone().into_iter().collect(),
-                    &key.app_id,
-                    Some(key.shuffle_id),
-                );
-            }
+        for key in orphans {
+            tracing::warn!(worker = %info.id, shuffle = %key, grace = ?self.core.config.orphan_grace, "deleting a shuffle no master knows of");
+            self.core
+                .destroy_on(vec![info.clone()], &key.app_id, Some(key.shuffle_id));
         }
         Ok(Response::new(pb::WorkerHeartbeatResponse {
             reregister: false,
