@@ -349,7 +349,10 @@ async fn orphans_are_deleted_after_the_grace_period_and_never_learned() {
     })
     .unwrap();
     let key = ShuffleKey::new("app-orphan", 3);
-    write_records(&client, &key, (2, 4), 200, 100).await;
+    let ids = write_records(&client, &key, (2, 4), 200, 100).await;
+    // Read back: the shuffle is committed, its files are on the worker's disk.
+    let seen = read_records(&client, &key, 0..4, None).await.unwrap();
+    assert_exactly_once(&ids, &seen);
     let shuffle_dir = dir.path().join("w0");
     assert!(!data_files(&shuffle_dir).is_empty());
 
