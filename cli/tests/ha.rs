@@ -257,26 +257,33 @@ async fn three_masters_keep_serving_when_the_leader_stops() {
         leader,
     } = Ha::start(dir.path()).await;
 
-    // A follower redirects to the leader.
+    // A follower redirects to the leader (once the leader's heartbeats reached it).
     let follower = peers.iter().find(|p| **p != leader).unwrap();
     let mut direct = MasterClient::connect(format!("http://{follower}"))
         .await
         .unwrap();
-    let refused = direct
-        .register_shuffle(pb::RegisterShuffleRequest {
-            shuffle: Some(ShuffleKey::new("app-probe", 0).to_pb()),
-            num_maps: 1,
-            num_partitions: 1,
-            replication: 1,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let hint = refused
-        .metadata()
-        .get("sluice-leader")
-        .map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(hint.as_deref(), Some(leader.as_str()), "{refused:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = direct
+            .register_shuffle(pb::RegisterShuffleRequest {
+                shuffle: Some(ShuffleKey::new("app-probe", 0).to_pb()),
+                num_maps: 1,
+                num_partitions: 1,
+                replication: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        let hint = refused
+            .metadata()
+            .get("sluice-leader")
+            .map(|v| v.to_str().unwrap().to_string());
+        if hint.is_some() || Instant::now() > deadline {
+            assert_eq!(hint.as_deref(), Some(leader.as_str()), "{refused:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let client = client(&endpoints);
     let first = ShuffleKey::new("app-ha", 0);
