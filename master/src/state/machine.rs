@@ -105,6 +105,18 @@ fn failed(error: String) -> pb::MasterReply {
 }
 
 impl State {
+    /// The key a command names and its registered shuffle.
+    fn registered(
+        &mut self,
+        key: Option<&pb::ShuffleKey>,
+    ) -> Result<(ShuffleKey, &mut ShuffleEntry), String> {
+        let key = key_of(key)?;
+        match self.shuffles.get_mut(&key) {
+            Some(entry) => Ok((key, entry)),
+            None => Err(format!("shuffle {key} is not registered")),
+        }
+    }
+
     fn apply_placed(&mut self, placed: &pb::ShufflePlaced) -> Result<pb::MasterReply, String> {
         let key = key_of(placed.shuffle.as_ref())?;
         if self.shuffles.contains_key(&key) {
@@ -135,11 +147,7 @@ impl State {
     }
 
     fn apply_epochs(&mut self, placed: &pb::EpochsPlaced) -> Result<pb::MasterReply, String> {
-        let key = key_of(placed.shuffle.as_ref())?;
-        let entry = self
-            .shuffles
-            .get_mut(&key)
-            .ok_or_else(|| format!("shuffle {key} is not registered"))?;
+        let (key, entry) = self.registered(placed.shuffle.as_ref())?;
         if entry.complete() {
             return Err(format!("shuffle {key} is already committed"));
         }
@@ -168,11 +176,7 @@ impl State {
     }
 
     fn apply_map_ended(&mut self, ended: &pb::MapEnded) -> Result<pb::MasterReply, String> {
-        let key = key_of(ended.shuffle.as_ref())?;
-        let entry = self
-            .shuffles
-            .get_mut(&key)
-            .ok_or_else(|| format!("shuffle {key} is not registered"))?;
+        let (key, entry) = self.registered(ended.shuffle.as_ref())?;
         if ended.map_id >= entry.shape.num_maps
             || ended
                 .partitions
@@ -194,11 +198,7 @@ impl State {
     }
 
     fn apply_committed(&mut self, done: &pb::ShuffleCommitted) -> Result<pb::MasterReply, String> {
-        let key = key_of(done.shuffle.as_ref())?;
-        let entry = self
-            .shuffles
-            .get_mut(&key)
-            .ok_or_else(|| format!("shuffle {key} is not registered"))?;
+        let (_, entry) = self.registered(done.shuffle.as_ref())?;
         entry.set_committed(done)?;
         Ok(pb::MasterReply::default())
     }
