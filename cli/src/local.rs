@@ -35,6 +35,8 @@ pub struct LocalOptions {
     /// Template for every worker; `id`, `master`, `data_dirs` and listen addresses are set per
     /// worker.
     pub worker: WorkerConfig,
+    /// Give every master and worker an admin port on loopback (status page, metrics, JSON API).
+    pub admin: bool,
 }
 
 impl LocalOptions {
@@ -50,6 +52,7 @@ impl LocalOptions {
                 memory_budget: bytesize::ByteSize::mib(512),
                 ..WorkerConfig::default()
             },
+            admin: true,
         }
     }
 }
@@ -57,6 +60,8 @@ impl LocalOptions {
 #[derive(Debug)]
 struct LocalWorker {
     info: pb::WorkerInfo,
+    /// Its admin port, when it has one.
+    admin: Option<String>,
     config: WorkerConfig,
     data_dir: PathBuf,
     shutdown: CancellationToken,
@@ -69,6 +74,9 @@ pub struct LocalCluster {
     pub master_addr: String,
     /// The masters' addresses by id.
     pub masters: Vec<String>,
+    /// The masters' admin ports (`host:port`) by id, when they have them.
+    pub master_admins: Vec<String>,
+    admin: bool,
     shutdown: CancellationToken,
     master_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     workers: Vec<LocalWorker>,
@@ -114,14 +122,29 @@ impl LocalCluster {
             .map(|l| Ok(l.local_addr()?.to_string()))
             .collect::<anyhow::Result<Vec<String>>>()?;
         let mut master_tasks = Vec::new();
+        let mut master_admins = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let config = master_config(&options, &masters, i);
-            let master = tokio::spawn(sluice_master::run(config, listener, shutdown.child_token()));
+            let admin = if options.admin {
+                let admin = bind().await?;
+                master_admins.push(admin.local_addr()?.to_string());
+                Some(admin)
+            } else {
+                None
+            };
+            let master = tokio::spawn(sluice_master::run_with_admin(
+                config,
+                listener,
+                admin,
+                shutdown.child_token(),
+            ));
             master_tasks.push(tokio::spawn(async move { Ok(master.await??) }));
         }
         let mut cluster = LocalCluster {
             master_addr: masters.join(","),
             masters,
+            master_admins,
+            admin: options.admin,
             shutdown,
             master_tasks,
             workers: Vec::new(),
@@ -153,6 +176,15 @@ impl LocalCluster {
     ) -> anyhow::Result<()> {
         let push = bind().await?;
         let fetch = bind().await?;
+        let admin = if self.admin {
+            Some(bind().await?)
+        } else {
+            None
+        };
+        let admin_addr = admin
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string());
         config.master = self.master_addr.clone();
         let info = pb::WorkerInfo {
             id: config.id.clone(),
@@ -164,12 +196,13 @@ impl LocalCluster {
         let shutdown = self.shutdown.child_token();
         let task = tokio::spawn(sluice_worker::run(
             config.clone(),
-            sluice_worker::Listeners { push, fetch },
+            sluice_worker::Listeners { push, fetch, admin },
             shutdown.clone(),
         ));
         let task = tokio::spawn(async move { Ok(task.await??) });
         self.workers.push(LocalWorker {
             info,
+            admin: admin_addr,
             config,
             data_dir,
             shutdown,
@@ -254,15 +287,28 @@ impl LocalCluster {
                     "id": w.info.id,
                     "push": w.info.push_addr(),
                     "fetch": w.info.fetch_addr(),
+                    "admin": w.admin,
                 })
             })
             .collect();
         serde_json::json!({
             "master": self.master_addr,
             "masters": self.masters,
+            "admin": self.master_admins,
+            "status_page": self.status_page(),
             "workers": workers,
         })
         .to_string()
+    }
+
+    /// The URL of the first master's status page, when masters have admin ports.
+    pub fn status_page(&self) -> Option<String> {
+        self.master_admins.first().map(|a| format!("http://{a}/"))
+    }
+
+    /// The workers' admin ports (`host:port`), by index, when they have them.
+    pub fn worker_admins(&self) -> Vec<Option<String>> {
+        self.workers.iter().map(|w| w.admin.clone()).collect()
     }
 
     /// Stops worker `index` (its ports close; the master will declare it lost).

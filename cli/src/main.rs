@@ -180,31 +180,51 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the {what} address {addr}"))
 }
 
+/// Binds an admin port; an empty address turns it off.
+async fn bind_admin(addr: &str) -> anyhow::Result<Option<TcpListener>> {
+    sluice_ops::admin::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin address {addr}"))
+}
+
+fn local_addr(listener: Option<&TcpListener>) -> Option<String> {
+    listener
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Master { settings } => {
             let config: MasterConfig = load(&settings, "SLUICE_MASTER_")?;
             let listener = bind(&config.listen, "master").await?;
+            let admin = bind_admin(&config.admin_listen).await?;
             println!(
                 "{}",
-                serde_json::json!({ "master": listener.local_addr()?.to_string() })
+                serde_json::json!({
+                    "master": listener.local_addr()?.to_string(),
+                    "admin": local_addr(admin.as_ref()),
+                })
             );
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone())?;
-            sluice_master::run(config, listener, shutdown).await?;
+            sluice_master::run_with_admin(config, listener, admin, shutdown).await?;
         }
         Command::Worker { settings } => {
             let config: WorkerConfig = load(&settings, "SLUICE_WORKER_")?;
             let listeners = sluice_worker::Listeners {
                 push: bind(&config.push_listen, "push").await?,
                 fetch: bind(&config.fetch_listen, "fetch").await?,
+                admin: bind_admin(&config.admin_listen).await?,
             };
+            let admin = local_addr(listeners.admin.as_ref());
             let worker = sluice_worker::Worker::start(config, listeners)?;
             let info = worker.info();
             let ready = serde_json::json!({
                 "id": info.id,
                 "push": info.push_addr(),
                 "fetch": info.fetch_addr(),
+                "admin": admin,
             });
             let mut registered = worker.registered();
             let shutdown = CancellationToken::new();
@@ -234,6 +254,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             cancel_on_signal(shutdown.clone())?;
             let cluster = LocalCluster::start(options).await?;
             println!("{}", cluster.ready_line());
+            if let Some(url) = cluster.status_page() {
+                eprintln!("status page: {url}");
+            }
             shutdown.cancelled().await;
             cluster.shutdown().await?;
         }

@@ -80,6 +80,7 @@ async fn start_worker(dir: &Path, id: usize, masters: &str) -> Node {
     let listeners = sluice_worker::Listeners {
         push: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         fetch: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn({

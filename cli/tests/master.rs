@@ -224,7 +224,11 @@ impl ExtraWorker {
         let stop = CancellationToken::new();
         let task = tokio::spawn(sluice_worker::run(
             config,
-            sluice_worker::Listeners { push, fetch },
+            sluice_worker::Listeners {
+                push,
+                fetch,
+                admin: None,
+            },
             stop.clone(),
         ));
         ExtraWorker {

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub struct MasterConfig {
     /// Address the gRPC server binds to.
     pub listen: String,
+    /// Address the HTTP admin port binds to: the status page (`/`), `/metrics`, `/healthz`,
+    /// `/readyz` and the JSON API that `sluice admin` uses. Empty: no admin port.
+    pub admin_listen: String,
+    /// Record metrics (served on the admin port's `/metrics`). Off, every metric handle is a
+    /// no-op.
+    pub metrics: bool,
     /// Where the Raft log and snapshots live: every shuffle survives a restart of the master.
     pub data_dir: PathBuf,
     /// The masters of the cluster, by id: `peers[i]` is the `host:port` of master `i`. Empty:
@@ -86,6 +92,8 @@ impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             listen: "0.0.0.0:9097".into(),
+            admin_listen: "0.0.0.0:9095".into(),
+            metrics: true,
             data_dir: PathBuf::from("/var/lib/sluice/master"),
             peers: Vec::new(),
             id: None,

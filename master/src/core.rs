@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MasterConfig;
 use crate::error::{MasterError, MasterResult};
+use crate::metrics::MasterMetrics;
 use crate::raft::{Command, NodeId, TypeConfig};
 use crate::state::State;
 
@@ -37,6 +38,9 @@ pub(crate) struct Core {
     workers: RpcPool,
     /// Cancelled when the master stops: long polls answer at once.
     pub shutdown: CancellationToken,
+    /// This master's metrics registry (served on its admin port) and its handles.
+    pub telemetry: Arc<sluice_ops::Telemetry>,
+    pub metrics: MasterMetrics,
 }
 
 impl std::fmt::Debug for Core {
@@ -60,7 +64,11 @@ impl Core {
         let addr = crate::raft::node::advertise(&config, id, listening);
         let state = Arc::new(Mutex::new(State::default()));
         let raft = crate::raft::node::start(&config, id, &addr, state.clone()).await?;
+        let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("master", &id.to_string())]);
+        let metrics = MasterMetrics::new(&telemetry);
         Ok(Core {
+            telemetry,
+            metrics,
             config,
             state,
             raft,

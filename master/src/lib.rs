@@ -26,12 +26,14 @@
 //!
 //! Only the leader serves requests; the others answer with its address.
 
+mod admin;
 mod background;
 mod commit;
 pub mod config;
 mod core;
 pub mod error;
 mod membership;
+mod metrics;
 pub mod placement;
 pub mod raft;
 mod reserve;
@@ -50,10 +52,22 @@ pub use service::MasterService;
 /// How long open connections may take to finish once shutdown is asked for.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Serves the master on an already bound listener until `shutdown` is cancelled.
+/// Serves the master on an already bound listener until `shutdown` is cancelled, with no
+/// admin port.
 pub async fn run(
     config: MasterConfig,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> MasterResult<()> {
+    run_with_admin(config, listener, None, shutdown).await
+}
+
+/// Serves the master on an already bound gRPC listener, and its admin port (status page,
+/// metrics, health, JSON API) on `admin` when given, until `shutdown` is cancelled.
+pub async fn run_with_admin(
+    config: MasterConfig,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> MasterResult<()> {
     config.validate().map_err(MasterError::Config)?;
@@ -61,6 +75,10 @@ pub async fn run(
     let message_limit = config.message_limit();
     let service = MasterService::start(config, addr, shutdown.clone()).await?;
     service.spawn_background(shutdown.clone());
+    if let Some(admin) = admin {
+        tracing::info!(addr = ?admin.local_addr().ok(), "master admin port");
+        sluice_ops::admin::spawn(admin, service.admin_router(), shutdown.clone());
+    }
     tracing::info!(%addr, "master started");
     let serve = tonic::transport::Server::builder()
         .add_service(

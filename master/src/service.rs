@@ -42,16 +42,20 @@ impl MasterService {
         listening: std::net::SocketAddr,
         shutdown: CancellationToken,
     ) -> Result<MasterService, MasterError> {
-        let core = Core::start(config, listening, shutdown).await?;
-        Ok(MasterService {
-            core: Arc::new(core),
-        })
+        let core = Arc::new(Core::start(config, listening, shutdown).await?);
+        crate::metrics::collect_on_scrape(&core);
+        Ok(MasterService { core })
     }
 
     /// Starts the tasks that declare silent workers lost, expire silent applications, and
     /// resume the commits a former leader left running.
     pub fn spawn_background(&self, shutdown: CancellationToken) {
         crate::background::spawn(&self.core, shutdown);
+    }
+
+    /// The routes of the admin port: status page, metrics, health, JSON API.
+    pub fn admin_router(&self) -> axum::Router {
+        crate::admin::router(self.core.clone())
     }
 
     /// The Raft service the other masters call.

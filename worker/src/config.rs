@@ -60,6 +60,12 @@ pub struct WorkerConfig {
     pub push_listen: String,
     /// Address the fetch server binds to.
     pub fetch_listen: String,
+    /// Address the HTTP admin port binds to: `/metrics`, `/healthz`, `/readyz` (ready: registered
+    /// with a master and not decommissioning) and the worker's JSON API. Empty: no admin port.
+    pub admin_listen: String,
+    /// Record metrics (served on the admin port's `/metrics`). Off, every metric handle is a
+    /// no-op.
+    pub metrics: bool,
     /// Push port told to the master and clients; 0: the bound port. For a proxy or a NAT in
     /// front of the worker.
     pub advertise_push_port: u16,
@@ -120,6 +126,8 @@ impl Default for WorkerConfig {
             zone: String::new(),
             push_listen: "0.0.0.0:9098".into(),
             fetch_listen: "0.0.0.0:9099".into(),
+            admin_listen: "0.0.0.0:9096".into(),
+            metrics: true,
             advertise_push_port: 0,
             advertise_fetch_port: 0,
             data_dirs: vec![PathBuf::from("/var/lib/sluice")],

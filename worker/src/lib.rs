@@ -17,10 +17,12 @@
 //! (and in the forward to the replica) until its flusher writes it at the file's tail; when the
 //! last slice is dropped the lease gives the memory back.
 
+mod admin;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
 pub mod memory;
+pub mod metrics;
 pub mod server;
 pub mod shared;
 pub mod storage;
@@ -43,6 +45,8 @@ use storage::disk::FlushQueue;
 pub struct Listeners {
     pub push: TcpListener,
     pub fetch: TcpListener,
+    /// The admin port (metrics, health, JSON API); `None`: none.
+    pub admin: Option<TcpListener>,
 }
 
 /// Opens data directories and engines, then serves until `shutdown` is cancelled.
@@ -109,6 +113,11 @@ impl Worker {
             shutdown.clone(),
         ));
         tasks.spawn(heartbeat::run(shared.clone(), shutdown.clone()));
+        if let Some(admin) = listeners.admin {
+            tracing::info!(addr = ?admin.local_addr().ok(), "worker admin port");
+            crate::metrics::collect_on_scrape(&shared);
+            sluice_ops::admin::spawn(admin, admin::router(shared.clone()), shutdown.clone());
+        }
         tasks.spawn(relieve_pressure(shared.clone(), shutdown.clone()));
         tracing::info!(
             worker = %shared.info.id,

@@ -29,6 +29,12 @@ pub struct Shared {
     /// Becomes true once a master (the first of them to answer) has accepted this worker's
     /// registration.
     pub registered: tokio::sync::watch::Sender<bool>,
+    /// Set once the worker is told to go (by the master or its own admin port): it is not
+    /// ready, and the master places nothing new on it.
+    pub decommissioning: std::sync::atomic::AtomicBool,
+    /// This worker's metrics registry (served on its admin port) and its handles.
+    pub telemetry: std::sync::Arc<sluice_ops::Telemetry>,
+    pub metrics: crate::metrics::WorkerMetrics,
 }
 
 pub(crate) fn start(
@@ -82,7 +88,12 @@ pub(crate) fn start(
             "serving the locations found on disk again after a restart"
         );
     }
+    let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("worker", &info.id)]);
+    let metrics = crate::metrics::WorkerMetrics::new(&telemetry);
     let shared = Shared {
+        decommissioning: std::sync::atomic::AtomicBool::new(false),
+        telemetry,
+        metrics,
         info,
         store,
         limits,
