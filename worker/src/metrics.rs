@@ -1,7 +1,7 @@
 //! Every metric the worker exports, declared once. Names follow
 //! `sluice_worker_<what>_<unit>`; every series carries `worker="<id>"`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use metrics::{describe_gauge, Gauge, Unit};
@@ -15,6 +15,18 @@ pub struct WorkerMetrics {
     /// 1 for the worker's state (`active` or `decommissioning`), 0 for the other.
     pub state_active: Gauge,
     pub state_decommissioning: Gauge,
+    /// Running totals the heartbeat reports to the master (its status page shows throughput
+    /// from them), counted whether or not metrics are on.
+    pub traffic: Arc<Traffic>,
+}
+
+/// Bytes taken and served since the worker started.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Bytes of pushed batches taken (primary and replica copies).
+    pub pushed: AtomicU64,
+    /// Bytes of chunks served to readers.
+    pub fetched: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -28,6 +40,7 @@ impl WorkerMetrics {
             WorkerMetrics {
                 state_active: metrics::gauge!("sluice_worker_state", "state" => "active"),
                 state_decommissioning: metrics::gauge!("sluice_worker_state", "state" => "decommissioning"),
+                traffic: Arc::default(),
             }
         })
     }
