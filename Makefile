@@ -1,10 +1,17 @@
 # Sluice: the commands README.md names.
-.PHONY: demo bench chaos test test-rust test-jvm test-demo lint
+.PHONY: demo local bench chaos test test-rust test-jvm test-demo lint
 
 # The main job: a local Sluice cluster serving a real PySpark job, checked against Spark's own
 # shuffle (builds the binary and the jar; creates .venv with pyspark on first use).
 demo:
 	bash demo/run.sh
+
+# A local cluster (one master, two workers) with its status page; prints the page's URL and
+# runs until Ctrl-C.
+local:
+	cargo build --release -p sluice
+	rm -rf /tmp/sluice-local
+	./target/release/sluice local --workers 2 --data-dir /tmp/sluice-local
 
 # A verified benchmark on an embedded 3-worker cluster (release build).
 bench:
