@@ -6,9 +6,12 @@
 //! - [`local`]: [`local::LocalCluster`], a master and N workers in one process on loopback.
 //! - [`bench`]: the load generator behind `sluice bench`.
 //! - [`records`]: self-checking records used by the benchmark and tests.
+//! - [`reference`]: every config key with its default and doc comment, for `docs/config.md`
+//!   and `sluice master --help` / `sluice worker --help`.
 
 pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod local;
 pub mod records;
+pub mod reference;

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use sluice::bench::{self, BenchOptions};
 use sluice::config;
 use sluice::local::{LocalCluster, LocalOptions};
+use sluice::reference::{self, Role};
 use sluice_master::MasterConfig;
 use sluice_worker::WorkerConfig;
 use tokio::net::TcpListener;
@@ -36,14 +37,15 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a master. Settings: `--config FILE`, SLUICE_MASTER_<KEY> variables, `--<key> VALUE`.
-    /// Prints one JSON line with its address once listening.
+    /// Run a master. Settings: `--config FILE`, SLUICE_MASTER_<KEY> variables, `--<key> VALUE`
+    /// (the keys are listed below). Prints one JSON line with its address once listening.
     Master {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         settings: Vec<String>,
     },
-    /// Run a worker. Settings: `--config FILE`, SLUICE_WORKER_<KEY> variables, `--<key> VALUE`.
-    /// Prints one JSON line with its id and addresses once the master has accepted it.
+    /// Run a worker. Settings: `--config FILE`, SLUICE_WORKER_<KEY> variables, `--<key> VALUE`
+    /// (the keys are listed below). Prints one JSON line with its id and addresses once the
+    /// master has accepted it.
     Worker {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         settings: Vec<String>,
@@ -105,6 +107,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         replication: u32,
     },
+    /// Print the configuration reference (`docs/config.md`) as markdown.
+    #[command(hide = true)]
+    ConfigReference,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +135,22 @@ enum MastersChange {
     Add { id: u64, addr: String },
     /// Remove master ID (stop it afterwards).
     Remove { id: u64 },
+}
+
+/// The command line, with the master's and worker's keys listed at the end of their help. The
+/// lists are built from the config structs at run time, so they cannot go stale.
+fn command_line() -> clap::Command {
+    let with_keys = |role: Role| {
+        move |command: clap::Command| {
+            let unavailable = |e: anyhow::Error| format!("(the key list is unavailable: {e:#})");
+            command
+                .after_help(reference::short_help(role).unwrap_or_else(unavailable))
+                .after_long_help(reference::long_help(role).unwrap_or_else(unavailable))
+        }
+    };
+    Cli::command()
+        .mut_subcommand(Role::Master.name(), with_keys(Role::Master))
+        .mut_subcommand(Role::Worker.name(), with_keys(Role::Worker))
 }
 
 fn init_logging(format: LogFormat) {
@@ -310,6 +331,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::ConfigReference => print!("{}", reference::markdown()?),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -329,7 +351,10 @@ fn limit_heap_arenas() {
 
 fn main() -> ExitCode {
     limit_heap_arenas();
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,6 +22,7 @@ pub struct ClientConfig {
     pub max_buffered: usize,
     /// LZ4-compress batches.
     pub compression: bool,
+    /// Limit for opening a connection to a master or a worker.
     pub connect_timeout: Duration,
     /// Limit for one push or fetch request.
     pub request_timeout: Duration,
