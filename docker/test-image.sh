@@ -4,7 +4,10 @@
 # VOLUME, one worker's data on a named volume, the other's on a tmpfs), all with a read-only
 # root file system, no capabilities and the image's non-root user. Waits for /readyz on every
 # admin port, then runs a verified `sluice bench` from the host binary through them, checks it
-# exited 0 with nothing lost or duplicated, prints the figures, and stops every container.
+# exited 0 with nothing lost or duplicated, runs the chart's preStop command inside a worker
+# container (when the binary has `sluice admin decommission`) and checks the worker leaves
+# readiness, checks every container exits 0 on SIGTERM, prints the figures, and removes
+# every container, volume and image it made.
 #
 #   docker/test-image.sh [BINARY]          (default: target/release/sluice)
 #
@@ -165,11 +168,13 @@ run sluice-test-worker1-$$ --volume "$(basename "$work")-w1:/var/lib/sluice" \
 run sluice-test-worker2-$$ --tmpfs /var/lib/sluice:rw,size=1g,U \
     --env SLUICE_WORKER_ID=worker-2 --env SLUICE_WORKER_NODE=node-2 "$tag" worker \
     "${worker_flags[@]}" --data-dirs /var/lib/sluice/disk-0,/var/lib/sluice/disk-1
+worker_admins=()
 for name in sluice-test-worker1-$$ sluice-test-worker2-$$; do
     line=$(ready_line "$name")
     admin=$(field "$line" admin)
     [[ -n $admin ]] || die "$name ready line without an admin address: $line"
     wait_ready "$name ($(field "$line" id), push $(field "$line" push))" "$admin"
+    worker_admins+=("$admin")
 done
 engines=$("${podman[@]}" logs sluice-test-worker1-$$ 2>&1 |
     sed -n 's/.*write engine selected.* engine="\([a-z_]*\)".*/\1/p' | sort -u | tr '\n' ' ')
@@ -192,6 +197,20 @@ fi
 grep -q '"lost":0,' <<<"$report" || die "bench lost records: $report"
 grep -q '"duplicated":0,' <<<"$report" || die "bench duplicated records: $report"
 grep -q '"verified":true' <<<"$report" || die "bench did not verify: $report"
+
+# The chart's preStop hook, run the same way (exec form, no shell in the image): the worker
+# must leave readiness. Skipped by a binary without `sluice admin decommission`.
+if "$binary" admin decommission --help >/dev/null 2>&1; then
+    prestop_started=$(now_ms)
+    timeout 120 "${podman[@]}" exec sluice-test-worker1-$$ /usr/local/bin/sluice admin decommission \
+        --worker "${worker_admins[0]}" >"$work/prestop.out" 2>&1 ||
+        die "the preStop command failed: $(tail -5 "$work/prestop.out")"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://${worker_admins[0]}/readyz")
+    [[ $code != 200 ]] || die "worker 1 still ready after decommission"
+    log "preStop decommission in the container took $(since "$prestop_started") s; /readyz now $code"
+else
+    log "skipped the preStop check: this binary has no 'sluice admin decommission'"
+fi
 
 # A graceful stop: SIGTERM to PID 1 (the binary itself) ends every container with status 0.
 for name in sluice-test-worker2-$$ sluice-test-worker1-$$ sluice-test-master-$$; do
