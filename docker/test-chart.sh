@@ -131,7 +131,7 @@ run_master() {
         --admin-listen 127.0.0.1:0 --data-dir "$work/$name-data")
     local how="id from --id $ordinal"
     if grep -q '^id = "auto"' "$dir/master.toml"; then
-        if [[ $(id -u) -eq 0 ]] && command -v unshare >/dev/null && unshare --uts true 2>/dev/null; then
+        if [[ $(id -u) -eq 0 ]] && command -v unshare >/dev/null && command -v hostname >/dev/null && unshare --uts true 2>/dev/null; then
             run=(unshare --uts sh -c "hostname sluice-master-$ordinal && exec \"\$@\"" sh "${run[@]}")
             how="id from the host name sluice-master-$ordinal"
         else
