@@ -6,9 +6,12 @@
 //! - [`local`]: [`local::LocalCluster`], a master and N workers in one process on loopback.
 //! - [`bench`]: the load generator behind `sluice bench`.
 //! - [`records`]: self-checking records used by the benchmark and tests.
+//! - [`admin`]: `sluice admin`, over the masters' gRPC and the admin ports' JSON, which
+//!   [`http`] fetches.
 
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod http;
 pub mod local;
 pub mod records;
