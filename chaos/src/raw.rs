@@ -385,6 +385,7 @@ impl StalledWorker {
             worker: Some(info.clone()),
             disks: disks.clone(),
             heartbeat_interval_ms: 300,
+            ..pb::RegisterWorkerRequest::default()
         };
         master
             .register_worker(register.clone())

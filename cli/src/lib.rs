@@ -8,10 +8,13 @@
 //! - [`records`]: self-checking records used by the benchmark and tests.
 //! - [`reference`]: every config key with its default and doc comment, for `docs/config.md`
 //!   and `sluice master --help` / `sluice worker --help`.
+//! - [`admin`]: `sluice admin`, over the masters' gRPC and the admin ports' JSON, which
+//!   [`http`] fetches.
 
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod http;
 pub mod local;
 pub mod records;
 pub mod reference;

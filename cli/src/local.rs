@@ -191,6 +191,10 @@ impl LocalCluster {
             host: config.host.clone(),
             push_port: u32::from(push.local_addr()?.port()),
             fetch_port: u32::from(fetch.local_addr()?.port()),
+            admin_port: admin
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or(0, |a| u32::from(a.port())),
             ..pb::WorkerInfo::default()
         };
         let shutdown = self.shutdown.child_token();

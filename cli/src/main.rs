@@ -126,6 +126,48 @@ enum AdminCommand {
         #[command(subcommand)]
         change: Option<MastersChange>,
     },
+    /// The workers as the leading master sees them: state, disks, memory, throughput, last
+    /// heartbeat.
+    Workers(ListingArgs),
+    /// The registered shuffles: maps done, bytes, partitions, epochs, replication, state.
+    Shuffles(ListingArgs),
+    /// The applications: their shuffles and when they were last heard from.
+    Apps(ListingArgs),
+    /// Decommission a worker: it takes no new partitions and keeps serving what it holds.
+    /// Either WORKER_ID through the leading master, or `--worker` on the worker's own admin port
+    /// (what a Kubernetes preStop hook runs).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["worker_id", "worker"])))]
+    Decommission {
+        /// The worker's id, as `sluice admin workers` lists it.
+        worker_id: Option<String>,
+        /// Master admin addresses (host:port), comma-separated; tried in turn until the leader
+        /// answers.
+        #[arg(long, default_value = sluice::admin::DEFAULT_MASTER_ADMIN, conflicts_with = "worker")]
+        master: String,
+        /// The worker's admin address (host:port) instead of an id.
+        #[arg(long)]
+        worker: Option<String>,
+    },
+    /// The effective configuration of any master or worker, from its admin port: TOML, or JSON.
+    Config {
+        /// The process's admin address (host:port).
+        #[arg(long)]
+        admin: String,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ListingArgs {
+    /// Master admin addresses (host:port), comma-separated; tried in turn until the leader
+    /// answers.
+    #[arg(long, default_value = sluice::admin::DEFAULT_MASTER_ADMIN)]
+    master: String,
+    /// Print the JSON the master serves instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -281,22 +323,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             shutdown.cancelled().await;
             cluster.shutdown().await?;
         }
-        Command::Admin {
-            command:
-                AdminCommand::Masters {
-                    master,
-                    json,
-                    change,
-                },
-        } => match change {
-            None => sluice::admin::print_status(&master, json).await?,
-            Some(MastersChange::Add { id, addr }) => {
-                sluice::admin::change(&master, Some((id, addr)), None).await?
-            }
-            Some(MastersChange::Remove { id }) => {
-                sluice::admin::change(&master, None, Some(id)).await?
-            }
-        },
+        Command::Admin { command } => admin(command).await?,
         Command::Bench {
             master,
             workers,
@@ -334,6 +361,42 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::ConfigReference => print!("{}", reference::markdown()?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    use sluice::admin::{self, Listing};
+    match command {
+        AdminCommand::Masters {
+            master,
+            json,
+            change,
+        } => match change {
+            None => admin::print_status(&master, json).await,
+            Some(MastersChange::Add { id, addr }) => {
+                admin::change(&master, Some((id, addr)), None).await
+            }
+            Some(MastersChange::Remove { id }) => admin::change(&master, None, Some(id)).await,
+        },
+        AdminCommand::Workers(args) => {
+            admin::print_listing(&args.master, Listing::Workers, args.json).await
+        }
+        AdminCommand::Shuffles(args) => {
+            admin::print_listing(&args.master, Listing::Shuffles, args.json).await
+        }
+        AdminCommand::Apps(args) => {
+            admin::print_listing(&args.master, Listing::Apps, args.json).await
+        }
+        AdminCommand::Decommission {
+            worker_id,
+            master,
+            worker,
+        } => match (worker_id, worker) {
+            (_, Some(worker)) => admin::decommission_worker(&worker).await,
+            (Some(id), None) => admin::decommission_through_master(&master, &id).await,
+            (None, None) => anyhow::bail!("name a worker: WORKER_ID or --worker ADDR"),
+        },
+        AdminCommand::Config { admin, json } => admin::print_config(&admin, json).await,
+    }
 }
 
 /// Keeps glibc to two heap arenas. By default it opens up to eight per core, one per thread

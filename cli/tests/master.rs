@@ -94,6 +94,7 @@ async fn black_hole(master: &Master, id: &str, free_bytes: u64, every: Duration)
         worker: Some(info.clone()),
         disks: disks(free_bytes),
         heartbeat_interval_ms: every.as_millis() as u64,
+        ..Default::default()
     };
     master
         .clone()
@@ -655,6 +656,7 @@ async fn a_worker_id_held_by_a_live_worker_elsewhere_is_refused() {
         worker: Some(info.clone()),
         disks: disks(1 << 30),
         heartbeat_interval_ms: every.as_millis() as u64,
+        ..Default::default()
     };
     let message = refusal(
         master.clone().register_worker(register(&impostor)).await,

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commit;
 use crate::core::Core;
+use crate::events::Kind;
 use crate::state;
 
 use pb::master_command::Command as Cmd;
@@ -50,13 +51,24 @@ pub(crate) fn spawn(core: &Arc<Core>, shutdown: CancellationToken) {
 }
 
 fn expire_workers(core: &Core) {
-    let mut state = core.lock();
     let timeout = core.config.worker_timeout;
-    for worker in state.workers.values_mut() {
-        if worker.alive && worker.last_seen.elapsed() > timeout {
-            worker.alive = false;
-            tracing::warn!(worker = %worker.info.id, timeout = ?timeout, "worker lost: no heartbeat in time");
+    let mut lost = Vec::new();
+    {
+        let mut state = core.lock();
+        for worker in state.workers.values_mut() {
+            if worker.alive && worker.last_seen.elapsed() > timeout {
+                worker.alive = false;
+                tracing::warn!(worker = %worker.info.id, timeout = ?timeout, "worker lost: no heartbeat in time");
+                lost.push(worker.info.id.clone());
+            }
         }
+    }
+    for id in lost {
+        core.events.worker(
+            Kind::WorkerLost,
+            &id,
+            format!("worker {id} lost: no heartbeat for {timeout:?}"),
+        );
     }
 }
 
@@ -92,6 +104,12 @@ fn expire_apps(core: &Arc<Core>) {
                 .map(|w| w.info.clone())
                 .collect();
             tracing::info!(app = %app, timeout = ?timeout, "application expired, deleting its data");
+            core.events.cluster(
+                Kind::AppExpired,
+                format!(
+                    "application {app} expired (no heartbeat for {timeout:?}), deleting its data"
+                ),
+            );
             core.destroy_on(workers, &app, None);
         });
     }
@@ -131,6 +149,10 @@ async fn lead(core: Arc<Core>, shutdown: CancellationToken) {
                     }
                     core.set_ready(term);
                     tracing::info!(id = core.id, term, addr = %core.addr, "leading the masters");
+                    core.events.cluster(
+                        Kind::Leader,
+                        format!("master {} at {} leads in term {term}", core.id, core.addr),
+                    );
                     commit::resume(&core);
                 }
                 Err(e) => tracing::debug!(error = %e, "not leading after all"),

@@ -186,9 +186,38 @@ async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
     }));
     match core.propose(command).await {
         Ok(_) => {
-            tracing::info!(shuffle = %key, failed_locations = failed, took = ?started.elapsed(), "shuffle committed")
+            tracing::info!(shuffle = %key, failed_locations = failed, took = ?started.elapsed(), "shuffle committed");
+            record_events(core, key, failed);
         }
         // The next leader commits it again.
         Err(e) => tracing::warn!(shuffle = %key, error = %e, "commit results not recorded"),
+    }
+}
+
+/// Records a commit with copies that failed, and the partitions it lost data of, as events.
+fn record_events(core: &Core, key: &ShuffleKey, failed: usize) {
+    if failed == 0 {
+        return;
+    }
+    use crate::events::Kind;
+    core.events.shuffle(
+        Kind::CommitFailed,
+        key,
+        format!("{failed} copies of shuffle {key} did not commit"),
+    );
+    let lost = core
+        .lock()
+        .shuffles
+        .get(key)
+        .map_or(0, |entry| entry.figures.lost_partitions);
+    if lost > 0 {
+        tracing::error!(shuffle = %key, partitions = lost, "data lost: partitions lack bytes their maps wrote");
+        core.events.shuffle(
+            Kind::PartitionsLost,
+            key,
+            format!(
+                "{lost} partition(s) of shuffle {key} lost data: no copy of an epoch committed"
+            ),
+        );
     }
 }

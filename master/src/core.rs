@@ -41,6 +41,8 @@ pub(crate) struct Core {
     /// This master's metrics registry (served on its admin port) and its handles.
     pub telemetry: Arc<sluice_ops::Telemetry>,
     pub metrics: MasterMetrics,
+    /// Recent events for operators (status page, `/api/events`).
+    pub events: crate::events::Events,
 }
 
 impl std::fmt::Debug for Core {
@@ -78,6 +80,7 @@ impl Core {
             ready_term: std::sync::atomic::AtomicU64::new(u64::MAX),
             workers: RpcPool::new(FrameLimits::default(), Duration::from_secs(5)),
             shutdown,
+            events: crate::events::Events::default(),
         })
     }
 
@@ -310,6 +313,7 @@ mod tests {
             fetch_port: 65535,
             node: long.clone(),
             zone: long,
+            admin_port: 65535,
         };
         let specs: Vec<_> = (0..20_000)
             .map(|p| spec(1_000_000 + p, Some(replica.clone())))

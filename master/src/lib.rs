@@ -14,6 +14,8 @@
 //!   bounded by a timeout.
 //! - `background`: tickers that declare silent workers lost and delete expired applications'
 //!   data.
+//! - `admin`: the admin port's routes: the status page and its JSON (`/api/*`), built from
+//!   plain snapshots of the state; `events`: the ring of recent events it shows.
 //! - [`state`]: the registry itself, plain data under one lock, and the limits that keep it
 //!   bounded (see [`config`]).
 //!
@@ -32,6 +34,7 @@ mod commit;
 pub mod config;
 mod core;
 pub mod error;
+mod events;
 mod membership;
 mod metrics;
 pub mod placement;

@@ -82,6 +82,17 @@ pub(crate) async fn revive(
             .begin_revive(key, failed, core.config.max_epochs_per_partition)?;
         if !targets.is_empty() {
             tracing::info!(shuffle = %key, partitions = targets.len(), excluded = ?excluded, reason, "reviving");
+            let mut away: Vec<&str> = excluded.iter().map(String::as_str).collect();
+            away.sort_unstable();
+            core.events.shuffle(
+                crate::events::Kind::Revive,
+                key,
+                format!(
+                    "{} partition(s) moved to a new epoch, away from {}: {reason}",
+                    targets.len(),
+                    away.join(", ")
+                ),
+            );
             let _moving = EndRevive {
                 core,
                 key,

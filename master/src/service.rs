@@ -78,6 +78,7 @@ impl Master for MasterService {
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let request = request.into_inner();
+        let state = request.state();
         let info = request
             .worker
             .ok_or_else(|| MasterError::InvalidRequest("missing worker info".into()))?;
@@ -86,6 +87,7 @@ impl Master for MasterService {
             || info.fetch_port == 0
             || info.push_port > 65535
             || info.fetch_port > 65535
+            || info.admin_port > 65535
         {
             return Err(
                 MasterError::InvalidRequest(format!("invalid worker info {info:?}")).into(),
@@ -108,9 +110,19 @@ impl Master for MasterService {
         let (returning, moved) = self
             .core
             .lock()
-            .register_worker(info.clone(), request.disks, interval)
+            .register_worker(info.clone(), request.disks, interval, state)
             .inspect_err(|e| tracing::warn!(worker = %id, push = %push, error = %e, "worker registration refused"))?;
         tracing::info!(worker = %id, push = %push, fetch = %fetch, node = %node, zone = %zone, heartbeat_interval = ?interval, returning, "worker registered");
+        let again = if returning { " again" } else { "" };
+        let leaving = match state {
+            pb::WorkerState::Decommissioning => ", decommissioning",
+            _ => "",
+        };
+        self.core.events.worker(
+            crate::events::Kind::WorkerRegistered,
+            &id,
+            format!("worker {id} registered{again} at {push}{leaving}"),
+        );
         // Every master hears every worker; the leader records a move for all of them.
         if moved && self.core.leader_check().is_ok() {
             let command = state::command(Cmd::WorkerMoved(pb::WorkerMoved { worker: Some(info) }));
@@ -125,23 +137,38 @@ impl Master for MasterService {
     ) -> Result<Response<pb::WorkerHeartbeatResponse>, Status> {
         let request = request.into_inner();
         let leads = self.core.leader_check().is_ok();
-        let (info, orphans) = {
+        let (info, orphans, decommission, started_leaving) = {
             let mut state = self.core.lock();
-            let info = match state.workers.get_mut(&request.worker_id) {
-                Some(worker) if worker.alive => {
-                    worker.state = request.state();
-                    worker.last_seen = Instant::now();
-                    worker.disks = request.disks;
-                    worker.memory_used = request.memory_used_bytes;
-                    worker.active_partitions = request.active_partitions;
-                    worker.info.clone()
-                }
-                _ => {
-                    return Ok(Response::new(pb::WorkerHeartbeatResponse {
-                        reregister: true,
-                    }))
-                }
-            };
+            let (info, decommission, started_leaving) =
+                match state.workers.get_mut(&request.worker_id) {
+                    Some(worker) if worker.alive => {
+                        let was_leaving = worker.decommissioning();
+                        let now = Instant::now();
+                        worker.state = request.state();
+                        worker.last_seen = now;
+                        worker.disks = request.disks;
+                        worker.memory_used = request.memory_used_bytes;
+                        worker.memory_budget = request.memory_budget_bytes;
+                        worker.active_partitions = request.active_partitions;
+                        worker
+                            .traffic
+                            .sample(request.pushed_bytes, request.fetched_bytes, now);
+                        // Told until it says it heard.
+                        let decommission = worker.decommission_requested
+                            && worker.state != pb::WorkerState::Decommissioning;
+                        (
+                            worker.info.clone(),
+                            decommission,
+                            !was_leaving && worker.decommissioning(),
+                        )
+                    }
+                    _ => {
+                        return Ok(Response::new(pb::WorkerHeartbeatResponse {
+                            reregister: true,
+                            decommission: false,
+                        }))
+                    }
+                };
             let held = request
                 .shuffles
                 .iter()
@@ -151,8 +178,16 @@ impl Master for MasterService {
                 true => state.orphans_of(&info.id, held, self.core.config.orphan_grace),
                 false => Vec::new(),
             };
-            (info, orphans)
+            (info, orphans, decommission, started_leaving)
         };
+        if started_leaving {
+            tracing::warn!(worker = %info.id, "worker decommissioning: no new partitions for it");
+            self.core.events.worker(
+                crate::events::Kind::WorkerDecommissioning,
+                &info.id,
+                format!("worker {} reports it is decommissioning", info.id),
+            );
+        }
         for key in orphans {
             tracing::warn!(worker = %info.id, shuffle = %key, grace = ?self.core.config.orphan_grace, "deleting a shuffle no master knows of");
             self.core
@@ -160,6 +195,7 @@ impl Master for MasterService {
         }
         Ok(Response::new(pb::WorkerHeartbeatResponse {
             reregister: false,
+            decommission,
         }))
     }
 

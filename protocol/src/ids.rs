@@ -88,6 +88,10 @@ impl pb::WorkerInfo {
     pub fn fetch_addr(&self) -> String {
         format!("{}:{}", self.host, self.fetch_port)
     }
+    /// `host:port` of the worker's HTTP admin port, when it has one.
+    pub fn admin_addr(&self) -> Option<String> {
+        (self.admin_port != 0).then(|| format!("{}:{}", self.host, self.admin_port))
+    }
 }
 
 impl pb::BatchStats {

@@ -1,12 +1,24 @@
 //! The worker's admin port: the routes every process has (`sluice_ops::admin`), with the
-//! worker's readiness.
+//! worker's readiness, and its own JSON:
+//!
+//! - `GET /api/status`: id, addresses, state, memory, disks, partitions and traffic totals.
+//! - `POST /api/decommission`: the worker takes no new partitions from now on (the masters
+//!   learn it from its next heartbeat) and `/readyz` answers 503; it keeps serving what it
+//!   holds. A Kubernetes preStop hook calls it (`sluice admin decommission --worker ADDR`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
 
 use crate::shared::Shared;
+
+/// Longest `/api/status` waits for a disk's free space (a hung disk must not hang the page).
+const SPACE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let config = serde_json::to_value(&shared.config).unwrap_or_default();
@@ -14,16 +26,123 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         let shared = shared.clone();
         Arc::new(move || ready(&shared)) as sluice_ops::admin::Readiness
     };
-    sluice_ops::admin::router(shared.telemetry.clone(), ready, config)
+    let own = Router::new()
+        .route("/api/status", get(status))
+        .route("/api/decommission", post(decommission))
+        .with_state(shared.clone());
+    sluice_ops::admin::router(shared.telemetry.clone(), ready, config).merge(own)
 }
 
 /// Ready: a master accepted the registration and the worker is not leaving.
 fn ready(shared: &Shared) -> Result<(), String> {
-    if shared.decommissioning.load(Ordering::Relaxed) {
+    if shared.is_decommissioning() {
         return Err("decommissioning".into());
     }
     if !*shared.registered.borrow() {
         return Err("no master has accepted the registration yet".into());
     }
     Ok(())
+}
+
+/// `GET /api/status`.
+#[derive(Debug, Serialize)]
+struct Status {
+    id: String,
+    host: String,
+    push_port: u32,
+    fetch_port: u32,
+    admin_port: u32,
+    node: String,
+    zone: String,
+    /// `active` or `decommissioning`.
+    state: &'static str,
+    /// Whether a master accepted the registration.
+    registered: bool,
+    memory: Memory,
+    disks: Vec<Disk>,
+    /// Partition locations held (reserved, buffered, flushed or committed).
+    partitions: u64,
+    /// Shuffles with locations here.
+    shuffles: usize,
+    traffic: Traffic,
+}
+
+#[derive(Debug, Serialize)]
+struct Memory {
+    used_bytes: u64,
+    budget_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Disk {
+    path: String,
+    capacity_bytes: u64,
+    free_bytes: u64,
+    /// Of the whole file system (capacity minus free).
+    used_bytes: u64,
+    healthy: bool,
+}
+
+/// Totals since the worker started.
+#[derive(Debug, Serialize)]
+struct Traffic {
+    pushed_bytes: u64,
+    fetched_bytes: u64,
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
+    let mut disks = Vec::with_capacity(shared.store.disks().len());
+    for disk in shared.store.disks() {
+        let path = disk.path.clone();
+        let asked = tokio::task::spawn_blocking(move || crate::storage::disk::space(&path));
+        let (capacity_bytes, free_bytes, answered) =
+            match tokio::time::timeout(SPACE_TIMEOUT, asked).await {
+                Ok(Ok(Ok((capacity, free)))) => (capacity, free, true),
+                _ => (0, 0, false),
+            };
+        disks.push(Disk {
+            path: disk.path.display().to_string(),
+            capacity_bytes,
+            free_bytes,
+            used_bytes: capacity_bytes.saturating_sub(free_bytes),
+            healthy: answered && disk.is_healthy(),
+        });
+    }
+    let info = &shared.info;
+    let traffic = &shared.metrics.traffic;
+    Json(Status {
+        id: info.id.clone(),
+        host: info.host.clone(),
+        push_port: info.push_port,
+        fetch_port: info.fetch_port,
+        admin_port: info.admin_port,
+        node: info.node.clone(),
+        zone: info.zone.clone(),
+        state: match shared.is_decommissioning() {
+            true => "decommissioning",
+            false => "active",
+        },
+        registered: *shared.registered.borrow(),
+        memory: Memory {
+            used_bytes: shared.store.memory().used(),
+            budget_bytes: shared.store.memory().budget(),
+        },
+        disks,
+        partitions: shared.store.active_partitions(),
+        shuffles: shared.store.shuffle_count(),
+        traffic: Traffic {
+            pushed_bytes: traffic.pushed.load(Ordering::Relaxed),
+            fetched_bytes: traffic.fetched.load(Ordering::Relaxed),
+        },
+    })
+}
+
+/// `POST /api/decommission`: idempotent; says whether this call started it.
+async fn decommission(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let started = shared.decommission("the admin port");
+    Json(serde_json::json!({
+        "id": shared.info.id,
+        "state": "decommissioning",
+        "changed": started,
+    }))
 }

@@ -219,6 +219,8 @@ impl WorkerConfig {
             fetch_port,
             node: self.node.clone(),
             zone: self.zone.clone(),
+            // Set from the bound admin listener, when there is one.
+            admin_port: 0,
         }
     }
 }

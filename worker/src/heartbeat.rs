@@ -3,8 +3,11 @@
 //! One loop per configured master endpoint: every master, not only the leader, keeps its own
 //! view of the live workers, so a newly elected leader knows them at once. Each heartbeat also
 //! lists the shuffles this worker holds, so the leader can delete orphans (shuffles it does not
-//! know) after a grace period.
+//! know) after a grace period, the bytes pushed and fetched so far (the master shows throughput
+//! from them), and whether the worker is decommissioning. A master's answer can tell the worker
+//! to decommission (an operator asked the master).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +41,7 @@ async fn register(
             disks: disks(shared).await,
             heartbeat_interval_ms: u64::try_from(shared.config.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
+            state: state(shared) as i32,
         })
         .await?;
     tracing::info!(worker = %shared.info.id, node = %shared.info.node, zone = %shared.info.zone, master = %master, "registered with the master");
@@ -54,6 +58,7 @@ async fn heartbeat(
         .iter()
         .map(|key| key.to_pb())
         .collect();
+    let traffic = &shared.metrics.traffic;
     let response = client
         .worker_heartbeat(pb::WorkerHeartbeatRequest {
             worker_id: shared.info.id.clone(),
@@ -61,11 +66,25 @@ async fn heartbeat(
             memory_used_bytes: shared.store.memory().used(),
             memory_budget_bytes: shared.store.memory().budget(),
             active_partitions: shared.store.active_partitions(),
-            state: pb::WorkerState::Active as i32,
+            state: state(shared) as i32,
             shuffles,
+            pushed_bytes: traffic.pushed.load(Ordering::Relaxed),
+            fetched_bytes: traffic.fetched.load(Ordering::Relaxed),
         })
-        .await?;
-    Ok(response.into_inner())
+        .await?
+        .into_inner();
+    if response.decommission {
+        shared.decommission("the master");
+    }
+    Ok(response)
+}
+
+/// What the worker tells the masters about itself: active, or decommissioning once told to go.
+fn state(shared: &Shared) -> pb::WorkerState {
+    match shared.is_decommissioning() {
+        true => pb::WorkerState::Decommissioning,
+        false => pb::WorkerState::Active,
+    }
 }
 
 /// Registers with every master, then heartbeats each every `heartbeat_interval` until

@@ -1,6 +1,7 @@
 //! The state every task of a worker shares, and how a worker starts: config checked, data
 //! directories and their engines opened, what the disks hold recovered.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sluice_protocol::frame::FrameLimits;
@@ -37,6 +38,24 @@ pub struct Shared {
     pub metrics: crate::metrics::WorkerMetrics,
 }
 
+impl Shared {
+    /// Marks the worker as leaving, `by` saying who asked (idempotent). From the next heartbeat
+    /// on every master knows it and places nothing new here; the worker keeps serving what it
+    /// holds, and is no longer ready. Returns whether it was not leaving already.
+    pub fn decommission(&self, by: &str) -> bool {
+        let first = !self.decommissioning.swap(true, Ordering::SeqCst);
+        if first {
+            tracing::warn!(worker = %self.info.id, by, "decommissioning: no new partitions, serving what is held");
+        }
+        first
+    }
+
+    /// Whether the worker was told to go.
+    pub fn is_decommissioning(&self) -> bool {
+        self.decommissioning.load(Ordering::SeqCst)
+    }
+}
+
 pub(crate) fn start(
     config: WorkerConfig,
     listeners: &Listeners,
@@ -57,7 +76,10 @@ pub(crate) fn start(
     };
     let push_port = advertised(config.advertise_push_port, port(&listeners.push)?);
     let fetch_port = advertised(config.advertise_fetch_port, port(&listeners.fetch)?);
-    let info = config.worker_info(push_port, fetch_port);
+    let mut info = config.worker_info(push_port, fetch_port);
+    if let Some(admin) = &listeners.admin {
+        info.admin_port = port(admin)?;
+    }
     let id = &info.id;
     sluice_protocol::ids::validate_app_id(id)
         .map_err(|_| WorkerError::Config(format!("id: {id:?} must be [A-Za-z0-9._-]+")))?;

@@ -197,3 +197,80 @@ pub async fn revive(
         .into_inner();
     response.locations.into_iter().next().unwrap()
 }
+
+// The admin ports.
+
+/// The JSON at `path` of the admin port `addr`, with the answer's status.
+pub async fn api(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let answer = sluice::http::get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+    (answer.status.as_u16(), answer.json())
+}
+
+/// The JSON at `path` of the admin port `addr`, which must answer 200.
+pub async fn api_ok(addr: &str, path: &str) -> serde_json::Value {
+    let (status, json) = api(addr, path).await;
+    assert_eq!(status, 200, "GET {addr}{path}: {json}");
+    json
+}
+
+/// Polls `check` every 50 ms until it gives a value; panics after `timeout`, naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The entry of `list` (a JSON array under `key`) whose `field` is `value`.
+pub fn find<'a>(
+    json: &'a serde_json::Value,
+    key: &str,
+    field: &str,
+    value: &serde_json::Value,
+) -> Option<&'a serde_json::Value> {
+    json[key]
+        .as_array()
+        .and_then(|items| items.iter().find(|item| &item[field] == value))
+}
+
+/// Writes map `map` of `handle` slowly, a small flushed batch to every partition every 100 ms,
+/// until `stop`; the map never ends, so the shuffle stays running.
+pub fn spawn_slow_writer(
+    client: &sluice_client::SluiceClient,
+    handle: std::sync::Arc<sluice_client::ShuffleHandle>,
+    map: u32,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut writer = client.writer(handle.clone(), map, 0).unwrap();
+    let partitions = handle.num_partitions;
+    tokio::spawn(async move {
+        let mut record = Vec::new();
+        let mut seq = 0;
+        while !stop.is_cancelled() {
+            for partition in 0..partitions {
+                record.clear();
+                records::encode(&mut record, map, seq, 2_000);
+                writer.write(partition, &record).await.unwrap();
+                seq += 1;
+            }
+            writer.flush().await.unwrap();
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    })
+}

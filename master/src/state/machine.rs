@@ -289,6 +289,7 @@ impl State {
         if entry.complete() {
             entry.index_expected();
         }
+        entry.recount();
         if let Some(committed) = &record.committed {
             entry.set_committed(committed)?;
         }
@@ -308,11 +309,12 @@ impl ShuffleEntry {
         {
             return Err("commit results do not match the shuffle's copies".into());
         }
-        let results = done
+        let results: Vec<Vec<pb::CommittedLocation>> = done
             .partitions
             .iter()
             .map(|p| p.locations.clone())
             .collect();
+        self.figures.lost_partitions = self.lost_partitions(&results);
         self.commit
             .send_replace(CommitState::Done(Arc::new(results)));
         Ok(())
@@ -476,12 +478,73 @@ mod tests {
             let mut restored = State::default();
             restored.restore(&snapshot).unwrap();
             assert_eq!(restored.snapshot(), snapshot);
+            assert_eq!(
+                restored.shuffles[&key].figures,
+                state.shuffles[&key].figures
+            );
+            assert_eq!(
+                restored.shuffles[&key].state_name(),
+                state.shuffles[&key].state_name()
+            );
         }
         let entry = &state.shuffles[&key];
         assert_eq!(entry.current_epoch(0), 1);
         assert_eq!(entry.current(0).1, 2, "epoch 1 on worker c (index 2)");
         assert_eq!(*entry.winning_attempt, vec![2, 4]);
         assert!(matches!(*entry.commit.borrow(), CommitState::Done(_)));
+        // Maps 0 and 1 wrote 10 and 11 bytes to partitions 0 and 1, and no copy committed:
+        // both are lost; partition 2 held nothing to lose.
+        let figures = entry.figures;
+        assert_eq!(figures.bytes_written, 21);
+        assert_eq!((figures.revives, figures.max_epoch), (1, 1));
+        assert_eq!(figures.lost_partitions, 2);
+        assert_eq!(entry.state_name(), "failed");
+    }
+
+    #[test]
+    fn a_failed_copy_loses_nothing_when_another_copy_of_its_epoch_committed() {
+        let key = ShuffleKey::new("app", 7);
+        let mut state = State::default();
+        let commands = history(&key);
+        for cmd in &commands[..5] {
+            state.apply(cmd);
+        }
+        assert_eq!(state.shuffles[&key].state_name(), "committing");
+        let copy = |epoch: u32, ok: bool, bytes: u64| pb::CommittedLocation {
+            epoch,
+            ok,
+            stats: ok.then_some(pb::BatchStats {
+                bytes,
+                batches: 1,
+                checksum: 0,
+            }),
+            ..Default::default()
+        };
+        // Partition 0: epoch 0 lost both copies, but epoch 1 holds all 10 bytes its map wrote.
+        // Partition 1: its replica failed, its primary committed.
+        let committed = pb::ShuffleCommitted {
+            shuffle: Some(key.to_pb()),
+            partitions: vec![
+                pb::CommittedPartition {
+                    locations: vec![
+                        copy(0, false, 0),
+                        copy(0, false, 0),
+                        copy(1, true, 10),
+                        copy(1, false, 0),
+                    ],
+                },
+                pb::CommittedPartition {
+                    locations: vec![copy(0, true, 11), copy(0, false, 0)],
+                },
+                pb::CommittedPartition {
+                    locations: vec![copy(0, true, 0), copy(0, true, 0)],
+                },
+            ],
+        };
+        state.apply(&command(C::ShuffleCommitted(committed)));
+        let entry = &state.shuffles[&key];
+        assert_eq!(entry.figures.lost_partitions, 0);
+        assert_eq!(entry.state_name(), "committed");
     }
 
     #[test]

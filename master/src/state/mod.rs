@@ -27,9 +27,9 @@ use crate::error::{MasterError, MasterResult};
 
 pub use machine::{command, epochs_placed, shuffle_placed};
 pub use shuffle::{
-    worker_index, CommitState, Location, MapResult, Shape, ShuffleEntry, NO_REPLICA,
+    worker_index, CommitState, Figures, Location, MapResult, Shape, ShuffleEntry, NO_REPLICA,
 };
-pub use worker::{WorkerEntry, MISSED_HEARTBEATS};
+pub use worker::{Traffic, WorkerEntry, MISSED_HEARTBEATS};
 
 /// Where partitions went: a worker table and, per placed `(partition, epoch)`, the primary's
 /// and (with replication 2) the replica's index into it.
@@ -274,6 +274,7 @@ impl State {
         info: pb::WorkerInfo,
         disks: Vec<pb::DiskStatus>,
         heartbeat_interval: Duration,
+        state: pb::WorkerState,
     ) -> MasterResult<(bool, bool)> {
         let now = Instant::now();
         if let Some(held) = self.workers.get(&info.id) {
@@ -297,10 +298,18 @@ impl State {
             .values()
             .flat_map(|entry| &entry.workers)
             .any(|known| known.id == info.id && *known != info);
-        self.workers.insert(
-            info.id.clone(),
-            WorkerEntry::new(info, disks, heartbeat_interval),
-        );
+        // A decommissioning asked of the same incarnation (same address) that it has not heard
+        // yet still holds; a new incarnation starts afresh.
+        let requested = self
+            .workers
+            .get(&info.id)
+            .is_some_and(|held| held.decommission_requested && held.same_address(&info));
+        let mut entry = WorkerEntry::new(info, disks, heartbeat_interval);
+        entry.decommission_requested = requested;
+        if state == pb::WorkerState::Decommissioning {
+            entry.state = state;
+        }
+        self.workers.insert(entry.info.id.clone(), entry);
         Ok((returning, moved))
     }
 }

@@ -62,6 +62,16 @@ pub struct MapResult {
     pub partitions: Vec<pb::PartitionStats>,
 }
 
+impl MapResult {
+    /// Bytes the map wrote, over every partition.
+    pub fn bytes(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.stats.map_or(0, |s| s.bytes))
+            .sum()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub enum CommitState {
     #[default]
@@ -108,6 +118,23 @@ pub struct ShuffleEntry {
     /// Bumped when a revive ends, so revives waiting on its partitions look again.
     pub revived: watch::Sender<u64>,
     pub commit: watch::Sender<CommitState>,
+    /// Running figures for the status page, kept as the entry changes so a listing of every
+    /// shuffle costs nothing per partition or map.
+    pub figures: Figures,
+}
+
+/// What the status page shows of a shuffle, kept up to date as it changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Bytes the winning attempts of the ended maps reported.
+    pub bytes_written: u64,
+    /// Epochs placed beyond the first, over every partition (one per partition revived).
+    pub revives: u64,
+    /// The highest epoch of any partition.
+    pub max_epoch: u32,
+    /// Once committed: partitions with an epoch none of whose copies committed, and that hold
+    /// fewer bytes than their maps reported (data lost).
+    pub lost_partitions: u32,
 }
 
 impl ShuffleEntry {
@@ -130,7 +157,65 @@ impl ShuffleEntry {
             reviving: HashSet::new(),
             revived: watch::channel(0).0,
             commit: watch::channel(CommitState::Waiting).0,
+            figures: Figures::default(),
         }
+    }
+
+    /// Counts the running figures from scratch (a shuffle restored from a snapshot).
+    pub(super) fn recount(&mut self) {
+        let mut figures = Figures {
+            lost_partitions: self.figures.lost_partitions,
+            ..Figures::default()
+        };
+        for p in 0..self.locations.len() as u32 {
+            let epoch = self.current_epoch(p);
+            figures.revives += u64::from(epoch);
+            figures.max_epoch = figures.max_epoch.max(epoch);
+        }
+        figures.bytes_written = self.maps.values().map(MapResult::bytes).sum();
+        self.figures = figures;
+    }
+
+    /// `running` (maps still to end), `committing`, `committed`, or `failed` (committed with
+    /// partitions lost).
+    pub fn state_name(&self) -> &'static str {
+        if !self.complete() {
+            return "running";
+        }
+        match &*self.commit.borrow() {
+            CommitState::Waiting => "committing",
+            CommitState::Done(_) if self.figures.lost_partitions > 0 => "failed",
+            CommitState::Done(_) => "committed",
+        }
+    }
+
+    /// How many partitions the commit `results` (indexed like `locations`) lost data of: those
+    /// with an epoch none of whose copies committed, holding fewer bytes than their maps
+    /// reported. Needs the maps' figures by partition (every map has ended).
+    pub fn lost_partitions(&self, results: &[Vec<pb::CommittedLocation>]) -> u32 {
+        let mut lost = 0;
+        for (p, copies) in results.iter().enumerate() {
+            let epoch_ok = |epoch: u32| copies.iter().any(|c| c.epoch == epoch && c.ok);
+            if copies.iter().all(|c| epoch_ok(c.epoch)) {
+                continue;
+            }
+            let expected: u64 = self
+                .expected(p as u32)
+                .iter()
+                .map(|m| m.stats.map_or(0, |s| s.bytes))
+                .sum();
+            // Copies of one epoch hold the same batches, or one a prefix of the other's.
+            let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
+            for copy in copies.iter().filter(|c| c.ok) {
+                let bytes = copy.stats.map_or(0, |s| s.bytes);
+                let held = committed.entry(copy.epoch).or_default();
+                *held = (*held).max(bytes);
+            }
+            if committed.values().sum::<u64>() < expected {
+                lost += 1;
+            }
+        }
+        lost
     }
 
     /// Fails unless `p` is a partition of this shuffle.
@@ -205,6 +290,10 @@ impl ShuffleEntry {
         let primary = worker_index(&mut self.workers, primary);
         let replica = replica.map(|r| worker_index(&mut self.workers, r));
         self.locations[p as usize].extend(Location::copies(epoch, primary, replica));
+        if epoch > 0 {
+            self.figures.revives += 1;
+        }
+        self.figures.max_epoch = self.figures.max_epoch.max(epoch);
     }
 
     /// Records a map's end. Returns the winning attempt and whether this call completed the
@@ -219,13 +308,12 @@ impl ShuffleEntry {
             return (winner.attempt, false);
         }
         partitions.sort_by_key(|p| p.partition);
-        self.maps.insert(
-            map_id,
-            MapResult {
-                attempt,
-                partitions,
-            },
-        );
+        let result = MapResult {
+            attempt,
+            partitions,
+        };
+        self.figures.bytes_written += result.bytes();
+        self.maps.insert(map_id, result);
         let complete = self.complete();
         if complete {
             self.index_expected();

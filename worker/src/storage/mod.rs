@@ -109,6 +109,11 @@ impl Store {
         self.lock().values().map(|m| m.len() as u64).sum()
     }
 
+    /// How many shuffles this worker holds locations of.
+    pub fn shuffle_count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The shuffles this worker holds locations of (reserved, buffered, flushed or committed),
     /// at most `limit` of them, in no particular order. From memory only: no disk I/O.
     pub fn shuffle_keys(&self, limit: usize) -> Vec<ShuffleKey> {
