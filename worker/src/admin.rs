@@ -63,7 +63,7 @@ struct Status {
     /// Partition locations held (reserved, buffered, flushed or committed).
     partitions: u64,
     /// Shuffles with locations here.
-    shuffles: usize,
+    shuffles: u64,
     traffic: Traffic,
 }
 
@@ -91,6 +91,7 @@ struct Traffic {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
+    let (shuffles, partitions) = shared.store.counts();
     let mut disks = Vec::with_capacity(shared.store.disks().len());
     for disk in shared.store.disks() {
         let path = disk.path.clone();
@@ -128,8 +129,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
             budget_bytes: shared.store.memory().budget(),
         },
         disks,
-        partitions: shared.store.active_partitions(),
-        shuffles: shared.store.shuffle_count(),
+        partitions,
+        shuffles,
         traffic: Traffic {
             pushed_bytes: traffic.pushed.load(Ordering::Relaxed),
             fetched_bytes: traffic.fetched.load(Ordering::Relaxed),
