@@ -98,22 +98,12 @@ pub(crate) fn resume(core: &Arc<Core>) {
 /// (readers waiting for the layout wake when it is applied).
 async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
     let started = Instant::now();
-    let (workers, locations, expected) = {
+    let (workers, locations) = {
         let state = core.lock();
         let Some(entry) = state.shuffles.get(key) else {
             return;
         };
-        // What the winning attempts wrote per partition, to tell a loss from a failed copy.
-        let expected: Vec<u64> = (0..entry.shape.num_partitions)
-            .map(|p| {
-                entry
-                    .expected(p)
-                    .iter()
-                    .map(|map| map.stats.map_or(0, |s| s.bytes))
-                    .sum()
-            })
-            .collect();
-        (entry.workers.clone(), entry.locations.clone(), expected)
+        (entry.workers.clone(), entry.locations.clone())
     };
     let mut by_worker: Vec<Vec<pb::LocationSpec>> = vec![Vec::new(); workers.len()];
     for (partition, copies) in locations.iter().enumerate() {
@@ -187,10 +177,6 @@ async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
         }
     }
     let failed = results.iter().flatten().filter(|c| !c.ok).count();
-    let lost = crate::metrics::lost_partitions(&results, &expected);
-    if lost > 0 {
-        tracing::warn!(shuffle = %key, partitions = lost, "commit found partitions short of what their maps wrote");
-    }
     let command = state::command(Cmd::ShuffleCommitted(pb::ShuffleCommitted {
         shuffle: Some(key.to_pb()),
         partitions: results
@@ -200,9 +186,9 @@ async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
     }));
     match core.propose(command).await {
         Ok(_) => {
-            core.metrics.committed(started, lost);
             tracing::info!(shuffle = %key, failed_locations = failed, took = ?started.elapsed(), "shuffle committed");
-            record_events(core, key, failed);
+            let lost = record_events(core, key, failed);
+            core.metrics.committed(started, u64::from(lost));
         }
         // The next leader commits it again.
         Err(e) => tracing::warn!(shuffle = %key, error = %e, "commit results not recorded"),
@@ -210,9 +196,11 @@ async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
 }
 
 /// Records a commit with copies that failed, and the partitions it lost data of, as events.
-fn record_events(core: &Core, key: &ShuffleKey, failed: usize) {
+/// Records the events of a commit whose `failed` copies did not commit; returns the partitions
+/// the state found short of what their maps wrote (data lost).
+fn record_events(core: &Core, key: &ShuffleKey, failed: usize) -> u32 {
     if failed == 0 {
-        return;
+        return 0;
     }
     use crate::events::Kind;
     core.events.shuffle(
@@ -235,4 +223,5 @@ fn record_events(core: &Core, key: &ShuffleKey, failed: usize) {
             ),
         );
     }
+    lost
 }

@@ -207,67 +207,12 @@ pub(crate) fn collect_on_scrape(core: &std::sync::Arc<crate::core::Core>) {
     });
 }
 
-/// How many partitions of a commit lost data: those whose committed copies, taking the best
-/// copy of each epoch, hold fewer bytes than their maps' winning attempts reported
-/// (`expected[p]`). A sure loss, never a false alarm: copies also hold losing attempts' and
-/// repeated batches, so a partition with enough bytes may still be found short by its reader.
-pub(crate) fn lost_partitions(results: &[Vec<pb::CommittedLocation>], expected: &[u64]) -> u64 {
-    let mut lost = 0;
-    for (copies, &want) in results.iter().zip(expected) {
-        if want == 0 {
-            continue;
-        }
-        let mut best: Vec<(u32, u64)> = Vec::new();
-        for copy in copies.iter().filter(|c| c.ok) {
-            let bytes = copy.stats.map_or(0, |s| s.bytes);
-            match best.iter_mut().find(|(epoch, _)| *epoch == copy.epoch) {
-                Some((_, held)) => *held = (*held).max(bytes),
-                None => best.push((copy.epoch, bytes)),
-            }
-        }
-        let held: u64 = best.iter().map(|(_, bytes)| bytes).sum();
-        if held < want {
-            lost += 1;
-        }
-    }
-    lost
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn copy(epoch: u32, ok: bool, bytes: u64) -> pb::CommittedLocation {
-        pb::CommittedLocation {
-            epoch,
-            ok,
-            stats: ok.then_some(pb::BatchStats {
-                bytes,
-                batches: 1,
-                checksum: 0,
-            }),
-            ..Default::default()
-        }
-    }
-
     #[test]
-    fn a_partition_is_lost_when_its_committed_copies_hold_less_than_its_maps_wrote() {
-        let results = vec![
-            // Both copies committed.
-            vec![copy(0, true, 100), copy(0, true, 100)],
-            // The replica failed: the primary holds it all.
-            vec![copy(0, true, 100), copy(0, false, 0)],
-            // Both copies of epoch 0 failed after it took data; epoch 1 has the rest.
-            vec![copy(0, false, 0), copy(0, false, 0), copy(1, true, 40)],
-            // Epoch 0 failed before taking anything: epoch 1 holds all of it.
-            vec![copy(0, false, 0), copy(1, true, 100)],
-            // Nothing was written to it.
-            vec![copy(0, false, 0)],
-            // Two epochs, each with its share.
-            vec![copy(0, true, 60), copy(1, true, 40), copy(1, true, 40)],
-        ];
-        let expected = [100, 100, 100, 100, 0, 100];
-        assert_eq!(lost_partitions(&results, &expected), 1);
+    fn commits_count_by_result_with_their_lost_partitions_and_latency() {
         let telemetry = Telemetry::new(true, &[("master", "1")]);
         let m = MasterMetrics::new(&telemetry);
         m.committed(Instant::now(), 1);
