@@ -40,6 +40,20 @@ const VARIABLES: [(&str, &str); 5] = [
     ("$__range", "5m"),
     ("$__interval", "15s"),
 ];
+/// Panels the benchmark's load must move: each must show a positive value when its rate
+/// window covers the whole benchmark.
+const LOADED_PANELS: [&str; 10] = [
+    "Push throughput",
+    "Fetch throughput",
+    "Replication and client throughput",
+    "Push requests",
+    "Fetch requests",
+    "Push latency p50 / p99",
+    "Fetch latency p50 / p99",
+    "Flush latency p50 / p99",
+    "Register latency p50 / p99",
+    "Commit latency (master) p50 / p99",
+];
 
 /// A child process killed (SIGKILL) and reaped when dropped, also when a test panics.
 struct Guarded {
@@ -205,13 +219,27 @@ fn dashboard_queries(dashboard: &Value) -> anyhow::Result<Vec<PanelQuery>> {
     Ok(queries)
 }
 
-/// `expr` with the dashboard's Grafana variables replaced by what they stand for.
-fn substitute(expr: &str) -> String {
+/// `expr` with the dashboard's Grafana variables replaced by what they stand for, and
+/// `$__rate_interval` by `rate_interval` when given.
+fn substitute(expr: &str, rate_interval: Option<&str>) -> String {
     let mut out = expr.to_string();
+    if let Some(window) = rate_interval {
+        out = out.replace("$__rate_interval", window);
+    }
     for (variable, value) in VARIABLES {
         out = out.replace(variable, value);
     }
     out
+}
+
+/// Whether some series of `series` has a finite value above zero.
+fn some_positive(series: &[Value]) -> bool {
+    series.iter().any(|s| {
+        s["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v.is_finite() && v > 0.0)
+    })
 }
 
 /// The `sluice_*` metric names in `expr` (a histogram's `_bucket` series named by the
@@ -530,6 +558,7 @@ fn run(binary: &Path) -> anyhow::Result<()> {
     std::fs::write(&config, prometheus_config(&jobs))?;
     let prometheus = Prometheus::start(binary, &config, dir.path())?;
 
+    let bench_start = now_secs();
     let mut bench = Guarded::spawn(
         "bench",
         Command::new(env!("CARGO_BIN_EXE_sluice")).args([
@@ -571,6 +600,8 @@ fn run(binary: &Path) -> anyhow::Result<()> {
     }
     let status = wait_for("the benchmark", BENCH_DEADLINE, || bench.exited())?;
     let bench_end = now_secs();
+    // A rate window that holds the whole benchmark, for the panels its load must move.
+    let load_window = format!("{}s", (bench_end - bench_start).ceil() as u64 + 10);
     ensure!(
         status.success(),
         "the benchmark failed ({status})\n{}",
@@ -603,7 +634,7 @@ fn run(binary: &Path) -> anyhow::Result<()> {
     // Every panel's every query.
     println!("{:<42} {:<4} {:>6}  first value", "panel", "ref", "series");
     for query in &queries {
-        let expr = substitute(&query.expr);
+        let expr = substitute(&query.expr, None);
         match prometheus.query(&expr, time) {
             Ok(series) => {
                 let first = series
@@ -627,6 +658,32 @@ fn run(binary: &Path) -> anyhow::Result<()> {
                 "panel {:?} query {}: {e:#}: {expr}",
                 query.panel, query.ref_id
             )),
+        }
+    }
+
+    // The panels the load must move show it.
+    for query in queries
+        .iter()
+        .filter(|q| LOADED_PANELS.contains(&q.panel.as_str()))
+    {
+        let expr = substitute(&query.expr, Some(&load_window));
+        match prometheus.query(&expr, time) {
+            Ok(series) if some_positive(&series) => {}
+            Ok(series) => problems.push(format!(
+                "panel {:?} query {}: nothing above zero under load ({} series): {expr}",
+                query.panel,
+                query.ref_id,
+                series.len()
+            )),
+            Err(e) => problems.push(format!(
+                "panel {:?} query {}: {e:#}: {expr}",
+                query.panel, query.ref_id
+            )),
+        }
+    }
+    for title in LOADED_PANELS {
+        if !queries.iter().any(|q| q.panel == title) {
+            problems.push(format!("no panel {title:?}"));
         }
     }
 
