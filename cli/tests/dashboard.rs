@@ -558,6 +558,13 @@ fn run(binary: &Path) -> anyhow::Result<()> {
     std::fs::write(&config, prometheus_config(&jobs))?;
     let prometheus = Prometheus::start(binary, &config, dir.path())?;
 
+    // The cluster's counters are stored at zero before the load moves them, so that rates see
+    // the load's first steps (the shuffle's registration) too.
+    let cluster_targets = targets.len() - 1;
+    wait_for("a first scrape of the cluster", READY_DEADLINE, || {
+        let up = prometheus.scalar("count(up{job!=\"sluice-bench\"} == 1)", now_secs())?;
+        Ok((up == Some(cluster_targets as f64)).then_some(()))
+    })?;
     let bench_start = now_secs();
     let mut bench = Guarded::spawn(
         "bench",
