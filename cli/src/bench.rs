@@ -5,6 +5,11 @@
 //! `verify`, every record's payload is checked and each record id is tracked in a bitset, so
 //! `lost` and `duplicated` are exact. The same run measures this machine's loopback TCP
 //! throughput so the figures can be read against the machine's own limit.
+//!
+//! The benchmark's client counts into a metrics registry of its own: the report carries its
+//! totals (`client_metrics`), and `admin_listen` serves them on `/metrics` while the run lasts.
+//! `metrics_overhead` measures what the servers' metrics cost: the same workload on an embedded
+//! cluster with `metrics = true` and with `metrics = false`, alternating, round after round.
 
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -14,9 +19,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use sluice_client::{ClientConfig, SluiceClient};
+use sluice_client::{ClientConfig, ClientMetrics, ClientMetricsSnapshot, SluiceClient};
+use sluice_ops::Telemetry;
 use sluice_protocol::ShuffleKey;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::local::{LocalCluster, LocalOptions};
 use crate::records;
@@ -40,6 +47,11 @@ pub struct BenchOptions {
     /// Copies of every batch (0: the cluster's default). With 2, the same workload also runs
     /// with replication 1 first, and the report carries both.
     pub replication: u32,
+    /// Serve the benchmark client's metrics on `http://ADDR/metrics` while it runs.
+    pub admin_listen: Option<String>,
+    /// Rounds of the metrics-overhead comparison (embedded cluster only): each round runs the
+    /// workload once with the servers' metrics on and once off. `None`: a plain run.
+    pub metrics_overhead: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -68,8 +80,58 @@ pub struct BenchReport {
     /// With `--replication 2`: the same workload with replication 1, run first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication_1: Option<Baseline>,
+    /// The client's totals over every run of the benchmark.
+    pub client_metrics: ClientFigures,
+    /// With `metrics_overhead`: throughput with the servers' metrics on and off. The report's
+    /// other figures are then those of the last run with metrics on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_overhead: Option<MetricsOverhead>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The client's totals (see [`ClientMetricsSnapshot`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientFigures {
+    pub push_bytes: u64,
+    pub push_retries: u64,
+    pub revives: u64,
+    pub fetch_retries: u64,
+    pub data_lost: u64,
+}
+
+impl From<ClientMetricsSnapshot> for ClientFigures {
+    fn from(s: ClientMetricsSnapshot) -> ClientFigures {
+        ClientFigures {
+            push_bytes: s.push_bytes,
+            push_retries: s.push_retries,
+            revives: s.revives,
+            fetch_retries: s.fetch_retries,
+            data_lost: s.data_lost,
+        }
+    }
+}
+
+/// What the servers' metrics cost: medians over the rounds, and each round's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MetricsOverhead {
+    pub rounds: u32,
+    pub metrics_on_write_gbps: f64,
+    pub metrics_off_write_gbps: f64,
+    pub metrics_on_read_gbps: f64,
+    pub metrics_off_read_gbps: f64,
+    /// Median with metrics on over median with them off: 1.0 costs nothing, 0.95 costs 5%.
+    pub write_ratio: f64,
+    pub read_ratio: f64,
+    /// Each round's figures, in round order.
+    pub on_write_gbps: Vec<f64>,
+    pub off_write_gbps: Vec<f64>,
+    pub on_read_gbps: Vec<f64>,
+    pub off_read_gbps: Vec<f64>,
+    /// Summed over every run of the comparison.
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
 }
 
 /// The figures of a comparison run.
@@ -87,11 +149,16 @@ impl BenchReport {
             .replication_1
             .as_ref()
             .is_none_or(|b| b.lost == 0 && b.duplicated == 0);
+        let overhead_clean = self
+            .metrics_overhead
+            .as_ref()
+            .is_none_or(|o| o.lost == 0 && o.duplicated == 0 && o.corrupted == 0);
         self.error.is_none()
             && self.lost == 0
             && self.duplicated == 0
             && self.corrupted == 0
             && baseline_clean
+            && overhead_clean
     }
 }
 
@@ -184,6 +251,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         "--record-size must be at least {} bytes",
         records::RECORD_HEAD
     );
+    anyhow::ensure!(
+        options.metrics_overhead.is_none() || options.master.is_none(),
+        "--metrics-overhead runs its own embedded clusters: drop --master"
+    );
     let loopback_gbps = if options.loopback_bytes > 0 {
         let bytes = options.loopback_bytes;
         tokio::task::spawn_blocking(move || measure_loopback(bytes)).await??
@@ -191,11 +262,133 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         0.0
     };
     eprintln!("loopback tcp: {loopback_gbps:.2} GB/s");
+    let telemetry = Telemetry::new(true, &[]);
+    let metrics = telemetry.register(ClientMetrics::new);
+    let admin = CancellationToken::new();
+    let _stop_admin = admin.clone().drop_guard();
+    if let Some(addr) = &options.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin port {addr}"))?;
+        eprintln!(
+            "client metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let router = sluice_ops::admin::router(
+            telemetry.clone(),
+            Arc::new(|| Ok(())),
+            serde_json::json!({}),
+        );
+        sluice_ops::admin::spawn(listener, router, admin.clone());
+    }
+    let mut report = match options.metrics_overhead {
+        None => run_cluster(options, &metrics, true, true).await?,
+        Some(rounds) => compare_metrics(options, &metrics, rounds.max(1)).await?,
+    };
+    report.loopback_gbps = loopback_gbps;
+    report.client_metrics = metrics.snapshot().into();
+    Ok(report)
+}
+
+/// Runs the workload `rounds` times with the servers' metrics on and as often with them off,
+/// alternating which goes first, each on a fresh embedded cluster.
+async fn compare_metrics(
+    options: &BenchOptions,
+    metrics: &ClientMetrics,
+    rounds: u32,
+) -> anyhow::Result<BenchReport> {
+    let mut overhead = MetricsOverhead {
+        rounds,
+        ..MetricsOverhead::default()
+    };
+    let mut last_on = None;
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for on in order {
+            eprintln!(
+                "round {}/{rounds}: metrics {}",
+                round + 1,
+                if on { "on" } else { "off" }
+            );
+            let report = run_cluster(options, metrics, on, false).await?;
+            overhead.lost += report.lost;
+            overhead.duplicated += report.duplicated;
+            overhead.corrupted += report.corrupted;
+            if on {
+                overhead.on_write_gbps.push(report.write_gbps);
+                overhead.on_read_gbps.push(report.read_gbps);
+            } else {
+                overhead.off_write_gbps.push(report.write_gbps);
+                overhead.off_read_gbps.push(report.read_gbps);
+            }
+            if let Some(error) = &report.error {
+                anyhow::bail!("metrics {}: {error}", if on { "on" } else { "off" });
+            }
+            if on {
+                last_on = Some(report);
+            }
+        }
+    }
+    overhead.metrics_on_write_gbps = median(&overhead.on_write_gbps);
+    overhead.metrics_off_write_gbps = median(&overhead.off_write_gbps);
+    overhead.metrics_on_read_gbps = median(&overhead.on_read_gbps);
+    overhead.metrics_off_read_gbps = median(&overhead.off_read_gbps);
+    overhead.write_ratio = ratio(
+        overhead.metrics_on_write_gbps,
+        overhead.metrics_off_write_gbps,
+    );
+    overhead.read_ratio = ratio(
+        overhead.metrics_on_read_gbps,
+        overhead.metrics_off_read_gbps,
+    );
+    eprintln!(
+        "metrics on/off: write {:.3}, read {:.3}",
+        overhead.write_ratio, overhead.read_ratio
+    );
+    let mut report = last_on.context("no round ran")?;
+    report.metrics_overhead = Some(overhead);
+    Ok(report)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn ratio(on: f64, off: f64) -> f64 {
+    if off > 0.0 {
+        on / off
+    } else {
+        0.0
+    }
+}
+
+/// Runs the workload on `options.master`, or on an embedded cluster whose servers record
+/// metrics when `server_metrics` is set. With replication 2 and `baseline`, a replication-1 run
+/// of the same workload comes first.
+async fn run_cluster(
+    options: &BenchOptions,
+    metrics: &ClientMetrics,
+    server_metrics: bool,
+    baseline: bool,
+) -> anyhow::Result<BenchReport> {
     let data_dir = tempfile::tempdir().context("creating a data directory")?;
     let cluster = match &options.master {
         Some(_) => None,
         None => {
-            Some(LocalCluster::start(LocalOptions::new(options.workers, data_dir.path())).await?)
+            let mut local = LocalOptions::new(options.workers, data_dir.path());
+            local.master.metrics = server_metrics;
+            local.worker.metrics = server_metrics;
+            Some(LocalCluster::start(local).await?)
         }
     };
     let master = match (&options.master, &cluster) {
@@ -204,14 +397,17 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         (None, None) => unreachable!("an embedded cluster was started"),
     };
     let client_with = |replication| {
-        SluiceClient::new(ClientConfig {
-            replication,
-            ..ClientConfig::new(master.clone())
-        })
+        SluiceClient::with_metrics(
+            ClientConfig {
+                replication,
+                ..ClientConfig::new(master.clone())
+            },
+            metrics.clone(),
+        )
     };
     let client = client_with(options.replication)?;
     let result = async {
-        let baseline = if options.replication == 2 {
+        let baseline = if baseline && options.replication == 2 {
             eprintln!("baseline: replication 1");
             let report = run_on(&client_with(1)?, options, "r1").await?;
             Some(Baseline {
@@ -233,7 +429,6 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         cluster.shutdown().await?;
     }
     let mut report = result?;
-    report.loopback_gbps = loopback_gbps;
     report.workers = if options.master.is_some() {
         client
             .cluster_status()
@@ -392,6 +587,15 @@ mod tests {
             let covered: Vec<u32> = ranges.into_iter().flatten().collect();
             assert_eq!(covered, (0..total).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(ratio(0.95, 1.0), 0.95);
+        assert_eq!(ratio(1.0, 0.0), 0.0);
     }
 
     #[test]

@@ -104,6 +104,15 @@ enum Command {
         /// With 2, a replication-1 run of the same workload is reported beside it.
         #[arg(long, default_value_t = 0)]
         replication: u32,
+        /// Serve the benchmark client's metrics on http://ADDR/metrics while it runs (e.g.
+        /// 127.0.0.1:9097, or port 0 for any; the address is printed on stderr).
+        #[arg(long)]
+        admin_listen: Option<String>,
+        /// Measure what the servers' metrics cost: run the workload ROUNDS times on an embedded
+        /// cluster with `metrics = true` and as often with `metrics = false`, alternating, and
+        /// report the median throughputs and their ratio (`metrics_overhead`).
+        #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
+        metrics_overhead: Option<u32>,
     },
 }
 
@@ -287,6 +296,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             concurrency,
             loopback_bytes,
             replication,
+            admin_listen,
+            metrics_overhead,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             let options = BenchOptions {
@@ -300,6 +311,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 concurrency: concurrency.unwrap_or(2 * cores),
                 loopback_bytes: loopback_bytes.as_u64(),
                 replication,
+                admin_listen,
+                metrics_overhead,
             };
             let report = bench::run(&options).await?;
             if let Some(error) = &report.error {

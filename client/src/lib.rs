@@ -15,11 +15,15 @@
 //!   and at the end of each partition compares what it read with what the winning attempts
 //!   reported.
 //!
+//! - [`metrics::ClientMetrics`]: counters of pushed bytes, retries, revives and data loss,
+//!   bound to the recorder the embedding program gives, with totals readable in-process.
+//!
 //! No JNI or Spark types appear here.
 
 mod backoff;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod reader;
 pub mod writer;
 
@@ -33,6 +37,7 @@ use sluice_protocol::{MasterChannel, MasterOptions, ShuffleKey};
 
 pub use config::ClientConfig;
 pub use error::{ClientError, ClientResult};
+pub use metrics::{ClientMetrics, ClientMetricsSnapshot};
 pub use reader::ShuffleReader;
 pub use writer::{MapOutput, ShuffleWriter};
 
@@ -45,6 +50,7 @@ pub(crate) struct Inner {
     /// Every master call goes through it, to whichever master leads.
     pub master: MasterChannel,
     pub workers: RpcPool,
+    pub metrics: ClientMetrics,
 }
 
 /// A shuffle's placement, as its writers need it. Shared by every writer of the shuffle in the
@@ -130,8 +136,17 @@ pub struct SluiceClient {
 
 impl SluiceClient {
     /// Creates a client. Master connections are made on first use, so masters that are not
-    /// up yet (or restart) are not an error here; a malformed master list is.
+    /// up yet (or restart) are not an error here; a malformed master list is. Its metrics go to
+    /// the global `metrics` recorder, if any (their totals are readable either way).
     pub fn new(config: ClientConfig) -> ClientResult<SluiceClient> {
+        SluiceClient::with_metrics(config, ClientMetrics::new())
+    }
+
+    /// [`SluiceClient::new`], counting into `metrics` (made in the embedding program's registry).
+    pub fn with_metrics(
+        config: ClientConfig,
+        metrics: ClientMetrics,
+    ) -> ClientResult<SluiceClient> {
         let options = MasterOptions {
             connect_timeout: config.connect_timeout,
             call_timeout: config.master_request_timeout,
@@ -146,12 +161,18 @@ impl SluiceClient {
                 config,
                 master,
                 workers,
+                metrics,
             }),
         })
     }
 
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// The client's metrics (see [`ClientMetrics::snapshot`] for its totals).
+    pub fn metrics(&self) -> &ClientMetrics {
+        &self.inner.metrics
     }
 
     /// Registers a shuffle (idempotent) and returns where its partitions go.

@@ -289,11 +289,14 @@ impl ShuffleWriter {
             // Pushes were refused as committed, so part of this attempt's output was dropped,
             // yet the master counts this attempt's output as the map's: succeeding would report
             // sizes for batches that were never stored.
-            return Err(ClientError::IncompleteOutput {
-                shuffle: self.handle.key.to_string(),
-                map_id: self.map_id,
-                attempt: self.attempt,
-            });
+            return Err(self
+                .inner
+                .metrics
+                .check_loss(ClientError::IncompleteOutput {
+                    shuffle: self.handle.key.to_string(),
+                    map_id: self.map_id,
+                    attempt: self.attempt,
+                }));
         }
         let partition_bytes = if response.winning_attempt == self.attempt {
             self.stats.iter().map(|s| s.bytes).collect()
@@ -335,8 +338,10 @@ async fn push_with_revive(
     let started = Instant::now();
     let mut backoff = Backoff::new(PUSH_BACKOFF_FIRST, PUSH_BACKOFF_MAX);
     let mut work = vec![(addr, slices, body)];
+    let metrics = &inner.metrics;
     while let Some((addr, slices, body)) = work.pop() {
         let mut busy = 0;
+        let bytes: u64 = body.iter().map(|b| b.len() as u64).sum();
         loop {
             let header = pb::PushHeader {
                 shuffle: Some(handle.key.to_pb()),
@@ -354,7 +359,10 @@ async fn push_with_revive(
                 .call(&addr, frame, MessageType::Ack, inner.config.request_timeout)
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => {
+                    metrics.pushed(bytes);
+                    break;
+                }
                 Err(error) => error,
             };
             let code = error.code();
@@ -371,6 +379,7 @@ async fn push_with_revive(
             }
             if code == ErrorCode::Busy && busy < BUSY_RETRIES {
                 busy += 1;
+                metrics.push_retry();
                 backoff.wait().await;
                 continue;
             }
@@ -385,9 +394,12 @@ async fn push_with_revive(
                 if !e.code().is_retryable() {
                     return Err(e);
                 }
+                metrics.push_retry();
                 backoff.wait().await;
                 continue;
             }
+            // Sent again below, to the revived locations.
+            metrics.push_retry();
             let mut moved: HashMap<Arc<str>, (Vec<pb::PushSlice>, Vec<Bytes>)> = HashMap::new();
             for (slice, bytes) in slices.iter().zip(&body) {
                 let route = handle.route(slice.partition);
@@ -425,6 +437,7 @@ async fn revive(
         .collect();
     failed.sort_by_key(|f| (f.partition, f.epoch));
     failed.dedup();
+    inner.metrics.revive();
     let request = pb::ReviveRequest {
         shuffle: Some(handle.key.to_pb()),
         failed,

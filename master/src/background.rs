@@ -50,11 +50,16 @@ pub(crate) fn spawn(core: &Arc<Core>, shutdown: CancellationToken) {
 }
 
 fn expire_workers(core: &Core) {
+    // Every master declares its own view of the workers; the leader's losses are counted.
+    let leads = core.leader_check().is_ok();
     let mut state = core.lock();
     let timeout = core.config.worker_timeout;
     for worker in state.workers.values_mut() {
         if worker.alive && worker.last_seen.elapsed() > timeout {
             worker.alive = false;
+            if leads {
+                core.metrics.workers_lost_total.increment(1);
+            }
             tracing::warn!(worker = %worker.info.id, timeout = ?timeout, "worker lost: no heartbeat in time");
         }
     }

@@ -98,12 +98,22 @@ pub(crate) fn resume(core: &Arc<Core>) {
 /// (readers waiting for the layout wake when it is applied).
 async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
     let started = Instant::now();
-    let (workers, locations) = {
+    let (workers, locations, expected) = {
         let state = core.lock();
         let Some(entry) = state.shuffles.get(key) else {
             return;
         };
-        (entry.workers.clone(), entry.locations.clone())
+        // What the winning attempts wrote per partition, to tell a loss from a failed copy.
+        let expected: Vec<u64> = (0..entry.shape.num_partitions)
+            .map(|p| {
+                entry
+                    .expected(p)
+                    .iter()
+                    .map(|map| map.stats.map_or(0, |s| s.bytes))
+                    .sum()
+            })
+            .collect();
+        (entry.workers.clone(), entry.locations.clone(), expected)
     };
     let mut by_worker: Vec<Vec<pb::LocationSpec>> = vec![Vec::new(); workers.len()];
     for (partition, copies) in locations.iter().enumerate() {
@@ -177,6 +187,10 @@ async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
         }
     }
     let failed = results.iter().flatten().filter(|c| !c.ok).count();
+    let lost = crate::metrics::lost_partitions(&results, &expected);
+    if lost > 0 {
+        tracing::warn!(shuffle = %key, partitions = lost, "commit found partitions short of what their maps wrote");
+    }
     let command = state::command(Cmd::ShuffleCommitted(pb::ShuffleCommitted {
         shuffle: Some(key.to_pb()),
         partitions: results
@@ -186,6 +200,7 @@ async fn commit_shuffle(core: &Arc<Core>, key: &ShuffleKey) {
     }));
     match core.propose(command).await {
         Ok(_) => {
+            core.metrics.committed(started, lost);
             tracing::info!(shuffle = %key, failed_locations = failed, took = ?started.elapsed(), "shuffle committed")
         }
         // The next leader commits it again.

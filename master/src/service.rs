@@ -58,6 +58,56 @@ impl MasterService {
         crate::admin::router(self.core.clone())
     }
 
+    /// A map's end, recorded in the log unless it ended already.
+    async fn map_end(
+        &self,
+        request: pb::MapperEndRequest,
+    ) -> Result<pb::MapperEndResponse, Status> {
+        let key = shuffle_key(request.shuffle.as_ref())?;
+        {
+            let mut state = self.core.lock();
+            state.touch_app(&key.app_id);
+            let entry = state
+                .shuffles
+                .get(&key)
+                .ok_or_else(|| not_registered(&key))?;
+            if request.map_id >= entry.shape.num_maps {
+                return Err(MasterError::InvalidRequest(format!(
+                    "map {} of shuffle {key} with {} maps",
+                    request.map_id, entry.shape.num_maps
+                ))
+                .into());
+            }
+            for stats in &request.partitions {
+                entry.check_partition(&key, stats.partition)?;
+            }
+            // A map that ended already is answered from the registry, not logged again.
+            if let Some(winner) = entry.maps.get(&request.map_id) {
+                return Ok(answer_map_end(&request, winner));
+            }
+        }
+        let command = state::command(Cmd::MapEnded(pb::MapEnded {
+            shuffle: Some(key.to_pb()),
+            map_id: request.map_id,
+            attempt: request.attempt,
+            partitions: request.partitions.clone(),
+        }));
+        let reply = self.core.propose(command).await?;
+        if !reply.error.is_empty() {
+            return Err(not_registered(&key).into());
+        }
+        if reply.complete {
+            crate::commit::start(&self.core, key.clone());
+        }
+        let state = self.core.lock();
+        let winner = state
+            .shuffles
+            .get(&key)
+            .and_then(|entry| entry.maps.get(&request.map_id))
+            .ok_or_else(|| not_registered(&key))?;
+        Ok(answer_map_end(&request, winner))
+    }
+
     /// The Raft service the other masters call.
     pub fn raft_server(&self) -> crate::raft::RaftServer {
         crate::raft::RaftServer::new(self.core.raft.clone())
@@ -168,6 +218,7 @@ impl Master for MasterService {
         request: Request<pb::RegisterShuffleRequest>,
     ) -> Result<Response<pb::RegisterShuffleResponse>, Status> {
         self.core.leader_check()?;
+        let started = Instant::now();
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
         if request.num_partitions == 0 || request.num_maps == 0 {
@@ -207,6 +258,7 @@ impl Master for MasterService {
             replication,
         };
         let locations = reserve::register(&self.core, &key, shape).await?;
+        self.core.metrics.registered(started);
         Ok(Response::new(pb::RegisterShuffleResponse {
             locations: Some(locations),
         }))
@@ -217,9 +269,11 @@ impl Master for MasterService {
         request: Request<pb::ReviveRequest>,
     ) -> Result<Response<pb::ReviveResponse>, Status> {
         self.core.leader_check()?;
+        let started = Instant::now();
         let request = request.into_inner();
         let key = shuffle_key(request.shuffle.as_ref())?;
         let locations = reserve::revive(&self.core, &key, &request.failed, &request.reason).await?;
+        self.core.metrics.revived(started);
         Ok(Response::new(pb::ReviveResponse { locations }))
     }
 
@@ -228,50 +282,9 @@ impl Master for MasterService {
         request: Request<pb::MapperEndRequest>,
     ) -> Result<Response<pb::MapperEndResponse>, Status> {
         self.core.leader_check()?;
-        let request = request.into_inner();
-        let key = shuffle_key(request.shuffle.as_ref())?;
-        {
-            let mut state = self.core.lock();
-            state.touch_app(&key.app_id);
-            let entry = state
-                .shuffles
-                .get(&key)
-                .ok_or_else(|| not_registered(&key))?;
-            if request.map_id >= entry.shape.num_maps {
-                return Err(MasterError::InvalidRequest(format!(
-                    "map {} of shuffle {key} with {} maps",
-                    request.map_id, entry.shape.num_maps
-                ))
-                .into());
-            }
-            for stats in &request.partitions {
-                entry.check_partition(&key, stats.partition)?;
-            }
-            // A map that ended already is answered from the registry, not logged again.
-            if let Some(winner) = entry.maps.get(&request.map_id) {
-                return Ok(Response::new(answer_map_end(&request, winner)));
-            }
-        }
-        let command = state::command(Cmd::MapEnded(pb::MapEnded {
-            shuffle: Some(key.to_pb()),
-            map_id: request.map_id,
-            attempt: request.attempt,
-            partitions: request.partitions.clone(),
-        }));
-        let reply = self.core.propose(command).await?;
-        if !reply.error.is_empty() {
-            return Err(not_registered(&key).into());
-        }
-        if reply.complete {
-            crate::commit::start(&self.core, key.clone());
-        }
-        let state = self.core.lock();
-        let winner = state
-            .shuffles
-            .get(&key)
-            .and_then(|entry| entry.maps.get(&request.map_id))
-            .ok_or_else(|| not_registered(&key))?;
-        Ok(Response::new(answer_map_end(&request, winner)))
+        let answer = self.map_end(request.into_inner()).await?;
+        self.core.metrics.map_ends.increment(1);
+        Ok(Response::new(answer))
     }
 
     async fn get_shuffle_layout(

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::config::WorkerConfig;
 use crate::error::{WorkerError, WorkerResult};
 use crate::memory::MemoryBudget;
+use crate::metrics::{DiskLabel, WorkerMetrics};
 use crate::storage::disk::{Disk, FlushQueue};
 use crate::storage::{self, Store};
 use crate::Listeners;
@@ -34,7 +35,7 @@ pub struct Shared {
     pub decommissioning: std::sync::atomic::AtomicBool,
     /// This worker's metrics registry (served on its admin port) and its handles.
     pub telemetry: std::sync::Arc<sluice_ops::Telemetry>,
-    pub metrics: crate::metrics::WorkerMetrics,
+    pub metrics: WorkerMetrics,
 }
 
 pub(crate) fn start(
@@ -61,8 +62,7 @@ pub(crate) fn start(
     let id = &info.id;
     sluice_protocol::ids::validate_app_id(id)
         .map_err(|_| WorkerError::Config(format!("id: {id:?} must be [A-Za-z0-9._-]+")))?;
-    let mut disks = Vec::new();
-    let mut queues = Vec::new();
+    let mut engines = Vec::new();
     for (i, dir) in config.data_dirs.iter().enumerate() {
         std::fs::create_dir_all(dir).map_err(|e| {
             WorkerError::io(format!("creating data directory {}", dir.display()), e)
@@ -70,7 +70,22 @@ pub(crate) fn start(
         let engine = storage::engine::open_engine(config.io_engine.into(), &i.to_string())
             .map_err(|e| WorkerError::Config(format!("io_engine: {e}")))?;
         tracing::info!(dir = %dir.display(), engine = engine.kind().as_str(), "data directory ready");
-        let (disk, queue) = Disk::new(dir.clone(), engine);
+        engines.push((dir.clone(), engine));
+    }
+    // The metrics come before the disks: each disk records its flushes' latency.
+    let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("worker", &info.id)]);
+    let labels: Vec<DiskLabel> = engines
+        .iter()
+        .map(|(path, engine)| DiskLabel {
+            path: path.clone(),
+            engine: engine.kind().as_str(),
+        })
+        .collect();
+    let metrics = WorkerMetrics::new(&telemetry, &labels);
+    let mut disks = Vec::new();
+    let mut queues = Vec::new();
+    for (dir, engine) in engines {
+        let (disk, queue) = Disk::measured(dir, engine, metrics.flush_latency.clone());
         disks.push(Arc::new(disk));
         queues.push(queue);
     }
@@ -88,8 +103,6 @@ pub(crate) fn start(
             "serving the locations found on disk again after a restart"
         );
     }
-    let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("worker", &info.id)]);
-    let metrics = crate::metrics::WorkerMetrics::new(&telemetry);
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
         telemetry,

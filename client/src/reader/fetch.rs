@@ -153,6 +153,7 @@ impl Fetcher {
                 });
             }
             tracing::debug!(worker, tries, error = %source, "fetch failed, trying the same copy again");
+            self.inner.metrics.fetch_retry();
             backoff.wait().await;
         }
     }

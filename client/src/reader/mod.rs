@@ -158,7 +158,14 @@ impl ShuffleReader {
     }
 
     /// The next block of raw bytes (one batch's records), or `None` at the end of the range.
+    /// Data loss is an error (and counted in the client's metrics), never a short answer.
     pub async fn next(&mut self) -> ClientResult<Option<Bytes>> {
+        self.next_block()
+            .await
+            .map_err(|e| self.inner.metrics.check_loss(e))
+    }
+
+    async fn next_block(&mut self) -> ClientResult<Option<Bytes>> {
         loop {
             if let Some(bytes) = self.out.pop_front() {
                 return Ok(Some(bytes));

@@ -36,10 +36,15 @@ fn reserve(shared: &Shared, frame: &Frame) -> WorkerResult<()> {
 }
 
 async fn commit(shared: &Shared, frame: &Frame) -> WorkerResult<pb::CommittedHeader> {
+    let started = std::time::Instant::now();
     let header: pb::CommitHeader = frame.decode_header("commit")?;
     let shuffle =
         ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
     let locations = shared.store.commit(&shuffle, &header.locations).await;
+    shared
+        .metrics
+        .commit_latency
+        .record(started.elapsed().as_secs_f64());
     tracing::debug!(shuffle = %shuffle, locations = locations.len(), "committed");
     Ok(pb::CommittedHeader { locations })
 }

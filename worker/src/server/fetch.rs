@@ -4,6 +4,7 @@
 //! out in the order they are ready.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sluice_protocol::connection::{FrameWriter, OutFrame};
 use sluice_protocol::frame::{Frame, FrameLimits, MessageType};
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{busy, conn, error_frame, next_frame, reply, Next};
 use crate::error::{WorkerError, WorkerResult};
+use crate::metrics::WorkerMetrics;
 use crate::shared::Shared;
 use crate::storage::layout::LocationId;
 use crate::storage::partition::Partition;
@@ -34,6 +36,8 @@ enum Answer {
     Chunk {
         request_id: u64,
         source: ChunkSource,
+        /// When the request was read: its latency ends once the body is sent.
+        started: Instant,
     },
 }
 
@@ -47,8 +51,10 @@ pub async fn serve(
     let mut conn = conn(read_half, peer, REQUEST_LIMITS);
     let (tx, rx) = mpsc::channel::<Answer>(FETCH_CONCURRENCY * 2);
     let peer_name = peer.to_string();
+    let counted = shared.clone();
     let writer = tokio::spawn(async move {
-        if let Err(e) = write_answers(FrameWriter::new(write_half), rx).await {
+        let metrics = &counted.metrics;
+        if let Err(e) = write_answers(FrameWriter::new(write_half), rx, metrics).await {
             tracing::debug!(peer = %peer_name, error = %e, "fetch connection closed while answering");
         }
     });
@@ -83,11 +89,16 @@ pub async fn serve(
 async fn write_answers(
     mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
     mut answers: mpsc::Receiver<Answer>,
+    metrics: &WorkerMetrics,
 ) -> std::io::Result<()> {
     while let Some(answer) = answers.recv().await {
         match answer {
             Answer::Frame(frame) => writer.write_frame(&frame).await?,
-            Answer::Chunk { request_id, source } => {
+            Answer::Chunk {
+                request_id,
+                source,
+                started,
+            } => {
                 let header = prost::Message::encode_to_vec(&pb::Ack {});
                 let head = sluice_protocol::frame::head_for_body(
                     MessageType::ChunkData,
@@ -109,6 +120,10 @@ async fn write_answers(
                         .await?;
                     }
                 }
+                metrics.fetched(source.len);
+                metrics
+                    .fetch_latency
+                    .record(started.elapsed().as_secs_f64());
             }
         }
         if answers.is_empty() {
@@ -140,6 +155,8 @@ async fn chunk_source(shared: &Shared, frame: &Frame) -> WorkerResult<ChunkSourc
 }
 
 async fn handle(shared: &Shared, frame: Frame) -> Answer {
+    let started = Instant::now();
+    shared.metrics.fetch_requests.increment(1);
     let id = frame.request_id;
     let answer = match frame.kind {
         MessageType::OpenStream => reply(id, open_stream(shared, &frame).await, |opened| {
@@ -150,6 +167,7 @@ async fn handle(shared: &Shared, frame: Frame) -> Answer {
                 return Answer::Chunk {
                     request_id: id,
                     source,
+                    started,
                 }
             }
             Err(e) => error_frame(id, &e),
@@ -159,5 +177,9 @@ async fn handle(shared: &Shared, frame: Frame) -> Answer {
             &WorkerError::InvalidRequest(format!("{other:?} is not served on the fetch port")),
         ),
     };
+    shared
+        .metrics
+        .fetch_latency
+        .record(started.elapsed().as_secs_f64());
     Answer::Frame(answer)
 }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{WorkerError, WorkerResult};
 use crate::memory::{leased_bytes, Class};
+use crate::metrics::OpenConnection;
 use crate::shared::Shared;
 
 /// Read buffer a connection starts with: room for heads, headers and small frames; bodies are
@@ -65,7 +66,9 @@ pub async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
+                let open = OpenConnection::new(shared.metrics.connections(port));
                 tokio::spawn(async move {
+                    let _open = open;
                     let peer = peer.to_string();
                     match port {
                         Port::Push => push::serve(stream, &peer, shared, shutdown).await,
@@ -198,8 +201,9 @@ fn closed(peer: &str, error: ReadError) -> Next {
     Next::End
 }
 
-/// The answer to a frame turned away for lack of memory.
+/// The answer to a frame turned away for lack of memory (counted).
 pub(crate) fn busy(shared: &Shared, head: &FrameHead) -> OutFrame {
+    shared.metrics.busy.increment(1);
     let memory = shared.store.memory();
     error_frame(
         head.request_id,

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_protocol::batch::BATCH_HEAD_LEN;
@@ -48,22 +49,33 @@ pub async fn serve(
         };
         let id = frame.request_id;
         let answer = match frame.kind {
-            MessageType::PushData | MessageType::PushMergedData => match handle(&shared, &frame) {
-                Ok(forwards) if forwards.is_empty() => ack(id),
-                Ok(forwards) => {
-                    // Ack only once every replica acked; keep reading meanwhile.
-                    let (shared, tx) = (shared.clone(), tx.clone());
-                    tokio::spawn(async move {
-                        let answer = forward_to_replicas(&shared, id, forwards).await;
-                        let _ = tx.send(answer).await;
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(peer, error = %e, "push refused");
-                    error_frame(id, &e)
-                }
-            },
+            MessageType::PushData | MessageType::PushMergedData => {
+                let started = Instant::now();
+                let metrics = &shared.metrics;
+                metrics.push_requests.increment(1);
+                let answer = match handle(&shared, &frame) {
+                    Ok(forwards) if forwards.is_empty() => ack(id),
+                    Ok(forwards) => {
+                        // Ack only once every replica acked; keep reading meanwhile.
+                        let (shared, tx) = (shared.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let answer = forward_to_replicas(&shared, id, forwards).await;
+                            shared
+                                .metrics
+                                .push_latency
+                                .record(started.elapsed().as_secs_f64());
+                            let _ = tx.send(answer).await;
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer, error = %e, "push refused");
+                        error_frame(id, &e)
+                    }
+                };
+                metrics.push_latency.record(started.elapsed().as_secs_f64());
+                answer
+            }
             MessageType::Reserve | MessageType::Commit | MessageType::Destroy => {
                 control::serve(&shared, frame, tx.clone());
                 continue;
@@ -126,16 +138,23 @@ fn handle(shared: &Shared, frame: &Frame) -> WorkerResult<Vec<Forward>> {
         } else {
             frame.body.slice(offset..end)
         };
-        offset = end;
-        if partition.append(slice.partition, bytes.clone(), threshold, size_cap)? {
-            shared.store.note_buffered(&partition);
+        match partition.append(slice.partition, bytes.clone(), threshold, size_cap) {
+            Ok(true) => shared.store.note_buffered(&partition),
+            Ok(false) => {}
+            Err(e) => {
+                // The slices before this one were taken.
+                shared.metrics.pushed(offset as u64);
+                return Err(e);
+            }
         }
+        offset = end;
         if let (false, Some(replica)) = (replica, partition.replica()) {
             let (slices, body) = forwards.entry(replica).or_default();
             slices.push(*slice);
             body.push(bytes);
         }
     }
+    shared.metrics.pushed(body_len as u64);
     Ok(forwards
         .into_iter()
         .map(|(replica, (slices, body))| {
@@ -181,6 +200,11 @@ fn check_slices(slices: &[pb::PushSlice], body_len: usize) -> WorkerResult<()> {
 async fn forward_to_replicas(shared: &Arc<Shared>, id: u64, forwards: Vec<Forward>) -> OutFrame {
     let mut calls = tokio::task::JoinSet::new();
     for (replica, frame) in forwards {
+        shared.metrics.replication_forwards.increment(1);
+        shared
+            .metrics
+            .replication_forward_bytes
+            .increment(frame.body_len() as u64);
         let shared = shared.clone();
         calls.spawn(async move {
             let result = shared
@@ -200,9 +224,13 @@ async fn forward_to_replicas(shared: &Arc<Shared>, id: u64, forwards: Vec<Forwar
         match joined {
             Ok((_, Ok(_))) => {}
             Ok((replica, Err(e))) => {
+                shared.metrics.replication_failures.increment(1);
                 failure = Some(format!("replica {replica} did not take the push: {e}"))
             }
-            Err(e) => failure = Some(format!("forwarding task failed: {e}")),
+            Err(e) => {
+                shared.metrics.replication_failures.increment(1);
+                failure = Some(format!("forwarding task failed: {e}"))
+            }
         }
     }
     match failure {

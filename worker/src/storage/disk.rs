@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use metrics::Histogram;
 use sluice_protocol::pb;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -66,11 +67,40 @@ pub struct Disk {
     healthy: AtomicBool,
     flush_micros: AtomicU64,
     flushes: AtomicU64,
+    /// Every flush's latency (the worker's `sluice_worker_flush_latency_seconds`).
+    flush_latency: Histogram,
+    /// Bytes and files of the locations this disk holds (see [`Disk::hold`]).
+    held_bytes: AtomicU64,
+    held_files: AtomicU64,
+    /// The file system's size and free bytes as of the last [`Disk::status`].
+    capacity: AtomicU64,
+    free: AtomicU64,
+}
+
+/// What a data directory holds and has room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes of the data and index files of the locations on it.
+    pub used_bytes: u64,
+    /// Files of the locations on it: data, index, commit markers.
+    pub files: u64,
+    /// From the last `statvfs` (the heartbeat's); 0 before the first.
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
 }
 
 impl Disk {
     /// Creates the disk; its flusher's job queue is returned for [`run_flusher`].
     pub fn new(path: PathBuf, engine: Arc<dyn IoEngine>) -> (Disk, FlushQueue) {
+        Disk::measured(path, engine, Histogram::noop())
+    }
+
+    /// [`Disk::new`], recording every flush's latency in `flush_latency`.
+    pub fn measured(
+        path: PathBuf,
+        engine: Arc<dyn IoEngine>,
+        flush_latency: Histogram,
+    ) -> (Disk, FlushQueue) {
         let (flusher, jobs) = mpsc::unbounded_channel();
         let disk = Disk {
             path,
@@ -79,8 +109,44 @@ impl Disk {
             healthy: AtomicBool::new(true),
             flush_micros: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            flush_latency,
+            held_bytes: AtomicU64::new(0),
+            held_files: AtomicU64::new(0),
+            capacity: AtomicU64::new(0),
+            free: AtomicU64::new(0),
         };
         (disk, FlushQueue(jobs))
+    }
+
+    /// Counts `bytes` and `files` more held by this disk's locations.
+    pub fn hold(&self, bytes: u64, files: u64) {
+        if bytes > 0 {
+            self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if files > 0 {
+            self.held_files.fetch_add(files, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `bytes` and `files` of a deleted location as no longer held.
+    pub fn release(&self, bytes: u64, files: u64) {
+        let sub = |held: &AtomicU64, n: u64| {
+            let _ = held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        };
+        sub(&self.held_bytes, bytes);
+        sub(&self.held_files, files);
+    }
+
+    /// What the disk holds, and its space as of the last [`Disk::status`]. No I/O.
+    pub fn usage(&self) -> DiskUsage {
+        DiskUsage {
+            used_bytes: self.held_bytes.load(Ordering::Relaxed),
+            files: self.held_files.load(Ordering::Relaxed),
+            capacity_bytes: self.capacity.load(Ordering::Relaxed),
+            free_bytes: self.free.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues a flush. False only if the flusher has stopped (the worker is shutting down).
@@ -103,6 +169,7 @@ impl Disk {
     }
 
     fn record_flush(&self, took: Duration) {
+        self.flush_latency.record(took.as_secs_f64());
         self.flush_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -118,6 +185,7 @@ impl Disk {
 
     /// Capacity, free space and the mean flush latency since the last call. `statvfs` runs off
     /// the runtime; a disk that does not answer in time is reported unhealthy for this call.
+    /// The space it finds is kept for [`Disk::usage`] (metrics scrapes do no I/O).
     pub async fn status(&self) -> pb::DiskStatus {
         let path = self.path.clone();
         let asked = tokio::task::spawn_blocking(move || space(&path));
@@ -130,6 +198,10 @@ impl Disk {
             }
         };
         let (capacity_bytes, free_bytes) = space;
+        if answered {
+            self.capacity.store(capacity_bytes, Ordering::Relaxed);
+            self.free.store(free_bytes, Ordering::Relaxed);
+        }
         let micros = self.flush_micros.swap(0, Ordering::Relaxed);
         let flushes = self.flushes.swap(0, Ordering::Relaxed);
         pb::DiskStatus {

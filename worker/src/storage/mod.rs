@@ -109,6 +109,13 @@ impl Store {
         self.lock().values().map(|m| m.len() as u64).sum()
     }
 
+    /// `(shuffles, partition locations)` held, under one lock.
+    pub fn counts(&self) -> (u64, u64) {
+        let shuffles = self.lock();
+        let partitions = shuffles.values().map(|m| m.len() as u64).sum();
+        (shuffles.len() as u64, partitions)
+    }
+
     /// The shuffles this worker holds locations of (reserved, buffered, flushed or committed),
     /// at most `limit` of them, in no particular order. From memory only: no disk I/O.
     pub fn shuffle_keys(&self, limit: usize) -> Vec<ShuffleKey> {
@@ -323,5 +330,46 @@ mod tests {
         assert_eq!(store.shuffle_keys(1).len(), 1);
         store.destroy("app-1", Some(1)).await;
         assert_eq!(store.shuffle_keys(10), vec![a]);
+    }
+
+    #[tokio::test]
+    async fn a_disk_counts_the_bytes_and_files_its_locations_hold_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open_engine(EngineChoice::Sync, "usage").unwrap();
+        let (disk, queue) = Disk::new(dir.path().to_path_buf(), engine);
+        let disk = Arc::new(disk);
+        tokio::spawn(disk::run_flusher(Arc::downgrade(&disk), queue));
+        let store = Store::new(
+            vec![disk.clone()],
+            Arc::new(MemoryBudget::new(1 << 20)),
+            false,
+        );
+        let key = ShuffleKey::new("app-u", 0);
+        let spec = pb::LocationSpec {
+            partition: 3,
+            ..Default::default()
+        };
+        store.reserve(&key, std::slice::from_ref(&spec)).unwrap();
+        assert_eq!(disk.usage().files, 0, "a reservation touches no disk");
+        let tag = sluice_protocol::batch::BatchTag {
+            partition: 3,
+            map_id: 0,
+            attempt: 0,
+            batch_id: 0,
+        };
+        let (_, batch) = sluice_protocol::batch::encode(tag, &[7; 500], false).unwrap();
+        let id = LocationId::of_spec(&spec).unwrap();
+        let partition = store.get(&key, id).unwrap();
+        partition.append(3, batch.clone(), 1, u64::MAX).unwrap();
+        let committed = store.commit(&key, &[spec]).await;
+        assert!(committed[0].ok, "{:?}", committed[0].error);
+        let files = partition.committed_files().unwrap();
+        let usage = disk.usage();
+        assert_eq!(usage.used_bytes, files.data_len + files.index_len);
+        assert_eq!(files.data_len, batch.len() as u64);
+        assert_eq!(usage.files, 3, "data, index and commit marker");
+        store.destroy("app-u", None).await;
+        let usage = disk.usage();
+        assert_eq!((usage.used_bytes, usage.files), (0, 0));
     }
 }

@@ -53,6 +53,8 @@ struct State {
     index_len: u64,
     stats: pb::BatchStats,
     inflight: usize,
+    /// Deleted: what it held on its disk was given back (once).
+    discarded: bool,
 }
 
 /// What a location's files hold: for commit markers, recovery and reads.
@@ -114,6 +116,7 @@ impl Partition {
                 index_len: 0,
                 stats: pb::BatchStats::default(),
                 inflight: 0,
+                discarded: false,
             }),
             flushed: Notify::new(),
             replica: Mutex::new(None),
@@ -154,6 +157,10 @@ impl Partition {
             state.index_len = extent.index_len;
             state.stats = extent.stats;
         }
+        let files = 2 * u64::from(extent.created) + u64::from(committed);
+        partition
+            .disk
+            .hold(extent.data_len + extent.index_len, files);
         partition
     }
 
@@ -289,6 +296,7 @@ impl Partition {
         };
         state.flushed_len += len;
         state.index_len += index_len;
+        self.disk.hold(len + index_len, if create { 2 } else { 0 });
         state.inflight += 1;
         if !self.disk.flush(job) {
             state.inflight -= 1;
@@ -379,6 +387,8 @@ impl Partition {
             return Err(reason.clone());
         }
         state.status = Status::Committed;
+        // The commit marker.
+        self.disk.hold(0, 1);
         Ok(state.stats)
     }
 
@@ -405,6 +415,12 @@ impl Partition {
     /// that are about to be unlinked.
     pub fn discard(&self) {
         let mut state = self.lock();
+        if !std::mem::replace(&mut state.discarded, true) {
+            let committed = state.status == Status::Committed;
+            let files = 2 * u64::from(state.created) + u64::from(committed);
+            self.disk
+                .release(state.flushed_len + state.index_len, files);
+        }
         self.drop_pending_locked(&mut state, "deleted".into());
     }
 }
