@@ -2,11 +2,12 @@
 //!
 //! A `sluice local` cluster (one master, two workers) runs as a process, `sluice bench --verify`
 //! loads it with its own client's metrics on an admin port, and Debian's `prometheus` binary
-//! scrapes every admin port once a second into a temporary directory. Then every query of every
+//! scrapes every admin port once a second into a temporary directory (the benchmark picks its
+//! own port and joins the targets through a configuration reload). Then every query of every
 //! panel, with Grafana's variables filled in, must return at least one series at a moment
-//! during the load; the worker variable's query must list both workers; every metric the
-//! dashboard names must be exported with a `# HELP` line; and every `sluice_*` metric any
-//! process exports must have one.
+//! during the load, and the panels the load moves must show it; the worker variable's query
+//! must list both workers; every metric the dashboard names must be exported with a `# HELP`
+//! line; and every `sluice_*` metric any process exports must have one.
 //!
 //! Without `/usr/bin/prometheus` the test fails, saying to install Debian's `prometheus`
 //! package, unless `SLUICE_SKIP_PROMETHEUS_TESTS=1` is set. `SLUICE_PROMETHEUS` names another
@@ -103,8 +104,8 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A loopback port that was free a moment ago, for programs that cannot report the port they
-/// bound themselves.
+/// A loopback port that was free a moment ago, for Prometheus, which cannot report a port it
+/// chose itself.
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -122,16 +123,24 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// `GET http://addr/path` over HTTP/1.0 (the server closes the connection after a whole,
-/// unchunked body); returns the status code and the body.
+/// `GET http://addr/path`; returns the status code and the body.
 fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request("GET", addr, path)
+}
+
+/// A bodiless request over HTTP/1.0 (the server closes the connection after a whole,
+/// unchunked body); returns the status code and the body.
+fn http_request(method: &str, addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let socket = addr
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| anyhow!("no address for {addr}"))?;
     let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let response = String::from_utf8(response).context("a response that is not UTF-8")?;
@@ -362,6 +371,16 @@ impl Prometheus {
         Err(last_error.unwrap_or_else(|| anyhow!("prometheus did not start")))
     }
 
+    /// Reads the configuration file again (the lifecycle API).
+    fn reload(&self) -> anyhow::Result<()> {
+        let (status, body) = http_request("POST", &self.addr, "/-/reload")?;
+        ensure!(
+            status == 200,
+            "reloading the configuration: HTTP {status}: {body}"
+        );
+        Ok(())
+    }
+
     /// An instant query at `time` (Unix seconds): the result's series.
     fn query(&self, expr: &str, time: f64) -> anyhow::Result<Vec<Value>> {
         let path = format!("/api/v1/query?query={}&time={time:.3}", encode(expr));
@@ -547,23 +566,19 @@ fn run(binary: &Path) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let (_local, addrs) = start_local(dir.path())?;
-    let bench_admin = format!("127.0.0.1:{}", free_port()?);
-    let jobs = [
+    let mut jobs = vec![
         ("sluice-master", addrs.master_admins.clone()),
         ("sluice-worker", addrs.worker_admins.clone()),
-        ("sluice-bench", vec![bench_admin.clone()]),
     ];
-    let targets: Vec<String> = jobs.iter().flat_map(|(_, t)| t.clone()).collect();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, prometheus_config(&jobs))?;
     let prometheus = Prometheus::start(binary, &config, dir.path())?;
 
     // The cluster's counters are stored at zero before the load moves them, so that rates see
     // the load's first steps (the shuffle's registration) too.
-    let cluster_targets = targets.len() - 1;
     wait_for("a first scrape of the cluster", READY_DEADLINE, || {
-        let up = prometheus.scalar("count(up{job!=\"sluice-bench\"} == 1)", now_secs())?;
-        Ok((up == Some(cluster_targets as f64)).then_some(()))
+        let up = prometheus.scalar("count(up == 1)", now_secs())?;
+        Ok((up == Some(3.0)).then_some(()))
     })?;
     let bench_start = now_secs();
     let mut bench = Guarded::spawn(
@@ -573,7 +588,7 @@ fn run(binary: &Path) -> anyhow::Result<()> {
             "--master",
             &addrs.master,
             "--admin-listen",
-            &bench_admin,
+            "127.0.0.1:0",
             "--verify",
             "--maps",
             "8",
@@ -586,20 +601,37 @@ fn run(binary: &Path) -> anyhow::Result<()> {
         ]),
         dir.path(),
     )?;
-    // Every process's exposition, read while the benchmark runs.
-    let mut expositions = BTreeMap::new();
-    wait_for("the benchmark's metrics", READY_DEADLINE, || {
+    // The benchmark's client joins the scrape targets once it has said where it serves.
+    let bench_admin = wait_for("the benchmark's admin port", READY_DEADLINE, || {
         if let Some(status) = bench.exited()? {
             bail!(
-                "the benchmark exited ({status}) before its metrics were read\n{}",
+                "the benchmark exited ({status}) before serving its metrics\n{}",
                 bench.log_tail()
             );
         }
-        Ok(http_get(&bench_admin, "/metrics")
-            .ok()
-            .filter(|(status, _)| *status == 200)
-            .map(|_| ()))
+        let log = std::fs::read_to_string(&bench.log)?;
+        Ok(log.lines().find_map(|line| {
+            line.strip_prefix("client metrics on http://")
+                .and_then(|rest| rest.strip_suffix("/metrics"))
+                .map(String::from)
+        }))
     })?;
+    jobs.push(("sluice-bench", vec![bench_admin]));
+    let targets: Vec<String> = jobs.iter().flat_map(|(_, t)| t.clone()).collect();
+    std::fs::write(&config, prometheus_config(&jobs))?;
+    prometheus.reload()?;
+    wait_for("a first scrape of the benchmark", READY_DEADLINE, || {
+        if let Some(status) = bench.exited()? {
+            bail!(
+                "the benchmark exited ({status}) before Prometheus scraped it\n{}",
+                bench.log_tail()
+            );
+        }
+        let up = prometheus.scalar("count(up == 1)", now_secs())?;
+        Ok((up == Some(targets.len() as f64)).then_some(()))
+    })?;
+    // Every process's exposition, read while the benchmark runs.
+    let mut expositions = BTreeMap::new();
     for target in &targets {
         let (status, text) = http_get(target, "/metrics")?;
         ensure!(status == 200, "{target}/metrics answered {status}");
