@@ -11,7 +11,9 @@
 //!
 //! The one state kept here is each client's cache of shuffle placements ([`Placements`]): a
 //! shuffle is registered once per JVM, and forgotten when the master answers that it does not
-//! know it, so the next writer registers it again.
+//! know it, so the next writer registers it again. Besides, every client of the JVM counts into
+//! one [`ClientMetrics`] ([`metrics`]), whose totals `SluiceNative.clientMetrics` reads for
+//! Spark's metrics system.
 
 #![allow(clippy::too_many_arguments)]
 
@@ -24,8 +26,8 @@ use jni::objects::{JByteArray, JClass, JObjectArray, JString};
 use jni::sys::{jbyteArray, jint, jlong, jlongArray};
 use jni::JNIEnv;
 use sluice_client::{
-    ClientConfig, ClientError, ClientResult, ShuffleHandle, ShuffleReader, ShuffleWriter,
-    SluiceClient,
+    ClientConfig, ClientError, ClientMetrics, ClientResult, ShuffleHandle, ShuffleReader,
+    ShuffleWriter, SluiceClient,
 };
 use sluice_protocol::ShuffleKey;
 use tokio::runtime::Runtime;
@@ -68,6 +70,13 @@ fn runtime() -> Result<&'static Runtime> {
         })
         .as_ref()
         .map_err(|e| Error::Invalid(format!("cannot start the native runtime: {e}")))
+}
+
+/// The client metrics of this JVM: every client it makes counts into them. No recorder is
+/// installed here, so only their totals count ([`ClientMetrics::snapshot`]).
+fn metrics() -> &'static ClientMetrics {
+    static METRICS: OnceLock<ClientMetrics> = OnceLock::new();
+    METRICS.get_or_init(ClientMetrics::new)
 }
 
 /// Runs `body`, turning an error or a panic into a pending Java exception and `default`.
@@ -270,11 +279,31 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_newClie
         }
         let mut config = ClientConfig::new(master);
         apply_settings(&mut config, &pairs)?;
-        let client = SluiceClient::new(config)?;
+        let client = SluiceClient::with_metrics(config, metrics().clone())?;
         Ok(into_handle(Client {
             client,
             placements: Arc::new(Placements::new()),
         }))
+    })
+}
+
+/// The totals of this JVM's client metrics, in the order of `ClientMetricsSnapshot::NAMES`
+/// (push bytes, push retries, revives, fetch retries, data lost).
+#[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_clientMetrics(
+    mut env: JNIEnv,
+    _class: JClass,
+) -> jlongArray {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let totals: Vec<i64> = metrics()
+            .snapshot()
+            .to_array()
+            .iter()
+            .map(|v| i64::try_from(*v).unwrap_or(i64::MAX))
+            .collect();
+        let array = env.new_long_array(totals.len() as i32)?;
+        env.set_long_array_region(&array, 0, &totals)?;
+        Ok(array.into_raw())
     })
 }
 

@@ -31,6 +31,13 @@ public final class SluiceNative {
   public static native void closeClient(long client);
 
   /**
+   * The totals of the client metrics of this JVM (every client counts into them), in this fixed
+   * order: bytes pushed and acknowledged, push retries, revives, fetch retries, data-loss errors.
+   * {@link SluiceMetricsSource#NAMES} names them.
+   */
+  public static native long[] clientMetrics();
+
+  /**
    * Registers a shuffle (idempotent; the placement is cached per client, and forgotten when the
    * master answers that it does not know the shuffle, so the next use registers it again).
    */

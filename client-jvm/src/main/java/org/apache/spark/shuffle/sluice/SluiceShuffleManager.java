@@ -34,7 +34,8 @@ import scala.Option;
  * </pre>
  *
  * <p>Settings are listed on {@link SluiceConf}. One native client serves the whole JVM (driver or
- * executor); it is created on first use.
+ * executor); it is created on first use, and its metrics then go to Spark's metrics system
+ * ({@link SluiceMetricsSource}, source {@code sluice}).
  *
  * <p>On the driver the manager also
  *
@@ -186,6 +187,7 @@ public class SluiceShuffleManager implements ShuffleManager {
           throw new IllegalStateException("the Sluice shuffle manager is stopped");
         }
         client = NativeClients.acquire(conf.master, conf.clientSettings);
+        SluiceMetricsSource.register();
       }
       return client;
     }

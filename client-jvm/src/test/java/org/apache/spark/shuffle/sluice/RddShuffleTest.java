@@ -1,7 +1,12 @@
 package org.apache.spark.shuffle.sluice;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assumptions.assumeFalse;
+
+import com.codahale.metrics.Gauge;
 
 import java.security.MessageDigest;
 import java.util.ArrayList;
@@ -12,6 +17,7 @@ import java.util.Iterator;
 import java.util.List;
 import java.util.Random;
 import org.apache.spark.HashPartitioner;
+import org.apache.spark.SparkEnv;
 import org.apache.spark.api.java.JavaPairRDD;
 import org.junit.jupiter.api.Test;
 import scala.Tuple2;
@@ -20,7 +26,7 @@ import scala.Tuple2;
  * RDD shuffles through Sluice give exactly the answers of Spark's own shuffle: the pair-RDD
  * operators, partition placement (every answer row carries the reduce partition it was read
  * from), empty partitions and empty shuffles, 10,000 partitions, and records far larger than a
- * push batch.
+ * push batch. The native client's metrics reach Spark's metrics system.
  */
 class RddShuffleTest extends ShuffleSuite {
 
@@ -260,6 +266,18 @@ class RddShuffleTest extends ShuffleSuite {
   @Test
   void reduceByKey() throws Exception {
     assertEquals(5000, assertMatchesBuiltin(REDUCE_BY_KEY).size());
+  }
+
+  @Test
+  void sparkMetricsShowTheBytesTheClientPushed() throws Exception {
+    assumeFalse(TestSessions.BUILTIN_ONLY, "no Sluice client in builtin-only mode");
+    assertMatchesBuiltin(REDUCE_BY_KEY);
+    var sources = SparkEnv.get().metricsSystem().getSourcesByName(SluiceMetricsSource.SOURCE_NAME);
+    assertFalse(sources.isEmpty(), "the sluice metrics source is not registered");
+    Gauge<?> pushBytes = sources.head().metricRegistry().getGauges().get("pushBytes");
+    assertNotNull(pushBytes, "no pushBytes gauge");
+    long value = (Long) pushBytes.getValue();
+    assertTrue(value > 0, "pushBytes " + value);
   }
 
   @Test
