@@ -828,9 +828,11 @@ fn sluice_local_serves_a_verified_bench_and_exits_cleanly_on_sigterm() {
         .unwrap_or_else(|e| panic!("ready line {ready_line:?}: {e}"));
     assert_eq!(
         keys(&ready),
-        BTreeSet::from(["master", "masters", "workers"]),
+        BTreeSet::from(["master", "masters", "admin", "status_page", "workers"]),
         "{ready}"
     );
+    let status_page = ready["status_page"].as_str().expect("status_page is a URL");
+    assert!(status_page.starts_with("http://127.0.0.1:"), "{ready}");
     let master = loopback(&ready["master"], "master");
     let workers = ready["workers"].as_array().expect("workers is an array");
     assert_eq!(workers.len(), 2, "{ready}");
@@ -839,12 +841,12 @@ fn sluice_local_serves_a_verified_bench_and_exits_cleanly_on_sigterm() {
     for worker in workers {
         assert_eq!(
             keys(worker),
-            BTreeSet::from(["id", "push", "fetch"]),
+            BTreeSet::from(["id", "push", "fetch", "admin"]),
             "{worker}"
         );
         let id = worker["id"].as_str().expect("id is a string");
         assert!(!id.is_empty() && ids.insert(id.to_string()), "{ready}");
-        for port in ["push", "fetch"] {
+        for port in ["push", "fetch", "admin"] {
             let addr = loopback(&worker[port], port);
             assert!(addrs.insert(addr), "{addr} appears twice in {ready}");
             std::net::TcpStream::connect(addr)
