@@ -1,5 +1,5 @@
 # Sluice: the commands README.md names.
-.PHONY: demo local bench chaos test test-rust test-jvm test-demo lint
+.PHONY: demo local bench chaos test test-rust test-jvm test-demo test-ops lint
 
 # The main job: a local Sluice cluster serving a real PySpark job, checked against Spark's own
 # shuffle (builds the binary and the jar; creates .venv with pyspark on first use).
@@ -22,9 +22,10 @@ chaos:
 	cargo build -p sluice
 	cargo run -p chaos -- --all
 
-# Every test: formatting and lints, the Rust tests, the Spark (JUnit) tests, and spark-submit
-# from pyspark against the built jar.
-test: lint test-rust test-jvm test-demo
+# Every test: formatting and lints, the Rust tests (with the status page in headless Chromium
+# and the dashboard against a real Prometheus), the Spark (JUnit) tests, spark-submit from
+# pyspark against the built jar, and the container image and Helm chart.
+test: lint test-rust test-jvm test-demo test-ops
 
 lint:
 	cargo fmt --all -- --check
@@ -40,3 +41,11 @@ test-jvm:
 test-demo:
 	mvn -B -q -f client-jvm -DskipTests package
 	DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
+
+# The container image (podman: a containerised master and two workers serve a verified bench)
+# and the Helm chart (helm lint and template from the Go module proxy's helm, every rendered
+# object decoded strictly into its Kubernetes API type, the rendered configs started).
+test-ops:
+	cargo build -p sluice
+	SLUICE_BIN=$(CURDIR)/target/debug/sluice bash docker/test-chart.sh
+	bash docker/test-image.sh $(CURDIR)/target/debug/sluice
