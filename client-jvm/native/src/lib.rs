@@ -238,6 +238,12 @@ fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> 
             "max_inflight_pushes" => config.max_inflight_pushes = number()? as usize,
             "max_buffered" => config.max_buffered = number()? as usize,
             "prefetch_chunks" => config.prefetch_chunks = number()? as usize,
+            "fetch_retries" => {
+                config.fetch_retries = u32::try_from(number()?).map_err(|_| {
+                    Error::Invalid(format!("setting fetch_retries: {value:?} is too large"))
+                })?
+            }
+            "fetch_retry_wait_ms" => config.fetch_retry_wait = millis()?,
             "compression" => {
                 config.compression = value.trim().parse().map_err(|_| {
                     Error::Invalid(format!(
@@ -564,7 +570,12 @@ mod tests {
         assert!(apply_settings(&mut config, &master).is_ok());
         assert_eq!(config.master_retry_timeout, Duration::from_millis(2500));
         assert_eq!(config.master_request_timeout, Duration::from_secs(90));
+        let fetch = ["fetch_retries=5", "fetch_retry_wait_ms=50"].map(String::from);
+        assert!(apply_settings(&mut config, &fetch).is_ok());
+        assert_eq!(config.fetch_retries, 5);
+        assert_eq!(config.fetch_retry_wait, Duration::from_millis(50));
         for bad in [
+            "fetch_retries=99999999999",
             "nonsense",
             "batch_size=lots",
             "no_such_key=1",
