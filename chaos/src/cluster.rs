@@ -498,6 +498,7 @@ impl Cluster {
         std::fs::create_dir_all(&data_dir)?;
         let mut settings = vec![
             ("listen".to_string(), toml_text(&addr.to_string())),
+            ("admin_listen".into(), toml_text("127.0.0.1:0")),
             ("advertise".into(), toml_text(&addr.to_string())),
             ("id".into(), id.to_string()),
             (
@@ -705,6 +706,7 @@ impl Cluster {
             ("id".to_string(), toml_text(&id)),
             ("push_listen".into(), toml_text("127.0.0.1:0")),
             ("fetch_listen".into(), toml_text("127.0.0.1:0")),
+            ("admin_listen".into(), toml_text("127.0.0.1:0")),
             (
                 "data_dirs".into(),
                 format!("[{}]", toml_text(&data_dir.display().to_string())),

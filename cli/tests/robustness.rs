@@ -963,6 +963,8 @@ fn bad_settings_are_refused_with_errors_naming_them() {
                 "127.0.0.1:0",
                 "--fetch-listen",
                 "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .args(["--master", "127.0.0.1:1", "--data-dirs"])
             .arg(&data);
@@ -1028,6 +1030,8 @@ async fn a_worker_process_joins_a_master_serves_a_shuffle_and_stops_on_sigterm()
             "--push-listen",
             "127.0.0.1:0",
             "--fetch-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
         ])
         .args(["--heartbeat-interval", "200ms", "--memory-budget", "256MiB"])
