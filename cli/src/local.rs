@@ -124,10 +124,12 @@ impl LocalCluster {
         let mut master_tasks = Vec::new();
         let mut master_admins = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
-            let config = master_config(&options, &masters, i);
+            let mut config = master_config(&options, &masters, i);
+            config.admin_listen = String::new();
             let admin = if options.admin {
                 let admin = bind().await?;
-                master_admins.push(admin.local_addr()?.to_string());
+                config.admin_listen = admin.local_addr()?.to_string();
+                master_admins.push(config.admin_listen.clone());
                 Some(admin)
             } else {
                 None
@@ -186,6 +188,10 @@ impl LocalCluster {
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.to_string());
         config.master = self.master_addr.clone();
+        // The effective config (`sluice admin config`) names the ports actually bound.
+        config.push_listen = push.local_addr()?.to_string();
+        config.fetch_listen = fetch.local_addr()?.to_string();
+        config.admin_listen = admin_addr.clone().unwrap_or_default();
         let info = pb::WorkerInfo {
             id: config.id.clone(),
             host: config.host.clone(),
