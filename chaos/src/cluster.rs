@@ -706,7 +706,9 @@ impl Cluster {
             ("id".to_string(), toml_text(&id)),
             ("push_listen".into(), toml_text("127.0.0.1:0")),
             ("fetch_listen".into(), toml_text("127.0.0.1:0")),
-            ("admin_listen".into(), toml_text("127.0.0.1:0")),
+            // No admin port: `bound_ports` finds push and fetch as the process's only two
+            // listening sockets.
+            ("admin_listen".into(), toml_text("")),
             (
                 "data_dirs".into(),
                 format!("[{}]", toml_text(&data_dir.display().to_string())),
