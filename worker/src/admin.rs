@@ -8,7 +8,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -16,9 +15,6 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::shared::Shared;
-
-/// Longest `/api/status` waits for a disk's free space (a hung disk must not hang the page).
-const SPACE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let config = serde_json::to_value(&shared.config).unwrap_or_default();
@@ -92,23 +88,22 @@ struct Traffic {
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
     let (shuffles, partitions) = shared.store.counts();
-    let mut disks = Vec::with_capacity(shared.store.disks().len());
-    for disk in shared.store.disks() {
-        let path = disk.path.clone();
-        let asked = tokio::task::spawn_blocking(move || crate::storage::disk::space(&path));
-        let (capacity_bytes, free_bytes, answered) =
-            match tokio::time::timeout(SPACE_TIMEOUT, asked).await {
-                Ok(Ok(Ok((capacity, free)))) => (capacity, free, true),
-                _ => (0, 0, false),
-            };
-        disks.push(Disk {
-            path: disk.path.display().to_string(),
-            capacity_bytes,
-            free_bytes,
-            used_bytes: capacity_bytes.saturating_sub(free_bytes),
-            healthy: answered && disk.is_healthy(),
-        });
-    }
+    // Space as of the last heartbeat's statvfs: a hung disk cannot hang the page.
+    let disks = shared
+        .store
+        .disks()
+        .iter()
+        .map(|disk| {
+            let usage = disk.usage();
+            Disk {
+                path: disk.path.display().to_string(),
+                capacity_bytes: usage.capacity_bytes,
+                free_bytes: usage.free_bytes,
+                used_bytes: usage.capacity_bytes.saturating_sub(usage.free_bytes),
+                healthy: usage.space_answered && disk.is_healthy(),
+            }
+        })
+        .collect();
     let info = &shared.info;
     let traffic = &shared.metrics.traffic;
     Json(Status {

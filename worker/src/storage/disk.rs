@@ -75,6 +75,7 @@ pub struct Disk {
     /// The file system's size and free bytes as of the last [`Disk::status`].
     capacity: AtomicU64,
     free: AtomicU64,
+    space_answered: AtomicBool,
 }
 
 /// What a data directory holds and has room for.
@@ -87,6 +88,8 @@ pub struct DiskUsage {
     /// From the last `statvfs` (the heartbeat's); 0 before the first.
     pub capacity_bytes: u64,
     pub free_bytes: u64,
+    /// Whether that last `statvfs` answered in time (false before the first).
+    pub space_answered: bool,
 }
 
 impl Disk {
@@ -114,6 +117,7 @@ impl Disk {
             held_files: AtomicU64::new(0),
             capacity: AtomicU64::new(0),
             free: AtomicU64::new(0),
+            space_answered: AtomicBool::new(false),
         };
         (disk, FlushQueue(jobs))
     }
@@ -146,6 +150,7 @@ impl Disk {
             files: self.held_files.load(Ordering::Relaxed),
             capacity_bytes: self.capacity.load(Ordering::Relaxed),
             free_bytes: self.free.load(Ordering::Relaxed),
+            space_answered: self.space_answered.load(Ordering::Relaxed),
         }
     }
 
@@ -198,6 +203,7 @@ impl Disk {
             }
         };
         let (capacity_bytes, free_bytes) = space;
+        self.space_answered.store(answered, Ordering::Relaxed);
         if answered {
             self.capacity.store(capacity_bytes, Ordering::Relaxed);
             self.free.store(free_bytes, Ordering::Relaxed);
