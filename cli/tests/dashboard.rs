@@ -595,7 +595,9 @@ fn run(binary: &Path) -> anyhow::Result<()> {
             "--partitions",
             "16",
             "--bytes-per-map",
-            "16MiB",
+            // Long enough that the client is scraped at least MIN_BENCH_SCRAPES times after it
+            // joins the targets: at 16 MiB a fast run once ended after two scrapes.
+            "64MiB",
             "--loopback-bytes",
             "0",
         ]),
