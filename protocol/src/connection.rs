@@ -101,7 +101,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         head: &frame::FrameHead,
         wrap: impl FnOnce(Vec<u8>) -> Bytes,
     ) -> Result<Frame, ReadError> {
-        let header_end = frame::HEAD_LEN + head.header_len as usize;
+        let header_end = frame::HEAD_LEN + head.tag_len() + head.header_len as usize;
         while self.buf.len() < header_end {
             self.buf.reserve(header_end - self.buf.len());
             if self.inner.read_buf(&mut self.buf).await? == 0 {
@@ -111,6 +111,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
         self.buf.advance(frame::HEAD_LEN);
+        let tag = frame::split_tag(&mut self.buf, head);
         let header = Bytes::copy_from_slice(&self.buf[..head.header_len as usize]);
         self.buf.advance(head.header_len as usize);
         let body_len = head.body_len as usize;
@@ -122,7 +123,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let missing = body_len - body.len();
             if self.inner.read_buf(&mut (&mut body).limit(missing)).await? == 0 {
                 return Err(ReadError::Truncated {
-                    buffered: frame::HEAD_LEN + header.len() + body.len(),
+                    buffered: frame::HEAD_LEN + head.tag_len() + header.len() + body.len(),
                 });
             }
         }
@@ -143,6 +144,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             kind: head.kind,
             flags: head.flags,
             request_id: head.request_id,
+            tag,
             header,
             body: wrap(body),
         })
@@ -328,5 +330,71 @@ impl OutFrame {
 
     pub fn body_len(&self) -> usize {
         self.body.iter().map(Bytes::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FLAG_AUTH, TAG_LEN};
+
+    /// A tagged frame followed by an untagged one, as bytes.
+    fn tagged_then_untagged() -> (Vec<u8>, [u8; TAG_LEN]) {
+        let tag = [7u8; TAG_LEN];
+        let body = [Bytes::from_static(b"body")];
+        let mut head = frame::head_for(MessageType::PushData, 1, b"hdr", &body, true).unwrap();
+        head.flags |= FLAG_AUTH;
+        let mut bytes = frame::encode_head_to_vec(&head, Some(&tag), b"hdr", &body);
+        bytes.extend(frame::encode_to_vec(MessageType::Ack, 2, b"a", &[], false).unwrap());
+        (bytes, tag)
+    }
+
+    #[tokio::test]
+    async fn read_rest_splits_off_the_tag() {
+        let (bytes, tag) = tagged_then_untagged();
+        let mut reader = FrameReader::with_capacity(&bytes[..], FrameLimits::default(), 16);
+        let head = reader.read_head().await.unwrap().unwrap();
+        assert_eq!(head.rest_len(), (TAG_LEN + 3 + 4) as u64);
+        let frame = reader.read_rest(&head, Bytes::from).await.unwrap();
+        assert_eq!(frame.tag, Some(tag));
+        assert_eq!(
+            (&frame.header[..], &frame.body[..]),
+            (&b"hdr"[..], &b"body"[..])
+        );
+        let next = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!((next.request_id, next.tag), (2, None));
+        assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn skip_rest_skips_the_tag_too() {
+        let (bytes, _) = tagged_then_untagged();
+        let mut reader = FrameReader::with_capacity(&bytes[..], FrameLimits::default(), 16);
+        let head = reader.read_head().await.unwrap().unwrap();
+        reader.skip_rest(&head).await.unwrap();
+        let next = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!((next.request_id, &next.header[..]), (2, &b"a"[..]));
+    }
+
+    #[tokio::test]
+    async fn read_frame_reads_tagged_and_untagged_frames() {
+        let (bytes, tag) = tagged_then_untagged();
+        let mut reader = FrameReader::new(&bytes[..], FrameLimits::default());
+        let first = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!((first.tag, &first.body[..]), (Some(tag), &b"body"[..]));
+        let second = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(second.tag, None);
+    }
+
+    #[tokio::test]
+    async fn a_tagged_frame_cut_inside_its_tag_is_truncated() {
+        let (bytes, _) = tagged_then_untagged();
+        let cut = &bytes[..frame::HEAD_LEN + TAG_LEN / 2];
+        let mut reader = FrameReader::new(cut, FrameLimits::default());
+        let head = reader.read_head().await.unwrap().unwrap();
+        assert!(matches!(
+            reader.read_rest(&head, Bytes::from).await,
+            Err(ReadError::Truncated { .. })
+        ));
     }
 }
