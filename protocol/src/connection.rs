@@ -328,6 +328,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.write_sealed(*head, header).await
     }
 
+    /// The stream itself, e.g. to hand a connection on after a handshake. Flush first: bytes
+    /// still buffered are dropped.
+    pub fn into_inner(self) -> W {
+        self.inner.into_inner()
+    }
+
     /// The stream, for writing a body directly. Flush first.
     pub fn get_ref(&self) -> &W {
         self.inner.get_ref()

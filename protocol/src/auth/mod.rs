@@ -23,7 +23,8 @@ pub mod session;
 pub use keyring::{ClusterKey, Keyring, Kid, KID_LEN, MIN_SECRET_LEN};
 pub use principal::Principal;
 pub use session::{
-    new_nonce, nonce_from, Direction, Nonce, Opener, Sealer, SessionKey, NONCE_LEN, PROOF_LEN,
+    client_handshake, new_nonce, nonce_from, server_handshake, Direction, Nonce, Opener, Sealer,
+    SessionKey, MAX_HELLO_HEADER, NONCE_LEN, PROOF_LEN,
 };
 
 use crate::ErrorCode;
@@ -107,6 +108,13 @@ pub enum AuthError {
     Untagged { direction: Direction, seq: u64 },
     #[error("no randomness available for a nonce")]
     Random,
+    /// The handshake broke: the peer sent something other than the expected `Hello` or
+    /// `Welcome`, or the connection failed or closed during it.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The server refused the client's `Hello` with an `Error` frame.
+    #[error("the server refused the handshake ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
 }
 
 impl AuthError {
@@ -119,13 +127,15 @@ impl AuthError {
             | AuthError::ShortSecret { .. }
             | AuthError::DuplicateKid { .. }
             | AuthError::Random => ErrorCode::Internal,
+            AuthError::Refused { code, .. } => *code,
             AuthError::BadPrincipal { .. } | AuthError::BadLength { .. } => {
                 ErrorCode::InvalidRequest
             }
             AuthError::UnknownKid(_)
             | AuthError::BadProof
             | AuthError::BadTag { .. }
-            | AuthError::Untagged { .. } => ErrorCode::Unauthenticated,
+            | AuthError::Untagged { .. }
+            | AuthError::Handshake(_) => ErrorCode::Unauthenticated,
         }
     }
 }

@@ -17,10 +17,14 @@
 //! frame replayed, reordered or dropped inside a connection fails its tag and every later one.
 //! The body is not covered; the head's CRC of header and body is (see `docs/security.md`).
 
+use bytes::Bytes;
 use ring::hmac;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{AuthError, AuthResult, Principal};
-use crate::frame::{FrameHead, FLAG_AUTH, TAG_LEN};
+use super::{AuthError, AuthResult, Keyring, Principal};
+use crate::connection::{FrameReader, FrameWriter, OutFrame};
+use crate::frame::{FrameHead, MessageType, FLAG_AUTH, TAG_LEN};
+use crate::pb;
 
 /// Length of a session nonce.
 pub const NONCE_LEN: usize = 32;
@@ -235,6 +239,150 @@ impl std::fmt::Debug for Opener {
             .field("seq", &self.seq)
             .finish_non_exhaustive()
     }
+}
+
+/// Largest `Hello` header a server reads before the handshake; a `Hello` has no body.
+pub const MAX_HELLO_HEADER: u32 = 4096;
+
+fn broken(what: &str, error: impl std::fmt::Display) -> AuthError {
+    AuthError::Handshake(format!("{what}: {error}"))
+}
+
+/// The client's side of the handshake on a fresh connection: sends `Hello` as `principal`
+/// keyed by the keyring's signing secret, reads `Welcome`, checks the server's proof, and
+/// returns the session's halves for [`FrameWriter::set_sealer`] and
+/// [`FrameReader::set_opener`]. The caller bounds it with a timeout.
+pub async fn client_handshake<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    principal: &Principal,
+    keyring: &Keyring,
+) -> AuthResult<(Sealer, Opener)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let key = keyring.signing();
+    let client_nonce = new_nonce()?;
+    let hello = pb::HelloHeader {
+        principal: principal.to_string(),
+        client_nonce: client_nonce.to_vec(),
+        kid: key.kid().as_bytes().to_vec(),
+    };
+    writer
+        .write_frame(&OutFrame::new(MessageType::Hello, 0, &hello))
+        .await
+        .map_err(|e| broken("sending hello", e))?;
+    writer
+        .flush()
+        .await
+        .map_err(|e| broken("sending hello", e))?;
+    let answer = match reader.read_frame().await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(AuthError::Handshake("closed before welcome".into())),
+        Err(e) => return Err(broken("reading welcome", e)),
+    };
+    match answer.kind {
+        MessageType::Welcome if answer.tag.is_none() && answer.body.is_empty() => {}
+        MessageType::Error => {
+            let error: pb::ErrorHeader = answer
+                .decode_header("error")
+                .map_err(|e| broken("reading welcome", e))?;
+            return Err(AuthError::Refused {
+                code: crate::ErrorCode::from_u32(error.code),
+                message: error.message,
+            });
+        }
+        other => {
+            return Err(AuthError::Handshake(format!(
+                "expected welcome, got {other:?}"
+            )))
+        }
+    }
+    let welcome: pb::WelcomeHeader = answer
+        .decode_header("welcome")
+        .map_err(|e| broken("reading welcome", e))?;
+    let server_nonce = nonce_from(&welcome.server_nonce, "server nonce")?;
+    let session = SessionKey::derive(key.frames(), principal, &client_nonce, &server_nonce);
+    session.verify_proof(&welcome.proof)?;
+    Ok(session.client())
+}
+
+/// The server's side of the handshake on a fresh connection: reads one frame, which must be an
+/// untagged `Hello` of at most [`MAX_HELLO_HEADER`] header bytes and no body (anything else is
+/// refused before it is read), looks up the key its kid names, and answers `Welcome`. Returns
+/// the peer's principal and the session's halves. On failure an `Error` frame has been sent
+/// (when the connection still works): close the connection. The caller bounds it with a
+/// timeout. Only cluster principals are accepted so far.
+pub async fn server_handshake<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    keyring: &Keyring,
+) -> AuthResult<(Principal, Sealer, Opener)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut request_id = 0;
+    let result = async {
+        let head = match reader.read_head().await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Err(AuthError::Handshake("closed before hello".into())),
+            Err(e) => return Err(broken("reading hello", e)),
+        };
+        request_id = head.request_id;
+        if head.kind != MessageType::Hello {
+            return Err(AuthError::Handshake(format!(
+                "expected hello, got {:?}",
+                head.kind
+            )));
+        }
+        if head.is_tagged() || head.body_len != 0 || head.header_len > MAX_HELLO_HEADER {
+            return Err(AuthError::Handshake(
+                "a hello is untagged, has no body and a header of at most 4 KiB".into(),
+            ));
+        }
+        let frame = reader
+            .read_rest(&head, Bytes::from)
+            .await
+            .map_err(|e| broken("reading hello", e))?;
+        let hello: pb::HelloHeader = frame
+            .decode_header("hello")
+            .map_err(|e| broken("reading hello", e))?;
+        let principal: Principal = hello.principal.parse()?;
+        if !principal.is_cluster() {
+            return Err(AuthError::Handshake(
+                "application sessions are not accepted by this server".into(),
+            ));
+        }
+        let kid = super::Kid::from_bytes(&hello.kid)?;
+        let key = keyring.get(kid)?;
+        let client_nonce = nonce_from(&hello.client_nonce, "client nonce")?;
+        let server_nonce = new_nonce()?;
+        let session = SessionKey::derive(key.frames(), &principal, &client_nonce, &server_nonce);
+        let welcome = pb::WelcomeHeader {
+            server_nonce: server_nonce.to_vec(),
+            proof: session.proof().to_vec(),
+        };
+        writer
+            .write_frame(&OutFrame::new(MessageType::Welcome, request_id, &welcome))
+            .await
+            .map_err(|e| broken("sending welcome", e))?;
+        writer
+            .flush()
+            .await
+            .map_err(|e| broken("sending welcome", e))?;
+        let (sealer, opener) = session.server();
+        Ok((principal, sealer, opener))
+    }
+    .await;
+    if let Err(error) = &result {
+        let refusal = OutFrame::error(request_id, error.code(), error.to_string());
+        if writer.write_frame(&refusal).await.is_ok() {
+            let _ = writer.flush().await;
+        }
+    }
+    result
 }
 
 #[cfg(test)]
