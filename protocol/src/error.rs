@@ -123,6 +123,12 @@ pub enum ProtocolError {
         code: ErrorCode,
         message: String,
     },
+    #[error("authenticating the connection to {peer} failed: {source}")]
+    Auth {
+        peer: String,
+        #[source]
+        source: crate::auth::AuthError,
+    },
     #[error("{peer} answered with an unexpected {kind:?} frame")]
     UnexpectedResponse {
         peer: String,
@@ -139,6 +145,7 @@ impl ProtocolError {
             ProtocolError::Timeout { .. } => ErrorCode::Timeout,
             ProtocolError::Remote { code, .. } => *code,
             ProtocolError::UnexpectedResponse { .. } => ErrorCode::Internal,
+            ProtocolError::Auth { source, .. } => source.code(),
         }
     }
 }

@@ -108,10 +108,12 @@ pub enum AuthError {
     Untagged { direction: Direction, seq: u64 },
     #[error("no randomness available for a nonce")]
     Random,
-    /// The handshake broke: the peer sent something other than the expected `Hello` or
-    /// `Welcome`, or the connection failed or closed during it.
+    /// The peer sent something other than the expected `Hello` or `Welcome`.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The connection broke or closed during the handshake (retryable).
+    #[error("connection lost during the handshake: {0}")]
+    Connection(String),
     /// The server refused the client's `Hello` with an `Error` frame.
     #[error("the server refused the handshake ({code:?}): {message}")]
     Refused { code: ErrorCode, message: String },
@@ -128,6 +130,7 @@ impl AuthError {
             | AuthError::DuplicateKid { .. }
             | AuthError::Random => ErrorCode::Internal,
             AuthError::Refused { code, .. } => *code,
+            AuthError::Connection(_) => ErrorCode::Unavailable,
             AuthError::BadPrincipal { .. } | AuthError::BadLength { .. } => {
                 ErrorCode::InvalidRequest
             }

@@ -22,7 +22,7 @@ use ring::hmac;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{AuthError, AuthResult, Keyring, Principal};
-use crate::connection::{FrameReader, FrameWriter, OutFrame};
+use crate::connection::{FrameReader, FrameWriter, OutFrame, ReadError};
 use crate::frame::{FrameHead, MessageType, FLAG_AUTH, TAG_LEN};
 use crate::pb;
 
@@ -248,6 +248,18 @@ fn broken(what: &str, error: impl std::fmt::Display) -> AuthError {
     AuthError::Handshake(format!("{what}: {error}"))
 }
 
+fn lost(what: &str, error: impl std::fmt::Display) -> AuthError {
+    AuthError::Connection(format!("{what}: {error}"))
+}
+
+/// A read error during the handshake: a broken connection, or bytes that are no frame.
+fn read_failed(what: &str, error: ReadError) -> AuthError {
+    match error {
+        ReadError::Io(_) | ReadError::Truncated { .. } => lost(what, error),
+        other => broken(what, other),
+    }
+}
+
 /// The client's side of the handshake on a fresh connection: sends `Hello` as `principal`
 /// keyed by the keyring's signing secret, reads `Welcome`, checks the server's proof, and
 /// returns the session's halves for [`FrameWriter::set_sealer`] and
@@ -272,15 +284,12 @@ where
     writer
         .write_frame(&OutFrame::new(MessageType::Hello, 0, &hello))
         .await
-        .map_err(|e| broken("sending hello", e))?;
-    writer
-        .flush()
-        .await
-        .map_err(|e| broken("sending hello", e))?;
+        .map_err(|e| lost("sending hello", e))?;
+    writer.flush().await.map_err(|e| lost("sending hello", e))?;
     let answer = match reader.read_frame().await {
         Ok(Some(frame)) => frame,
-        Ok(None) => return Err(AuthError::Handshake("closed before welcome".into())),
-        Err(e) => return Err(broken("reading welcome", e)),
+        Ok(None) => return Err(AuthError::Connection("closed before welcome".into())),
+        Err(e) => return Err(read_failed("reading welcome", e)),
     };
     match answer.kind {
         MessageType::Welcome if answer.tag.is_none() && answer.body.is_empty() => {}
@@ -327,8 +336,8 @@ where
     let result = async {
         let head = match reader.read_head().await {
             Ok(Some(head)) => head,
-            Ok(None) => return Err(AuthError::Handshake("closed before hello".into())),
-            Err(e) => return Err(broken("reading hello", e)),
+            Ok(None) => return Err(AuthError::Connection("closed before hello".into())),
+            Err(e) => return Err(read_failed("reading hello", e)),
         };
         request_id = head.request_id;
         if head.kind != MessageType::Hello {
@@ -345,7 +354,7 @@ where
         let frame = reader
             .read_rest(&head, Bytes::from)
             .await
-            .map_err(|e| broken("reading hello", e))?;
+            .map_err(|e| read_failed("reading hello", e))?;
         let hello: pb::HelloHeader = frame
             .decode_header("hello")
             .map_err(|e| broken("reading hello", e))?;
@@ -367,11 +376,11 @@ where
         writer
             .write_frame(&OutFrame::new(MessageType::Welcome, request_id, &welcome))
             .await
-            .map_err(|e| broken("sending welcome", e))?;
+            .map_err(|e| lost("sending welcome", e))?;
         writer
             .flush()
             .await
-            .map_err(|e| broken("sending welcome", e))?;
+            .map_err(|e| lost("sending welcome", e))?;
         let (sealer, opener) = session.server();
         Ok((principal, sealer, opener))
     }
