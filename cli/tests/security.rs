@@ -18,10 +18,14 @@ const SECRET: &str = "security-test-secret-security-test-secret\n";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn secure_cluster(dir: &std::path::Path) -> (LocalCluster, Arc<Keyring>) {
+    secure_cluster_of(dir, 1).await
+}
+
+async fn secure_cluster_of(dir: &std::path::Path, workers: usize) -> (LocalCluster, Arc<Keyring>) {
     let secret_file = dir.join("cluster-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     let path = secret_file.display().to_string();
-    let mut options = LocalOptions::new(1, dir.join("data"));
+    let mut options = LocalOptions::new(workers, dir.join("data"));
     options.admin = false;
     options.master.cluster_secret_file = path.clone();
     options.worker.cluster_secret_file = path;
@@ -48,6 +52,10 @@ fn reserve(key: &ShuffleKey) -> OutFrame {
 }
 
 fn push(key: &ShuffleKey) -> OutFrame {
+    push_as(key, pb::Role::Primary)
+}
+
+fn push_as(key: &ShuffleKey, role: pb::Role) -> OutFrame {
     let batch = common::record_batch(0, 0, 0, 0..10);
     let header = pb::PushHeader {
         shuffle: Some(key.to_pb()),
@@ -56,7 +64,7 @@ fn push(key: &ShuffleKey) -> OutFrame {
             epoch: 0,
             length: batch.len() as u32,
         }],
-        role: pb::Role::Primary as i32,
+        role: role as i32,
     };
     OutFrame::new(MessageType::PushData, 0, &header).with_body(vec![batch])
 }
@@ -164,5 +172,44 @@ async fn the_master_reserves_through_its_session_when_a_shuffle_registers() {
         .register_shuffle(&ShuffleKey::new("app-1", 0), 2, 4)
         .await
         .unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_forwards_to_its_replica_over_a_worker_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, keyring) = secure_cluster_of(dir.path(), 2).await;
+    let client = sluice_client::SluiceClient::new(sluice_client::ClientConfig {
+        replication: 2,
+        ..sluice_client::ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap();
+    let key = ShuffleKey::new("app-r", 0);
+    let handle = client.register_shuffle(&key, 1, 1).await.unwrap();
+    let locations = &handle.locations;
+    let worker = |index: u32| {
+        let info = &locations.workers[index as usize];
+        format!("{}:{}", info.host, info.push_port)
+    };
+    let (primary, replica) = (
+        worker(locations.primary_worker[0]),
+        worker(locations.replica_worker[0]),
+    );
+    assert_ne!(primary, replica);
+
+    // The primary acks only once its replica took the forward, which it sends over a session
+    // of its own as worker:<id>.
+    let as_worker = connect_as(&primary, Principal::Worker("w-x".into()), &keyring).await;
+    as_worker
+        .call_expecting(push(&key), MessageType::Ack, TIMEOUT)
+        .await
+        .unwrap();
+
+    // A master session may not push to a replica location.
+    let as_master = connect_as(&replica, Principal::Master("0".into()), &keyring).await;
+    let denied = as_master
+        .call(push_as(&key, pb::Role::Replica), TIMEOUT)
+        .await;
+    assert_eq!(remote_code(denied), ErrorCode::PermissionDenied);
     cluster.shutdown().await.unwrap();
 }
