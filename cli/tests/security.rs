@@ -213,3 +213,38 @@ async fn a_primary_forwards_to_its_replica_over_a_worker_session() {
     assert_eq!(remote_code(denied), ErrorCode::PermissionDenied);
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetch_port_requires_a_session_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, keyring) = secure_cluster(dir.path()).await;
+    let info = &cluster.workers()[0];
+    let addr = format!("{}:{}", info.host, info.fetch_port);
+    let open = |key: &ShuffleKey| {
+        let header = pb::OpenStreamHeader {
+            location: Some(pb::LocationRef {
+                shuffle: Some(key.to_pb()),
+                partition: 0,
+                epoch: 0,
+                role: pb::Role::Primary as i32,
+            }),
+            start_map: 0,
+            end_map: None,
+            index_offset: 0,
+        };
+        OutFrame::new(MessageType::OpenStream, 0, &header)
+    };
+    let key = ShuffleKey::new("app-f", 0);
+
+    let plain = RpcClient::connect(&addr, FrameLimits::default(), TIMEOUT)
+        .await
+        .unwrap();
+    let refused = plain.call(open(&key), TIMEOUT).await;
+    assert_eq!(remote_code(refused), ErrorCode::Unauthenticated);
+
+    // With a session the request is served (the location does not exist).
+    let as_worker = connect_as(&addr, Principal::Worker("w-x".into()), &keyring).await;
+    let served = as_worker.call(open(&key), TIMEOUT).await;
+    assert_eq!(remote_code(served), ErrorCode::NotFound);
+    cluster.shutdown().await.unwrap();
+}

@@ -42,6 +42,8 @@ pub struct Shared {
     /// The cluster secrets from `cluster_secret_file`; `None`: connections are not
     /// authenticated.
     pub keyring: Option<Arc<Keyring>>,
+    /// Connections refused at the handshake (their log lines are rate-limited by this count).
+    pub handshakes_refused: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -145,6 +147,7 @@ pub(crate) fn start(
         }));
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
+        handshakes_refused: std::sync::atomic::AtomicU64::new(0),
         telemetry,
         metrics,
         info,

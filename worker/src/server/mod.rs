@@ -16,6 +16,7 @@ pub mod control;
 pub mod fetch;
 pub mod push;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sluice_protocol::auth::{server_handshake, Principal};
@@ -176,10 +177,16 @@ pub(crate) async fn open(
                 principal = Some(peer_principal);
             }
             Ok(Err(e)) => {
-                tracing::warn!(peer, error = %e, "handshake refused");
+                let refused = shared.handshakes_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(peer, refused, error = %e, "handshake refused");
+                } else {
+                    tracing::debug!(peer, error = %e, "handshake refused");
+                }
                 return None;
             }
             Err(_) => {
+                shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer, "no handshake in time, closing");
                 return None;
             }
