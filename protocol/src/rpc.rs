@@ -5,6 +5,10 @@
 //! small frames coalesce), one task reads responses and completes the waiting callers. When the
 //! connection breaks, every waiting caller gets [`ProtocolError::Closed`] and the client reports
 //! itself closed so pools can replace it.
+//!
+//! With [`Credentials`] ([`RpcClient::connect_as`], [`RpcPool::with_credentials`]) a connection
+//! first runs [`crate::auth::client_handshake`] on its raw halves, before those tasks start,
+//! and every frame after it is tagged; without them frames are exactly as before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

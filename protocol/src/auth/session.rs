@@ -16,6 +16,10 @@
 //! [`Sealer`] and [`Opener`] of a direction each count frames, and TCP keeps them in order, so a
 //! frame replayed, reordered or dropped inside a connection fails its tag and every later one.
 //! The body is not covered; the head's CRC of header and body is (see `docs/security.md`).
+//!
+//! [`client_handshake`] and [`server_handshake`] run the exchange over a fresh connection's
+//! [`FrameReader`] and [`FrameWriter`] and return the halves to install with
+//! `set_sealer`/`set_opener`.
 
 use bytes::Bytes;
 use ring::hmac;
