@@ -19,6 +19,7 @@ fn decode<M: prost::Message + Default + PartialEq>(kind: MessageType, header: &[
         kind,
         flags: 0,
         request_id: 1,
+        tag: None,
         header: Bytes::copy_from_slice(header),
         body: Bytes::new(),
     };

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         kind: MessageType::PushMergedData,
         flags: sluice_protocol::frame::FLAG_CRC,
         request_id: 1,
+        tag: None,
         header,
         body,
     };

@@ -86,6 +86,11 @@ pub struct MasterConfig {
     /// Most partitions over every registered shuffle. The master keeps a few hundred bytes per
     /// partition, so this bounds its memory.
     pub max_live_partitions: u64,
+    /// Path of the cluster secret file (one secret of at least 32 bytes per line; the first
+    /// signs, every one verifies). Set, the master opens its connections to workers' push ports
+    /// with the `Hello`/`Welcome` handshake as `master:<raft id>` and tags every frame; the
+    /// workers must hold the same file. Empty: no authentication (frames as before).
+    pub cluster_secret_file: String,
 }
 
 impl Default for MasterConfig {
@@ -116,6 +121,7 @@ impl Default for MasterConfig {
             max_live_shuffles: 100_000,
             max_live_partitions_per_app: 10_000_000,
             max_live_partitions: 20_000_000,
+            cluster_secret_file: String::new(),
         }
     }
 }

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
 use prost::Message;
+use sluice_protocol::auth::{Keyring, Principal};
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::{Frame, FrameLimits, MessageType};
-use sluice_protocol::rpc::RpcPool;
+use sluice_protocol::rpc::{Credentials, RpcPool};
 use sluice_protocol::{pb, ProtocolError, ShuffleKey};
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +65,17 @@ impl Core {
     ) -> MasterResult<Core> {
         let id = crate::raft::node::node_id(&config, listening)?;
         let addr = crate::raft::node::advertise(&config, id, listening);
+        let credentials = if config.cluster_secret_file.is_empty() {
+            None
+        } else {
+            let path = std::path::Path::new(&config.cluster_secret_file);
+            let keyring = Keyring::load(path)
+                .map_err(|e| MasterError::Config(format!("cluster_secret_file: {e}")))?;
+            Some(Credentials {
+                principal: Principal::Master(id.to_string()),
+                keyring: Arc::new(keyring),
+            })
+        };
         let state = Arc::new(Mutex::new(State::default()));
         let raft = crate::raft::node::start(&config, id, &addr, state.clone()).await?;
         let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("master", &id.to_string())]);
@@ -78,7 +90,8 @@ impl Core {
             addr,
             started: Instant::now(),
             ready_term: std::sync::atomic::AtomicU64::new(u64::MAX),
-            workers: RpcPool::new(FrameLimits::default(), Duration::from_secs(5)),
+            workers: RpcPool::new(FrameLimits::default(), Duration::from_secs(5))
+                .with_credentials(credentials),
             shutdown,
             events: crate::events::Events::default(),
         })

@@ -9,12 +9,20 @@
 //! of its own that the caller wraps (e.g. with a lease that lives as long as the bytes).
 //! [`FrameWriter`] writes the head and header through a small buffer and large bodies straight
 //! to the socket.
+//!
+//! On an authenticated connection, once the `Hello`/`Welcome` handshake has run, the writer is
+//! given the session's [`Sealer`] ([`FrameWriter::set_sealer`]) and the reader its [`Opener`]
+//! ([`FrameReader::set_opener`]). From then on every frame written is flagged
+//! [`frame::FLAG_AUTH`] and tagged, and every frame read must carry a tag that verifies, in
+//! order, or the read fails with [`ReadError::Auth`] (close the connection). Without them,
+//! frames are read and written exactly as before.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
-use crate::frame::{self, Frame, FrameError, FrameLimits, MessageType};
+use crate::auth::{AuthError, Opener, Sealer};
+use crate::frame::{self, Frame, FrameError, FrameLimits, MessageType, TAG_LEN};
 
 /// Most a reader allocates ahead of the bytes it has received. Frames up to this size are read
 /// into one allocation.
@@ -29,12 +37,16 @@ pub enum ReadError {
     Truncated { buffered: usize },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A frame of an authenticated session is untagged or fails its tag.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     limits: FrameLimits,
+    opener: Option<Opener>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -49,7 +61,52 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(capacity),
             limits,
+            opener: None,
         }
+    }
+
+    /// From the next frame on, requires every frame to carry a tag that `opener` verifies.
+    pub fn set_opener(&mut self, opener: Opener) {
+        self.opener = Some(opener);
+    }
+
+    /// Whether frames read are checked by a session's [`Opener`].
+    pub fn is_authenticated(&self) -> bool {
+        self.opener.is_some()
+    }
+
+    /// Checks a frame's tag with the session's opener, if there is one.
+    fn open(
+        &mut self,
+        head: &frame::FrameHead,
+        tag: Option<&[u8; TAG_LEN]>,
+        header: &[u8],
+    ) -> Result<(), ReadError> {
+        match &mut self.opener {
+            Some(opener) => Ok(opener.open(head, tag, header)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the tag and header of the frame whose head is buffered, consuming the head.
+    async fn read_tag_and_header(
+        &mut self,
+        head: &frame::FrameHead,
+    ) -> Result<(Option<[u8; TAG_LEN]>, Bytes), ReadError> {
+        let header_end = frame::HEAD_LEN + head.tag_len() + head.header_len as usize;
+        while self.buf.len() < header_end {
+            self.buf.reserve(header_end - self.buf.len());
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(ReadError::Truncated {
+                    buffered: self.buf.len(),
+                });
+            }
+        }
+        self.buf.advance(frame::HEAD_LEN);
+        let tag = frame::split_tag(&mut self.buf, head);
+        let header = Bytes::copy_from_slice(&self.buf[..head.header_len as usize]);
+        self.buf.advance(head.header_len as usize);
+        Ok((tag, header))
     }
 
     /// Whether bytes of a frame not yet returned are buffered (a peer is mid-frame).
@@ -96,23 +153,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `body_len` bytes of capacity (pages are touched only as bytes arrive), which `wrap` turns
     /// into the frame's `Bytes`. The read buffer never holds more than the header and what the
     /// socket delivered past the body, so nothing of a body stays pinned by the connection.
+    /// With an [`Opener`], the tag is checked before a byte of the body is read.
     pub async fn read_rest(
         &mut self,
         head: &frame::FrameHead,
         wrap: impl FnOnce(Vec<u8>) -> Bytes,
     ) -> Result<Frame, ReadError> {
-        let header_end = frame::HEAD_LEN + head.header_len as usize;
-        while self.buf.len() < header_end {
-            self.buf.reserve(header_end - self.buf.len());
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return Err(ReadError::Truncated {
-                    buffered: self.buf.len(),
-                });
-            }
-        }
-        self.buf.advance(frame::HEAD_LEN);
-        let header = Bytes::copy_from_slice(&self.buf[..head.header_len as usize]);
-        self.buf.advance(head.header_len as usize);
+        let (tag, header) = self.read_tag_and_header(head).await?;
+        self.open(head, tag.as_ref(), &header)?;
         let body_len = head.body_len as usize;
         let mut body = Vec::with_capacity(body_len);
         let buffered = self.buf.len().min(body_len);
@@ -122,7 +170,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let missing = body_len - body.len();
             if self.inner.read_buf(&mut (&mut body).limit(missing)).await? == 0 {
                 return Err(ReadError::Truncated {
-                    buffered: frame::HEAD_LEN + header.len() + body.len(),
+                    buffered: frame::HEAD_LEN + head.tag_len() + header.len() + body.len(),
                 });
             }
         }
@@ -143,15 +191,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             kind: head.kind,
             flags: head.flags,
             request_id: head.request_id,
+            tag,
             header,
             body: wrap(body),
         })
     }
 
     /// Reads past the header and body of the frame whose head [`FrameReader::read_head`]
-    /// returned, holding at most one small scratch buffer (a frame turned away).
+    /// returned, holding at most one small scratch buffer (a frame turned away). With an
+    /// [`Opener`], the tag and header are read and checked first, so the session's sequence
+    /// stays in step with the peer's and a forged frame still fails.
     pub async fn skip_rest(&mut self, head: &frame::FrameHead) -> Result<(), ReadError> {
         let mut left = frame::HEAD_LEN as u64 + head.rest_len();
+        if self.opener.is_some() {
+            let (tag, header) = self.read_tag_and_header(head).await?;
+            self.open(head, tag.as_ref(), &header)?;
+            left = u64::from(head.body_len);
+        }
         let buffered = (self.buf.len() as u64).min(left);
         self.buf.advance(buffered as usize);
         left -= buffered;
@@ -178,7 +234,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Ok(head) => {
                     let needed = head.frame_len();
                     if self.buf.len() >= needed {
-                        return Ok(Some(frame::parse(&mut self.buf, &self.limits)?));
+                        let frame = frame::parse(&mut self.buf, &self.limits)?;
+                        self.open(&head, frame.tag.as_ref(), &frame.header)?;
+                        return Ok(Some(frame));
                     }
                     // Room for the rest of the frame, but never more than RESERVE_AHEAD beyond
                     // what has arrived: a peer announcing a huge body and sending nothing
@@ -202,13 +260,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 pub struct FrameWriter<W: AsyncWrite> {
     inner: BufWriter<W>,
+    sealer: Option<Sealer>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> FrameWriter<W> {
         FrameWriter {
             inner: BufWriter::with_capacity(64 * 1024, inner),
+            sealer: None,
         }
+    }
+
+    /// From the next frame on, flags every frame [`frame::FLAG_AUTH`] and tags it with `sealer`.
+    pub fn set_sealer(&mut self, sealer: Sealer) {
+        self.sealer = Some(sealer);
+    }
+
+    /// Whether frames written are tagged by a session's [`Sealer`].
+    pub fn is_authenticated(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    /// Writes a head, its tag when sealing, and the header.
+    async fn write_sealed(
+        &mut self,
+        mut head: frame::FrameHead,
+        header: &[u8],
+    ) -> std::io::Result<()> {
+        match &mut self.sealer {
+            Some(sealer) => {
+                let tag = sealer.seal(&mut head, header);
+                self.inner.write_all(&head.encode()).await?;
+                self.inner.write_all(&tag).await?;
+            }
+            None => self.inner.write_all(&head.encode()).await?,
+        }
+        self.inner.write_all(header).await
     }
 
     /// Writes one frame into the buffer (and large bodies straight through). Call
@@ -223,8 +310,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         )
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         head.flags |= frame.flags;
-        self.inner.write_all(&head.encode()).await?;
-        self.inner.write_all(&frame.header).await?;
+        self.write_sealed(head, &frame.header).await?;
         for piece in &frame.body {
             self.inner.write_all(piece).await?;
         }
@@ -232,14 +318,20 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Writes a frame head and header whose body the caller writes itself (straight to the
-    /// stream, after a [`FrameWriter::flush`]; e.g. with `sendfile`).
+    /// stream, after a [`FrameWriter::flush`]; e.g. with `sendfile`). When sealing, the head is
+    /// flagged and tagged here; the body is not covered by the tag.
     pub async fn write_head(
         &mut self,
         head: &frame::FrameHead,
         header: &[u8],
     ) -> std::io::Result<()> {
-        self.inner.write_all(&head.encode()).await?;
-        self.inner.write_all(header).await
+        self.write_sealed(*head, header).await
+    }
+
+    /// The stream itself, e.g. to hand a connection on after a handshake. Flush first: bytes
+    /// still buffered are dropped.
+    pub fn into_inner(self) -> W {
+        self.inner.into_inner()
     }
 
     /// The stream, for writing a body directly. Flush first.
@@ -328,5 +420,226 @@ impl OutFrame {
 
     pub fn body_len(&self) -> usize {
         self.body.iter().map(Bytes::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FLAG_AUTH, TAG_LEN};
+
+    /// A tagged frame followed by an untagged one, as bytes.
+    fn tagged_then_untagged() -> (Vec<u8>, [u8; TAG_LEN]) {
+        let tag = [7u8; TAG_LEN];
+        let body = [Bytes::from_static(b"body")];
+        let mut head = frame::head_for(MessageType::PushData, 1, b"hdr", &body, true).unwrap();
+        head.flags |= FLAG_AUTH;
+        let mut bytes = frame::encode_head_to_vec(&head, Some(&tag), b"hdr", &body);
+        bytes.extend(frame::encode_to_vec(MessageType::Ack, 2, b"a", &[], false).unwrap());
+        (bytes, tag)
+    }
+
+    #[tokio::test]
+    async fn read_rest_splits_off_the_tag() {
+        let (bytes, tag) = tagged_then_untagged();
+        let mut reader = FrameReader::with_capacity(&bytes[..], FrameLimits::default(), 16);
+        let head = reader.read_head().await.unwrap().unwrap();
+        assert_eq!(head.rest_len(), (TAG_LEN + 3 + 4) as u64);
+        let frame = reader.read_rest(&head, Bytes::from).await.unwrap();
+        assert_eq!(frame.tag, Some(tag));
+        assert_eq!(
+            (&frame.header[..], &frame.body[..]),
+            (&b"hdr"[..], &b"body"[..])
+        );
+        let next = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!((next.request_id, next.tag), (2, None));
+        assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn skip_rest_skips_the_tag_too() {
+        let (bytes, _) = tagged_then_untagged();
+        let mut reader = FrameReader::with_capacity(&bytes[..], FrameLimits::default(), 16);
+        let head = reader.read_head().await.unwrap().unwrap();
+        reader.skip_rest(&head).await.unwrap();
+        let next = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!((next.request_id, &next.header[..]), (2, &b"a"[..]));
+    }
+
+    #[tokio::test]
+    async fn read_frame_reads_tagged_and_untagged_frames() {
+        let (bytes, tag) = tagged_then_untagged();
+        let mut reader = FrameReader::new(&bytes[..], FrameLimits::default());
+        let first = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!((first.tag, &first.body[..]), (Some(tag), &b"body"[..]));
+        let second = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(second.tag, None);
+    }
+
+    fn session() -> ((Sealer, Opener), (Sealer, Opener)) {
+        use crate::auth::{Keyring, Principal, SessionKey};
+        let keyring = Keyring::parse("test", &[b'k'; 40]).unwrap();
+        let derive = || {
+            SessionKey::derive(
+                keyring.signing().frames(),
+                &Principal::Master("1".into()),
+                &[1; 32],
+                &[2; 32],
+            )
+        };
+        (derive().client(), derive().server())
+    }
+
+    fn frames() -> Vec<OutFrame> {
+        vec![
+            OutFrame::new(MessageType::Ack, 1, &crate::pb::Ack {}),
+            OutFrame::error(2, crate::ErrorCode::Busy, "busy").with_flags(frame::FLAG_REPLICA),
+            OutFrame::new(MessageType::PushData, 3, &crate::pb::Ack {})
+                .with_body(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]),
+            OutFrame::new(MessageType::ChunkData, 4, &crate::pb::Ack {})
+                .with_body(vec![Bytes::from_static(b"chunk")])
+                .without_crc(),
+        ]
+    }
+
+    async fn written(writer_sealer: Option<Sealer>, frames: &[OutFrame]) -> Vec<u8> {
+        let mut writer = FrameWriter::new(Vec::new());
+        if let Some(sealer) = writer_sealer {
+            writer.set_sealer(sealer);
+        }
+        for frame in frames {
+            writer.write_frame(frame).await.unwrap();
+        }
+        writer.flush().await.unwrap();
+        writer.get_ref().clone()
+    }
+
+    #[tokio::test]
+    async fn without_a_sealer_frames_are_written_as_before() {
+        let frames = frames();
+        let mut expected = Vec::new();
+        for frame in &frames {
+            let mut head = frame::head_for(
+                frame.kind,
+                frame.request_id,
+                &frame.header,
+                &frame.body,
+                frame.with_crc,
+            )
+            .unwrap();
+            head.flags |= frame.flags;
+            expected.extend(frame::encode_head_to_vec(
+                &head,
+                None,
+                &frame.header,
+                &frame.body,
+            ));
+        }
+        assert_eq!(written(None, &frames).await, expected);
+    }
+
+    #[tokio::test]
+    async fn sealed_frames_open_on_the_other_side() {
+        let ((client_seal, _), (_, server_open)) = session();
+        let frames = frames();
+        let bytes = written(Some(client_seal), &frames).await;
+        let mut reader = FrameReader::new(&bytes[..], FrameLimits::default());
+        reader.set_opener(server_open);
+        for sent in &frames {
+            let got = reader.read_frame().await.unwrap().unwrap();
+            assert!(got.flags & FLAG_AUTH != 0 && got.tag.is_some());
+            assert_eq!((got.kind, got.request_id), (sent.kind, sent.request_id));
+            assert_eq!(got.flags & !FLAG_AUTH & !frame::FLAG_CRC, sent.flags);
+            assert_eq!(&got.header, &sent.header);
+            assert_eq!(got.body, sent.body.concat());
+        }
+        assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn read_rest_and_skip_rest_check_tags_and_keep_the_sequence() {
+        let ((client_seal, _), (_, server_open)) = session();
+        let bytes = written(Some(client_seal), &frames()).await;
+        let mut reader = FrameReader::with_capacity(&bytes[..], FrameLimits::default(), 16);
+        reader.set_opener(server_open);
+        let head = reader.read_head().await.unwrap().unwrap();
+        reader.skip_rest(&head).await.unwrap();
+        let head = reader.read_head().await.unwrap().unwrap();
+        assert_eq!(
+            reader
+                .read_rest(&head, Bytes::from)
+                .await
+                .unwrap()
+                .request_id,
+            2
+        );
+        let head = reader.read_head().await.unwrap().unwrap();
+        reader.skip_rest(&head).await.unwrap();
+        let head = reader.read_head().await.unwrap().unwrap();
+        let last = reader.read_rest(&head, Bytes::from).await.unwrap();
+        assert_eq!((last.request_id, &last.body[..]), (4, &b"chunk"[..]));
+    }
+
+    #[tokio::test]
+    async fn write_head_seals_a_frame_whose_body_follows_untouched() {
+        let ((client_seal, _), (_, server_open)) = session();
+        let mut writer = FrameWriter::new(Vec::new());
+        writer.set_sealer(client_seal);
+        let head = frame::head_for_body(MessageType::ChunkData, 5, b"h", 3).unwrap();
+        writer.write_head(&head, b"h").await.unwrap();
+        writer.flush().await.unwrap();
+        let mut bytes = writer.get_ref().clone();
+        bytes.extend_from_slice(b"xyz");
+        let mut reader = FrameReader::new(&bytes[..], FrameLimits::default());
+        reader.set_opener(server_open);
+        let frame = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!((frame.request_id, &frame.body[..]), (5, &b"xyz"[..]));
+    }
+
+    #[tokio::test]
+    async fn an_opener_refuses_untagged_replayed_and_reflected_frames() {
+        // Untagged.
+        let (_, (_, server_open)) = session();
+        let plain = written(None, &frames()).await;
+        let mut reader = FrameReader::new(&plain[..], FrameLimits::default());
+        reader.set_opener(server_open);
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(ReadError::Auth(AuthError::Untagged { seq: 0, .. }))
+        ));
+
+        // A frame duplicated inside the stream.
+        let ((client_seal, _), (_, server_open)) = session();
+        let one = written(Some(client_seal), &frames()[..1]).await;
+        let twice = [one.clone(), one].concat();
+        let mut reader = FrameReader::new(&twice[..], FrameLimits::default());
+        reader.set_opener(server_open);
+        reader.read_frame().await.unwrap().unwrap();
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(ReadError::Auth(AuthError::BadTag { seq: 1, .. }))
+        ));
+
+        // A client frame sent back to the client.
+        let ((client_seal, client_open), _) = session();
+        let bytes = written(Some(client_seal), &frames()).await;
+        let mut reader = FrameReader::new(&bytes[..], FrameLimits::default());
+        reader.set_opener(client_open);
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(ReadError::Auth(AuthError::BadTag { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_tagged_frame_cut_inside_its_tag_is_truncated() {
+        let (bytes, _) = tagged_then_untagged();
+        let cut = &bytes[..frame::HEAD_LEN + TAG_LEN / 2];
+        let mut reader = FrameReader::new(cut, FrameLimits::default());
+        let head = reader.read_head().await.unwrap().unwrap();
+        assert!(matches!(
+            reader.read_rest(&head, Bytes::from).await,
+            Err(ReadError::Truncated { .. })
+        ));
     }
 }

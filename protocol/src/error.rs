@@ -26,6 +26,12 @@ pub enum ErrorCode {
     Unavailable = 8,
     /// The operation took longer than allowed.
     Timeout = 9,
+    /// Missing, bad or stale credentials: no session, a bad frame tag, an unknown key, an unknown
+    /// application, a replayed request. Not retryable: the same credentials fail again.
+    Unauthenticated = 10,
+    /// Authenticated, but the principal may not do this (e.g. an application touching another
+    /// application's shuffle, or a non-master sending control frames). Not retryable.
+    PermissionDenied = 11,
 }
 
 impl ErrorCode {
@@ -40,6 +46,8 @@ impl ErrorCode {
             7 => ErrorCode::DataLost,
             8 => ErrorCode::Unavailable,
             9 => ErrorCode::Timeout,
+            10 => ErrorCode::Unauthenticated,
+            11 => ErrorCode::PermissionDenied,
             _ => ErrorCode::Internal,
         }
     }
@@ -64,6 +72,8 @@ impl ErrorCode {
             ErrorCode::DataLost => tonic::Code::DataLoss,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Timeout => tonic::Code::DeadlineExceeded,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
         }
     }
 
@@ -79,6 +89,8 @@ impl ErrorCode {
                 ErrorCode::Unavailable
             }
             tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
+            tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
+            tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
             _ => ErrorCode::Internal,
         }
     }
@@ -111,6 +123,12 @@ pub enum ProtocolError {
         code: ErrorCode,
         message: String,
     },
+    #[error("authenticating the connection to {peer} failed: {source}")]
+    Auth {
+        peer: String,
+        #[source]
+        source: crate::auth::AuthError,
+    },
     #[error("{peer} answered with an unexpected {kind:?} frame")]
     UnexpectedResponse {
         peer: String,
@@ -127,8 +145,49 @@ impl ProtocolError {
             ProtocolError::Timeout { .. } => ErrorCode::Timeout,
             ProtocolError::Remote { code, .. } => *code,
             ProtocolError::UnexpectedResponse { .. } => ErrorCode::Internal,
+            ProtocolError::Auth { source, .. } => source.code(),
         }
     }
 }
 
 pub type ProtocolResult<T> = Result<T, ProtocolError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ErrorCode; 11] = [
+        ErrorCode::Internal,
+        ErrorCode::InvalidRequest,
+        ErrorCode::NotFound,
+        ErrorCode::Busy,
+        ErrorCode::DiskFull,
+        ErrorCode::Committed,
+        ErrorCode::DataLost,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+    ];
+
+    #[test]
+    fn every_code_survives_the_wire() {
+        for code in ALL {
+            assert_eq!(ErrorCode::from_u32(code as u32), code);
+        }
+        assert_eq!(ErrorCode::from_u32(0), ErrorCode::Internal);
+        assert_eq!(ErrorCode::from_u32(12), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn auth_codes_map_to_their_grpc_codes_both_ways_and_are_not_retryable() {
+        for (code, grpc) in [
+            (ErrorCode::Unauthenticated, tonic::Code::Unauthenticated),
+            (ErrorCode::PermissionDenied, tonic::Code::PermissionDenied),
+        ] {
+            assert_eq!(code.grpc_code(), grpc);
+            assert_eq!(ErrorCode::from_grpc(grpc), code);
+            assert!(!code.is_retryable());
+        }
+    }
+}

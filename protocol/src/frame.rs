@@ -8,6 +8,8 @@
 //!  | magic  | ver | type| flags  |    request id    | header len|  body len |   crc32   |
 //!  | "SLUC" | u8  | u8  |  u16   |       u64        |    u32    |    u32    |    u32    |
 //!  +--------+-----+-----+--------+------------------+-----------+-----------+-----------+
+//!  | tag: 32 bytes, present only when flag FLAG_AUTH is set                               |
+//!  +--------------------------------------------------------------------------------------+
 //!  | header: `header len` bytes, a protobuf message chosen by `type`                      |
 //!  +--------------------------------------------------------------------------------------+
 //!  | body: `body len` raw bytes (batches for pushes and chunks)                           |
@@ -17,6 +19,13 @@
 //! All integers are big-endian. When flag [`FLAG_CRC`] is set, `crc32` is the CRC32 of the
 //! header followed by the body; chunk responses leave it unset because every batch they carry
 //! has its own CRC, verified by the reader, so the server can send file bytes untouched.
+//!
+//! When flag [`FLAG_AUTH`] is set (every frame after the `Hello`/`Welcome` handshake of an
+//! authenticated connection), a [`TAG_LEN`]-byte MAC sits between head and header. The head's
+//! lengths do not count it, but [`FrameHead::frame_len`] and [`FrameHead::rest_len`] do; the CRC
+//! still covers header and body only. The tag is computed and checked by
+//! `crate::auth::{Sealer, Opener}`; this module only carries it. Frames without the flag are
+//! byte-identical to those of peers that know nothing of authentication.
 //!
 //! Decoding never trusts a length: [`check`] rejects a bad magic, version or type and any length
 //! above [`FrameLimits`] before a byte of the frame is buffered, so a garbage or hostile peer
@@ -36,6 +45,10 @@ pub const FLAG_CRC: u16 = 1;
 /// above their memory budget, so primaries forwarding to each other cannot deadlock; the flag
 /// is read from the head, before any of the frame's bytes are buffered.
 pub const FLAG_REPLICA: u16 = 2;
+/// The frame carries a [`TAG_LEN`]-byte MAC between head and header (an authenticated session).
+pub const FLAG_AUTH: u16 = 4;
+/// Length of the tag of a frame flagged [`FLAG_AUTH`] (an HMAC-SHA256).
+pub const TAG_LEN: usize = 32;
 
 /// What a frame carries. Requests and their responses share the request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +78,12 @@ pub enum MessageType {
     Committed = 11,
     /// Master -> worker: delete a shuffle or an application. Header: `DestroyHeader`.
     Destroy = 12,
+    /// Client -> server, the first frame of an authenticated connection: who the client is and
+    /// its nonce. Header: `HelloHeader`. Never tagged.
+    Hello = 13,
+    /// Server -> client, the answer to `Hello`: the server's nonce and its proof of the session
+    /// key. Header: `WelcomeHeader`. Never tagged.
+    Welcome = 14,
 }
 
 impl MessageType {
@@ -83,6 +102,8 @@ impl MessageType {
             10 => Commit,
             11 => Committed,
             12 => Destroy,
+            13 => Hello,
+            14 => Welcome,
             _ => return None,
         })
     }
@@ -136,14 +157,28 @@ pub struct FrameHead {
 }
 
 impl FrameHead {
-    /// Head plus header plus body.
-    pub fn frame_len(&self) -> usize {
-        HEAD_LEN + self.header_len as usize + self.body_len as usize
+    /// Whether the frame carries a tag ([`FLAG_AUTH`]).
+    pub fn is_tagged(&self) -> bool {
+        self.flags & FLAG_AUTH != 0
     }
 
-    /// Header plus body: what a reader buffers after the head.
+    /// [`TAG_LEN`] for a tagged frame, else 0.
+    pub fn tag_len(&self) -> usize {
+        if self.is_tagged() {
+            TAG_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Head plus tag (if any) plus header plus body.
+    pub fn frame_len(&self) -> usize {
+        HEAD_LEN + self.tag_len() + self.header_len as usize + self.body_len as usize
+    }
+
+    /// Tag (if any) plus header plus body: what a reader buffers after the head.
     pub fn rest_len(&self) -> u64 {
-        u64::from(self.header_len) + u64::from(self.body_len)
+        self.tag_len() as u64 + u64::from(self.header_len) + u64::from(self.body_len)
     }
 
     pub fn encode(&self) -> [u8; HEAD_LEN] {
@@ -164,9 +199,11 @@ impl FrameHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: MessageType,
-    /// The head's flags ([`FLAG_CRC`], [`FLAG_REPLICA`]).
+    /// The head's flags ([`FLAG_CRC`], [`FLAG_REPLICA`], [`FLAG_AUTH`]).
     pub flags: u16,
     pub request_id: u64,
+    /// The MAC of a frame flagged [`FLAG_AUTH`], not yet verified; `None` for untagged frames.
+    pub tag: Option<[u8; TAG_LEN]>,
     pub header: Bytes,
     pub body: Bytes,
 }
@@ -247,6 +284,7 @@ pub fn parse(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Frame, FrameErr
         return Err(FrameError::Incomplete);
     }
     buf.advance(HEAD_LEN);
+    let tag = split_tag(buf, &head);
     let header = buf.split_to(head.header_len as usize).freeze();
     let body = buf.split_to(head.body_len as usize).freeze();
     if head.flags & FLAG_CRC != 0 {
@@ -262,9 +300,22 @@ pub fn parse(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Frame, FrameErr
         kind: head.kind,
         flags: head.flags,
         request_id: head.request_id,
+        tag,
         header,
         body,
     })
+}
+
+/// Takes the tag of a tagged frame off the front of `buf`, which starts right after the head
+/// and holds at least the tag.
+pub(crate) fn split_tag(buf: &mut BytesMut, head: &FrameHead) -> Option<[u8; TAG_LEN]> {
+    if !head.is_tagged() {
+        return None;
+    }
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&buf[..TAG_LEN]);
+    buf.advance(TAG_LEN);
+    Some(tag)
 }
 
 /// CRC32 of a header followed by body pieces.
@@ -330,13 +381,33 @@ pub fn encode_to_vec(
     with_crc: bool,
 ) -> Result<Vec<u8>, FrameError> {
     let head = head_for(kind, request_id, header, body, with_crc)?;
+    Ok(encode_head_to_vec(&head, None, header, body))
+}
+
+/// Encodes a whole frame whose head is already built into one contiguous buffer. `tag` must be
+/// `Some` exactly when `head` is flagged [`FLAG_AUTH`] (the tag is the one computed over this
+/// head, e.g. by `crate::auth::Sealer`).
+pub fn encode_head_to_vec(
+    head: &FrameHead,
+    tag: Option<&[u8; TAG_LEN]>,
+    header: &[u8],
+    body: &[Bytes],
+) -> Vec<u8> {
+    debug_assert_eq!(
+        head.is_tagged(),
+        tag.is_some(),
+        "tag presence must match FLAG_AUTH"
+    );
     let mut out = Vec::with_capacity(head.frame_len());
     out.extend_from_slice(&head.encode());
+    if let Some(tag) = tag {
+        out.extend_from_slice(tag);
+    }
     out.extend_from_slice(header);
     for piece in body {
         out.extend_from_slice(piece);
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -344,7 +415,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const KINDS: [MessageType; 12] = [
+    const KINDS: [MessageType; 14] = [
         MessageType::PushData,
         MessageType::PushMergedData,
         MessageType::Ack,
@@ -357,6 +428,8 @@ mod tests {
         MessageType::Commit,
         MessageType::Committed,
         MessageType::Destroy,
+        MessageType::Hello,
+        MessageType::Welcome,
     ];
 
     fn small_limits() -> FrameLimits {
@@ -422,6 +495,97 @@ mod tests {
             let mut buf = BytesMut::from(&corrupted[..]);
             let is_checksum_error = matches!(parse(&mut buf, &small_limits()), Err(FrameError::Checksum { .. }));
             prop_assert!(is_checksum_error);
+        }
+
+        #[test]
+        fn tagged_round_trip(
+            kind in 0usize..KINDS.len(),
+            request_id: u64,
+            tag: [u8; TAG_LEN],
+            header in proptest::collection::vec(any::<u8>(), 0..512),
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..4096), 0..4),
+            with_crc: bool,
+            trailing in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let body: Vec<Bytes> = pieces.into_iter().map(Bytes::from).collect();
+            let mut head = head_for(KINDS[kind], request_id, &header, &body, with_crc).unwrap();
+            head.flags |= FLAG_AUTH;
+            let encoded = encode_head_to_vec(&head, Some(&tag), &header, &body);
+            prop_assert_eq!(encoded.len(), head.frame_len());
+            prop_assert_eq!(encoded.len() as u64, HEAD_LEN as u64 + head.rest_len());
+            let mut buf = BytesMut::from(&encoded[..]);
+            buf.extend_from_slice(&trailing);
+            let frame = parse(&mut buf, &small_limits()).unwrap();
+            prop_assert_eq!(&buf[..], &trailing[..], "parse consumed more or less than the frame");
+            prop_assert_eq!(frame.kind, KINDS[kind]);
+            prop_assert_eq!(frame.flags, head.flags);
+            prop_assert_eq!(frame.request_id, request_id);
+            prop_assert_eq!(frame.tag, Some(tag));
+            prop_assert_eq!(&frame.header[..], &header[..]);
+            prop_assert_eq!(frame.body, body.concat());
+        }
+
+        #[test]
+        fn every_truncation_of_a_tagged_frame_is_incomplete(
+            tag: [u8; TAG_LEN],
+            header in proptest::collection::vec(any::<u8>(), 0..64),
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let body = [Bytes::from(body)];
+            let mut head = head_for(MessageType::PushData, 7, &header, &body, true).unwrap();
+            head.flags |= FLAG_AUTH;
+            let encoded = encode_head_to_vec(&head, Some(&tag), &header, &body);
+            for cut in 0..encoded.len() {
+                let mut buf = BytesMut::from(&encoded[..cut]);
+                prop_assert_eq!(parse(&mut buf, &small_limits()), Err(FrameError::Incomplete));
+                prop_assert_eq!(buf.len(), cut, "an incomplete parse consumed bytes");
+            }
+        }
+
+        #[test]
+        fn untagged_frames_carry_no_tag(
+            header in proptest::collection::vec(any::<u8>(), 0..64),
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            with_crc: bool,
+        ) {
+            let body = [Bytes::from(body)];
+            let head = head_for(MessageType::PushData, 7, &header, &body, with_crc).unwrap();
+            let encoded = encode_to_vec(MessageType::PushData, 7, &header, &body, with_crc).unwrap();
+            prop_assert_eq!(&encoded, &encode_head_to_vec(&head, None, &header, &body));
+            prop_assert_eq!(encoded.len(), HEAD_LEN + header.len() + body[0].len());
+            let frame = parse(&mut BytesMut::from(&encoded[..]), &small_limits()).unwrap();
+            prop_assert_eq!(frame.tag, None);
+        }
+    }
+
+    /// The exact bytes of an untagged frame, written out by hand: frames without
+    /// [`FLAG_AUTH`] must stay what peers without authentication send and expect.
+    #[test]
+    fn untagged_frames_are_byte_identical_to_the_wire_format() {
+        let encoded = encode_to_vec(
+            MessageType::PushData,
+            0x0102_0304_0506_0708,
+            b"hd",
+            &[Bytes::from_static(b"bo"), Bytes::from_static(b"dy")],
+            true,
+        )
+        .unwrap();
+        let crc = crc_of(b"hd", &[Bytes::from_static(b"body")]).to_be_bytes();
+        let mut expected = vec![
+            b'S', b'L', b'U', b'C', 2, 1, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 2, 0, 0, 0, 4,
+        ];
+        expected.extend_from_slice(&crc);
+        expected.extend_from_slice(b"hdbody");
+        assert_eq!(encoded, expected);
+    }
+
+    #[test]
+    fn hello_and_welcome_are_known_types() {
+        assert_eq!(MessageType::from_u8(13), Some(MessageType::Hello));
+        assert_eq!(MessageType::from_u8(14), Some(MessageType::Welcome));
+        assert_eq!(MessageType::from_u8(15), None);
+        for kind in KINDS {
+            assert_eq!(MessageType::from_u8(kind as u8), Some(kind));
         }
     }
 

@@ -11,6 +11,9 @@
 //! - [`batch`]: the batch format shared by writers, workers' files and readers: a 32-byte head
 //!   (partition, map, attempt, batch id, lengths, codec, CRC32) and the (LZ4-compressed)
 //!   payload.
+//! - [`auth`]: cluster secrets ([`auth::Keyring`]), principals, and the per-connection session
+//!   whose [`auth::Sealer`] and [`auth::Opener`] tag and check frames flagged
+//!   [`frame::FLAG_AUTH`].
 //! - [`error`]: [`ErrorCode`], the small closed set of codes every error maps to, and
 //!   [`ProtocolError`].
 //! - [`duration`]: serde helpers for human-readable durations in configuration files.
@@ -24,6 +27,7 @@
 //! [`connection::FrameReader`] and answers on the same connection. Readers fetch chunks of whole
 //! batches and decode them with [`batch::BatchIter`].
 
+pub mod auth;
 pub mod batch;
 pub mod connection;
 pub mod duration;

@@ -5,6 +5,10 @@
 //! small frames coalesce), one task reads responses and completes the waiting callers. When the
 //! connection breaks, every waiting caller gets [`ProtocolError::Closed`] and the client reports
 //! itself closed so pools can replace it.
+//!
+//! With [`Credentials`] ([`RpcClient::connect_as`], [`RpcPool::with_credentials`]) a connection
+//! first runs [`crate::auth::client_handshake`] on its raw halves, before those tasks start,
+//! and every frame after it is tagged; without them frames are exactly as before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,11 +18,19 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::{client_handshake, Keyring, Principal};
 use crate::connection::{write_queued, FrameReader, FrameWriter, OutFrame};
 use crate::frame::{Frame, FrameLimits, MessageType};
 use crate::{pb, ErrorCode, ProtocolError, ProtocolResult};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ProtocolResult<Frame>>>>>;
+
+/// Who a client authenticates as, and the cluster secrets keying its sessions.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub principal: Principal,
+    pub keyring: Arc<Keyring>,
+}
 
 pub struct RpcClient {
     peer: String,
@@ -43,6 +55,17 @@ impl RpcClient {
         limits: FrameLimits,
         timeout: Duration,
     ) -> ProtocolResult<RpcClient> {
+        Self::connect_as(addr, limits, timeout, None).await
+    }
+
+    /// Connects to `addr` within `timeout` and, with `credentials`, runs the session handshake
+    /// (within `timeout` too) before any request: every frame of the connection is then tagged.
+    pub async fn connect_as(
+        addr: &str,
+        limits: FrameLimits,
+        timeout: Duration,
+        credentials: Option<&Credentials>,
+    ) -> ProtocolResult<RpcClient> {
         let peer = addr.to_string();
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -61,16 +84,38 @@ impl RpcClient {
                 source,
             })?;
         let (read_half, write_half) = stream.into_split();
+        let mut reader = FrameReader::new(read_half, limits);
+        let mut writer = FrameWriter::new(write_half);
+        if let Some(credentials) = credentials {
+            let handshake = client_handshake(
+                &mut reader,
+                &mut writer,
+                &credentials.principal,
+                &credentials.keyring,
+            );
+            let (sealer, opener) = match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(halves)) => halves,
+                Ok(Err(source)) => return Err(ProtocolError::Auth { peer, source }),
+                Err(_) => {
+                    return Err(ProtocolError::Timeout {
+                        peer,
+                        millis: timeout.as_millis() as u64,
+                    })
+                }
+            };
+            writer.set_sealer(sealer);
+            reader.set_opener(opener);
+        }
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (outgoing, queue) = mpsc::channel(256);
         let write_closed = closed.clone();
         tokio::spawn(async move {
-            let _ = write_queued(FrameWriter::new(write_half), queue).await;
+            let _ = write_queued(writer, queue).await;
             write_closed.store(true, Ordering::Release);
         });
         tokio::spawn(read_loop(
-            FrameReader::new(read_half, limits),
+            reader,
             pending.clone(),
             closed.clone(),
             peer.clone(),
@@ -211,6 +256,7 @@ pub struct RpcPool {
     clients: Mutex<HashMap<String, Arc<RpcClient>>>,
     limits: FrameLimits,
     connect_timeout: Duration,
+    credentials: Option<Credentials>,
 }
 
 impl RpcPool {
@@ -219,7 +265,15 @@ impl RpcPool {
             clients: Mutex::default(),
             limits,
             connect_timeout,
+            credentials: None,
         }
+    }
+
+    /// Authenticates every connection of the pool with `credentials` (`None`: no handshake,
+    /// frames exactly as without auth).
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> RpcPool {
+        self.credentials = credentials;
+        self
     }
 
     /// The open client for `addr`, connecting if there is none or the last one broke.
@@ -229,7 +283,15 @@ impl RpcPool {
                 return Ok(client.clone());
             }
         }
-        let client = Arc::new(RpcClient::connect(addr, self.limits, self.connect_timeout).await?);
+        let client = Arc::new(
+            RpcClient::connect_as(
+                addr,
+                self.limits,
+                self.connect_timeout,
+                self.credentials.as_ref(),
+            )
+            .await?,
+        );
         self.clients
             .lock()
             .unwrap()

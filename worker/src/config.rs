@@ -114,6 +114,12 @@ pub struct WorkerConfig {
     /// worker can lose of its newest pushes (its restart recovers everything flushed).
     #[serde(with = "sluice_protocol::duration")]
     pub max_buffer_age: Duration,
+    /// Path of the cluster secret file (one secret of at least 32 bytes per line; the first
+    /// signs, every one verifies). Set, every push and fetch connection must open with the
+    /// `Hello`/`Welcome` handshake and every frame is tagged; control frames are taken only
+    /// from `master:*` and replica pushes only from `worker:*`; replica forwards authenticate as
+    /// `worker:<id>`. Empty: no authentication (frames as before). Set it on the masters too.
+    pub cluster_secret_file: String,
 }
 
 impl Default for WorkerConfig {
@@ -145,6 +151,7 @@ impl Default for WorkerConfig {
             connection_idle_timeout: Duration::from_secs(600),
             frame_read_timeout: Duration::from_secs(30),
             max_buffer_age: Duration::from_millis(250),
+            cluster_secret_file: String::new(),
         }
     }
 }

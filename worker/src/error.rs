@@ -26,6 +26,8 @@ pub enum WorkerError {
     Disk { location: String, reason: String },
     #[error("{location} has reached its size cap of {cap} bytes")]
     PartitionFull { location: String, cap: u64 },
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("cannot reach the master: {0}")]
     Master(String),
 }
@@ -41,6 +43,7 @@ impl WorkerError {
             WorkerError::Busy { .. } => ErrorCode::Busy,
             WorkerError::Disk { .. } | WorkerError::PartitionFull { .. } => ErrorCode::DiskFull,
             WorkerError::Master(_) => ErrorCode::Unavailable,
+            WorkerError::PermissionDenied(_) => ErrorCode::PermissionDenied,
         }
     }
 

@@ -4,8 +4,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use sluice_protocol::auth::{Keyring, Principal};
 use sluice_protocol::frame::FrameLimits;
 use sluice_protocol::pb;
+use sluice_protocol::rpc::Credentials;
 use tokio::net::TcpListener;
 
 use crate::config::WorkerConfig;
@@ -37,6 +39,11 @@ pub struct Shared {
     /// This worker's metrics registry (served on its admin port) and its handles.
     pub telemetry: std::sync::Arc<sluice_ops::Telemetry>,
     pub metrics: WorkerMetrics,
+    /// The cluster secrets from `cluster_secret_file`; `None`: connections are not
+    /// authenticated.
+    pub keyring: Option<Arc<Keyring>>,
+    /// Connections refused at the handshake (their log lines are rate-limited by this count).
+    pub handshakes_refused: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -62,6 +69,14 @@ pub(crate) fn start(
     listeners: &Listeners,
 ) -> WorkerResult<(Shared, Vec<FlushQueue>)> {
     config.validate().map_err(WorkerError::Config)?;
+    let keyring = if config.cluster_secret_file.is_empty() {
+        None
+    } else {
+        let path = std::path::Path::new(&config.cluster_secret_file);
+        let keyring = Keyring::load(path)
+            .map_err(|e| WorkerError::Config(format!("cluster_secret_file: {e}")))?;
+        Some(Arc::new(keyring))
+    };
     let port = |listener: &TcpListener| {
         listener
             .local_addr()
@@ -125,14 +140,21 @@ pub(crate) fn start(
             "serving the locations found on disk again after a restart"
         );
     }
+    let peers = sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5))
+        .with_credentials(keyring.as_ref().map(|keyring| Credentials {
+            principal: Principal::Worker(info.id.clone()),
+            keyring: keyring.clone(),
+        }));
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
+        handshakes_refused: std::sync::atomic::AtomicU64::new(0),
         telemetry,
         metrics,
         info,
         store,
         limits,
-        peers: sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5)),
+        peers,
+        keyring,
         registered: tokio::sync::watch::channel(false).0,
         config,
     };

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{busy, conn, error_frame, next_frame, reply, Next};
+use super::{busy, error_frame, next_frame, open, reply, Next};
 use crate::error::{WorkerError, WorkerResult};
 use crate::metrics::WorkerMetrics;
 use crate::shared::Shared;
@@ -47,14 +47,17 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let (read_half, write_half) = stream.into_split();
-    let mut conn = conn(read_half, peer, REQUEST_LIMITS);
+    let Some((mut conn, frame_writer)) =
+        open(stream, peer, &shared, REQUEST_LIMITS, &shutdown).await
+    else {
+        return;
+    };
     let (tx, rx) = mpsc::channel::<Answer>(FETCH_CONCURRENCY * 2);
     let peer_name = peer.to_string();
     let counted = shared.clone();
     let writer = tokio::spawn(async move {
         let metrics = &counted.metrics;
-        if let Err(e) = write_answers(FrameWriter::new(write_half), rx, metrics).await {
+        if let Err(e) = write_answers(frame_writer, rx, metrics).await {
             tracing::debug!(peer = %peer_name, error = %e, "fetch connection closed while answering");
         }
     });

@@ -16,12 +16,14 @@ pub mod control;
 pub mod fetch;
 pub mod push;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use sluice_protocol::auth::{server_handshake, Principal};
 use sluice_protocol::connection::{write_queued, FrameReader, FrameWriter, OutFrame, ReadError};
 use sluice_protocol::frame::{Frame, FrameHead, FrameLimits, MessageType, FLAG_REPLICA};
 use sluice_protocol::pb;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -86,10 +88,56 @@ pub async fn accept_loop(
     }
 }
 
+/// How long a new connection has to complete the session handshake when auth is on.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A connection's reading side.
 pub(crate) struct Conn {
     reader: FrameReader<OwnedReadHalf>,
     peer: String,
+    /// Who the session speaks for; `None` when the worker runs without authentication.
+    principal: Option<Principal>,
+}
+
+impl Conn {
+    /// The authorization table: control frames only from `master:*`, replica pushes (flagged
+    /// [`FLAG_REPLICA`]) only from `worker:*`. Everything passes without authentication. A
+    /// push whose header says `ROLE_REPLICA` is checked by [`Conn::may_replicate`].
+    pub(crate) fn authorize(&self, frame: &Frame) -> WorkerResult<()> {
+        let Some(principal) = &self.principal else {
+            return Ok(());
+        };
+        let allowed = match frame.kind {
+            MessageType::Reserve | MessageType::Commit | MessageType::Destroy => {
+                matches!(principal, Principal::Master(_))
+            }
+            MessageType::PushData | MessageType::PushMergedData
+                if frame.flags & FLAG_REPLICA != 0 =>
+            {
+                self.may_replicate()
+            }
+            _ => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(WorkerError::PermissionDenied(format!(
+                "{principal} may not send {:?}{}",
+                frame.kind,
+                if frame.flags & FLAG_REPLICA != 0 {
+                    " as a replica"
+                } else {
+                    ""
+                }
+            )))
+        }
+    }
+
+    /// Whether this connection may push to replica locations: a worker's session, or any
+    /// connection without authentication.
+    pub(crate) fn may_replicate(&self) -> bool {
+        matches!(self.principal, None | Some(Principal::Worker(_)))
+    }
 }
 
 /// What reading the next frame gave.
@@ -100,25 +148,71 @@ pub(crate) enum Next {
     End,
 }
 
-/// Splits a connection into a frame reader and a channel to a writer task.
-pub(crate) fn split(
+/// Opens a connection: with a keyring, runs the server handshake (within
+/// [`HANDSHAKE_TIMEOUT`]) and tags every later frame both ways; without one, takes frames as
+/// they come. `None`: the handshake failed (refused with an `Error` frame) and the connection
+/// is to be dropped.
+pub(crate) async fn open(
     stream: TcpStream,
     peer: &str,
     shared: &Shared,
-) -> (Conn, mpsc::Sender<OutFrame>, tokio::task::JoinHandle<()>) {
+    limits: FrameLimits,
+    shutdown: &CancellationToken,
+) -> Option<(Conn, FrameWriter<OwnedWriteHalf>)> {
     let (read_half, write_half) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<OutFrame>(256);
-    let writer = tokio::spawn(async move {
-        let _ = write_queued(FrameWriter::new(write_half), rx).await;
-    });
-    (conn(read_half, peer, shared.limits), tx, writer)
+    let mut reader = FrameReader::with_capacity(read_half, limits, READ_BUFFER);
+    let mut writer = FrameWriter::new(write_half);
+    let mut principal = None;
+    if let Some(keyring) = &shared.keyring {
+        let handshake = server_handshake(&mut reader, &mut writer, keyring);
+        let result = tokio::select! {
+            result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => result,
+            _ = shutdown.cancelled() => return None,
+        };
+        match result {
+            Ok(Ok((peer_principal, sealer, opener))) => {
+                tracing::debug!(peer, principal = %peer_principal, "session opened");
+                writer.set_sealer(sealer);
+                reader.set_opener(opener);
+                principal = Some(peer_principal);
+            }
+            Ok(Err(e)) => {
+                let refused = shared.handshakes_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(peer, refused, error = %e, "handshake refused");
+                } else {
+                    tracing::debug!(peer, error = %e, "handshake refused");
+                }
+                return None;
+            }
+            Err(_) => {
+                shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer, "no handshake in time, closing");
+                return None;
+            }
+        }
+    }
+    let conn = Conn {
+        reader,
+        peer: peer.to_string(),
+        principal,
+    };
+    Some((conn, writer))
 }
 
-pub(crate) fn conn(read_half: OwnedReadHalf, peer: &str, limits: FrameLimits) -> Conn {
-    Conn {
-        reader: FrameReader::with_capacity(read_half, limits, READ_BUFFER),
-        peer: peer.to_string(),
-    }
+/// Opens a connection ([`open`]) and hands its writing side to a writer task fed by a channel.
+pub(crate) async fn split(
+    stream: TcpStream,
+    peer: &str,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<(Conn, mpsc::Sender<OutFrame>, tokio::task::JoinHandle<()>)> {
+    let (conn, writer) = open(stream, peer, shared, shared.limits, shutdown).await?;
+    let (tx, rx) = mpsc::channel::<OutFrame>(256);
+    let writer = tokio::spawn(async move {
+        let _ = write_queued(writer, rx).await;
+    });
+    Some((conn, tx, writer))
 }
 
 /// Reads the next frame under the memory budget and the connection's timeouts. A push waits

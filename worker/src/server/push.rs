@@ -35,7 +35,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let (mut conn, tx, writer) = split(stream, peer, &shared);
+    let Some((mut conn, tx, writer)) = split(stream, peer, &shared, &shutdown).await else {
+        return;
+    };
     loop {
         let frame = match next_frame(&mut conn, &shared, &shutdown).await {
             Next::Frame(frame) => frame,
@@ -48,12 +50,19 @@ pub async fn serve(
             Next::End => break,
         };
         let id = frame.request_id;
+        if let Err(e) = conn.authorize(&frame) {
+            tracing::warn!(peer, error = %e, "frame refused");
+            if tx.send(error_frame(id, &e)).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let answer = match frame.kind {
             MessageType::PushData | MessageType::PushMergedData => {
                 let started = Instant::now();
                 let metrics = &shared.metrics;
                 metrics.push_requests.increment(1);
-                let answer = match handle(&shared, &frame) {
+                let answer = match handle(&shared, &frame, conn.may_replicate()) {
                     Ok(forwards) if forwards.is_empty() => ack(id),
                     Ok(forwards) => {
                         // Ack only once every replica acked; keep reading meanwhile.
@@ -98,7 +107,7 @@ type Forward = (String, OutFrame);
 
 /// Appends a push's slices to their partitions. On a primary whose partitions have replicas,
 /// returns the pushes to forward before the client may be acked.
-fn handle(shared: &Shared, frame: &Frame) -> WorkerResult<Vec<Forward>> {
+fn handle(shared: &Shared, frame: &Frame, may_replicate: bool) -> WorkerResult<Vec<Forward>> {
     if frame.flags & FLAG_CRC == 0 {
         return Err(WorkerError::InvalidRequest(
             "a push must carry a frame checksum".into(),
@@ -108,6 +117,11 @@ fn handle(shared: &Shared, frame: &Frame) -> WorkerResult<Vec<Forward>> {
     let shuffle =
         ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
     let replica = header.role == pb::Role::Replica as i32;
+    if replica && !may_replicate {
+        return Err(WorkerError::PermissionDenied(
+            "only a worker may push to replica locations".into(),
+        ));
+    }
     let body_len = frame.body.len();
     check_slices(&header.slices, body_len)?;
     let ids = header
