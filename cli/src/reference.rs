@@ -120,6 +120,10 @@ pub fn client_keys() -> anyhow::Result<Vec<Key>> {
         layout_timeout,
         master_retry_timeout,
         master_request_timeout,
+        app_secret: _,
+        tls,
+        tls_ca_file: _,
+        tls_server_name: _,
     } = ClientConfig::new(String::new());
     let duration = |value| {
         sluice_protocol::duration::serialize(&value, serde_json::value::Serializer)
@@ -149,6 +153,10 @@ pub fn client_keys() -> anyhow::Result<Vec<Key>> {
             "master_request_timeout",
             Some(duration(master_request_timeout)?),
         ),
+        ("app_secret", None),
+        ("tls", Some(tls.to_string())),
+        ("tls_ca_file", None),
+        ("tls_server_name", None),
     ];
     let declared = declared(CLIENT_SOURCE, "ClientConfig")?;
     let shown: Vec<&str> = defaults.iter().map(|(name, _)| *name).collect();
@@ -313,6 +321,7 @@ fn kind(ty: &str, enums: &[(&str, Vec<(String, String)>)]) -> anyhow::Result<Str
         "Vec<PathBuf>" => "list of paths",
         // The master's `id`, whose unset value reads and writes as "auto".
         "Option<u64>" => "integer or `auto`",
+        "Option<Secret>" => "secret",
         other => bail!("the reference has no words for the type {other}: add them to `kind`"),
     }
     .to_string())

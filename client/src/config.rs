@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sluice_protocol::auth::Secret;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     /// The masters' gRPC addresses: one `host:port`, or several separated by commas
@@ -44,6 +46,18 @@ pub struct ClientConfig {
     /// Limit for one attempt of a master call on one master; a master silent this long is
     /// treated as unreachable. Readers wait for a commit in polls of at most half of it.
     pub master_request_timeout: Duration,
+    /// The application's secret (Spark's `spark.authenticate.secret`, or
+    /// `spark.sluice.auth.secret`). Set, the client registers its application's key with the
+    /// master, signs every master call and opens every push and fetch connection as
+    /// `app:<app id>`; another application's client can touch nothing of this one's. Needed when
+    /// the cluster runs with a cluster secret.
+    pub app_secret: Option<Secret>,
+    /// Dial the masters and the workers with TLS (their ports must have it on).
+    pub tls: bool,
+    /// PEM certificates of the CAs that sign the masters' and workers' certificates.
+    pub tls_ca_file: String,
+    /// Name expected in the servers' certificates. Empty: the dialed host.
+    pub tls_server_name: String,
 }
 
 impl ClientConfig {
@@ -66,6 +80,10 @@ impl ClientConfig {
             layout_timeout: Duration::from_secs(600),
             master_retry_timeout: Duration::from_secs(15),
             master_request_timeout: Duration::from_secs(60),
+            app_secret: None,
+            tls: false,
+            tls_ca_file: String::new(),
+            tls_server_name: String::new(),
         }
     }
 }

@@ -91,6 +91,37 @@ pub struct MasterConfig {
     /// with the `Hello`/`Welcome` handshake as `master:<raft id>` and tags every frame; the
     /// workers must hold the same file. Empty: no authentication (frames as before).
     pub cluster_secret_file: String,
+    /// A signed gRPC request whose timestamp is further than this from the master's clock is
+    /// refused (with a message that names clock skew); requests seen within this window are
+    /// remembered, so a replayed one is refused.
+    #[serde(with = "sluice_protocol::duration")]
+    pub auth_clock_skew: Duration,
+    /// Most registered applications (each holds a key verifier). A new one past it is refused
+    /// `ResourceExhausted`.
+    pub max_apps: u32,
+    /// Requests of one application the master works on at once; more are refused
+    /// `ResourceExhausted` (retryable), so one application's storm cannot starve the others.
+    pub max_inflight_requests_per_app: u32,
+    /// PEM certificate chain the master presents on its ports with TLS on (`tls_grpc`,
+    /// `tls_admin`).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM certificates of the CAs the master trusts when it dials workers and other masters
+    /// with `tls_connect`.
+    pub tls_ca_file: String,
+    /// Name the master expects in the certificates of the peers it dials. Empty: the dialed host.
+    pub tls_server_name: String,
+    /// How often the certificate, key and CA files are checked for changes (cert-manager
+    /// rotates them); new connections use the new files, open ones keep theirs.
+    #[serde(with = "sluice_protocol::duration")]
+    pub tls_reload_interval: Duration,
+    /// TLS on the gRPC port (clients, workers and other masters must dial it with TLS).
+    pub tls_grpc: bool,
+    /// TLS (HTTPS) on the admin port.
+    pub tls_admin: bool,
+    /// Dial workers' push ports and other masters with TLS (set when their ports have it on).
+    pub tls_connect: bool,
 }
 
 impl Default for MasterConfig {
@@ -122,6 +153,17 @@ impl Default for MasterConfig {
             max_live_partitions_per_app: 10_000_000,
             max_live_partitions: 20_000_000,
             cluster_secret_file: String::new(),
+            auth_clock_skew: Duration::from_secs(60),
+            max_apps: 10_000,
+            max_inflight_requests_per_app: 64,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_server_name: String::new(),
+            tls_reload_interval: Duration::from_secs(10),
+            tls_grpc: false,
+            tls_admin: false,
+            tls_connect: false,
         }
     }
 }
@@ -138,6 +180,8 @@ impl MasterConfig {
             ("raft_heartbeat_interval", self.raft_heartbeat_interval),
             ("election_timeout", self.election_timeout),
             ("orphan_grace", self.orphan_grace),
+            ("auth_clock_skew", self.auth_clock_skew),
+            ("tls_reload_interval", self.tls_reload_interval),
         ] {
             if value.is_zero() {
                 return Err(format!("{key}: must be above 0"));
@@ -167,6 +211,11 @@ impl MasterConfig {
                 self.max_live_partitions_per_app,
             ),
             ("max_live_partitions", self.max_live_partitions),
+            ("max_apps", u64::from(self.max_apps)),
+            (
+                "max_inflight_requests_per_app",
+                u64::from(self.max_inflight_requests_per_app),
+            ),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be above 0"));
@@ -194,6 +243,13 @@ impl MasterConfig {
         if self.max_locations_per_frame > 100_000 {
             return Err("max_locations_per_frame: at most 100000 fit a frame header".into());
         }
+        sluice_protocol::config_check::tls(
+            self.tls_grpc || self.tls_admin,
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            self.tls_connect,
+            &self.tls_ca_file,
+        )?;
         let message = self.max_message_size.as_u64();
         if !(MIN_MESSAGE..=MAX_MESSAGE).contains(&message) {
             return Err(format!(

@@ -29,6 +29,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod config_check;
 pub mod connection;
 pub mod duration;
 pub mod error;

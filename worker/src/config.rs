@@ -120,6 +120,40 @@ pub struct WorkerConfig {
     /// from `master:*` and replica pushes only from `worker:*`; replica forwards authenticate as
     /// `worker:<id>`. Empty: no authentication (frames as before). Set it on the masters too.
     pub cluster_secret_file: String,
+    /// A new connection must finish its TLS and session handshakes within this long, or it is
+    /// closed (a peer holding connections open without authenticating holds them no longer).
+    #[serde(with = "sluice_protocol::duration")]
+    pub auth_handshake_timeout: Duration,
+    /// Connections one IP address holds on each port (push, fetch) at most; more are closed on
+    /// accept.
+    pub max_connections_per_ip: usize,
+    /// Connections of one application's sessions on each port at most (with a cluster secret);
+    /// more are refused `Busy` after the handshake.
+    pub max_connections_per_app: usize,
+    /// PEM certificate chain the worker presents on its ports with TLS on (`tls_push`,
+    /// `tls_fetch`, `tls_admin`).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM certificates of the CAs the worker trusts when it dials masters and other workers
+    /// with `tls_connect`.
+    pub tls_ca_file: String,
+    /// Name the worker expects in the certificates of the peers it dials. Empty: the dialed
+    /// host.
+    pub tls_server_name: String,
+    /// How often the certificate, key and CA files are checked for changes (cert-manager
+    /// rotates them); new connections use the new files, open ones keep theirs.
+    #[serde(with = "sluice_protocol::duration")]
+    pub tls_reload_interval: Duration,
+    /// TLS on the push port (writers, the master and replicating workers must dial it with TLS).
+    pub tls_push: bool,
+    /// TLS on the fetch port. Chunks are then read from disk and encrypted instead of sent with
+    /// `sendfile`.
+    pub tls_fetch: bool,
+    /// TLS (HTTPS) on the admin port.
+    pub tls_admin: bool,
+    /// Dial masters and other workers' push ports with TLS (set when their ports have it on).
+    pub tls_connect: bool,
 }
 
 impl Default for WorkerConfig {
@@ -152,6 +186,18 @@ impl Default for WorkerConfig {
             frame_read_timeout: Duration::from_secs(30),
             max_buffer_age: Duration::from_millis(250),
             cluster_secret_file: String::new(),
+            auth_handshake_timeout: Duration::from_secs(5),
+            max_connections_per_ip: 512,
+            max_connections_per_app: 2048,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_server_name: String::new(),
+            tls_reload_interval: Duration::from_secs(10),
+            tls_push: false,
+            tls_fetch: false,
+            tls_admin: false,
+            tls_connect: false,
         }
     }
 }
@@ -193,10 +239,25 @@ impl WorkerConfig {
                 return Err(format!("{key}: at most 253 characters"));
             }
         }
-        if self.max_connections == 0 {
-            return Err("max_connections: must be above 0".into());
-        }
         for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_connections_per_app", self.max_connections_per_app),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be above 0"));
+            }
+        }
+        sluice_protocol::config_check::tls(
+            self.tls_push || self.tls_fetch || self.tls_admin,
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            self.tls_connect,
+            &self.tls_ca_file,
+        )?;
+        for (key, value) in [
+            ("auth_handshake_timeout", self.auth_handshake_timeout),
+            ("tls_reload_interval", self.tls_reload_interval),
             ("connection_idle_timeout", self.connection_idle_timeout),
             ("frame_read_timeout", self.frame_read_timeout),
             ("max_buffer_age", self.max_buffer_age),
