@@ -70,10 +70,7 @@ fn push_as(key: &ShuffleKey, role: pb::Role) -> OutFrame {
 }
 
 async fn connect_as(addr: &str, principal: Principal, keyring: &Arc<Keyring>) -> RpcClient {
-    let credentials = Credentials {
-        principal,
-        keyring: keyring.clone(),
-    };
+    let credentials = Credentials::cluster(principal, keyring);
     RpcClient::connect_as(addr, FrameLimits::default(), TIMEOUT, Some(&credentials))
         .await
         .unwrap()
@@ -143,10 +140,7 @@ async fn a_client_with_another_secret_is_refused() {
     let (cluster, _) = secure_cluster(dir.path()).await;
     let other =
         Arc::new(Keyring::parse("other", b"another-secret-another-secret-another-secret").unwrap());
-    let credentials = Credentials {
-        principal: Principal::Master("0".into()),
-        keyring: other,
-    };
+    let credentials = Credentials::cluster(Principal::Master("0".into()), &other);
     let refused = RpcClient::connect_as(
         &push_addr(&cluster),
         FrameLimits::default(),

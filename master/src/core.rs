@@ -65,17 +65,17 @@ impl Core {
     ) -> MasterResult<Core> {
         let id = crate::raft::node::node_id(&config, listening)?;
         let addr = crate::raft::node::advertise(&config, id, listening);
-        let credentials = if config.cluster_secret_file.is_empty() {
+        let keyring = if config.cluster_secret_file.is_empty() {
             None
         } else {
             let path = std::path::Path::new(&config.cluster_secret_file);
             let keyring = Keyring::load(path)
                 .map_err(|e| MasterError::Config(format!("cluster_secret_file: {e}")))?;
-            Some(Credentials {
-                principal: Principal::Master(id.to_string()),
-                keyring: Arc::new(keyring),
-            })
+            Some(Arc::new(keyring))
         };
+        let credentials = keyring
+            .as_deref()
+            .map(|keyring| Credentials::cluster(Principal::Master(id.to_string()), keyring));
         let state = Arc::new(Mutex::new(State::default()));
         let raft = crate::raft::node::start(&config, id, &addr, state.clone()).await?;
         let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("master", &id.to_string())]);

@@ -18,18 +18,28 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::{client_handshake, Keyring, Principal};
+use crate::auth::{client_handshake, Keyring, Principal, PrincipalKeys};
 use crate::connection::{write_queued, FrameReader, FrameWriter, OutFrame};
 use crate::frame::{Frame, FrameLimits, MessageType};
 use crate::{pb, ErrorCode, ProtocolError, ProtocolResult};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ProtocolResult<Frame>>>>>;
 
-/// Who a client authenticates as, and the cluster secrets keying its sessions.
+/// Who a client authenticates as, and the keys it signs with.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub principal: Principal,
-    pub keyring: Arc<Keyring>,
+    pub keys: PrincipalKeys,
+}
+
+impl Credentials {
+    /// A cluster principal keyed by the keyring's signing secret.
+    pub fn cluster(principal: Principal, keyring: &Keyring) -> Credentials {
+        Credentials {
+            principal,
+            keys: PrincipalKeys::cluster(keyring.signing()),
+        }
+    }
 }
 
 pub struct RpcClient {
@@ -91,7 +101,7 @@ impl RpcClient {
                 &mut reader,
                 &mut writer,
                 &credentials.principal,
-                &credentials.keyring,
+                &credentials.keys,
             );
             let (sealer, opener) = match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(halves)) => halves,

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use sluice_protocol::auth::{
-    client_handshake, server_handshake, AuthError, Keyring, Principal, MAX_HELLO_HEADER,
+    client_handshake, server_handshake, AuthError, Keyring, Principal, PrincipalKeys,
+    MAX_HELLO_HEADER,
 };
 use sluice_protocol::connection::{FrameReader, FrameWriter, OutFrame, ReadError};
 use sluice_protocol::frame::{FrameLimits, MessageType};
@@ -50,8 +51,9 @@ async fn a_good_secret_opens_a_session_and_tagged_frames_flow_both_ways() {
     let me = master();
     let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
     let (client_keys, server_keys) = (keyring(SECRET), keyring(SECRET));
+    let client_keys_signing = PrincipalKeys::cluster(client_keys.signing());
     let (client, server) = tokio::join!(
-        client_handshake(&mut cr, &mut cw, &me, &client_keys),
+        client_handshake(&mut cr, &mut cw, &me, &client_keys_signing),
         server_handshake(&mut sr, &mut sw, &server_keys),
     );
     let (client_seal, client_open) = client.unwrap();
@@ -81,8 +83,9 @@ async fn a_rotated_server_accepts_a_client_on_the_old_secret() {
     let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
     let old = keyring(SECRET);
     let rotated = keyring(&format!("{OTHER}\n{SECRET}\n"));
+    let old_signing = PrincipalKeys::cluster(old.signing());
     let (client, server) = tokio::join!(
-        client_handshake(&mut cr, &mut cw, &me, &old),
+        client_handshake(&mut cr, &mut cw, &me, &old_signing),
         server_handshake(&mut sr, &mut sw, &rotated),
     );
     client.unwrap();
@@ -94,8 +97,9 @@ async fn a_wrong_secret_is_refused_on_both_sides() {
     let me = master();
     let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
     let (client_keys, server_keys) = (keyring(OTHER), keyring(SECRET));
+    let client_keys_signing = PrincipalKeys::cluster(client_keys.signing());
     let (client, server) = tokio::join!(
-        client_handshake(&mut cr, &mut cw, &me, &client_keys),
+        client_handshake(&mut cr, &mut cw, &me, &client_keys_signing),
         server_handshake(&mut sr, &mut sw, &server_keys),
     );
     assert!(
@@ -114,6 +118,7 @@ async fn a_fake_server_fails_the_clients_proof_check() {
     // The server claims the client's kid but holds another secret: its proof fails.
     let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
     let client_keys = keyring(SECRET);
+    let client_keys_signing = PrincipalKeys::cluster(client_keys.signing());
     let fake = async {
         let frame = sr.read_frame().await.unwrap().unwrap();
         assert_eq!(frame.kind, MessageType::Hello);
@@ -126,7 +131,10 @@ async fn a_fake_server_fails_the_clients_proof_check() {
             .unwrap();
         sw.flush().await.unwrap();
     };
-    let (client, ()) = tokio::join!(client_handshake(&mut cr, &mut cw, &me, &client_keys), fake);
+    let (client, ()) = tokio::join!(
+        client_handshake(&mut cr, &mut cw, &me, &client_keys_signing),
+        fake
+    );
     assert!(matches!(client, Err(AuthError::BadProof)), "{client:?}");
 }
 
@@ -162,24 +170,51 @@ async fn anything_but_a_small_hello_is_refused_before_it_is_read() {
         .await
         .is_err());
 
-    // An application principal (application keys are not served yet).
+    // An application principal keyed with the cluster's own keys instead of its token.
     let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
     let app = Principal::App("a".into());
+    let cluster_keys = PrincipalKeys::cluster(server_keys.signing());
     let (client, server) = tokio::join!(
-        client_handshake(&mut cr, &mut cw, &app, &server_keys),
+        client_handshake(&mut cr, &mut cw, &app, &cluster_keys),
         server_handshake(&mut sr, &mut sw, &server_keys),
     );
     assert!(server.is_err() && client.is_err());
 }
 
 #[tokio::test]
+async fn an_application_session_is_keyed_by_its_token() {
+    let keyring = keyring(SECRET);
+    let signing = keyring.signing();
+    let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
+    let app = Principal::App("app-1".into());
+    let keys = PrincipalKeys::app(signing.kid(), &signing.app_token("app-1"));
+    let (client, server) = tokio::join!(
+        client_handshake(&mut cr, &mut cw, &app, &keys),
+        server_handshake(&mut sr, &mut sw, &keyring),
+    );
+    client.unwrap();
+    assert_eq!(server.unwrap().0, app);
+
+    // Another application's token does not open a session as this one.
+    let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
+    let stolen = PrincipalKeys::app(signing.kid(), &signing.app_token("app-2"));
+    let (client, server) = tokio::join!(
+        client_handshake(&mut cr, &mut cw, &app, &stolen),
+        server_handshake(&mut sr, &mut sw, &keyring),
+    );
+    assert!(client.is_err(), "{client:?}");
+    let _ = server;
+}
+
+#[tokio::test]
 async fn a_frame_replayed_from_another_connection_is_refused() {
     let me = master();
     let keys = keyring(SECRET);
+    let signing = PrincipalKeys::cluster(keys.signing());
     // First connection: record the bytes of a tagged frame the client sends.
     let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
     let (client, server) = tokio::join!(
-        client_handshake(&mut cr, &mut cw, &me, &keys),
+        client_handshake(&mut cr, &mut cw, &me, &signing),
         server_handshake(&mut sr, &mut sw, &keys),
     );
     let mut recorder = FrameWriter::new(Vec::new());
@@ -196,7 +231,7 @@ async fn a_frame_replayed_from_another_connection_is_refused() {
     // Second connection: a genuine handshake, then the captured frame.
     let ((mut cr, mut cw), (mut sr, mut sw)) = pair().await;
     let (client, server) = tokio::join!(
-        client_handshake(&mut cr, &mut cw, &me, &keys),
+        client_handshake(&mut cr, &mut cw, &me, &signing),
         server_handshake(&mut sr, &mut sw, &keys),
     );
     client.unwrap();

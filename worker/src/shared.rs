@@ -141,10 +141,11 @@ pub(crate) fn start(
         );
     }
     let peers = sluice_protocol::rpc::RpcPool::new(limits, std::time::Duration::from_secs(5))
-        .with_credentials(keyring.as_ref().map(|keyring| Credentials {
-            principal: Principal::Worker(info.id.clone()),
-            keyring: keyring.clone(),
-        }));
+        .with_credentials(
+            keyring
+                .as_deref()
+                .map(|keyring| Credentials::cluster(Principal::Worker(info.id.clone()), keyring)),
+        );
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
         handshakes_refused: std::sync::atomic::AtomicU64::new(0),

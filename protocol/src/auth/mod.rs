@@ -16,10 +16,14 @@
 //!
 //! Everything here is HMAC-SHA256 and SHA-256 from `ring`, the crypto provider TLS uses too.
 
+pub mod app;
+pub mod grpc;
 mod keyring;
 mod principal;
 pub mod session;
 
+pub use app::{app_key, verifier, PrincipalKeys, APP_KEY_LEN};
+pub use grpc::{sign, ReplayCache, SignedRequest, Verifier, AUTH_METADATA};
 pub use keyring::{ClusterKey, Keyring, Kid, KID_LEN, MIN_SECRET_LEN};
 pub use principal::Principal;
 pub use session::{
@@ -114,6 +118,24 @@ pub enum AuthError {
     /// The connection broke or closed during the handshake (retryable).
     #[error("connection lost during the handshake: {0}")]
     Connection(String),
+    #[error(
+        "the request carries no credentials and this cluster requires authentication: give the \
+         client the application's secret (Spark: spark.authenticate or spark.sluice.auth.secret)"
+    )]
+    NoCredentials,
+    #[error("malformed request signature: {0}")]
+    BadSignature(String),
+    #[error("the signature of {principal} does not verify: wrong secret, or the request changed")]
+    BadMac { principal: String },
+    #[error(
+        "the request was signed {off_ms} ms away from this server's clock (at most {skew_ms} ms \
+         allowed, auth_clock_skew): clock skew, or a replay"
+    )]
+    Stale { off_ms: u64, skew_ms: u64 },
+    #[error("the request was seen before: a replay")]
+    Replayed,
+    #[error("too many signed requests to remember within the replay window; retry later")]
+    ReplayCacheFull,
     /// The server refused the client's `Hello` with an `Error` frame.
     #[error("the server refused the handshake ({code:?}): {message}")]
     Refused { code: ErrorCode, message: String },
@@ -130,7 +152,7 @@ impl AuthError {
             | AuthError::DuplicateKid { .. }
             | AuthError::Random => ErrorCode::Internal,
             AuthError::Refused { code, .. } => *code,
-            AuthError::Connection(_) => ErrorCode::Unavailable,
+            AuthError::Connection(_) | AuthError::ReplayCacheFull => ErrorCode::Unavailable,
             AuthError::BadPrincipal { .. } | AuthError::BadLength { .. } => {
                 ErrorCode::InvalidRequest
             }
@@ -138,7 +160,12 @@ impl AuthError {
             | AuthError::BadProof
             | AuthError::BadTag { .. }
             | AuthError::Untagged { .. }
-            | AuthError::Handshake(_) => ErrorCode::Unauthenticated,
+            | AuthError::Handshake(_)
+            | AuthError::NoCredentials
+            | AuthError::BadSignature(_)
+            | AuthError::BadMac { .. }
+            | AuthError::Stale { .. }
+            | AuthError::Replayed => ErrorCode::Unauthenticated,
         }
     }
 }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use ring::hmac;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{AuthError, AuthResult, Keyring, Principal};
+use super::{AuthError, AuthResult, Keyring, Principal, PrincipalKeys};
 use crate::connection::{FrameReader, FrameWriter, OutFrame, ReadError};
 use crate::frame::{FrameHead, MessageType, FLAG_AUTH, TAG_LEN};
 use crate::pb;
@@ -265,20 +265,20 @@ fn read_failed(what: &str, error: ReadError) -> AuthError {
 }
 
 /// The client's side of the handshake on a fresh connection: sends `Hello` as `principal`
-/// keyed by the keyring's signing secret, reads `Welcome`, checks the server's proof, and
+/// keyed by `keys`, reads `Welcome`, checks the server's proof, and
 /// returns the session's halves for [`FrameWriter::set_sealer`] and
 /// [`FrameReader::set_opener`]. The caller bounds it with a timeout.
 pub async fn client_handshake<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     principal: &Principal,
-    keyring: &Keyring,
+    keys: &PrincipalKeys,
 ) -> AuthResult<(Sealer, Opener)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let key = keyring.signing();
+    let key = keys;
     let client_nonce = new_nonce()?;
     let hello = pb::HelloHeader {
         principal: principal.to_string(),
@@ -326,7 +326,8 @@ where
 /// refused before it is read), looks up the key its kid names, and answers `Welcome`. Returns
 /// the peer's principal and the session's halves. On failure an `Error` frame has been sent
 /// (when the connection still works): close the connection. The caller bounds it with a
-/// timeout. Only cluster principals are accepted so far.
+/// timeout. Every principal's key is derived from the keyring (an application's from its
+/// token, see [`super::app`]).
 pub async fn server_handshake<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
@@ -363,13 +364,8 @@ where
             .decode_header("hello")
             .map_err(|e| broken("reading hello", e))?;
         let principal: Principal = hello.principal.parse()?;
-        if !principal.is_cluster() {
-            return Err(AuthError::Handshake(
-                "application sessions are not accepted by this server".into(),
-            ));
-        }
         let kid = super::Kid::from_bytes(&hello.kid)?;
-        let key = keyring.get(kid)?;
+        let key = keyring.keys_for(&principal, kid)?;
         let client_nonce = nonce_from(&hello.client_nonce, "client nonce")?;
         let server_nonce = new_nonce()?;
         let session = SessionKey::derive(key.frames(), &principal, &client_nonce, &server_nonce);
