@@ -77,6 +77,8 @@ pub struct LocalCluster {
     /// The masters' admin ports (`host:port`) by id, when they have them.
     pub master_admins: Vec<String>,
     admin: bool,
+    /// The masters' `cluster_secret_file` (empty: no authentication).
+    cluster_secret_file: String,
     shutdown: CancellationToken,
     master_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     workers: Vec<LocalWorker>,
@@ -147,6 +149,7 @@ impl LocalCluster {
             masters,
             master_admins,
             admin: options.admin,
+            cluster_secret_file: options.master.cluster_secret_file.clone(),
             shutdown,
             master_tasks,
             workers: Vec::new(),
@@ -235,7 +238,7 @@ impl LocalCluster {
 
     /// Waits until the master knows every running worker as alive at its current push port.
     async fn wait_registered(&mut self) -> anyhow::Result<()> {
-        let client = self.client()?;
+        let client = self.operator()?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut poll = tokio::time::interval(Duration::from_millis(20));
         loop {
@@ -276,6 +279,17 @@ impl LocalCluster {
         Ok(SluiceClient::new(ClientConfig::new(
             self.master_addr.clone(),
         ))?)
+    }
+
+    /// A client signing its master calls as the operator when the cluster has a secret.
+    fn operator(&self) -> anyhow::Result<SluiceClient> {
+        let client = self.client()?;
+        let secret = &self.cluster_secret_file;
+        if secret.is_empty() {
+            return Ok(client);
+        }
+        let keyring = sluice_protocol::auth::Keyring::load(std::path::Path::new(secret))?;
+        Ok(client.as_operator(&keyring))
     }
 
     pub fn workers(&self) -> Vec<pb::WorkerInfo> {

@@ -53,6 +53,7 @@ const MASTER_METRICS: &[&str] = &[
     "sluice_master_map_ends_total",
     "sluice_master_workers_lost_total",
     "sluice_master_partitions_lost_total",
+    "sluice_master_auth_refused_total",
 ];
 
 const CLIENT_METRICS: &[&str] = &[

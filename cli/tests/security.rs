@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::local::{LocalCluster, LocalOptions};
-use sluice_protocol::auth::{Keyring, Principal};
+use sluice_client::{ClientConfig, SluiceClient};
+use sluice_protocol::auth::{Keyring, Principal, Secret};
 use sluice_protocol::connection::{FrameReader, OutFrame};
 use sluice_protocol::frame::{self, FrameLimits, MessageType};
 use sluice_protocol::rpc::{Credentials, RpcClient};
@@ -74,6 +75,16 @@ async fn connect_as(addr: &str, principal: Principal, keyring: &Arc<Keyring>) ->
     RpcClient::connect_as(addr, FrameLimits::default(), TIMEOUT, Some(&credentials))
         .await
         .unwrap()
+}
+
+/// A client of `cluster` holding application secret `secret`, writing `replication` copies.
+fn app_client(cluster: &LocalCluster, secret: &str, replication: u32) -> SluiceClient {
+    SluiceClient::new(ClientConfig {
+        replication,
+        app_secret: Some(Secret::new(secret.as_bytes().to_vec())),
+        ..ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap()
 }
 
 fn remote_code(result: Result<frame::Frame, ProtocolError>) -> ErrorCode {
@@ -161,7 +172,7 @@ async fn the_master_reserves_through_its_session_when_a_shuffle_registers() {
     let (cluster, _) = secure_cluster(dir.path()).await;
     // Registering a shuffle makes the master reserve its locations on the worker over an
     // authenticated connection; with a wrong or missing master session this fails.
-    let client = cluster.client().unwrap();
+    let client = app_client(&cluster, "app-1-secret", 0);
     client
         .register_shuffle(&ShuffleKey::new("app-1", 0), 2, 4)
         .await
@@ -173,11 +184,7 @@ async fn the_master_reserves_through_its_session_when_a_shuffle_registers() {
 async fn a_primary_forwards_to_its_replica_over_a_worker_session() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, keyring) = secure_cluster_of(dir.path(), 2).await;
-    let client = sluice_client::SluiceClient::new(sluice_client::ClientConfig {
-        replication: 2,
-        ..sluice_client::ClientConfig::new(cluster.master_addr.clone())
-    })
-    .unwrap();
+    let client = app_client(&cluster, "app-r-secret", 2);
     let key = ShuffleKey::new("app-r", 0);
     let handle = client.register_shuffle(&key, 1, 1).await.unwrap();
     let locations = &handle.locations;
@@ -240,5 +247,431 @@ async fn the_fetch_port_requires_a_session_too() {
     let as_worker = connect_as(&addr, Principal::Worker("w-x".into()), &keyring).await;
     let served = as_worker.call(open(&key), TIMEOUT).await;
     assert_eq!(remote_code(served), ErrorCode::NotFound);
+    cluster.shutdown().await.unwrap();
+}
+
+// Applications: each authenticates with its own secret and touches only its own shuffles.
+
+/// What application `app` holding `secret` gets from the master: its credentials.
+async fn app_credentials(master: &str, app: &str, secret: &str) -> Credentials {
+    use sluice_protocol::auth::{app_key, verifier, Kid, PrincipalKeys};
+    let mut client = master_client(master).await;
+    let secret = Secret::new(secret.as_bytes().to_vec());
+    let answer = client
+        .register_application(pb::RegisterApplicationRequest {
+            app_id: app.into(),
+            verifier: verifier(&app_key(&secret, app)).to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.auth);
+    Credentials {
+        principal: Principal::App(app.into()),
+        keys: PrincipalKeys::app(
+            Kid::from_bytes(&answer.kid).unwrap(),
+            &Secret::new(answer.token),
+        ),
+    }
+}
+
+async fn master_client(
+    master: &str,
+) -> sluice_protocol::pb::master_client::MasterClient<tonic::transport::Channel> {
+    sluice_protocol::master_channel::master_client(master, &Default::default()).unwrap()
+}
+
+fn signed<T: sluice_protocol::auth::SignedRequest>(
+    credentials: &Credentials,
+    message: T,
+) -> tonic::Request<T> {
+    sluice_protocol::auth::sign(&credentials.principal, &credentials.keys, message).unwrap()
+}
+
+/// The status of a refused gRPC call.
+fn refusal<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
+    match result {
+        Err(status) => status,
+        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
+    }
+}
+
+fn location(key: &ShuffleKey) -> pb::LocationRef {
+    pb::LocationRef {
+        shuffle: Some(key.to_pb()),
+        partition: 0,
+        epoch: 0,
+        role: pb::Role::Primary as i32,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_write_and_read_with_their_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = secure_cluster_of(dir.path(), 2).await;
+    let client = app_client(&cluster, "the secret of app-w", 2);
+    let key = ShuffleKey::new("app-w", 3);
+    let ids = common::write_records(&client, &key, (3, 4), 500, 300).await;
+    let seen = common::read_records(&client, &key, 0..4, None)
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), ids.len());
+    assert!(seen.values().all(|&n| n == 1), "every record exactly once");
+    client.unregister_shuffle(&key).await.unwrap();
+    client.app_heartbeat("app-w").await.unwrap();
+
+    // The client is bound to its application.
+    let other = client
+        .register_shuffle(&ShuffleKey::new("app-x", 0), 1, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        other
+            .to_string()
+            .contains("authenticates as application app-w"),
+        "{other}"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_a_is_refused_on_every_operation_of_app_b() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = secure_cluster(dir.path()).await;
+    let master = cluster.master_addr.clone();
+    // Application B writes a shuffle.
+    let b = app_client(&cluster, "secret of B", 1);
+    let key = ShuffleKey::new("app-b", 0);
+    let ids = common::write_records(&b, &key, (2, 1), 200, 100).await;
+
+    // Application A holds valid credentials of its own.
+    let a = app_credentials(&master, "app-a", "secret of A").await;
+    let mut client = master_client(&master).await;
+    let shuffle = Some(key.to_pb());
+    let mut refusals = vec![
+        (
+            "RegisterShuffle",
+            refusal(
+                client
+                    .register_shuffle(signed(
+                        &a,
+                        pb::RegisterShuffleRequest {
+                            shuffle: Some(ShuffleKey::new("app-b", 1).to_pb()),
+                            num_maps: 1,
+                            num_partitions: 1,
+                            replication: 1,
+                        },
+                    ))
+                    .await,
+            ),
+        ),
+        (
+            "Revive",
+            refusal(
+                client
+                    .revive(signed(
+                        &a,
+                        pb::ReviveRequest {
+                            shuffle: shuffle.clone(),
+                            failed: vec![],
+                            reason: "forged".into(),
+                        },
+                    ))
+                    .await,
+            ),
+        ),
+        (
+            "MapperEnd",
+            refusal(
+                client
+                    .mapper_end(signed(
+                        &a,
+                        pb::MapperEndRequest {
+                            shuffle: shuffle.clone(),
+                            map_id: 0,
+                            attempt: 9,
+                            partitions: vec![],
+                        },
+                    ))
+                    .await,
+            ),
+        ),
+        (
+            "GetShuffleLayout",
+            refusal(
+                client
+                    .get_shuffle_layout(signed(
+                        &a,
+                        pb::GetShuffleLayoutRequest {
+                            shuffle: shuffle.clone(),
+                            start_partition: 0,
+                            end_partition: 1,
+                            wait_ms: 0,
+                        },
+                    ))
+                    .await,
+            ),
+        ),
+        (
+            "UnregisterShuffle",
+            refusal(
+                client
+                    .unregister_shuffle(signed(
+                        &a,
+                        pb::UnregisterShuffleRequest {
+                            shuffle: shuffle.clone(),
+                        },
+                    ))
+                    .await,
+            ),
+        ),
+        (
+            "AppHeartbeat",
+            refusal(
+                client
+                    .app_heartbeat(signed(
+                        &a,
+                        pb::AppHeartbeatRequest {
+                            app_id: "app-b".into(),
+                        },
+                    ))
+                    .await,
+            ),
+        ),
+        (
+            "RegisterWorker",
+            refusal(
+                client
+                    .register_worker(signed(
+                        &a,
+                        pb::RegisterWorkerRequest {
+                            worker: Some(cluster.workers()[0].clone()),
+                            ..Default::default()
+                        },
+                    ))
+                    .await,
+            ),
+        ),
+    ];
+    for (rpc, status) in &refusals {
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{rpc}: {status:?}"
+        );
+        assert!(
+            status.message().contains("app:app-a"),
+            "{rpc}: {}",
+            status.message()
+        );
+    }
+    // Registering B's id with A's secret.
+    let secret_a = Secret::new(b"secret of A".to_vec());
+    let taken = refusal(
+        client
+            .register_application(pb::RegisterApplicationRequest {
+                app_id: "app-b".into(),
+                verifier: sluice_protocol::auth::verifier(&sluice_protocol::auth::app_key(
+                    &secret_a, "app-b",
+                ))
+                .to_vec(),
+            })
+            .await,
+    );
+    assert_eq!(taken.code(), tonic::Code::Unauthenticated);
+    assert!(
+        taken.message().contains("registered with another secret"),
+        "{}",
+        taken.message()
+    );
+    refusals.clear();
+
+    // The data plane: A's sessions on B's locations.
+    let info = &cluster.workers()[0];
+    let push_port = format!("{}:{}", info.host, info.push_port);
+    let fetch_port = format!("{}:{}", info.host, info.fetch_port);
+    let pushes = RpcClient::connect_as(&push_port, FrameLimits::default(), TIMEOUT, Some(&a))
+        .await
+        .unwrap();
+    for frame in [push(&key), {
+        let mut merged = push(&key);
+        merged.kind = MessageType::PushMergedData;
+        merged
+    }] {
+        let kind = frame.kind;
+        let denied = pushes.call(frame, TIMEOUT).await;
+        match denied {
+            Err(ProtocolError::Remote { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::PermissionDenied, "{kind:?}: {message}");
+                assert!(
+                    message.contains("app:app-a") && message.contains("app-b"),
+                    "{message}"
+                );
+            }
+            other => panic!("{kind:?}: {other:?}"),
+        }
+    }
+    let fetches = RpcClient::connect_as(&fetch_port, FrameLimits::default(), TIMEOUT, Some(&a))
+        .await
+        .unwrap();
+    let open = OutFrame::new(
+        MessageType::OpenStream,
+        0,
+        &pb::OpenStreamHeader {
+            location: Some(location(&key)),
+            start_map: 0,
+            end_map: None,
+            index_offset: 0,
+        },
+    );
+    let chunk = OutFrame::new(
+        MessageType::FetchChunk,
+        0,
+        &pb::FetchChunkHeader {
+            location: Some(location(&key)),
+            chunk: Some(pb::Chunk::default()),
+        },
+    );
+    for frame in [open, chunk] {
+        let kind = frame.kind;
+        assert_eq!(
+            remote_code(fetches.call(frame, TIMEOUT).await),
+            ErrorCode::PermissionDenied,
+            "{kind:?}"
+        );
+    }
+
+    // B's shuffle is whole: every record exactly once.
+    let seen = common::read_records(&b, &key, 0..1, None).await.unwrap();
+    assert_eq!(seen.len(), ids.len());
+    assert!(seen.values().all(|&n| n == 1));
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_application_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = secure_cluster(dir.path()).await;
+    let owner = app_client(&cluster, "the owner's secret", 1);
+    let key = ShuffleKey::new("app-o", 0);
+    owner.register_shuffle(&key, 1, 1).await.unwrap();
+
+    // No secret at all: the master asks for one.
+    let anonymous = cluster.client().unwrap();
+    let error = anonymous.register_shuffle(&key, 1, 1).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unauthenticated, "{error}");
+    assert!(
+        error.to_string().contains("requires authentication"),
+        "{error}"
+    );
+    let error = common::read_records(&anonymous, &key, 0..1, None)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unauthenticated, "{error}");
+
+    // Another secret for the same application id.
+    let impostor = app_client(&cluster, "a guessed secret", 1);
+    let error = impostor.unregister_shuffle(&key).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unauthenticated, "{error}");
+    assert!(
+        error.to_string().contains("registered with another secret"),
+        "{error}"
+    );
+
+    // No session on a worker port without credentials either.
+    let info = &cluster.workers()[0];
+    let plain = RpcClient::connect(
+        &format!("{}:{}", info.host, info.push_port),
+        FrameLimits::default(),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        remote_code(plain.call(push(&key), TIMEOUT).await),
+        ErrorCode::Unauthenticated
+    );
+
+    // The owner's shuffle is still there.
+    owner.unregister_shuffle(&key).await.unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_requests_and_frames_are_refused() {
+    use sluice_protocol::auth::client_handshake;
+    use sluice_protocol::connection::FrameWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = secure_cluster(dir.path()).await;
+    let master = cluster.master_addr.clone();
+    let creds = app_credentials(&master, "app-r", "secret of R").await;
+    let mut client = master_client(&master).await;
+
+    // A signed gRPC request sent twice: the second is a replay.
+    let key = ShuffleKey::new("app-r", 0);
+    let request = signed(
+        &creds,
+        pb::RegisterShuffleRequest {
+            shuffle: Some(key.to_pb()),
+            num_maps: 1,
+            num_partitions: 1,
+            replication: 1,
+        },
+    );
+    let copy = {
+        let mut copy = tonic::Request::new(request.get_ref().clone());
+        *copy.metadata_mut() = request.metadata().clone();
+        copy
+    };
+    client.register_shuffle(request).await.unwrap();
+    let replayed = refusal(client.register_shuffle(copy).await);
+    assert_eq!(replayed.code(), tonic::Code::Unauthenticated);
+    assert!(
+        replayed.message().contains("replay"),
+        "{}",
+        replayed.message()
+    );
+
+    // A tagged push recorded on one connection, replayed on another: its tag was made for the
+    // first session (both nonces and its sequence number), so the second connection closes.
+    let info = &cluster.workers()[0];
+    let addr = format!("{}:{}", info.host, info.push_port);
+    let session = |stream: tokio::net::TcpStream| {
+        let creds = creds.clone();
+        async move {
+            let (read, write) = stream.into_split();
+            let mut reader = FrameReader::new(read, FrameLimits::default());
+            let mut writer = FrameWriter::new(write);
+            let (sealer, opener) =
+                client_handshake(&mut reader, &mut writer, &creds.principal, &creds.keys)
+                    .await
+                    .unwrap();
+            reader.set_opener(opener);
+            (reader, writer.into_inner(), sealer)
+        }
+    };
+    let (mut reader, mut writer, sealer) =
+        session(tokio::net::TcpStream::connect(&addr).await.unwrap()).await;
+    let mut recorder = FrameWriter::new(Vec::new());
+    recorder.set_sealer(sealer);
+    let mut frame = push(&key);
+    frame.request_id = 7;
+    recorder.write_frame(&frame).await.unwrap();
+    recorder.flush().await.unwrap();
+    let captured = recorder.get_ref().clone();
+    writer.write_all(&captured).await.unwrap();
+    let answer = reader.read_frame().await.unwrap().unwrap();
+    assert_eq!((answer.kind, answer.request_id), (MessageType::Ack, 7));
+
+    let (mut reader, mut writer, _) =
+        session(tokio::net::TcpStream::connect(&addr).await.unwrap()).await;
+    writer.write_all(&captured).await.unwrap();
+    let answer = tokio::time::timeout(TIMEOUT, reader.read_frame())
+        .await
+        .unwrap();
+    assert!(
+        !matches!(&answer, Ok(Some(frame)) if frame.kind == MessageType::Ack),
+        "a replayed push was acked: {answer:?}"
+    );
     cluster.shutdown().await.unwrap();
 }

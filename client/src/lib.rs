@@ -49,8 +49,105 @@ pub(crate) struct Inner {
     pub config: ClientConfig,
     /// Every master call goes through it, to whichever master leads.
     pub master: MasterChannel,
-    pub workers: RpcPool,
+    /// Worker connections without authentication.
+    workers: RpcPool,
     pub metrics: ClientMetrics,
+    /// The application this client authenticates as, once it registered it (see
+    /// [`Inner::session`]).
+    session: tokio::sync::OnceCell<Session>,
+}
+
+/// An application's authenticated session with the cluster.
+#[derive(Debug)]
+struct Session {
+    app_id: String,
+    /// Worker connections opened as `app:<app_id>`; `None`: the cluster runs without
+    /// authentication and the plain connections serve.
+    workers: Option<RpcPool>,
+}
+
+impl Inner {
+    /// The worker connections to use for application `app_id`'s shuffles. With an application
+    /// secret, the first call registers the application with the master (which binds its id to
+    /// the secret's key and answers its token) and from then on signs every master call and
+    /// opens every worker connection as `app:<app_id>`; a client authenticates as one
+    /// application only.
+    pub async fn session(&self, app_id: &str) -> ClientResult<&RpcPool> {
+        let Some(secret) = &self.config.app_secret else {
+            return Ok(&self.workers);
+        };
+        let session = self
+            .session
+            .get_or_try_init(|| self.register_application(secret, app_id))
+            .await?;
+        if session.app_id != app_id {
+            return Err(ClientError::InvalidArgument(format!(
+                "this client authenticates as application {}; it cannot act for application \
+                 {app_id}",
+                session.app_id
+            )));
+        }
+        Ok(session.workers.as_ref().unwrap_or(&self.workers))
+    }
+
+    async fn register_application(
+        &self,
+        secret: &sluice_protocol::auth::Secret,
+        app_id: &str,
+    ) -> ClientResult<Session> {
+        use sluice_protocol::auth::{app_key, verifier, Kid, Principal, PrincipalKeys, Secret};
+        let request = pb::RegisterApplicationRequest {
+            app_id: app_id.to_string(),
+            verifier: verifier(&app_key(secret, app_id)).to_vec(),
+        };
+        let response = self
+            .master
+            .call(request, |mut master, request| async move {
+                master.register_application(request).await
+            })
+            .await?;
+        if !response.auth {
+            tracing::info!(app = app_id, "the cluster runs without authentication");
+            return Ok(Session {
+                app_id: app_id.to_string(),
+                workers: None,
+            });
+        }
+        let kid = Kid::from_bytes(&response.kid).map_err(|e| ClientError::Master {
+            addr: self.master.leader(),
+            status: tonic::Status::internal(format!("the master answered a bad key id: {e}")),
+        })?;
+        let credentials = sluice_protocol::rpc::Credentials {
+            principal: Principal::App(app_id.to_string()),
+            keys: PrincipalKeys::app(kid, &Secret::new(response.token)),
+        };
+        self.master.set_credentials(Some(credentials.clone()));
+        let workers = self.new_pool().with_credentials(Some(credentials));
+        tracing::debug!(app = app_id, "application authenticated");
+        Ok(Session {
+            app_id: app_id.to_string(),
+            workers: Some(workers),
+        })
+    }
+
+    /// The worker connections of the application this client authenticated as, once
+    /// [`Inner::session`] succeeded (else the plain ones).
+    pub fn workers(&self) -> &RpcPool {
+        self.session
+            .get()
+            .and_then(|session| session.workers.as_ref())
+            .unwrap_or(&self.workers)
+    }
+
+    /// A pool of worker connections as this client's settings make them.
+    fn new_pool(&self) -> RpcPool {
+        worker_pool(&self.config)
+    }
+}
+
+/// A pool of worker connections for `config`.
+fn worker_pool(config: &ClientConfig) -> RpcPool {
+    RpcPool::new(FrameLimits::default(), config.connect_timeout)
 }
 
 /// A shuffle's placement, as its writers need it. Shared by every writer of the shuffle in the
@@ -155,19 +252,33 @@ impl SluiceClient {
         };
         let master = MasterChannel::new(&config.master, options)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-        let workers = RpcPool::new(FrameLimits::default(), config.connect_timeout);
+        let workers = worker_pool(&config);
         Ok(SluiceClient {
             inner: Arc::new(Inner {
                 config,
                 master,
                 workers,
                 metrics,
+                session: tokio::sync::OnceCell::new(),
             }),
         })
     }
 
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// Signs master calls as the cluster's operator (`admin`) with the cluster secrets in
+    /// `keyring`: for tools that ask the master about the cluster (`sluice local`, `sluice
+    /// admin`), never for an application's shuffles.
+    pub fn as_operator(self, keyring: &sluice_protocol::auth::Keyring) -> SluiceClient {
+        self.inner
+            .master
+            .set_credentials(Some(sluice_protocol::rpc::Credentials::cluster(
+                sluice_protocol::auth::Principal::Admin,
+                keyring,
+            )));
+        self
     }
 
     /// The client's metrics (see [`ClientMetrics::snapshot`] for its totals).
@@ -182,6 +293,7 @@ impl SluiceClient {
         num_maps: u32,
         num_partitions: u32,
     ) -> ClientResult<Arc<ShuffleHandle>> {
+        self.inner.session(&key.app_id).await?;
         let request = pb::RegisterShuffleRequest {
             shuffle: Some(key.to_pb()),
             num_maps,
@@ -219,6 +331,7 @@ impl SluiceClient {
 
     /// Deletes a shuffle on the master and its workers.
     pub async fn unregister_shuffle(&self, key: &ShuffleKey) -> ClientResult<()> {
+        self.inner.session(&key.app_id).await?;
         let request = pb::UnregisterShuffleRequest {
             shuffle: Some(key.to_pb()),
         };
@@ -233,6 +346,7 @@ impl SluiceClient {
 
     /// Tells the master the application is alive (its data is kept).
     pub async fn app_heartbeat(&self, app_id: &str) -> ClientResult<()> {
+        self.inner.session(app_id).await?;
         let request = pb::AppHeartbeatRequest {
             app_id: app_id.to_string(),
         };

@@ -278,6 +278,7 @@ impl ShuffleWriter {
             attempt: self.attempt,
             partitions,
         };
+        self.inner.session(&self.handle.key.app_id).await?;
         let response = self
             .inner
             .master
@@ -355,7 +356,8 @@ async fn push_with_revive(
             };
             let frame = OutFrame::new(kind, 0, &header).with_body(body.clone());
             let error = match inner
-                .workers
+                .session(&handle.key.app_id)
+                .await?
                 .call(&addr, frame, MessageType::Ack, inner.config.request_timeout)
                 .await
             {
@@ -443,6 +445,7 @@ async fn revive(
         failed,
         reason: reason.to_string(),
     };
+    inner.session(&handle.key.app_id).await?;
     let response = inner
         .master
         .call(request, |mut master, request| async move {

@@ -44,6 +44,10 @@ pub(crate) struct Core {
     pub metrics: MasterMetrics,
     /// Recent events for operators (status page, `/api/events`).
     pub events: crate::events::Events,
+    /// Checks signed calls; `None`: the master runs without a cluster secret.
+    pub verifier: Option<sluice_protocol::auth::Verifier>,
+    /// Each application's requests in progress (`max_inflight_requests_per_app`).
+    pub inflight: crate::auth::Inflight,
 }
 
 impl std::fmt::Debug for Core {
@@ -73,11 +77,15 @@ impl Core {
                 .map_err(|e| MasterError::Config(format!("cluster_secret_file: {e}")))?;
             Some(Arc::new(keyring))
         };
+        let verifier = keyring
+            .clone()
+            .map(|keyring| sluice_protocol::auth::Verifier::new(keyring, config.auth_clock_skew));
         let credentials = keyring
             .as_deref()
             .map(|keyring| Credentials::cluster(Principal::Master(id.to_string()), keyring));
         let state = Arc::new(Mutex::new(State::default()));
-        let raft = crate::raft::node::start(&config, id, &addr, state.clone()).await?;
+        let raft = crate::raft::node::start(&config, id, &addr, state.clone(), credentials.clone())
+            .await?;
         let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("master", &id.to_string())]);
         let metrics = MasterMetrics::new(&telemetry);
         Ok(Core {
@@ -94,6 +102,8 @@ impl Core {
                 .with_credentials(credentials),
             shutdown,
             events: crate::events::Events::default(),
+            verifier,
+            inflight: crate::auth::Inflight::default(),
         })
     }
 

@@ -29,6 +29,8 @@
 //! Only the leader serves requests; the others answer with its address.
 
 mod admin;
+mod apps;
+mod auth;
 mod background;
 mod commit;
 pub mod config;

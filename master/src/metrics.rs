@@ -43,6 +43,8 @@ pub(crate) struct MasterMetrics {
     pub workers_lost_total: Counter,
     /// Partitions a commit found short of what their maps wrote.
     pub partitions_lost: Counter,
+    /// Calls refused for missing or bad credentials, or a principal that may not make them.
+    pub auth_refused: Counter,
 }
 
 impl MasterMetrics {
@@ -69,6 +71,7 @@ impl MasterMetrics {
                 map_ends: metrics::counter!("sluice_master_map_ends_total"),
                 workers_lost_total: metrics::counter!("sluice_master_workers_lost_total"),
                 partitions_lost: metrics::counter!("sluice_master_partitions_lost_total"),
+                auth_refused: metrics::counter!("sluice_master_auth_refused_total"),
             }
         })
     }
@@ -159,6 +162,11 @@ fn describe() {
         "sluice_master_map_ends_total",
         Unit::Count,
         "Map ends the leader answered (a late or repeated attempt counts too)."
+    );
+    describe_counter!(
+        "sluice_master_auth_refused_total",
+        Unit::Count,
+        "Calls refused: no or bad credentials, a replay, or a principal that may not make them."
     );
     describe_counter!(
         "sluice_master_workers_lost_total",

@@ -11,6 +11,7 @@ use sluice_protocol::ShuffleKey;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::config::MasterConfig;
 use crate::core::Core;
 use crate::error::MasterError;
@@ -110,7 +111,7 @@ impl MasterService {
 
     /// The Raft service the other masters call.
     pub fn raft_server(&self) -> crate::raft::RaftServer {
-        crate::raft::RaftServer::new(self.core.raft.clone())
+        crate::raft::RaftServer::new(self.core.raft.clone(), self.core.verifier.clone())
     }
 
     /// Stops the Raft node.
@@ -127,6 +128,9 @@ impl Master for MasterService {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let id = request.get_ref().worker.as_ref().map(|w| w.id.clone());
+        self.core
+            .authorize(&request, Need::Worker(id.as_deref().unwrap_or_default()))?;
         let request = request.into_inner();
         let state = request.state();
         let info = request
@@ -185,6 +189,8 @@ impl Master for MasterService {
         &self,
         request: Request<pb::WorkerHeartbeatRequest>,
     ) -> Result<Response<pb::WorkerHeartbeatResponse>, Status> {
+        self.core
+            .authorize(&request, Need::Worker(&request.get_ref().worker_id))?;
         let request = request.into_inner();
         let leads = self.core.leader_check().is_ok();
         let (info, orphans, decommission, started_leaving) = {
@@ -255,8 +261,10 @@ impl Master for MasterService {
     ) -> Result<Response<pb::RegisterShuffleResponse>, Status> {
         self.core.leader_check()?;
         let started = Instant::now();
+        let key = shuffle_key(request.get_ref().shuffle.as_ref())?;
+        self.core.authorize(&request, Need::App(&key.app_id))?;
+        let _slot = self.core.app_slot(&key.app_id)?;
         let request = request.into_inner();
-        let key = shuffle_key(request.shuffle.as_ref())?;
         if request.num_partitions == 0 || request.num_maps == 0 {
             return Err(MasterError::InvalidRequest(format!(
                 "a shuffle needs at least one map and one partition, got {} maps and {} partitions",
@@ -306,8 +314,10 @@ impl Master for MasterService {
     ) -> Result<Response<pb::ReviveResponse>, Status> {
         self.core.leader_check()?;
         let started = Instant::now();
+        let key = shuffle_key(request.get_ref().shuffle.as_ref())?;
+        self.core.authorize(&request, Need::App(&key.app_id))?;
+        let _slot = self.core.app_slot(&key.app_id)?;
         let request = request.into_inner();
-        let key = shuffle_key(request.shuffle.as_ref())?;
         let locations = reserve::revive(&self.core, &key, &request.failed, &request.reason).await?;
         self.core.metrics.revived(started);
         Ok(Response::new(pb::ReviveResponse { locations }))
@@ -318,6 +328,9 @@ impl Master for MasterService {
         request: Request<pb::MapperEndRequest>,
     ) -> Result<Response<pb::MapperEndResponse>, Status> {
         self.core.leader_check()?;
+        let key = shuffle_key(request.get_ref().shuffle.as_ref())?;
+        self.core.authorize(&request, Need::App(&key.app_id))?;
+        let _slot = self.core.app_slot(&key.app_id)?;
         let answer = self.map_end(request.into_inner()).await?;
         self.core.metrics.map_ends.increment(1);
         Ok(Response::new(answer))
@@ -328,8 +341,9 @@ impl Master for MasterService {
         request: Request<pb::GetShuffleLayoutRequest>,
     ) -> Result<Response<pb::GetShuffleLayoutResponse>, Status> {
         self.core.leader_check()?;
+        let key = shuffle_key(request.get_ref().shuffle.as_ref())?;
+        self.core.authorize(&request, Need::App(&key.app_id))?;
         let request = request.into_inner();
-        let key = shuffle_key(request.shuffle.as_ref())?;
         let mut commit = {
             let mut state = self.core.lock();
             state.touch_app(&key.app_id);
@@ -386,7 +400,9 @@ impl Master for MasterService {
         request: Request<pb::UnregisterShuffleRequest>,
     ) -> Result<Response<pb::UnregisterShuffleResponse>, Status> {
         self.core.leader_check()?;
-        let key = shuffle_key(request.into_inner().shuffle.as_ref())?;
+        let key = shuffle_key(request.get_ref().shuffle.as_ref())?;
+        self.core.authorize(&request, Need::App(&key.app_id))?;
+        let _slot = self.core.app_slot(&key.app_id)?;
         let workers = self
             .core
             .lock()
@@ -411,6 +427,8 @@ impl Master for MasterService {
     ) -> Result<Response<pb::AppHeartbeatResponse>, Status> {
         // The leader expires applications: it is the one that must hear them.
         self.core.leader_check()?;
+        self.core
+            .authorize(&request, Need::App(&request.get_ref().app_id))?;
         let app_id = request.into_inner().app_id;
         sluice_protocol::ids::validate_app_id(&app_id).map_err(MasterError::InvalidRequest)?;
         self.core.lock().touch_app(&app_id);
@@ -419,8 +437,9 @@ impl Master for MasterService {
 
     async fn master_status(
         &self,
-        _request: Request<pb::MasterStatusRequest>,
+        request: Request<pb::MasterStatusRequest>,
     ) -> Result<Response<pb::MasterStatusResponse>, Status> {
+        self.core.authorize(&request, Need::Any)?;
         Ok(Response::new(crate::membership::status(&self.core)))
     }
 
@@ -429,16 +448,18 @@ impl Master for MasterService {
         request: Request<pb::ChangeMastersRequest>,
     ) -> Result<Response<pb::MasterStatusResponse>, Status> {
         self.core.leader_check()?;
+        self.core.authorize(&request, Need::Cluster)?;
         crate::membership::change(&self.core, request.into_inner()).await?;
         Ok(Response::new(crate::membership::status(&self.core)))
     }
 
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         // The leader's view: the workers it places on, the shuffles it serves.
         self.core.leader_check()?;
+        self.core.authorize(&request, Need::Any)?;
         let state = self.core.lock();
         let now = Instant::now();
         let mut workers: Vec<pb::WorkerStatus> = state
@@ -464,6 +485,17 @@ impl Master for MasterService {
             shuffles: state.shuffles.len() as u64,
             applications: state.apps.len() as u64,
         }))
+    }
+
+    async fn register_application(
+        &self,
+        request: Request<pb::RegisterApplicationRequest>,
+    ) -> Result<Response<pb::RegisterApplicationResponse>, Status> {
+        self.core.leader_check()?;
+        let request = request.into_inner();
+        crate::apps::register(&self.core, request)
+            .await
+            .map(Response::new)
     }
 }
 

@@ -275,7 +275,7 @@ impl Master {
             .unwrap();
         let stop = CancellationToken::new();
         let serve = tonic::transport::Server::builder()
-            .add_service(RaftServer::new(raft.clone()).into_service())
+            .add_service(RaftServer::new(raft.clone(), None).into_service())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stop.clone().cancelled_owned(),

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::SignedRequest;
 use crate::pb::master_client::MasterClient;
 
 /// The gRPC metadata key in which a master that does not lead names the leader (`host:port`).
@@ -150,6 +151,8 @@ pub struct MasterChannel {
 struct Shared {
     options: MasterOptions,
     state: Mutex<State>,
+    /// Who signs the calls ([`crate::auth::sign`]); `None`: calls go unsigned.
+    credentials: std::sync::RwLock<Option<crate::rpc::Credentials>>,
 }
 
 #[derive(Debug)]
@@ -247,12 +250,42 @@ impl MasterChannel {
             shared: Arc::new(Shared {
                 options,
                 state: Mutex::new(State { nodes, leader: 0 }),
+                credentials: std::sync::RwLock::new(None),
             }),
         })
     }
 
     pub fn options(&self) -> &MasterOptions {
         &self.shared.options
+    }
+
+    /// Signs every later call as `credentials` (shared by the channel's clones).
+    pub fn set_credentials(&self, credentials: Option<crate::rpc::Credentials>) {
+        *self
+            .shared
+            .credentials
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = credentials;
+    }
+
+    /// `request`, signed when the channel has credentials (afresh for every attempt: a nonce
+    /// is used once).
+    fn request<Req: SignedRequest>(
+        &self,
+        request: Req,
+    ) -> Result<tonic::Request<Req>, tonic::Status> {
+        let credentials = self
+            .shared
+            .credentials
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        match credentials.as_ref() {
+            Some(credentials) => {
+                crate::auth::sign(&credentials.principal, &credentials.keys, request)
+                    .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+            }
+            None => Ok(tonic::Request::new(request)),
+        }
     }
 
     /// Every endpoint known: the configured ones in order, then leaders learned from redirects.
@@ -281,8 +314,8 @@ impl MasterChannel {
         rpc: F,
     ) -> Result<Resp, MasterCallError>
     where
-        Req: Clone,
-        F: Fn(MasterClient<Channel>, Req) -> Fut,
+        Req: SignedRequest + Clone,
+        F: Fn(MasterClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let options = &self.shared.options;
@@ -291,11 +324,13 @@ impl MasterChannel {
         let mut redirected = false;
         loop {
             let (index, addr, client) = self.pick();
-            let status = match tokio::time::timeout(
-                options.call_timeout,
-                rpc(client, request.clone()),
-            )
-            .await
+            let signed = self
+                .request(request.clone())
+                .map_err(|status| MasterCallError {
+                    addr: addr.clone(),
+                    status,
+                })?;
+            let status = match tokio::time::timeout(options.call_timeout, rpc(client, signed)).await
             {
                 Ok(Ok(response)) => {
                     self.state().nodes[index].failed_at = None;

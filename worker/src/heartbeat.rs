@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_protocol::auth::{sign, Principal, PrincipalKeys, SignedRequest};
 use sluice_protocol::master_channel::{master_client, parse_endpoints, MasterOptions};
 use sluice_protocol::pb;
 use sluice_protocol::pb::master_client::MasterClient;
@@ -35,15 +36,14 @@ async fn register(
     shared: &Shared,
     master: &str,
 ) -> Result<(), tonic::Status> {
-    client
-        .register_worker(pb::RegisterWorkerRequest {
-            worker: Some(shared.info.clone()),
-            disks: disks(shared).await,
-            heartbeat_interval_ms: u64::try_from(shared.config.heartbeat_interval.as_millis())
-                .unwrap_or(u64::MAX),
-            state: state(shared) as i32,
-        })
-        .await?;
+    let request = pb::RegisterWorkerRequest {
+        worker: Some(shared.info.clone()),
+        disks: disks(shared).await,
+        heartbeat_interval_ms: u64::try_from(shared.config.heartbeat_interval.as_millis())
+            .unwrap_or(u64::MAX),
+        state: state(shared) as i32,
+    };
+    client.register_worker(signed(shared, request)?).await?;
     tracing::info!(worker = %shared.info.id, node = %shared.info.node, zone = %shared.info.zone, master = %master, "registered with the master");
     Ok(())
 }
@@ -59,24 +59,41 @@ async fn heartbeat(
         .map(|key| key.to_pb())
         .collect();
     let traffic = &shared.metrics.traffic;
+    let request = pb::WorkerHeartbeatRequest {
+        worker_id: shared.info.id.clone(),
+        disks: disks(shared).await,
+        memory_used_bytes: shared.store.memory().used(),
+        memory_budget_bytes: shared.store.memory().budget(),
+        active_partitions: shared.store.active_partitions(),
+        state: state(shared) as i32,
+        shuffles,
+        pushed_bytes: traffic.pushed.load(Ordering::Relaxed),
+        fetched_bytes: traffic.fetched.load(Ordering::Relaxed),
+    };
     let response = client
-        .worker_heartbeat(pb::WorkerHeartbeatRequest {
-            worker_id: shared.info.id.clone(),
-            disks: disks(shared).await,
-            memory_used_bytes: shared.store.memory().used(),
-            memory_budget_bytes: shared.store.memory().budget(),
-            active_partitions: shared.store.active_partitions(),
-            state: state(shared) as i32,
-            shuffles,
-            pushed_bytes: traffic.pushed.load(Ordering::Relaxed),
-            fetched_bytes: traffic.fetched.load(Ordering::Relaxed),
-        })
+        .worker_heartbeat(signed(shared, request)?)
         .await?
         .into_inner();
     if response.decommission {
         shared.decommission("the master");
     }
     Ok(response)
+}
+
+/// `message` signed as this worker when the cluster has a secret.
+fn signed<T: SignedRequest>(
+    shared: &Shared,
+    message: T,
+) -> Result<tonic::Request<T>, tonic::Status> {
+    match &shared.keyring {
+        Some(keyring) => sign(
+            &Principal::Worker(shared.info.id.clone()),
+            &PrincipalKeys::cluster(keyring.signing()),
+            message,
+        )
+        .map_err(|e| tonic::Status::unauthenticated(e.to_string())),
+        None => Ok(tonic::Request::new(message)),
+    }
 }
 
 /// What the worker tells the masters about itself: active, or decommissioning once told to go.

@@ -131,7 +131,7 @@ impl Fetcher {
             tries += 1;
             let result = self
                 .inner
-                .workers
+                .workers()
                 .call(worker, frame.clone(), expected, config.request_timeout)
                 .await;
             let source = match result {

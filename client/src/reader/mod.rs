@@ -125,6 +125,7 @@ impl ShuffleReader {
             end_partition: partitions.end,
             wait_ms: u32::try_from(poll.as_millis()).unwrap_or(u32::MAX),
         };
+        inner.session(&key.app_id).await?;
         let layout = loop {
             let layout = inner
                 .master

@@ -71,6 +71,7 @@ impl std::fmt::Display for Command {
             Some(C::ShuffleCommitted(_)) => "ShuffleCommitted",
             Some(C::ShuffleRemoved(_)) => "ShuffleRemoved",
             Some(C::AppRemoved(_)) => "AppRemoved",
+            Some(C::AppRegistered(_)) => "AppRegistered",
             Some(C::WorkerMoved(_)) => "WorkerMoved",
             None => "Empty",
         };

@@ -23,9 +23,11 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sluice_protocol::auth::{sign, Principal, Verifier};
 use sluice_protocol::pb;
 use sluice_protocol::pb::master_raft_client::MasterRaftClient;
 use sluice_protocol::pb::master_raft_server::{MasterRaft, MasterRaftServer};
+use sluice_protocol::rpc::Credentials;
 use tonic::transport::Channel;
 
 use super::{NodeId, TypeConfig};
@@ -44,12 +46,23 @@ type RpcResult<T, E = openraft::error::Infallible> =
 #[derive(Debug, Clone)]
 pub struct Network {
     id: NodeId,
+    /// Signs every message as `master:<id>` when the cluster has a secret.
+    credentials: Option<Credentials>,
 }
 
 impl Network {
     /// The network of the master whose Raft node id is `id` (named in timeouts).
     pub fn new(id: NodeId) -> Self {
-        Network { id }
+        Network {
+            id,
+            credentials: None,
+        }
+    }
+
+    /// Signs every message with `credentials` (`None`: unsigned).
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> Self {
+        self.credentials = credentials;
+        self
     }
 }
 
@@ -76,6 +89,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client,
+            credentials: self.credentials.clone(),
         }
     }
 }
@@ -87,6 +101,7 @@ pub struct PeerClient {
     node: BasicNode,
     /// An address that does not parse fails every call as unreachable.
     client: Result<MasterRaftClient<Channel>, String>,
+    credentials: Option<Credentials>,
 }
 
 impl PeerClient {
@@ -107,6 +122,11 @@ impl PeerClient {
         };
         let data = serde_json::to_vec(request).map_err(|e| NetworkError::new(&e))?;
         let message = pb::RaftMessage { data };
+        let message = match &self.credentials {
+            Some(credentials) => sign(&credentials.principal, &credentials.keys, message)
+                .map_err(|e| NetworkError::new(&e))?,
+            None => tonic::Request::new(message),
+        };
         let ttl = option.hard_ttl();
         let sent = tokio::time::timeout(ttl, async {
             match rpc {
@@ -185,12 +205,28 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[derive(Clone)]
 pub struct RaftServer {
     raft: Raft<TypeConfig>,
+    /// Takes messages only from `master:*` signers when the cluster has a secret.
+    verifier: Option<Verifier>,
 }
 
 impl RaftServer {
-    /// Serves messages to `raft`.
-    pub fn new(raft: Raft<TypeConfig>) -> Self {
-        RaftServer { raft }
+    /// Serves messages to `raft`, checked by `verifier` when given.
+    pub fn new(raft: Raft<TypeConfig>, verifier: Option<Verifier>) -> Self {
+        RaftServer { raft, verifier }
+    }
+
+    /// Refuses a message not signed by a master.
+    fn check(&self, request: &tonic::Request<pb::RaftMessage>) -> Result<(), tonic::Status> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(());
+        };
+        match verifier.verify(request) {
+            Ok(Principal::Master(_)) => Ok(()),
+            Ok(other) => Err(tonic::Status::permission_denied(format!(
+                "{other} may not send raft messages: only masters do"
+            ))),
+            Err(e) => Err(tonic::Status::new(e.code().grpc_code(), e.to_string())),
+        }
     }
 
     /// The tonic service, with message limits that fit snapshot chunks.
@@ -206,16 +242,19 @@ type Answer = Result<tonic::Response<pb::RaftMessage>, tonic::Status>;
 #[tonic::async_trait]
 impl MasterRaft for RaftServer {
     async fn append_entries(&self, request: tonic::Request<pb::RaftMessage>) -> Answer {
+        self.check(&request)?;
         let rpc = decode(request)?;
         answer(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: tonic::Request<pb::RaftMessage>) -> Answer {
+        self.check(&request)?;
         let rpc = decode(request)?;
         answer(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: tonic::Request<pb::RaftMessage>) -> Answer {
+        self.check(&request)?;
         let rpc = decode(request)?;
         answer(&self.raft.install_snapshot(rpc).await)
     }

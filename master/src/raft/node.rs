@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 
+use sluice_protocol::rpc::Credentials;
+
 use super::{LogStore, Network, NodeId, StateMachineStore, TypeConfig};
 use crate::config::MasterConfig;
 use crate::error::{MasterError, MasterResult};
@@ -86,6 +88,7 @@ pub async fn start(
     id: NodeId,
     addr: &str,
     state: Arc<Mutex<State>>,
+    credentials: Option<Credentials>,
 ) -> MasterResult<Raft<TypeConfig>> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| {
@@ -108,11 +111,21 @@ pub async fn start(
     }
     .validate()
     .map_err(|e| MasterError::Config(format!("raft timings: {e}")))?;
-    let raft = Raft::new(id, Arc::new(raft_config), Network::new(id), log, machine)
-        .await
-        .map_err(|e| MasterError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        id,
+        Arc::new(raft_config),
+        Network::new(id).with_credentials(credentials.clone()),
+        log,
+        machine,
+    )
+    .await
+    .map_err(|e| MasterError::Raft(e.to_string()))?;
     let fresh = raft.metrics().borrow().last_log_index.is_none();
-    if fresh && running_peer(config, addr).await.is_some() {
+    if fresh
+        && running_peer(config, addr, credentials.as_ref())
+            .await
+            .is_some()
+    {
         // A master replacing one of a running cluster: it must not found a cluster of its own;
         // the leader adds it (`sluice admin masters add`).
         tracing::info!(
@@ -131,7 +144,11 @@ pub async fn start(
 }
 
 /// A peer (other than `addr`) that answers as a member of a cluster with voters, if any.
-async fn running_peer(config: &MasterConfig, addr: &str) -> Option<String> {
+async fn running_peer(
+    config: &MasterConfig,
+    addr: &str,
+    credentials: Option<&Credentials>,
+) -> Option<String> {
     for peer in config.peers.iter().filter(|p| *p != addr) {
         let options = sluice_protocol::MasterOptions {
             connect_timeout: PEER_PROBE_TIMEOUT,
@@ -140,11 +157,18 @@ async fn running_peer(config: &MasterConfig, addr: &str) -> Option<String> {
         let Ok(mut client) = sluice_protocol::master_channel::master_client(peer, &options) else {
             continue;
         };
-        let status = tokio::time::timeout(
-            PEER_PROBE_TIMEOUT,
-            client.master_status(sluice_protocol::pb::MasterStatusRequest {}),
-        )
-        .await;
+        let request = sluice_protocol::pb::MasterStatusRequest {};
+        let request = match credentials {
+            Some(c) => match sluice_protocol::auth::sign(&c.principal, &c.keys, request) {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sign a status request");
+                    continue;
+                }
+            },
+            None => tonic::Request::new(request),
+        };
+        let status = tokio::time::timeout(PEER_PROBE_TIMEOUT, client.master_status(request)).await;
         if let Ok(Ok(status)) = status {
             if !status.into_inner().voters.is_empty() {
                 return Some(peer.clone());

@@ -348,9 +348,26 @@ impl Machine for State {
                 self.shuffles.remove(&key);
                 pb::MasterReply::default()
             }),
+            Some(C::AppRegistered(registered)) => {
+                let app = registered.app_id.as_str();
+                match self.app_verifiers.get(app) {
+                    Some(verifier) if *verifier != registered.verifier => Err(format!(
+                        "application {app} is registered with another secret"
+                    )),
+                    _ => {
+                        self.app_verifiers
+                            .insert(Arc::from(app), registered.verifier.clone());
+                        // Its clock starts now, so an application that never calls again
+                        // expires too.
+                        self.touch_app(app);
+                        Ok(pb::MasterReply::default())
+                    }
+                }
+            }
             Some(C::AppRemoved(removed)) => {
                 let app = removed.app_id.as_str();
                 self.apps.remove(app);
+                self.app_verifiers.remove(app);
                 self.shuffles.retain(|key, _| *key.app_id != *app);
                 Ok(pb::MasterReply::default())
             }
@@ -366,10 +383,19 @@ impl Machine for State {
     fn snapshot(&self) -> Vec<u8> {
         let mut keys: Vec<&ShuffleKey> = self.shuffles.keys().collect();
         keys.sort();
+        let mut apps: Vec<(&Arc<str>, &Vec<u8>)> = self.app_verifiers.iter().collect();
+        apps.sort();
         pb::MasterSnapshot {
             shuffles: keys
                 .into_iter()
                 .map(|key| State::record(key, &self.shuffles[key]))
+                .collect(),
+            apps: apps
+                .into_iter()
+                .map(|(app_id, verifier)| pb::AppRecord {
+                    app_id: app_id.to_string(),
+                    verifier: verifier.clone(),
+                })
                 .collect(),
         }
         .encode_to_vec()
@@ -385,7 +411,13 @@ impl Machine for State {
         }
         self.shuffles = shuffles;
         self.registering.clear();
-        let apps: Vec<_> = self.shuffles.keys().map(|k| k.app_id.clone()).collect();
+        self.app_verifiers = snapshot
+            .apps
+            .into_iter()
+            .map(|record| (Arc::from(record.app_id), record.verifier))
+            .collect();
+        let mut apps: Vec<Arc<str>> = self.shuffles.keys().map(|k| k.app_id.clone()).collect();
+        apps.extend(self.app_verifiers.keys().cloned());
         for app in apps {
             self.touch_app(&app);
         }
@@ -499,6 +531,43 @@ mod tests {
         assert_eq!((figures.revives, figures.max_epoch), (1, 1));
         assert_eq!(figures.lost_partitions, 2);
         assert_eq!(entry.state_name(), "failed");
+    }
+
+    #[test]
+    fn application_registrations_bind_once_survive_snapshots_and_go_with_the_app() {
+        let register = |app: &str, verifier: u8| {
+            command(C::AppRegistered(pb::AppRegistered {
+                app_id: app.into(),
+                verifier: vec![verifier; 32],
+            }))
+        };
+        let mut state = State::default();
+        assert!(state.apply(&register("a", 1)).error.is_empty());
+        assert!(state.apply(&register("a", 1)).error.is_empty());
+        assert!(state.apply(&register("b", 2)).error.is_empty());
+        let refused = state.apply(&register("a", 9));
+        assert!(
+            refused.error.contains("another secret"),
+            "{}",
+            refused.error
+        );
+        assert_eq!(state.app_verifiers["a"], vec![1; 32]);
+        assert!(state.apps.contains_key("a"));
+
+        let snapshot = state.snapshot();
+        let mut restored = State::default();
+        restored.restore(&snapshot).unwrap();
+        assert_eq!(restored.app_verifiers, state.app_verifiers);
+        assert!(
+            restored.apps.contains_key("b"),
+            "a restored app expires too"
+        );
+
+        state.apply(&command(C::AppRemoved(pb::AppRemoved {
+            app_id: "a".into(),
+        })));
+        assert!(!state.app_verifiers.contains_key("a"));
+        assert!(state.apply(&register("a", 9)).error.is_empty());
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct State {
     /// `background::lead`).
     pub completed: Vec<ShuffleKey>,
     pub apps: HashMap<Arc<str>, Instant>,
+    /// Registered applications and their key verifiers (replicated: `AppRegistered`, dropped
+    /// with `AppRemoved`). An id registered once is only served to the same key.
+    pub app_verifiers: HashMap<Arc<str>, Vec<u8>>,
     /// Per worker, the shuffles it reported holding that the registry does not know, and since
     /// when (see `orphan_grace`).
     pub orphans: HashMap<String, HashMap<ShuffleKey, Instant>>,

@@ -184,7 +184,7 @@ pub(crate) fn hmac(key: &ring::hmac::Key, pieces: &[&[u8]]) -> [u8; 32] {
 }
 
 /// Whether `a` and `b` are equal, in time that depends on their lengths only.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

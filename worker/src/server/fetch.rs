@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::access::check_app;
 use super::{busy, error_frame, next_frame, open, reply, Next};
 use crate::error::{WorkerError, WorkerResult};
 use crate::metrics::WorkerMetrics;
@@ -62,6 +63,7 @@ pub async fn serve(
         }
     });
     let permits = Arc::new(Semaphore::new(FETCH_CONCURRENCY));
+    let app: Option<Arc<str>> = conn.app().map(Arc::from);
     loop {
         let frame = match next_frame(&mut conn, &shared, &shutdown).await {
             Next::Frame(frame) => frame,
@@ -76,9 +78,9 @@ pub async fn serve(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (shared, tx) = (shared.clone(), tx.clone());
+        let (shared, tx, app) = (shared.clone(), tx.clone(), app.clone());
         tokio::spawn(async move {
-            let answer = handle(&shared, frame).await;
+            let answer = handle(&shared, frame, app.as_deref()).await;
             drop(permit);
             let _ = tx.send(answer).await;
         });
@@ -136,36 +138,51 @@ async fn write_answers(
     writer.shutdown().await
 }
 
-fn location(shared: &Shared, location: Option<&pb::LocationRef>) -> WorkerResult<Arc<Partition>> {
+/// The partition `location` names, if the session of application `app` may read it.
+fn location(
+    shared: &Shared,
+    location: Option<&pb::LocationRef>,
+    app: Option<&str>,
+) -> WorkerResult<Arc<Partition>> {
     let location =
         location.ok_or_else(|| WorkerError::InvalidRequest("missing location".into()))?;
     let shuffle =
         ShuffleKey::from_pb(location.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    check_app(app, &shuffle)?;
     shared.store.get(&shuffle, LocationId::of_ref(location)?)
 }
 
-async fn open_stream(shared: &Shared, frame: &Frame) -> WorkerResult<pb::StreamOpenedHeader> {
+async fn open_stream(
+    shared: &Shared,
+    frame: &Frame,
+    app: Option<&str>,
+) -> WorkerResult<pb::StreamOpenedHeader> {
     let header: pb::OpenStreamHeader = frame.decode_header("open stream")?;
-    let partition = location(shared, header.location.as_ref())?;
+    let partition = location(shared, header.location.as_ref(), app)?;
     read::open_stream(&partition, &header, shared.config.chunk_size.as_u64()).await
 }
 
-async fn chunk_source(shared: &Shared, frame: &Frame) -> WorkerResult<ChunkSource> {
+async fn chunk_source(
+    shared: &Shared,
+    frame: &Frame,
+    app: Option<&str>,
+) -> WorkerResult<ChunkSource> {
     let header: pb::FetchChunkHeader = frame.decode_header("fetch chunk")?;
-    let partition = location(shared, header.location.as_ref())?;
+    let partition = location(shared, header.location.as_ref(), app)?;
     let max_len = u64::from(shared.limits.max_body);
     read::chunk_source(&partition, header.chunk.unwrap_or_default(), max_len).await
 }
 
-async fn handle(shared: &Shared, frame: Frame) -> Answer {
+/// Serves one request; `app` is the application of the connection's session, if any.
+async fn handle(shared: &Shared, frame: Frame, app: Option<&str>) -> Answer {
     let started = Instant::now();
     shared.metrics.fetch_requests.increment(1);
     let id = frame.request_id;
     let answer = match frame.kind {
-        MessageType::OpenStream => reply(id, open_stream(shared, &frame).await, |opened| {
+        MessageType::OpenStream => reply(id, open_stream(shared, &frame, app).await, |opened| {
             OutFrame::new(MessageType::StreamOpened, id, &opened)
         }),
-        MessageType::FetchChunk => match chunk_source(shared, &frame).await {
+        MessageType::FetchChunk => match chunk_source(shared, &frame, app).await {
             Ok(source) => {
                 return Answer::Chunk {
                     request_id: id,

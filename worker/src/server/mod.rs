@@ -12,6 +12,7 @@
 //! delivered within `frame_read_timeout`, is closed; each port takes at most
 //! `max_connections`. A malformed frame closes only its connection.
 
+mod access;
 pub mod control;
 pub mod fetch;
 pub mod push;

@@ -20,6 +20,7 @@ use sluice_protocol::{pb, ShuffleKey};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::access::check_app;
 use super::{ack, busy, control, error_frame, next_frame, split, Next};
 use crate::error::{WorkerError, WorkerResult};
 use crate::memory::copy_leased;
@@ -62,7 +63,7 @@ pub async fn serve(
                 let started = Instant::now();
                 let metrics = &shared.metrics;
                 metrics.push_requests.increment(1);
-                let answer = match handle(&shared, &frame, conn.may_replicate()) {
+                let answer = match handle(&shared, &frame, conn.may_replicate(), conn.app()) {
                     Ok(forwards) if forwards.is_empty() => ack(id),
                     Ok(forwards) => {
                         // Ack only once every replica acked; keep reading meanwhile.
@@ -107,7 +108,13 @@ type Forward = (String, OutFrame);
 
 /// Appends a push's slices to their partitions. On a primary whose partitions have replicas,
 /// returns the pushes to forward before the client may be acked.
-fn handle(shared: &Shared, frame: &Frame, may_replicate: bool) -> WorkerResult<Vec<Forward>> {
+/// `app`: the application of the connection's session, whose shuffles alone it may push to.
+fn handle(
+    shared: &Shared,
+    frame: &Frame,
+    may_replicate: bool,
+    app: Option<&str>,
+) -> WorkerResult<Vec<Forward>> {
     if frame.flags & FLAG_CRC == 0 {
         return Err(WorkerError::InvalidRequest(
             "a push must carry a frame checksum".into(),
@@ -116,6 +123,7 @@ fn handle(shared: &Shared, frame: &Frame, may_replicate: bool) -> WorkerResult<V
     let header: pb::PushHeader = frame.decode_header("push")?;
     let shuffle =
         ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    check_app(app, &shuffle)?;
     let replica = header.role == pb::Role::Replica as i32;
     if replica && !may_replicate {
         return Err(WorkerError::PermissionDenied(
