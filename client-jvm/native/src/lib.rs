@@ -29,6 +29,7 @@ use sluice_client::{
     ClientConfig, ClientError, ClientMetrics, ClientResult, ShuffleHandle, ShuffleReader,
     ShuffleWriter, SluiceClient,
 };
+use sluice_protocol::auth::Secret;
 use sluice_protocol::ShuffleKey;
 use tokio::runtime::Runtime;
 
@@ -222,9 +223,12 @@ fn key(env: &mut JNIEnv, app_id: &JString, shuffle_id: jint) -> Result<ShuffleKe
 /// Applies `key=value` settings to a client config; unknown keys are errors.
 fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> {
     for setting in settings {
-        let (name, value) = setting
-            .split_once('=')
-            .ok_or_else(|| Error::Invalid(format!("setting {setting:?} is not key=value")))?;
+        let (name, value) = setting.split_once('=').ok_or_else(|| {
+            Error::Invalid(format!(
+                "setting {:?} is not key=value",
+                setting.chars().take(40).collect::<String>()
+            ))
+        })?;
         let number = || {
             value.trim().parse::<u64>().map_err(|_| {
                 Error::Invalid(format!("setting {name}: {value:?} is not a whole number"))
@@ -257,6 +261,19 @@ fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> 
             "layout_timeout_ms" => config.layout_timeout = millis()?,
             "master_retry_timeout_ms" => config.master_retry_timeout = millis()?,
             "master_request_timeout_ms" => config.master_request_timeout = millis()?,
+            "app_secret" => {
+                if value.is_empty() {
+                    return Err(Error::Invalid("setting app_secret: empty".into()));
+                }
+                config.app_secret = Some(Secret::new(value.as_bytes().to_vec()))
+            }
+            "tls" => {
+                config.tls = value.trim().parse().map_err(|_| {
+                    Error::Invalid(format!("setting tls: {value:?} is not true or false"))
+                })?
+            }
+            "tls_ca_file" => config.tls_ca_file = value.trim().to_string(),
+            "tls_server_name" => config.tls_server_name = value.trim().to_string(),
             other => {
                 return Err(Error::Invalid(format!(
                     "unknown Sluice client setting {other:?}"
@@ -574,7 +591,26 @@ mod tests {
         assert!(apply_settings(&mut config, &fetch).is_ok());
         assert_eq!(config.fetch_retries, 5);
         assert_eq!(config.fetch_retry_wait, Duration::from_millis(50));
+        let security = [
+            "app_secret=s3cr=t",
+            "tls=true",
+            "tls_ca_file=/etc/sluice/ca.pem",
+            "tls_server_name=sluice",
+        ]
+        .map(String::from);
+        assert!(apply_settings(&mut config, &security).is_ok());
+        assert_eq!(config.app_secret, Some(Secret::new(b"s3cr=t".to_vec())));
+        assert!(config.tls);
+        assert_eq!(config.tls_ca_file, "/etc/sluice/ca.pem");
+        assert_eq!(config.tls_server_name, "sluice");
+        // A setting that fails never echoes a secret.
+        match apply_settings(&mut config, &["app_secret=".to_string()]) {
+            Err(Error::Invalid(message)) => assert!(message.contains("app_secret"), "{message}"),
+            _ => panic!("an empty app_secret was accepted"),
+        }
         for bad in [
+            "app_secret=",
+            "tls=maybe",
             "fetch_retries=99999999999",
             "nonsense",
             "batch_size=lots",

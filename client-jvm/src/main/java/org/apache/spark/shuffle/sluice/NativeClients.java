@@ -41,7 +41,7 @@ final class NativeClients {
       entry = new Entry(SluiceNative.newClient(master, settings.clone()));
       CLIENTS.put(key, entry);
       LOG.info("sluice client created for master {} with settings {}", master,
-          Arrays.toString(settings));
+          Arrays.toString(redacted(settings)));
     }
     entry.refs++;
     return entry.handle;
@@ -58,6 +58,17 @@ final class NativeClients {
       SluiceNative.closeClient(entry.handle);
       LOG.info("sluice client for master {} closed", master);
     }
+  }
+
+  /** {@code settings} for a log: the application secret's value is never shown. */
+  static String[] redacted(String[] settings) {
+    String[] shown = settings.clone();
+    for (int i = 0; i < shown.length; i++) {
+      if (shown[i].startsWith("app_secret=")) {
+        shown[i] = "app_secret=<redacted>";
+      }
+    }
+    return shown;
   }
 
   private static List<String> key(String master, String[] settings) {

@@ -30,6 +30,19 @@ import scala.Tuple2;
  *           {@code master_retry_timeout_ms}, {@code master_request_timeout_ms});
  *           sizes may be written {@code 1m}, {@code *_ms} durations {@code 30s}; an unknown key
  *           fails when the client is created</td></tr>
+ *   <tr><td>{@code spark.sluice.auth.enabled}</td><td>{@code spark.authenticate}</td>
+ *       <td>authenticate to the Sluice cluster as this application (needed when the cluster runs
+ *           with a cluster secret): the driver registers the application's key with the master,
+ *           and every call and connection of the driver and executors proves it</td></tr>
+ *   <tr><td>{@code spark.sluice.auth.secret}</td><td>Spark's own secret</td>
+ *       <td>the application's secret; unset, the secret Spark already gives the driver and
+ *           executors for {@code spark.authenticate} is used</td></tr>
+ *   <tr><td>{@code spark.sluice.tls.enabled}</td><td>{@code false}</td>
+ *       <td>dial the Sluice masters and workers with TLS</td></tr>
+ *   <tr><td>{@code spark.sluice.tls.caFile}</td><td></td>
+ *       <td>PEM file of the CAs that sign the Sluice servers' certificates</td></tr>
+ *   <tr><td>{@code spark.sluice.tls.serverName}</td><td>the dialed host</td>
+ *       <td>the name expected in the Sluice servers' certificates</td></tr>
  * </table>
  */
 final class SluiceConf {
@@ -37,6 +50,13 @@ final class SluiceConf {
   static final String PUSH_BUFFER_SIZE = "spark.sluice.push.bufferSize";
   static final String HEARTBEAT_INTERVAL = "spark.sluice.app.heartbeatInterval";
   static final String CLIENT_PREFIX = "spark.sluice.client.";
+
+  static final String AUTH_ENABLED = "spark.sluice.auth.enabled";
+  static final String AUTH_SECRET = "spark.sluice.auth.secret";
+  static final String SPARK_AUTHENTICATE = "spark.authenticate";
+  static final String TLS_ENABLED = "spark.sluice.tls.enabled";
+  static final String TLS_CA_FILE = "spark.sluice.tls.caFile";
+  static final String TLS_SERVER_NAME = "spark.sluice.tls.serverName";
 
   static final String DATA_IO_KEY = "spark.shuffle.sort.io.plugin.class";
 
@@ -51,6 +71,10 @@ final class SluiceConf {
   final long heartbeatIntervalMs;
   /** {@code key=value} settings for {@link SluiceNative#newClient}, sorted by key. */
   final String[] clientSettings;
+  /** Whether the application authenticates to the Sluice cluster. */
+  final boolean authEnabled;
+  /** {@code spark.sluice.auth.secret}, or null to use Spark's own secret. */
+  final String authSecret;
 
   /** Native settings that are byte sizes; Spark-style values ({@code 4m}) are turned into bytes. */
   private static final Set<String> SIZE_SETTINGS =
@@ -90,13 +114,30 @@ final class SluiceConf {
       throw new IllegalArgumentException(HEARTBEAT_INTERVAL + " must be positive");
     }
 
+    authEnabled = conf.getBoolean(AUTH_ENABLED, conf.getBoolean(SPARK_AUTHENTICATE, false));
+    authSecret = conf.contains(AUTH_SECRET) ? conf.get(AUTH_SECRET) : null;
+
     Tuple2<String, String>[] client = conf.getAllWithPrefix(CLIENT_PREFIX);
-    String[] settings = new String[client.length];
-    for (int i = 0; i < client.length; i++) {
-      settings[i] = client[i]._1() + "=" + clientValue(conf, client[i]._1(), client[i]._2());
+    List<String> settings = new ArrayList<>();
+    for (Tuple2<String, String> setting : client) {
+      if (setting._1().equals("app_secret")) {
+        throw new IllegalArgumentException(
+            CLIENT_PREFIX + "app_secret is not a setting: use " + AUTH_SECRET);
+      }
+      settings.add(setting._1() + "=" + clientValue(conf, setting._1(), setting._2()));
     }
-    Arrays.sort(settings);
-    clientSettings = settings;
+    if (conf.getBoolean(TLS_ENABLED, false)) {
+      settings.add("tls=true");
+      if (conf.contains(TLS_CA_FILE)) {
+        settings.add("tls_ca_file=" + conf.get(TLS_CA_FILE).trim());
+      }
+      if (conf.contains(TLS_SERVER_NAME)) {
+        settings.add("tls_server_name=" + conf.get(TLS_SERVER_NAME).trim());
+      }
+    }
+    String[] sorted = settings.toArray(new String[0]);
+    Arrays.sort(sorted);
+    clientSettings = sorted;
   }
 
   /**

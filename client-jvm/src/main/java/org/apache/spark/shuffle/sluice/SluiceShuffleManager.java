@@ -1,5 +1,6 @@
 package org.apache.spark.shuffle.sluice;
 
+import java.util.Arrays;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.Executors;
@@ -8,6 +9,7 @@ import java.util.concurrent.TimeUnit;
 import org.apache.spark.ShuffleDependency;
 import org.apache.spark.SparkConf;
 import org.apache.spark.SparkContext;
+import org.apache.spark.SparkEnv;
 import org.apache.spark.TaskContext;
 import org.apache.spark.scheduler.SparkListener;
 import org.apache.spark.scheduler.SparkListenerStageSubmitted;
@@ -62,6 +64,8 @@ public class SluiceShuffleManager implements ShuffleManager {
   /** Guards the client reference, the heartbeat and the listener. */
   private final Object lock = new Object();
   private long client;
+  /** The settings {@link #client} was acquired with (released with the same). */
+  private String[] clientSettings;
   private boolean stopped;
   private ScheduledExecutorService heartbeat;
   private SparkContext watchedContext;
@@ -174,7 +178,7 @@ public class SluiceShuffleManager implements ShuffleManager {
     synchronized (lock) {
       if (client != 0) {
         client = 0;
-        NativeClients.release(conf.master, conf.clientSettings);
+        NativeClients.release(conf.master, clientSettings);
       }
     }
   }
@@ -186,11 +190,38 @@ public class SluiceShuffleManager implements ShuffleManager {
         if (stopped) {
           throw new IllegalStateException("the Sluice shuffle manager is stopped");
         }
-        client = NativeClients.acquire(conf.master, conf.clientSettings);
+        clientSettings = withSecret(conf);
+        client = NativeClients.acquire(conf.master, clientSettings);
         SluiceMetricsSource.register();
       }
       return client;
     }
+  }
+
+  /**
+   * The native client's settings: {@link SluiceConf#clientSettings}, plus the application's
+   * secret when it authenticates ({@code spark.sluice.auth.secret}, else the secret Spark holds
+   * for {@code spark.authenticate}, which the driver generates or is given and hands its
+   * executors).
+   */
+  private static String[] withSecret(SluiceConf conf) {
+    if (!conf.authEnabled) {
+      return conf.clientSettings;
+    }
+    String secret = conf.authSecret;
+    if (secret == null) {
+      SparkEnv env = SparkEnv.get();
+      secret = env == null ? null : env.securityManager().getSecretKey();
+    }
+    if (secret == null || secret.isEmpty()) {
+      throw new IllegalArgumentException(
+          "Sluice authentication is on (spark.authenticate or spark.sluice.auth.enabled) but"
+              + " there is no secret: set spark.sluice.auth.secret, or spark.authenticate.secret"
+              + " where Spark does not generate one");
+    }
+    String[] settings = Arrays.copyOf(conf.clientSettings, conf.clientSettings.length + 1);
+    settings[settings.length - 1] = "app_secret=" + secret;
+    return settings;
   }
 
   /** Deletes the Sluice shuffles of stage attempts 0..maxAttempt of a Spark shuffle. */

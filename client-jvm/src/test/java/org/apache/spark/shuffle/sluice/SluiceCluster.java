@@ -94,7 +94,21 @@ public final class SluiceCluster implements AutoCloseable {
   private final List<Worker> workers = new ArrayList<>();
   private final List<Proc> masters = new ArrayList<>();
   private String master;
+  /** With {@code --secure}: the CA file clients trust, and the name in the certificates. */
+  private String tlsCaFile;
+
+  private String tlsServerName;
   private final Thread shutdownHook;
+
+  /** The PEM file of the CA of a {@code --secure} cluster (null otherwise). */
+  public String tlsCaFile() {
+    return tlsCaFile;
+  }
+
+  /** The name in a {@code --secure} cluster's certificates (null otherwise). */
+  public String tlsServerName() {
+    return tlsServerName;
+  }
 
   private SluiceCluster(String label) throws IOException {
     this.label = label + "-" + COUNTER.incrementAndGet();
@@ -107,18 +121,34 @@ public final class SluiceCluster implements AutoCloseable {
 
   /** {@code sluice local --workers n}: master and workers in one process. */
   public static SluiceCluster local(String label, int workers) throws IOException {
+    return local(label, workers, false);
+  }
+
+  /**
+   * {@code sluice local --workers n}, with {@code secure}: {@code --secure} (a cluster secret,
+   * and TLS on every port with a CA of its own, {@link #tlsCaFile}).
+   */
+  public static SluiceCluster local(String label, int workers, boolean secure) throws IOException {
     SluiceCluster cluster = new SluiceCluster(label);
     try {
-      Proc proc =
-          cluster.start(
-              "local",
-              "local",
-              "--workers",
-              Integer.toString(workers),
-              "--data-dir",
-              cluster.dataRoot.toString());
+      List<String> args =
+          new ArrayList<>(
+              List.of(
+                  "local",
+                  "--workers",
+                  Integer.toString(workers),
+                  "--data-dir",
+                  cluster.dataRoot.toString()));
+      if (secure) {
+        args.add("--secure");
+      }
+      Proc proc = cluster.start("local", args.toArray(new String[0]));
       Map<String, Object> ready = proc.ready;
       cluster.master = text(ready, "master", proc);
+      if (secure) {
+        cluster.tlsCaFile = text(ready, "tls_ca_file", proc);
+        cluster.tlsServerName = text(ready, "tls_server_name", proc);
+      }
       Object list = ready.get("workers");
       if (!(list instanceof List)) {
         throw new IllegalStateException("sluice local announced no \"workers\" list: " + ready);
