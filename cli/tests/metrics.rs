@@ -10,7 +10,6 @@ use sluice::local::{LocalCluster, LocalOptions};
 use sluice_client::{ClientConfig, ClientMetrics, SluiceClient};
 use sluice_ops::Telemetry;
 use sluice_protocol::ShuffleKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WORKER_METRICS: &[&str] = &[
     "sluice_worker_push_bytes_total",
@@ -24,6 +23,7 @@ const WORKER_METRICS: &[&str] = &[
     "sluice_worker_memory_used_bytes",
     "sluice_worker_memory_budget_bytes",
     "sluice_worker_busy_total",
+    "sluice_worker_auth_refused_total",
     "sluice_worker_replication_forwards_total",
     "sluice_worker_replication_failures_total",
     "sluice_worker_replication_forward_bytes_total",
@@ -64,41 +64,7 @@ const CLIENT_METRICS: &[&str] = &[
     "sluice_client_data_lost_total",
 ];
 
-/// `GET path` on `addr`: the status code and the body.
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The sum of every series of `name` whose labels contain `labels` (e.g. `state="active"`;
-/// empty: every series).
-fn sum(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((n, l)) => (n, l),
-                None => (series, ""),
-            };
-            (series_name == name && series_labels.contains(labels)).then_some(value)
-        })
-        .map(|value| value.parse::<f64>().unwrap())
-        .sum()
-}
+use common::{get, metric_sum as sum};
 
 fn assert_described(text: &str, names: &[&str]) {
     for name in names {

@@ -23,11 +23,19 @@ async fn secure_cluster(dir: &std::path::Path) -> (LocalCluster, Arc<Keyring>) {
 }
 
 async fn secure_cluster_of(dir: &std::path::Path, workers: usize) -> (LocalCluster, Arc<Keyring>) {
+    secure_cluster_with(dir, workers, false).await
+}
+
+async fn secure_cluster_with(
+    dir: &std::path::Path,
+    workers: usize,
+    admin: bool,
+) -> (LocalCluster, Arc<Keyring>) {
     let secret_file = dir.join("cluster-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     let path = secret_file.display().to_string();
     let mut options = LocalOptions::new(workers, dir.join("data"));
-    options.admin = false;
+    options.admin = admin;
     options.master.cluster_secret_file = path.clone();
     options.worker.cluster_secret_file = path;
     let cluster = LocalCluster::start(options).await.unwrap();
@@ -337,7 +345,7 @@ async fn applications_write_and_read_with_their_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_a_is_refused_on_every_operation_of_app_b() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, _) = secure_cluster(dir.path()).await;
+    let (cluster, _) = secure_cluster_with(dir.path(), 1, true).await;
     let master = cluster.master_addr.clone();
     // Application B writes a shuffle.
     let b = app_client(&cluster, "secret of B", 1);
@@ -540,6 +548,14 @@ async fn app_a_is_refused_on_every_operation_of_app_b() {
             "{kind:?}"
         );
     }
+
+    // Every refusal of the data plane was counted on the worker.
+    let admin = cluster.worker_admins()[0].clone().unwrap();
+    let (_, metrics) = common::get(&admin, "/metrics").await;
+    assert!(
+        common::metric_sum(&metrics, "sluice_worker_auth_refused_total", "permission") >= 4.0,
+        "{metrics}"
+    );
 
     // B's shuffle is whole: every record exactly once.
     let seen = common::read_records(&b, &key, 0..1, None).await.unwrap();

@@ -39,6 +39,11 @@ pub struct WorkerMetrics {
     pub commit_latency: Histogram,
     /// Frames answered `Busy` (no memory for them within `busy_wait`).
     pub busy: Counter,
+    /// Connections refused at the session handshake (no, bad or unknown credentials).
+    pub auth_refused_handshake: Counter,
+    /// Frames refused to the session that sent them (a control frame from a non-master, an
+    /// application's frame naming another application's shuffle).
+    pub auth_refused_permission: Counter,
     /// Pushes forwarded to a replica, failed ones and their bytes.
     pub replication_forwards: Counter,
     pub replication_failures: Counter,
@@ -110,6 +115,8 @@ impl WorkerMetrics {
                 flush_latency: metrics::histogram!("sluice_worker_flush_latency_seconds"),
                 commit_latency: metrics::histogram!("sluice_worker_commit_latency_seconds"),
                 busy: metrics::counter!("sluice_worker_busy_total"),
+                auth_refused_handshake: metrics::counter!("sluice_worker_auth_refused_total", "reason" => "handshake"),
+                auth_refused_permission: metrics::counter!("sluice_worker_auth_refused_total", "reason" => "permission"),
                 replication_forwards: metrics::counter!("sluice_worker_replication_forwards_total"),
                 replication_failures: metrics::counter!("sluice_worker_replication_failures_total"),
                 replication_forward_bytes: metrics::counter!(
@@ -217,6 +224,11 @@ fn describe() {
         "sluice_worker_busy_total",
         Unit::Count,
         "Frames answered Busy: no memory for them within busy_wait."
+    );
+    describe_counter!(
+        "sluice_worker_auth_refused_total",
+        Unit::Count,
+        "Refusals by reason: handshake (a connection without valid credentials), permission (a frame its session may not send)."
     );
     describe_counter!(
         "sluice_worker_replication_forwards_total",

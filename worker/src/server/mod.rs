@@ -178,6 +178,7 @@ pub(crate) async fn open(
                 principal = Some(peer_principal);
             }
             Ok(Err(e)) => {
+                shared.metrics.auth_refused_handshake.increment(1);
                 let refused = shared.handshakes_refused.fetch_add(1, Ordering::Relaxed) + 1;
                 if refused.is_power_of_two() {
                     tracing::warn!(peer, refused, error = %e, "handshake refused");
@@ -188,6 +189,7 @@ pub(crate) async fn open(
             }
             Err(_) => {
                 shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.auth_refused_handshake.increment(1);
                 tracing::debug!(peer, "no handshake in time, closing");
                 return None;
             }

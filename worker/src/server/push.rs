@@ -52,6 +52,7 @@ pub async fn serve(
         };
         let id = frame.request_id;
         if let Err(e) = conn.authorize(&frame) {
+            shared.metrics.auth_refused_permission.increment(1);
             tracing::warn!(peer, error = %e, "frame refused");
             if tx.send(error_frame(id, &e)).await.is_err() {
                 break;
@@ -79,6 +80,9 @@ pub async fn serve(
                         continue;
                     }
                     Err(e) => {
+                        if matches!(e, WorkerError::PermissionDenied(_)) {
+                            metrics.auth_refused_permission.increment(1);
+                        }
                         tracing::debug!(peer, error = %e, "push refused");
                         error_frame(id, &e)
                     }
