@@ -77,6 +77,13 @@ impl Core {
                 .map_err(|e| MasterError::Config(format!("cluster_secret_file: {e}")))?;
             Some(Arc::new(keyring))
         };
+        if keyring.is_some() && !config.tls_grpc {
+            tracing::warn!(
+                "cluster_secret_file is set but tls_grpc is off: calls are authenticated, yet \
+                 each application's token crosses the network in clear when it registers; turn \
+                 on TLS where traffic leaves a trusted network"
+            );
+        }
         let verifier = keyring
             .clone()
             .map(|keyring| sluice_protocol::auth::Verifier::new(keyring, config.auth_clock_skew));
