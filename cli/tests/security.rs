@@ -691,3 +691,77 @@ async fn replayed_requests_and_frames_are_refused() {
     );
     cluster.shutdown().await.unwrap();
 }
+
+/// `POST path` on `addr` with `headers`: the status code and the body.
+async fn post(addr: &str, path: &str, headers: &[(&str, String)]) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_need_the_cluster_secret() {
+    use sluice_protocol::auth::{sign_raw, PrincipalKeys, AUTH_METADATA};
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, keyring) = secure_cluster_with(dir.path(), 1, true).await;
+    let worker = cluster.worker_admins()[0].clone().unwrap();
+    let master = cluster.master_admins[0].clone();
+    let app = app_credentials(&cluster.master_addr, "app-adm", "secret of adm").await;
+    let operator = PrincipalKeys::cluster(keyring.signing());
+    let sign = |principal: &Principal, keys: &PrincipalKeys, path: &str| {
+        vec![(
+            AUTH_METADATA,
+            sign_raw(principal, keys, &format!("POST {path}"), b"").unwrap(),
+        )]
+    };
+    let worker_id = &cluster.workers()[0].id;
+    let on_master = format!("/api/workers/{worker_id}/decommission");
+    for (addr, path) in [
+        (&worker, "/api/decommission"),
+        (&master, on_master.as_str()),
+    ] {
+        let (status, answer) = post(addr, path, &[]).await;
+        assert_eq!(status, 401, "{answer}");
+        assert!(answer.contains("--cluster-secret-file"), "{answer}");
+        let (status, answer) = post(addr, path, &sign(&app.principal, &app.keys, path)).await;
+        assert_eq!(status, 403, "{answer}");
+        // A signature made for another path does not verify.
+        let (status, answer) = post(
+            addr,
+            path,
+            &sign(&Principal::Admin, &operator, "/api/other"),
+        )
+        .await;
+        assert_eq!(status, 401, "{answer}");
+    }
+    // Nothing changed: the worker still serves and is ready.
+    let (status, _) = common::get(&worker, "/readyz").await;
+    assert_eq!(status, 200);
+    // Reads stay open; the config shows the secret's path, never a secret.
+    let (status, config) = common::get(&worker, "/api/config").await;
+    assert_eq!(status, 200);
+    assert!(!config.contains(SECRET.trim()), "{config}");
+    let (status, apps) = common::get(&master, "/api/apps").await;
+    assert_eq!(status, 200);
+    assert!(apps.contains("app-adm"), "{apps}");
+
+    let path = "/api/decommission";
+    let (status, answer) = post(&worker, path, &sign(&Principal::Admin, &operator, path)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = common::get(&worker, "/readyz").await;
+    assert_eq!(status, 503);
+    cluster.shutdown().await.unwrap();
+}

@@ -8,6 +8,7 @@
 //! handles registered through [`Telemetry::register`]; the hot path only bumps an atomic.
 
 pub mod admin;
+pub mod guard;
 mod telemetry;
 
 pub use telemetry::{Telemetry, LATENCY_BUCKETS};

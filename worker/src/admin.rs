@@ -16,6 +16,9 @@ use serde::Serialize;
 
 use crate::shared::Shared;
 
+/// How far a signed admin request's time may be from this worker's clock.
+const ADMIN_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let config = serde_json::to_value(&shared.config).unwrap_or_default();
     let ready = {
@@ -26,7 +29,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/status", get(status))
         .route("/api/decommission", post(decommission))
         .with_state(shared.clone());
-    sluice_ops::admin::router(shared.telemetry.clone(), ready, config).merge(own)
+    let router = sluice_ops::admin::router(shared.telemetry.clone(), ready, config).merge(own);
+    let verifier = shared
+        .keyring
+        .clone()
+        .map(|keyring| sluice_protocol::auth::Verifier::new(keyring, ADMIN_CLOCK_SKEW));
+    sluice_ops::guard::signed_posts(router, verifier)
 }
 
 /// Ready: a master accepted the registration and the worker is not leaving.

@@ -313,4 +313,3 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
         .map(|value| value.parse::<f64>().unwrap())
         .sum()
 }
-

@@ -51,7 +51,8 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/api/events", get(events))
         .route("/api/workers/{id}/decommission", post(decommission))
         .with_state(core.clone());
-    sluice_ops::admin::router(core.telemetry.clone(), ready, config).merge(own)
+    let router = sluice_ops::admin::router(core.telemetry.clone(), ready, config).merge(own);
+    sluice_ops::guard::signed_posts(router, core.verifier.clone())
 }
 
 /// A master serves when it leads (past its read barrier) or follows a known leader, to which

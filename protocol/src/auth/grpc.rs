@@ -66,27 +66,28 @@ fn unix_ms(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn mac<T: SignedRequest>(
+/// The MAC of request `name` with `body` (see the module overview).
+fn mac_raw(
     keys: &PrincipalKeys,
+    name: &str,
     principal: &str,
     kid: Kid,
     time: u64,
     nonce: &[u8],
-    message: &T,
+    body: &[u8],
 ) -> [u8; 32] {
-    let body = message.encode_to_vec();
     hmac(
         keys.grpc(),
         &[
             b"sluice grpc v1\0",
-            T::NAME.as_bytes(),
+            name.as_bytes(),
             b"\0",
             principal.as_bytes(),
             b"\0",
             kid.as_bytes(),
             &time.to_le_bytes(),
             nonce,
-            &body,
+            body,
         ],
     )
 }
@@ -97,25 +98,42 @@ pub fn sign<T: SignedRequest>(
     keys: &PrincipalKeys,
     message: T,
 ) -> AuthResult<tonic::Request<T>> {
-    let mut nonce = [0u8; NONCE];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .map_err(|_| AuthError::Random)?;
-    let time = unix_ms(SystemTime::now());
-    let who = principal.to_string();
-    let kid = keys.kid();
-    let tag = mac(keys, &who, kid, time, &nonce, &message);
-    let value = format!(
-        "v1;k={kid};t={time};n={};m={};p={who}",
-        hex(&nonce),
-        hex(&tag)
-    );
+    let value = sign_raw(principal, keys, T::NAME, &message.encode_to_vec())?;
     let value = value.parse().map_err(|_| AuthError::BadPrincipal {
-        text: who.clone(),
+        text: principal.to_string(),
         reason: "a signed principal must be printable ASCII",
     })?;
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(AUTH_METADATA, value);
     Ok(request)
+}
+
+/// The [`AUTH_METADATA`] value signing request `name` with `body` (for requests that are not
+/// gRPC: the admin port's `POST`s, named `"<METHOD> <path and query>"`).
+pub fn sign_raw(
+    principal: &Principal,
+    keys: &PrincipalKeys,
+    name: &str,
+    body: &[u8],
+) -> AuthResult<String> {
+    let mut nonce = [0u8; NONCE];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| AuthError::Random)?;
+    let time = unix_ms(SystemTime::now());
+    let who = principal.to_string();
+    if !who.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AuthError::BadPrincipal {
+            text: who,
+            reason: "a signed principal must be printable ASCII",
+        });
+    }
+    let kid = keys.kid();
+    let tag = mac_raw(keys, name, &who, kid, time, &nonce, body);
+    Ok(format!(
+        "v1;k={kid};t={time};n={};m={};p={who}",
+        hex(&nonce),
+        hex(&tag)
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -251,15 +269,22 @@ impl Verifier {
             .ok_or(AuthError::NoCredentials)?
             .to_str()
             .map_err(|_| AuthError::BadSignature("not ASCII".into()))?;
+        self.verify_raw(value, T::NAME, &request.get_ref().encode_to_vec())
+    }
+
+    /// Who signed request `name` with `body`, its [`AUTH_METADATA`] value being `value` (see
+    /// [`sign_raw`]).
+    pub fn verify_raw(&self, value: &str, name: &str, body: &[u8]) -> AuthResult<Principal> {
         let signature = parse(value)?;
         let keys = self.keyring.keys_for(&signature.principal, signature.kid)?;
-        let expected = mac(
+        let expected = mac_raw(
             &keys,
+            name,
             &signature.principal.to_string(),
             signature.kid,
             signature.time,
             &signature.nonce,
-            request.get_ref(),
+            body,
         );
         if !super::constant_time_eq(&expected, &signature.mac) {
             return Err(AuthError::BadMac {
@@ -359,7 +384,9 @@ mod tests {
         let keys = PrincipalKeys::cluster(keyring.signing());
         let old = unix_ms(SystemTime::now()) - 120_000;
         let nonce = [7u8; NONCE];
-        let tag = mac(&keys, "worker:w1", keys.kid(), old, &nonce, &request());
+        let body = request().encode_to_vec();
+        let name = pb::AppHeartbeatRequest::NAME;
+        let tag = mac_raw(&keys, name, "worker:w1", keys.kid(), old, &nonce, &body);
         let mut stale = tonic::Request::new(request());
         let value = format!(
             "v1;k={};t={old};n={};m={};p=worker:w1",

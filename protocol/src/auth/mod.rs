@@ -23,7 +23,7 @@ mod principal;
 pub mod session;
 
 pub use app::{app_key, verifier, PrincipalKeys, APP_KEY_LEN};
-pub use grpc::{sign, ReplayCache, SignedRequest, Verifier, AUTH_METADATA};
+pub use grpc::{sign, sign_raw, ReplayCache, SignedRequest, Verifier, AUTH_METADATA};
 pub use keyring::{ClusterKey, Keyring, Kid, KID_LEN, MIN_SECRET_LEN};
 pub use principal::Principal;
 pub use session::{

@@ -148,7 +148,8 @@ fn location(
         location.ok_or_else(|| WorkerError::InvalidRequest("missing location".into()))?;
     let shuffle =
         ShuffleKey::from_pb(location.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
-    check_app(app, &shuffle).inspect_err(|_| shared.metrics.auth_refused_permission.increment(1))?;
+    check_app(app, &shuffle)
+        .inspect_err(|_| shared.metrics.auth_refused_permission.increment(1))?;
     shared.store.get(&shuffle, LocationId::of_ref(location)?)
 }
 
