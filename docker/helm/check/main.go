@@ -6,7 +6,11 @@
 //	helm template sluice docker/helm/sluice | check [-master-keys F] [-worker-keys F] [-want KINDS] [-extract DIR]
 //
 // Each document is decoded into its typed object (apps/v1 StatefulSet, v1 Service, ...) with
-// unknown and duplicated fields refused; a kind the checker does not know is an error. The
+// unknown and duplicated fields refused; a kind the checker does not know is an error. A
+// cert-manager Certificate, not a core type, is decoded into a local struct of the fields the
+// chart writes (security.go), as strictly. The security checks (security.go) follow the files
+// of Sluice's TOML to the Secrets mounted for them and a Certificate's names to the addresses
+// masters and workers are dialed at. The
 // key files are the JSON a running process serves on its admin port at /api/config: its keys
 // are the config keys, its values give each key's type. It prints one line per object and a
 // summary, and exits 1 on any problem. With -extract it also writes each ConfigMap's TOML files
@@ -218,6 +222,8 @@ func newObject(apiVersion, kind string) any {
 		return &batchv1.Job{}
 	case "networking.k8s.io/v1 NetworkPolicy":
 		return &networkingv1.NetworkPolicy{}
+	case "cert-manager.io/v1 Certificate":
+		return &certificate{}
 	}
 	return nil
 }
@@ -246,6 +252,8 @@ func objectMeta(obj any) *metav1.ObjectMeta {
 		return &o.ObjectMeta
 	case *networkingv1.NetworkPolicy:
 		return &o.ObjectMeta
+	case *certificate:
+		return &o.Metadata
 	}
 	panic(fmt.Sprintf("no metadata accessor for %T", obj))
 }
@@ -295,6 +303,7 @@ func checkAll(objects []object, keys map[string]map[string]any, p *problems) {
 		}
 	}
 	checkSluice(objects, p)
+	checkSecurity(objects, p)
 }
 
 func checkMeta(where string, meta *metav1.ObjectMeta, p *problems) {
