@@ -15,7 +15,10 @@ pub fn tls(
         );
     }
     if dials_tls && ca_file.is_empty() {
-        return Err("tls_ca_file: needed with tls_connect (the CAs that sign the peers' certificates)".into());
+        return Err(
+            "tls_ca_file: needed with tls_connect (the CAs that sign the peers' certificates)"
+                .into(),
+        );
     }
     Ok(())
 }
