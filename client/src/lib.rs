@@ -33,6 +33,10 @@ use std::sync::Arc;
 use sluice_protocol::frame::FrameLimits;
 use sluice_protocol::pb;
 use sluice_protocol::rpc::RpcPool;
+use sluice_protocol::tls::TlsClient;
+
+/// How often a client with `tls` checks its CA file for changes.
+const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 use sluice_protocol::{MasterChannel, MasterOptions, ShuffleKey};
 
 pub use config::ClientConfig;
@@ -147,15 +151,29 @@ impl SluiceClient {
         config: ClientConfig,
         metrics: ClientMetrics,
     ) -> ClientResult<SluiceClient> {
+        // With `tls`, the masters and the workers are dialed with TLS; the CA file is checked
+        // for changes as often as servers check theirs by default.
+        let tls = if config.tls {
+            let tls = TlsClient::load(
+                &config.tls_ca_file,
+                &config.tls_server_name,
+                TLS_RELOAD_INTERVAL,
+            )
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+            Some(tls)
+        } else {
+            None
+        };
         let options = MasterOptions {
             connect_timeout: config.connect_timeout,
             call_timeout: config.master_request_timeout,
             retry_timeout: config.master_retry_timeout,
             max_message_size: MAX_MESSAGE,
+            tls: tls.clone(),
         };
         let master = MasterChannel::new(&config.master, options)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-        let workers = RpcPool::new(FrameLimits::default(), config.connect_timeout);
+        let workers = RpcPool::new(FrameLimits::default(), config.connect_timeout).with_tls(tls);
         Ok(SluiceClient {
             inner: Arc::new(Inner {
                 config,

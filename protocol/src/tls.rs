@@ -36,6 +36,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::transport::Stream;
 
+pub use tokio_rustls::TlsAcceptor;
+
 /// The ALPN protocol of gRPC (HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
 /// The ALPN protocol of the admin ports (HTTP/1.1).

@@ -26,6 +26,7 @@ use serde::Serialize;
 use sluice_protocol::pb;
 use sluice_protocol::pb::master_raft_client::MasterRaftClient;
 use sluice_protocol::pb::master_raft_server::{MasterRaft, MasterRaftServer};
+use sluice_protocol::tls::{TlsClient, TlsConnector};
 use tonic::transport::Channel;
 
 use super::{NodeId, TypeConfig};
@@ -44,12 +45,20 @@ type RpcResult<T, E = openraft::error::Infallible> =
 #[derive(Debug, Clone)]
 pub struct Network {
     id: NodeId,
+    /// Dial the other masters with TLS (`tls_connect`).
+    tls: Option<TlsClient>,
 }
 
 impl Network {
     /// The network of the master whose Raft node id is `id` (named in timeouts).
     pub fn new(id: NodeId) -> Self {
-        Network { id }
+        Network { id, tls: None }
+    }
+
+    /// Dials the other masters with `tls` when given (`tls_connect`).
+    pub fn with_tls(mut self, tls: Option<TlsClient>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -59,10 +68,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let client = Channel::from_shared(format!("http://{}", node.addr))
             .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+                let channel = match &self.tls {
+                    Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector::new(tls)),
+                    None => endpoint.connect_lazy(),
+                };
                 MasterRaftClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_LIMIT)
                     .max_encoding_message_size(RAFT_MESSAGE_LIMIT)

@@ -108,11 +108,13 @@ pub async fn start(
     }
     .validate()
     .map_err(|e| MasterError::Config(format!("raft timings: {e}")))?;
-    let raft = Raft::new(id, Arc::new(raft_config), Network::new(id), log, machine)
+    let tls = crate::tls_client(config)?;
+    let network = Network::new(id).with_tls(tls.clone());
+    let raft = Raft::new(id, Arc::new(raft_config), network, log, machine)
         .await
         .map_err(|e| MasterError::Raft(e.to_string()))?;
     let fresh = raft.metrics().borrow().last_log_index.is_none();
-    if fresh && running_peer(config, addr).await.is_some() {
+    if fresh && running_peer(config, addr, tls).await.is_some() {
         // A master replacing one of a running cluster: it must not found a cluster of its own;
         // the leader adds it (`sluice admin masters add`).
         tracing::info!(
@@ -131,10 +133,15 @@ pub async fn start(
 }
 
 /// A peer (other than `addr`) that answers as a member of a cluster with voters, if any.
-async fn running_peer(config: &MasterConfig, addr: &str) -> Option<String> {
+async fn running_peer(
+    config: &MasterConfig,
+    addr: &str,
+    tls: Option<sluice_protocol::tls::TlsClient>,
+) -> Option<String> {
     for peer in config.peers.iter().filter(|p| *p != addr) {
         let options = sluice_protocol::MasterOptions {
             connect_timeout: PEER_PROBE_TIMEOUT,
+            tls: tls.clone(),
             ..Default::default()
         };
         let Ok(mut client) = sluice_protocol::master_channel::master_client(peer, &options) else {
