@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// The distinguished name of the development CA; with the CA key it identifies the CA, so a
-/// reused key signs certificates that chain to the `ca.pem` written before.
+/// The common name of a development CA, followed by a digest of its public key: each CA has
+/// its own name (a client trusting another one is refused as `UnknownIssuer`), and a reused
+/// key gives the same name again, so it signs certificates that chain to the `ca.pem` written
+/// before.
 const CA_NAME: &str = "Sluice development CA";
 
 /// Where [`issue`] wrote its files.
@@ -25,11 +27,16 @@ pub struct DevCerts {
     pub key: PathBuf,
 }
 
-fn ca_params() -> anyhow::Result<rcgen::CertificateParams> {
+fn ca_params(key: &rcgen::KeyPair) -> anyhow::Result<rcgen::CertificateParams> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw());
+    let id: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, CA_NAME);
+        .push(rcgen::DnType::CommonName, format!("{CA_NAME} {id}"));
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -72,18 +79,20 @@ pub fn issue(
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
     };
-    let ca_params = ca_params()?;
-    let ca_key = if files.ca.exists() && files.ca_key.exists() {
+    let (ca_key, ca_params) = if files.ca.exists() && files.ca_key.exists() {
         let pem = std::fs::read_to_string(&files.ca_key)
             .with_context(|| format!("reading {}", files.ca_key.display()))?;
-        rcgen::KeyPair::from_pem(&pem)
-            .with_context(|| format!("{} is not a PEM private key", files.ca_key.display()))?
+        let key = rcgen::KeyPair::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM private key", files.ca_key.display()))?;
+        let params = ca_params(&key)?;
+        (key, params)
     } else {
         let key = rcgen::KeyPair::generate()?;
-        let ca = ca_params.self_signed(&key)?;
+        let params = ca_params(&key)?;
+        let ca = params.self_signed(&key)?;
         write_file(&files.ca_key, &key.serialize_pem(), 0o600)?;
         write_file(&files.ca, &ca.pem(), 0o644)?;
-        key
+        (key, params)
     };
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
