@@ -464,3 +464,28 @@ pub(crate) fn reply<T>(
 pub(crate) fn ack(request_id: u64) -> OutFrame {
     OutFrame::new(MessageType::Ack, request_id, &pb::Ack {})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_limit_and_gets_places_back_on_close() {
+        let counts = IpCounts::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = PerIp::take(&counts, a, 2).unwrap();
+        let second = PerIp::take(&counts, a, 2).unwrap();
+        assert!(
+            PerIp::take(&counts, a, 2).is_none(),
+            "a third from one address"
+        );
+        let other = PerIp::take(&counts, b, 2).unwrap();
+        drop(first);
+        let again = PerIp::take(&counts, a, 2).unwrap();
+        drop((second, again, other));
+        assert!(
+            counts.lock().unwrap().is_empty(),
+            "closed addresses are forgotten"
+        );
+    }
+}
