@@ -13,15 +13,21 @@ use sluice_protocol::pb;
 use sluice_protocol::pb::master_client::MasterClient;
 use tonic::transport::Channel;
 
+/// A gRPC client of the master at `addr`, with TLS when `--tls-ca-file` was given.
 async fn connect(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
     let endpoint = Channel::from_shared(format!("http://{addr}"))
         .with_context(|| format!("master address {addr:?}"))?
         .connect_timeout(std::time::Duration::from_secs(3));
+    let channel = match crate::http::default_tls() {
+        Some(tls) => {
+            endpoint
+                .connect_with_connector(sluice_protocol::tls::TlsConnector::new(tls))
+                .await
+        }
+        None => endpoint.connect().await,
+    };
     Ok(MasterClient::new(
-        endpoint
-            .connect()
-            .await
-            .with_context(|| format!("connecting to master {addr}"))?,
+        channel.with_context(|| format!("connecting to master {addr}"))?,
     ))
 }
 

@@ -10,6 +10,8 @@
 //! totals (`client_metrics`), and `admin_listen` serves them on `/metrics` while the run lasts.
 //! `metrics_overhead` measures what the servers' metrics cost: the same workload on an embedded
 //! cluster with `metrics = true` and with `metrics = false`, alternating, round after round.
+//! `security_overhead` does the same over the security configurations of
+//! [`SECURITY_CONFIGS`] (plain, TLS on every port), configurations taking turns in each round.
 
 use std::io::{Read, Write};
 use std::ops::Range;
@@ -52,7 +54,41 @@ pub struct BenchOptions {
     /// Rounds of the metrics-overhead comparison (embedded cluster only): each round runs the
     /// workload once with the servers' metrics on and once off. `None`: a plain run.
     pub metrics_overhead: Option<u32>,
+    /// TLS on every port of the embedded cluster, and the client dialing with it.
+    pub tls: bool,
+    /// Rounds of the security-overhead comparison (embedded cluster only): each round runs the
+    /// workload once per configuration of [`SECURITY_CONFIGS`]. `None`: no comparison.
+    pub security_overhead: Option<u32>,
 }
+
+/// A security configuration of the embedded cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    /// Its name in reports.
+    pub name: &'static str,
+    /// TLS on every port and every dial.
+    pub tls: bool,
+    /// A cluster secret, and application auth for the client.
+    pub auth: bool,
+}
+
+impl Security {
+    pub const PLAIN: Security = Security {
+        name: "plain",
+        tls: false,
+        auth: false,
+    };
+    pub const TLS: Security = Security {
+        name: "tls",
+        tls: true,
+        auth: false,
+    };
+}
+
+/// What `--security-overhead` compares, the first being the baseline of the ratios. Adding a
+/// configuration is adding a line, e.g. `Security { name: "auth+tls", tls: true, auth: true }`
+/// once clients can authenticate as applications.
+pub const SECURITY_CONFIGS: &[Security] = &[Security::PLAIN, Security::TLS];
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchReport {
@@ -86,8 +122,41 @@ pub struct BenchReport {
     /// other figures are then those of the last run with metrics on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_overhead: Option<MetricsOverhead>,
+    /// With `security_overhead`: throughput under each security configuration. The report's
+    /// other figures are then those of the last run of the first configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_overhead: Option<SecurityOverhead>,
+    /// Whether the run had TLS on every port (`--tls`).
+    pub tls: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What security costs: per configuration, medians over the rounds and each round's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SecurityOverhead {
+    pub rounds: u32,
+    /// In the order of [`SECURITY_CONFIGS`]; ratios are over the first configuration.
+    pub configs: Vec<SecurityFigures>,
+    /// Summed over every run of the comparison.
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+}
+
+/// One security configuration's throughput.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SecurityFigures {
+    pub name: String,
+    /// Medians over the rounds.
+    pub write_gbps: f64,
+    pub read_gbps: f64,
+    /// Median over the first configuration's median: 1.0 costs nothing, 0.8 costs 20%.
+    pub write_ratio: f64,
+    pub read_ratio: f64,
+    /// Each round's figures, in round order.
+    pub write_runs: Vec<f64>,
+    pub read_runs: Vec<f64>,
 }
 
 /// The client's totals (see [`ClientMetricsSnapshot`]).
@@ -153,12 +222,17 @@ impl BenchReport {
             .metrics_overhead
             .as_ref()
             .is_none_or(|o| o.lost == 0 && o.duplicated == 0 && o.corrupted == 0);
+        let security_clean = self
+            .security_overhead
+            .as_ref()
+            .is_none_or(|o| o.lost == 0 && o.duplicated == 0 && o.corrupted == 0);
         self.error.is_none()
             && self.lost == 0
             && self.duplicated == 0
             && self.corrupted == 0
             && baseline_clean
             && overhead_clean
+            && security_clean
     }
 }
 
@@ -255,6 +329,18 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         options.metrics_overhead.is_none() || options.master.is_none(),
         "--metrics-overhead runs its own embedded clusters: drop --master"
     );
+    anyhow::ensure!(
+        options.security_overhead.is_none() || options.master.is_none(),
+        "--security-overhead runs its own embedded clusters: drop --master"
+    );
+    anyhow::ensure!(
+        !options.tls || options.master.is_none(),
+        "--tls turns TLS on in the embedded cluster: drop --master"
+    );
+    anyhow::ensure!(
+        options.security_overhead.is_none() || options.metrics_overhead.is_none(),
+        "--security-overhead and --metrics-overhead: one comparison at a time"
+    );
     let loopback_gbps = if options.loopback_bytes > 0 {
         let bytes = options.loopback_bytes;
         tokio::task::spawn_blocking(move || measure_loopback(bytes)).await??
@@ -281,9 +367,15 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         );
         sluice_ops::admin::spawn(listener, router, admin.clone());
     }
-    let mut report = match options.metrics_overhead {
-        None => run_cluster(options, &metrics, true, true).await?,
-        Some(rounds) => compare_metrics(options, &metrics, rounds.max(1)).await?,
+    let security = if options.tls {
+        Security::TLS
+    } else {
+        Security::PLAIN
+    };
+    let mut report = match (options.metrics_overhead, options.security_overhead) {
+        (Some(rounds), _) => compare_metrics(options, &metrics, security, rounds.max(1)).await?,
+        (None, Some(rounds)) => compare_security(options, &metrics, rounds.max(1)).await?,
+        (None, None) => run_cluster(options, &metrics, true, security, true).await?,
     };
     report.loopback_gbps = loopback_gbps;
     report.client_metrics = metrics.snapshot().into();
@@ -295,6 +387,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
 async fn compare_metrics(
     options: &BenchOptions,
     metrics: &ClientMetrics,
+    security: Security,
     rounds: u32,
 ) -> anyhow::Result<BenchReport> {
     let mut overhead = MetricsOverhead {
@@ -314,7 +407,7 @@ async fn compare_metrics(
                 round + 1,
                 if on { "on" } else { "off" }
             );
-            let report = run_cluster(options, metrics, on, false).await?;
+            let report = run_cluster(options, metrics, on, security, false).await?;
             overhead.lost += report.lost;
             overhead.duplicated += report.duplicated;
             overhead.corrupted += report.corrupted;
@@ -354,6 +447,71 @@ async fn compare_metrics(
     Ok(report)
 }
 
+/// Runs the workload `rounds` times under each configuration of [`SECURITY_CONFIGS`], each on a
+/// fresh embedded cluster, the configurations taking turns (the order rotating every round).
+async fn compare_security(
+    options: &BenchOptions,
+    metrics: &ClientMetrics,
+    rounds: u32,
+) -> anyhow::Result<BenchReport> {
+    let mut overhead = SecurityOverhead {
+        rounds,
+        configs: SECURITY_CONFIGS
+            .iter()
+            .map(|s| SecurityFigures {
+                name: s.name.to_string(),
+                ..SecurityFigures::default()
+            })
+            .collect(),
+        ..SecurityOverhead::default()
+    };
+    let mut last_first = None;
+    let n = SECURITY_CONFIGS.len();
+    for round in 0..rounds as usize {
+        for turn in 0..n {
+            let index = (round + turn) % n;
+            let security = SECURITY_CONFIGS[index];
+            eprintln!("round {}/{rounds}: {}", round + 1, security.name);
+            let report = run_cluster(options, metrics, true, security, false).await?;
+            overhead.lost += report.lost;
+            overhead.duplicated += report.duplicated;
+            overhead.corrupted += report.corrupted;
+            let figures = &mut overhead.configs[index];
+            figures.write_runs.push(report.write_gbps);
+            figures.read_runs.push(report.read_gbps);
+            if let Some(error) = &report.error {
+                anyhow::bail!("{}: {error}", security.name);
+            }
+            if index == 0 {
+                last_first = Some(report);
+            }
+        }
+    }
+    for figures in &mut overhead.configs {
+        figures.write_gbps = median(&figures.write_runs);
+        figures.read_gbps = median(&figures.read_runs);
+    }
+    let (base_write, base_read) = (
+        overhead.configs[0].write_gbps,
+        overhead.configs[0].read_gbps,
+    );
+    for figures in &mut overhead.configs {
+        figures.write_ratio = ratio(figures.write_gbps, base_write);
+        figures.read_ratio = ratio(figures.read_gbps, base_read);
+        eprintln!(
+            "{}: write {:.3} GB/s ({:.3}), read {:.3} GB/s ({:.3})",
+            figures.name,
+            figures.write_gbps,
+            figures.write_ratio,
+            figures.read_gbps,
+            figures.read_ratio
+        );
+    }
+    let mut report = last_first.context("no round ran")?;
+    report.security_overhead = Some(overhead);
+    Ok(report)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -373,12 +531,13 @@ fn ratio(on: f64, off: f64) -> f64 {
 }
 
 /// Runs the workload on `options.master`, or on an embedded cluster whose servers record
-/// metrics when `server_metrics` is set. With replication 2 and `baseline`, a replication-1 run
-/// of the same workload comes first.
+/// metrics when `server_metrics` is set, under `security`. With replication 2 and `baseline`, a
+/// replication-1 run of the same workload comes first.
 async fn run_cluster(
     options: &BenchOptions,
     metrics: &ClientMetrics,
     server_metrics: bool,
+    security: Security,
     baseline: bool,
 ) -> anyhow::Result<BenchReport> {
     let data_dir = tempfile::tempdir().context("creating a data directory")?;
@@ -388,19 +547,21 @@ async fn run_cluster(
             let mut local = LocalOptions::new(options.workers, data_dir.path());
             local.master.metrics = server_metrics;
             local.worker.metrics = server_metrics;
+            local.tls = security.tls;
+            local.secret = security.auth;
             Some(LocalCluster::start(local).await?)
         }
     };
-    let master = match (&options.master, &cluster) {
-        (Some(master), _) => master.clone(),
-        (None, Some(cluster)) => cluster.master_addr.clone(),
+    let config = match (&options.master, &cluster) {
+        (Some(master), _) => ClientConfig::new(master.clone()),
+        (None, Some(cluster)) => cluster.client_config(),
         (None, None) => unreachable!("an embedded cluster was started"),
     };
     let client_with = |replication| {
         SluiceClient::with_metrics(
             ClientConfig {
                 replication,
-                ..ClientConfig::new(master.clone())
+                ..config.clone()
             },
             metrics.clone(),
         )
@@ -438,6 +599,7 @@ async fn run_cluster(
     } else {
         options.workers
     };
+    report.tls = security.tls;
     Ok(report)
 }
 

@@ -1,16 +1,20 @@
 //! A small HTTP/1.1 client for the admin ports (`sluice admin` and the tests).
 //!
-//! It is hyper-util's legacy client over plain TCP: tonic compiles hyper's HTTP/1 client and
-//! hyper-util's `client-legacy` into the tree already, so it costs no new code to build and
-//! none to maintain here. Every call is bounded by [`TIMEOUT`].
+//! It is hyper's HTTP/1 client connection over plain TCP or TLS (ALPN `http/1.1`): tonic
+//! compiles hyper's HTTP/1 client into the tree already, so it costs no new code to build and
+//! none to maintain here. One connection per request (admin calls are rare). Every call is
+//! bounded by [`TIMEOUT`].
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use sluice_protocol::tls::{host_of, TlsClient, ALPN_HTTP1};
+use sluice_protocol::transport::Stream;
+use tokio::net::TcpStream;
 
 /// Longest one request may take, connecting included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,14 +52,47 @@ impl Answer {
     }
 }
 
-/// `GET http://{addr}{path}`.
+/// `GET {path}` of the admin port at `addr` (HTTPS when [`set_tls`] was called).
 pub async fn get(addr: &str, path: &str) -> Result<Answer, HttpError> {
-    request(Method::GET, addr, path).await
+    request(Method::GET, addr, path, default_tls()).await
 }
 
-/// `POST http://{addr}{path}` with an empty body.
+/// `POST {path}` of the admin port at `addr`, with an empty body (HTTPS when [`set_tls`] was
+/// called).
 pub async fn post(addr: &str, path: &str) -> Result<Answer, HttpError> {
-    request(Method::POST, addr, path).await
+    request(Method::POST, addr, path, default_tls()).await
+}
+
+/// `GET {path}` over HTTPS with `tls` when given, else plain HTTP.
+pub async fn get_with(
+    addr: &str,
+    path: &str,
+    tls: Option<&TlsClient>,
+) -> Result<Answer, HttpError> {
+    request(Method::GET, addr, path, tls).await
+}
+
+/// `POST {path}` over HTTPS with `tls` when given, else plain HTTP.
+pub async fn post_with(
+    addr: &str,
+    path: &str,
+    tls: Option<&TlsClient>,
+) -> Result<Answer, HttpError> {
+    request(Method::POST, addr, path, tls).await
+}
+
+/// How this process's [`get`] and [`post`] (and `sluice admin`'s gRPC calls) reach admin ports
+/// and masters: set once, from `sluice admin --tls-ca-file`.
+static DEFAULT_TLS: OnceLock<TlsClient> = OnceLock::new();
+
+/// Makes [`get`] and [`post`] use HTTPS with `tls` from now on (the first call wins).
+pub fn set_tls(tls: TlsClient) {
+    let _ = DEFAULT_TLS.set(tls);
+}
+
+/// The TLS set with [`set_tls`], if any.
+pub fn default_tls() -> Option<&'static TlsClient> {
+    DEFAULT_TLS.get()
 }
 
 /// The innermost cause of an error: "connection refused" rather than "client error (Connect)".
@@ -67,28 +104,52 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-async fn request(method: Method, addr: &str, path: &str) -> Result<Answer, HttpError> {
+async fn request(
+    method: Method,
+    addr: &str,
+    path: &str,
+    tls: Option<&TlsClient>,
+) -> Result<Answer, HttpError> {
     let failed = |reason: String| HttpError::Failed {
         addr: addr.to_string(),
         reason,
     };
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let cannot_connect = |reason: String| HttpError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
     let request = Request::builder()
         .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .body(Empty::new())
+        .uri(path)
+        .header(hyper::header::HOST, addr)
+        .body(Empty::<Bytes>::new())
         .map_err(|e| failed(e.to_string()))?;
     let exchange = async {
-        let answer = client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                HttpError::Connect {
-                    addr: addr.to_string(),
-                    reason: root_cause(&e),
-                }
-            } else {
-                failed(root_cause(&e))
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| cannot_connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let tls = tls.with_alpn(&[ALPN_HTTP1]);
+                let stream = tls
+                    .connect(host_of(addr), tcp)
+                    .await
+                    .map_err(|e| cannot_connect(e.to_string()))?;
+                Stream::Client(Box::new(stream))
             }
-        })?;
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(root_cause(&e)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let answer = sender
+            .send_request(request)
+            .await
+            .map_err(|e| failed(root_cause(&e)))?;
         let status = answer.status();
         let body = answer
             .into_body()

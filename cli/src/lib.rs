@@ -5,6 +5,7 @@
 //! - [`config`]: TOML file, environment and flag overrides, unknown keys rejected.
 //! - [`local`]: [`local::LocalCluster`], a master and N workers in one process on loopback.
 //! - [`bench`]: the load generator behind `sluice bench`.
+//! - [`certs`]: development certificates (`sluice dev-certs`, `sluice local --secure`).
 //! - [`records`]: self-checking records used by the benchmark and tests.
 //! - [`reference`]: every config key with its default and doc comment, for `docs/config.md`
 //!   and `sluice master --help` / `sluice worker --help`.
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod certs;
 pub mod config;
 pub mod http;
 pub mod local;

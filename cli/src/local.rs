@@ -2,6 +2,10 @@
 //! ports, each with its own data directory. `sluice local` runs one until a signal; tests and the
 //! embedded benchmark use it directly.
 //!
+//! With [`LocalOptions::tls`] every port has TLS on, with development certificates made under
+//! `<data_dir>/tls` ([`crate::certs`]); with [`LocalOptions::secret`] masters and workers share
+//! a random cluster secret in `<data_dir>/cluster.secret`. `sluice local --secure` sets both.
+//!
 //! Masters keep their state under `<data_dir>/master-<i>`. Every master's listener is bound
 //! (port 0) before any master starts, so each knows its peers' addresses without a port ever
 //! being chosen and released.
@@ -37,6 +41,12 @@ pub struct LocalOptions {
     pub worker: WorkerConfig,
     /// Give every master and worker an admin port on loopback (status page, metrics, JSON API).
     pub admin: bool,
+    /// TLS on every port (gRPC, push, fetch, admin) and on every dial, with development
+    /// certificates for `localhost` and 127.0.0.1 issued into `<data_dir>/tls`.
+    pub tls: bool,
+    /// A random cluster secret in `<data_dir>/cluster.secret` for masters and workers (clients
+    /// then need application auth to push and fetch).
+    pub secret: bool,
 }
 
 impl LocalOptions {
@@ -53,9 +63,58 @@ impl LocalOptions {
                 ..WorkerConfig::default()
             },
             admin: true,
+            tls: false,
+            secret: false,
         }
     }
+
+    /// TLS and the cluster secret both on (`sluice local --secure`).
+    pub fn secure(mut self) -> LocalOptions {
+        self.tls = true;
+        self.secret = true;
+        self
+    }
+
+    /// Makes the certificates and the secret asked for and sets them in the master and worker
+    /// templates; returns the CA file when TLS is on.
+    fn prepare_security(&mut self) -> anyhow::Result<Option<PathBuf>> {
+        if self.secret {
+            let secret = self.data_dir.join("cluster.secret");
+            crate::certs::write_secret(&secret)?;
+            let secret = secret.to_string_lossy().into_owned();
+            self.master.cluster_secret_file = secret.clone();
+            self.worker.cluster_secret_file = secret;
+        }
+        if !self.tls {
+            return Ok(None);
+        }
+        let files = crate::certs::issue(
+            &self.data_dir.join("tls"),
+            &[LOCAL_SERVER_NAME.to_string()],
+            &["127.0.0.1".parse()?],
+            None,
+        )?;
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let master = &mut self.master;
+        master.tls_cert_file = path(&files.cert);
+        master.tls_key_file = path(&files.key);
+        master.tls_ca_file = path(&files.ca);
+        master.tls_server_name = LOCAL_SERVER_NAME.into();
+        (master.tls_grpc, master.tls_admin, master.tls_connect) = (true, true, true);
+        let worker = &mut self.worker;
+        worker.tls_cert_file = path(&files.cert);
+        worker.tls_key_file = path(&files.key);
+        worker.tls_ca_file = path(&files.ca);
+        worker.tls_server_name = LOCAL_SERVER_NAME.into();
+        (worker.tls_push, worker.tls_fetch, worker.tls_admin) = (true, true, true);
+        worker.tls_connect = true;
+        Ok(Some(files.ca))
+    }
 }
+
+/// The name in the development certificates of `sluice local` and the name every process and
+/// client expects.
+pub const LOCAL_SERVER_NAME: &str = "localhost";
 
 #[derive(Debug)]
 struct LocalWorker {
@@ -77,8 +136,10 @@ pub struct LocalCluster {
     /// The masters' admin ports (`host:port`) by id, when they have them.
     pub master_admins: Vec<String>,
     admin: bool,
-    /// The masters' `cluster_secret_file` (empty: no authentication).
-    cluster_secret_file: String,
+    /// The CA file of the development certificates, when TLS is on.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The cluster secret file, when one is set.
+    pub cluster_secret_file: Option<PathBuf>,
     shutdown: CancellationToken,
     master_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     workers: Vec<LocalWorker>,
@@ -107,13 +168,18 @@ fn master_config(options: &LocalOptions, masters: &[String], i: usize) -> Master
 
 impl LocalCluster {
     /// Starts the masters and workers and waits until every worker has registered.
-    pub async fn start(options: LocalOptions) -> anyhow::Result<LocalCluster> {
+    pub async fn start(mut options: LocalOptions) -> anyhow::Result<LocalCluster> {
         if options.workers == 0 {
             bail!("--workers must be at least 1");
         }
         if options.masters == 0 {
             bail!("--masters must be at least 1");
         }
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("creating {}", options.data_dir.display()))?;
+        let tls_ca_file = options.prepare_security()?;
+        let cluster_secret_file = (!options.master.cluster_secret_file.is_empty())
+            .then(|| PathBuf::from(&options.master.cluster_secret_file));
         let shutdown = CancellationToken::new();
         let mut listeners = Vec::new();
         for _ in 0..options.masters {
@@ -149,7 +215,8 @@ impl LocalCluster {
             masters,
             master_admins,
             admin: options.admin,
-            cluster_secret_file: options.master.cluster_secret_file.clone(),
+            tls_ca_file,
+            cluster_secret_file,
             shutdown,
             master_tasks,
             workers: Vec::new(),
@@ -274,21 +341,30 @@ impl LocalCluster {
         }
     }
 
-    /// A client of this cluster with default settings.
+    /// A client of this cluster with default settings (TLS on when the cluster has it).
     pub fn client(&self) -> anyhow::Result<SluiceClient> {
-        Ok(SluiceClient::new(ClientConfig::new(
-            self.master_addr.clone(),
-        ))?)
+        Ok(SluiceClient::new(self.client_config())?)
+    }
+
+    /// The default settings of a client of this cluster: its masters, and TLS with the
+    /// cluster's CA when it has TLS on.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(self.master_addr.clone());
+        if let Some(ca) = &self.tls_ca_file {
+            config.tls = true;
+            config.tls_ca_file = ca.to_string_lossy().into_owned();
+            config.tls_server_name = LOCAL_SERVER_NAME.into();
+        }
+        config
     }
 
     /// A client signing its master calls as the operator when the cluster has a secret.
     fn operator(&self) -> anyhow::Result<SluiceClient> {
         let client = self.client()?;
-        let secret = &self.cluster_secret_file;
-        if secret.is_empty() {
+        let Some(secret) = &self.cluster_secret_file else {
             return Ok(client);
-        }
-        let keyring = sluice_protocol::auth::Keyring::load(std::path::Path::new(secret))?;
+        };
+        let keyring = sluice_protocol::auth::Keyring::load(secret)?;
         Ok(client.as_operator(&keyring))
     }
 
@@ -321,13 +397,23 @@ impl LocalCluster {
             "admin": self.master_admins,
             "status_page": self.status_page(),
             "workers": workers,
+            "cluster_secret_file": self.cluster_secret_file,
+            "tls_ca_file": self.tls_ca_file,
+            "tls_server_name": self.tls_ca_file.as_ref().map(|_| LOCAL_SERVER_NAME),
         })
         .to_string()
     }
 
     /// The URL of the first master's status page, when masters have admin ports.
     pub fn status_page(&self) -> Option<String> {
-        self.master_admins.first().map(|a| format!("http://{a}/"))
+        let scheme = if self.tls_ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.master_admins
+            .first()
+            .map(|a| format!("{scheme}://{a}/"))
     }
 
     /// The workers' admin ports (`host:port`), by index, when they have them.

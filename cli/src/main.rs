@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -11,6 +12,7 @@ use sluice::config;
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::reference::{self, Role};
 use sluice_master::MasterConfig;
+use sluice_protocol::tls::TlsClient;
 use sluice_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -68,9 +70,23 @@ enum Command {
         /// Memory budget of each worker (e.g. 512MiB).
         #[arg(long)]
         memory_budget: Option<bytesize::ByteSize>,
+        /// TLS on every port and a random cluster secret (both made under the data directory;
+        /// their paths are in the ready line). Clients then need application auth.
+        #[arg(long)]
+        secure: bool,
+        /// TLS on every port only (development certificates under the data directory).
+        #[arg(long)]
+        tls: bool,
     },
     /// Operate a running cluster.
     Admin {
+        /// Talk to admin ports over HTTPS and to masters with TLS, trusting the CAs of this
+        /// PEM file.
+        #[arg(long, global = true)]
+        tls_ca_file: Option<PathBuf>,
+        /// Name expected in the servers' certificates (default: the host dialed).
+        #[arg(long, global = true, default_value = "")]
+        tls_server_name: String,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -115,6 +131,32 @@ enum Command {
         /// report the median throughputs and their ratio (`metrics_overhead`).
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
         metrics_overhead: Option<u32>,
+        /// TLS on every port of the embedded cluster (development certificates), the client
+        /// dialing with it.
+        #[arg(long)]
+        tls: bool,
+        /// Measure what security costs: run the workload ROUNDS times per configuration (plain,
+        /// TLS on every port) on embedded clusters, taking turns, and report the median
+        /// throughputs and their ratios to plain (`security_overhead`).
+        #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
+        security_overhead: Option<u32>,
+    },
+    /// Write development TLS files into DIR: ca.pem and ca-key.pem (kept when present, so a
+    /// certificate issued again chains to the same CA), cert.pem and key.pem. Prints their
+    /// paths as JSON. Not for production.
+    #[command(hide = true)]
+    DevCerts {
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS names in the certificate (repeat the flag for more).
+        #[arg(long, default_values_t = vec!["localhost".to_string()])]
+        name: Vec<String>,
+        /// IP addresses in the certificate (repeat the flag for more).
+        #[arg(long, default_values_t = vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()])]
+        ip: Vec<std::net::IpAddr>,
+        /// Serial number of the certificate (random when not given).
+        #[arg(long)]
+        serial: Option<u64>,
     },
     /// Print the configuration reference (`docs/config.md`) as markdown.
     #[command(hide = true)]
@@ -315,8 +357,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             disks_per_worker,
             memory_budget,
+            secure,
+            tls,
         } => {
             let mut options = LocalOptions::new(workers, data_dir);
+            options.tls = tls || secure;
+            options.secret = secure;
             options.masters = masters;
             options.disks_per_worker = disks_per_worker;
             if let Some(budget) = memory_budget {
@@ -332,7 +378,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             shutdown.cancelled().await;
             cluster.shutdown().await?;
         }
-        Command::Admin { command } => admin(command).await?,
+        Command::Admin {
+            tls_ca_file,
+            tls_server_name,
+            command,
+        } => {
+            if let Some(ca) = tls_ca_file {
+                let tls = TlsClient::load(&ca, &tls_server_name, Duration::from_secs(10))?;
+                sluice::http::set_tls(tls);
+            }
+            admin(command).await?
+        }
+        Command::DevCerts {
+            out,
+            name,
+            ip,
+            serial,
+        } => {
+            let files = sluice::certs::issue(&out, &name, &ip, serial)?;
+            println!("{}", serde_json::to_string(&files)?);
+        }
         Command::Bench {
             master,
             workers,
@@ -346,6 +411,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             replication,
             admin_listen,
             metrics_overhead,
+            tls,
+            security_overhead,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             let options = BenchOptions {
@@ -361,6 +428,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 replication,
                 admin_listen,
                 metrics_overhead,
+                tls,
+                security_overhead,
             };
             let report = bench::run(&options).await?;
             if let Some(error) = &report.error {

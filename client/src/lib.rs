@@ -33,6 +33,10 @@ use std::sync::Arc;
 use sluice_protocol::frame::FrameLimits;
 use sluice_protocol::pb;
 use sluice_protocol::rpc::RpcPool;
+use sluice_protocol::tls::TlsClient;
+
+/// How often a client with `tls` checks its CA file for changes.
+const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 use sluice_protocol::{MasterChannel, MasterOptions, ShuffleKey};
 
 pub use config::ClientConfig;
@@ -141,13 +145,13 @@ impl Inner {
 
     /// A pool of worker connections as this client's settings make them.
     fn new_pool(&self) -> RpcPool {
-        worker_pool(&self.config)
+        worker_pool(&self.config, self.master.options().tls.clone())
     }
 }
 
-/// A pool of worker connections for `config`.
-fn worker_pool(config: &ClientConfig) -> RpcPool {
-    RpcPool::new(FrameLimits::default(), config.connect_timeout)
+/// A pool of worker connections for `config`, dialed with `tls` when given.
+fn worker_pool(config: &ClientConfig, tls: Option<TlsClient>) -> RpcPool {
+    RpcPool::new(FrameLimits::default(), config.connect_timeout).with_tls(tls)
 }
 
 /// A shuffle's placement, as its writers need it. Shared by every writer of the shuffle in the
@@ -244,15 +248,29 @@ impl SluiceClient {
         config: ClientConfig,
         metrics: ClientMetrics,
     ) -> ClientResult<SluiceClient> {
+        // With `tls`, the masters and the workers are dialed with TLS; the CA file is checked
+        // for changes as often as servers check theirs by default.
+        let tls = if config.tls {
+            let tls = TlsClient::load(
+                &config.tls_ca_file,
+                &config.tls_server_name,
+                TLS_RELOAD_INTERVAL,
+            )
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+            Some(tls)
+        } else {
+            None
+        };
         let options = MasterOptions {
             connect_timeout: config.connect_timeout,
             call_timeout: config.master_request_timeout,
             retry_timeout: config.master_retry_timeout,
             max_message_size: MAX_MESSAGE,
+            tls: tls.clone(),
         };
         let master = MasterChannel::new(&config.master, options)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-        let workers = worker_pool(&config);
+        let workers = worker_pool(&config, tls.clone());
         Ok(SluiceClient {
             inner: Arc::new(Inner {
                 config,

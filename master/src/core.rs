@@ -95,6 +95,7 @@ impl Core {
             .await?;
         let telemetry = sluice_ops::Telemetry::new(config.metrics, &[("master", &id.to_string())]);
         let metrics = MasterMetrics::new(&telemetry);
+        let tls = crate::tls_client(&config)?;
         Ok(Core {
             telemetry,
             metrics,
@@ -106,7 +107,8 @@ impl Core {
             started: Instant::now(),
             ready_term: std::sync::atomic::AtomicU64::new(u64::MAX),
             workers: RpcPool::new(FrameLimits::default(), Duration::from_secs(5))
-                .with_credentials(credentials),
+                .with_credentials(credentials)
+                .with_tls(tls),
             shutdown,
             events: crate::events::Events::default(),
             verifier,

@@ -9,6 +9,10 @@
 //!
 //! Components merge their own routes (JSON endpoints, the status page) into [`router`]'s.
 //! Errors are JSON objects `{"error": "..."}` with a matching status.
+//!
+//! With TLS ([`spawn_with_tls`]) the port speaks HTTPS (ALPN `http/1.1`); handshakes run off the
+//! accept loop, each within [`TLS_HANDSHAKE_TIMEOUT`], and the certificate is reloaded when its
+//! files change (see `sluice_protocol::tls`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use sluice_protocol::tls::{TlsIncoming, TlsServer, ALPN_HTTP1};
+use sluice_protocol::transport::Stream;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +33,9 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// How long open admin connections may take to finish once shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a client of an HTTPS admin port has to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The routes every process has.
 pub fn router(telemetry: Arc<Telemetry>, ready: Readiness, config: serde_json::Value) -> Router {
@@ -98,8 +107,33 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let serve =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    serve_with_tls(listener, router, None, shutdown).await
+}
+
+/// [`serve`], over HTTPS with the certificate of `tls` when given.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<&TlsServer>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let stop = shutdown.clone().cancelled_owned();
+    let serve = async move {
+        match tls {
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            Some(tls) => {
+                let incoming =
+                    TlsIncoming::new(listener, tls.acceptor(&[ALPN_HTTP1]), TLS_HANDSHAKE_TIMEOUT)?;
+                axum::serve(HttpsListener(incoming), router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        }
+    };
     tokio::select! {
         served = serve => served,
         _ = async {
@@ -111,12 +145,48 @@ pub async fn serve(
 
 /// Spawns [`serve`], logging its end if it fails.
 pub fn spawn(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    spawn_with_tls(listener, router, None, shutdown)
+}
+
+/// Spawns [`serve_with_tls`], logging its end if it fails.
+pub fn spawn_with_tls(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsServer>,
+    shutdown: CancellationToken,
+) {
     let addr = listener.local_addr().ok();
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, router, shutdown).await {
+        if let Err(e) = serve_with_tls(listener, router, tls.as_ref(), shutdown).await {
             tracing::error!(?addr, "admin port stopped: {e}");
         }
     });
+}
+
+/// Connections of an HTTPS admin port, their handshakes done.
+struct HttpsListener(TlsIncoming);
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = Stream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Stream, std::net::SocketAddr) {
+        loop {
+            match self.0.accept().await {
+                Some(stream) => match stream.peer_addr() {
+                    Ok(peer) => return (stream, peer),
+                    // Closed already: take the next one.
+                    Err(_) => continue,
+                },
+                // Accepting stopped (the runtime is going away): never hand out another.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Ok(self.0.local_addr())
+    }
 }
 
 #[cfg(test)]

@@ -328,6 +328,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.write_sealed(*head, header).await
     }
 
+    /// Writes body bytes of a frame whose head went out with [`FrameWriter::write_head`]
+    /// (through the buffer; pieces larger than it go straight to the stream).
+    pub async fn write_body(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(bytes).await
+    }
+
     /// The stream itself, e.g. to hand a connection on after a handshake. Flush first: bytes
     /// still buffered are dropped.
     pub fn into_inner(self) -> W {

@@ -129,6 +129,14 @@ pub enum ProtocolError {
         #[source]
         source: crate::auth::AuthError,
     },
+    /// The TLS handshake was refused (an untrusted or misnamed certificate, no common protocol):
+    /// the same connection fails again.
+    #[error("connection to {peer} refused at TLS: {source}")]
+    Tls {
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{peer} answered with an unexpected {kind:?} frame")]
     UnexpectedResponse {
         peer: String,
@@ -146,6 +154,7 @@ impl ProtocolError {
             ProtocolError::Remote { code, .. } => *code,
             ProtocolError::UnexpectedResponse { .. } => ErrorCode::Internal,
             ProtocolError::Auth { source, .. } => source.code(),
+            ProtocolError::Tls { .. } => ErrorCode::Unauthenticated,
         }
     }
 }

@@ -18,6 +18,10 @@
 //!   [`ProtocolError`].
 //! - [`duration`]: serde helpers for human-readable durations in configuration files.
 //! - [`ids`]: id types ([`ShuffleKey`], [`WorkerId`]) and conversions.
+//! - [`tls`]: TLS under every port (rustls, `ring`): [`tls::TlsServer`] (certificate reloaded
+//!   when its files change), [`tls::TlsClient`], an accept stream and a tonic connector;
+//!   [`transport`]: [`transport::Stream`], plain TCP or TLS, split into halves for the frame
+//!   reader and writer.
 //! - [`master_channel`]: [`MasterChannel`], calls to whichever of several masters leads
 //!   (redirects, failover, retries within a bound), over one lazily connected channel each.
 //!
@@ -37,6 +41,8 @@ pub mod frame;
 pub mod ids;
 pub mod master_channel;
 pub mod rpc;
+pub mod tls;
+pub mod transport;
 
 /// Generated protobuf messages and gRPC stubs.
 #[allow(clippy::all, missing_docs)]

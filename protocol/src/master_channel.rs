@@ -25,6 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::SignedRequest;
 use crate::pb::master_client::MasterClient;
+use crate::tls::TlsConnector;
 
 /// The gRPC metadata key in which a master that does not lead names the leader (`host:port`).
 pub const LEADER_METADATA: &str = "sluice-leader";
@@ -50,6 +51,8 @@ pub struct MasterOptions {
     pub retry_timeout: Duration,
     /// Largest gRPC message sent or received.
     pub max_message_size: usize,
+    /// Dial the masters with TLS (ALPN `h2`; the scheme stays `http`). `None`: plain TCP.
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 impl Default for MasterOptions {
@@ -59,6 +62,7 @@ impl Default for MasterOptions {
             call_timeout: Duration::from_secs(60),
             retry_timeout: Duration::from_secs(15),
             max_message_size: 4 << 20,
+            tls: None,
         }
     }
 }
@@ -190,7 +194,8 @@ impl Node {
 
     fn client(&mut self, options: &MasterOptions) -> MasterClient<Channel> {
         let channel = self.channel.get_or_insert_with(|| {
-            self.endpoint
+            let endpoint = self
+                .endpoint
                 .clone()
                 .connect_timeout(options.connect_timeout)
                 .tcp_nodelay(true)
@@ -199,8 +204,11 @@ impl Node {
                 // they move to the next master instead of waiting out the call timeout.
                 .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
                 .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-                .keep_alive_while_idle(true)
-                .connect_lazy()
+                .keep_alive_while_idle(true);
+            match &options.tls {
+                Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector::new(tls)),
+                None => endpoint.connect_lazy(),
+            }
         });
         MasterClient::new(channel.clone())
             .max_decoding_message_size(options.max_message_size)

@@ -9,6 +9,10 @@
 //! With [`Credentials`] ([`RpcClient::connect_as`], [`RpcPool::with_credentials`]) a connection
 //! first runs [`crate::auth::client_handshake`] on its raw halves, before those tasks start,
 //! and every frame after it is tagged; without them frames are exactly as before.
+//!
+//! With a [`TlsClient`] ([`RpcClient::connect_with`], [`RpcPool::with_tls`]) the TLS handshake
+//! runs first, right on the TCP connection: TCP, then TLS, then the session handshake, then
+//! frames.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::{client_handshake, Keyring, Principal, PrincipalKeys};
 use crate::connection::{write_queued, FrameReader, FrameWriter, OutFrame};
 use crate::frame::{Frame, FrameLimits, MessageType};
+use crate::tls::{host_of, is_refusal, TlsClient};
+use crate::transport::{ReadHalf, Stream};
 use crate::{pb, ErrorCode, ProtocolError, ProtocolResult};
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ProtocolResult<Frame>>>>>;
@@ -76,16 +82,28 @@ impl RpcClient {
         timeout: Duration,
         credentials: Option<&Credentials>,
     ) -> ProtocolResult<RpcClient> {
+        Self::connect_with(addr, limits, timeout, credentials, None).await
+    }
+
+    /// Like [`RpcClient::connect_as`], and with `tls` runs the TLS handshake (within `timeout`)
+    /// right after TCP connects, before the session handshake. A certificate the client does
+    /// not trust is [`ProtocolError::Tls`] (not retryable).
+    pub async fn connect_with(
+        addr: &str,
+        limits: FrameLimits,
+        timeout: Duration,
+        credentials: Option<&Credentials>,
+        tls: Option<&TlsClient>,
+    ) -> ProtocolResult<RpcClient> {
         let peer = addr.to_string();
+        let timed_out = |peer: String| ProtocolError::Timeout {
+            peer,
+            millis: timeout.as_millis() as u64,
+        };
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(ProtocolError::Io { peer, source }),
-            Err(_) => {
-                return Err(ProtocolError::Timeout {
-                    peer,
-                    millis: timeout.as_millis() as u64,
-                })
-            }
+            Err(_) => return Err(timed_out(peer)),
         };
         stream
             .set_nodelay(true)
@@ -93,7 +111,20 @@ impl RpcClient {
                 peer: peer.clone(),
                 source,
             })?;
-        let (read_half, write_half) = stream.into_split();
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                match tokio::time::timeout(timeout, tls.connect(host_of(addr), stream)).await {
+                    Ok(Ok(stream)) => Stream::Client(Box::new(stream)),
+                    Ok(Err(source)) if is_refusal(&source) => {
+                        return Err(ProtocolError::Tls { peer, source })
+                    }
+                    Ok(Err(source)) => return Err(ProtocolError::Io { peer, source }),
+                    Err(_) => return Err(timed_out(peer)),
+                }
+            }
+        };
+        let (read_half, write_half) = stream.split();
         let mut reader = FrameReader::new(read_half, limits);
         let mut writer = FrameWriter::new(write_half);
         if let Some(credentials) = credentials {
@@ -233,13 +264,22 @@ impl Drop for PendingGuard<'_> {
 }
 
 async fn read_loop(
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: FrameReader<ReadHalf>,
     pending: Pending,
     closed: Arc<AtomicBool>,
     peer: String,
 ) {
+    // An `Error` frame with request id 0 answers no request: the peer refuses the connection
+    // itself (e.g. "this port requires TLS") and closes it. Every waiting caller gets it.
+    let mut refused: Option<(ErrorCode, String)> = None;
     let error = loop {
         match reader.read_frame().await {
+            Ok(Some(frame)) if frame.request_id == 0 && frame.kind == MessageType::Error => {
+                if let Ok(error) = frame.decode_header::<pb::ErrorHeader>("error") {
+                    tracing::warn!(peer = %peer, error = %error.message, "the peer refused the connection");
+                    refused = Some((ErrorCode::from_u32(error.code), error.message));
+                }
+            }
             Ok(Some(frame)) => {
                 let waiter = pending.lock().unwrap().remove(&frame.request_id);
                 if let Some(waiter) = waiter {
@@ -256,7 +296,15 @@ async fn read_loop(
     }
     let waiters: Vec<_> = pending.lock().unwrap().drain().collect();
     for (_, waiter) in waiters {
-        let _ = waiter.send(Err(ProtocolError::Closed { peer: peer.clone() }));
+        let error = match &refused {
+            Some((code, message)) => ProtocolError::Remote {
+                peer: peer.clone(),
+                code: *code,
+                message: message.clone(),
+            },
+            None => ProtocolError::Closed { peer: peer.clone() },
+        };
+        let _ = waiter.send(Err(error));
     }
 }
 
@@ -267,6 +315,7 @@ pub struct RpcPool {
     limits: FrameLimits,
     connect_timeout: Duration,
     credentials: Option<Credentials>,
+    tls: Option<TlsClient>,
 }
 
 impl RpcPool {
@@ -276,6 +325,7 @@ impl RpcPool {
             limits,
             connect_timeout,
             credentials: None,
+            tls: None,
         }
     }
 
@@ -283,6 +333,12 @@ impl RpcPool {
     /// frames exactly as without auth).
     pub fn with_credentials(mut self, credentials: Option<Credentials>) -> RpcPool {
         self.credentials = credentials;
+        self
+    }
+
+    /// Dials every connection of the pool with TLS (`None`: plain TCP).
+    pub fn with_tls(mut self, tls: Option<TlsClient>) -> RpcPool {
+        self.tls = tls;
         self
     }
 
@@ -294,11 +350,12 @@ impl RpcPool {
             }
         }
         let client = Arc::new(
-            RpcClient::connect_as(
+            RpcClient::connect_with(
                 addr,
                 self.limits,
                 self.connect_timeout,
                 self.credentials.as_ref(),
+                self.tls.as_ref(),
             )
             .await?,
         );

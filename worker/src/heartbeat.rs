@@ -127,6 +127,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 async fn run_with(shared: Arc<Shared>, master: String, shutdown: CancellationToken) {
     let options = MasterOptions {
         connect_timeout: Duration::from_secs(3),
+        tls: shared.tls_client.clone(),
         ..MasterOptions::default()
     };
     let mut client = match master_client(&master, &options) {

@@ -116,7 +116,16 @@ impl Worker {
         if let Some(admin) = listeners.admin {
             tracing::info!(addr = ?admin.local_addr().ok(), "worker admin port");
             crate::metrics::collect_on_scrape(&shared);
-            sluice_ops::admin::spawn(admin, admin::router(shared.clone()), shutdown.clone());
+            let tls = shared
+                .tls_server
+                .clone()
+                .filter(|_| shared.config.tls_admin);
+            sluice_ops::admin::spawn_with_tls(
+                admin,
+                admin::router(shared.clone()),
+                tls,
+                shutdown.clone(),
+            );
         }
         tasks.spawn(relieve_pressure(shared.clone(), shutdown.clone()));
         tracing::info!(

@@ -8,6 +8,7 @@ use sluice_protocol::auth::{Keyring, Principal};
 use sluice_protocol::frame::FrameLimits;
 use sluice_protocol::pb;
 use sluice_protocol::rpc::Credentials;
+use sluice_protocol::tls::{TlsClient, TlsServer};
 use tokio::net::TcpListener;
 
 use crate::config::WorkerConfig;
@@ -44,6 +45,11 @@ pub struct Shared {
     pub keyring: Option<Arc<Keyring>>,
     /// Connections refused at the handshake (their log lines are rate-limited by this count).
     pub handshakes_refused: std::sync::atomic::AtomicU64,
+    /// The certificate the worker's TLS ports present (`tls_cert_file`, `tls_key_file`);
+    /// `None` when no port has TLS on.
+    pub tls_server: Option<TlsServer>,
+    /// How the worker dials masters and other workers with `tls_connect`; `None`: plain TCP.
+    pub tls_client: Option<TlsClient>,
 }
 
 impl Shared {
@@ -77,6 +83,7 @@ pub(crate) fn start(
             .map_err(|e| WorkerError::Config(format!("cluster_secret_file: {e}")))?;
         Some(Arc::new(keyring))
     };
+    let (tls_server, tls_client) = tls(&config)?;
     let port = |listener: &TcpListener| {
         listener
             .local_addr()
@@ -145,7 +152,8 @@ pub(crate) fn start(
             keyring
                 .as_deref()
                 .map(|keyring| Credentials::cluster(Principal::Worker(info.id.clone()), keyring)),
-        );
+        )
+        .with_tls(tls_client.clone());
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
         handshakes_refused: std::sync::atomic::AtomicU64::new(0),
@@ -157,7 +165,37 @@ pub(crate) fn start(
         peers,
         keyring,
         registered: tokio::sync::watch::channel(false).0,
+        tls_server,
+        tls_client,
         config,
     };
     Ok((shared, queues))
+}
+
+/// The worker's TLS sides from its config: the server side when a port has TLS on, the client
+/// side with `tls_connect`.
+fn tls(config: &WorkerConfig) -> WorkerResult<(Option<TlsServer>, Option<TlsClient>)> {
+    let server = if config.tls_push || config.tls_fetch || config.tls_admin {
+        let server = TlsServer::load(
+            &config.tls_cert_file,
+            &config.tls_key_file,
+            config.tls_reload_interval,
+        )
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+        Some(server)
+    } else {
+        None
+    };
+    let client = if config.tls_connect {
+        let client = TlsClient::load(
+            &config.tls_ca_file,
+            &config.tls_server_name,
+            config.tls_reload_interval,
+        )
+        .map_err(|e| WorkerError::Config(e.to_string()))?;
+        Some(client)
+    } else {
+        None
+    };
+    Ok((server, client))
 }

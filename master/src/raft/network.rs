@@ -28,6 +28,7 @@ use sluice_protocol::pb;
 use sluice_protocol::pb::master_raft_client::MasterRaftClient;
 use sluice_protocol::pb::master_raft_server::{MasterRaft, MasterRaftServer};
 use sluice_protocol::rpc::Credentials;
+use sluice_protocol::tls::{TlsClient, TlsConnector};
 use tonic::transport::Channel;
 
 use super::{NodeId, TypeConfig};
@@ -48,6 +49,8 @@ pub struct Network {
     id: NodeId,
     /// Signs every message as `master:<id>` when the cluster has a secret.
     credentials: Option<Credentials>,
+    /// Dial the other masters with TLS (`tls_connect`).
+    tls: Option<TlsClient>,
 }
 
 impl Network {
@@ -56,12 +59,19 @@ impl Network {
         Network {
             id,
             credentials: None,
+            tls: None,
         }
     }
 
     /// Signs every message with `credentials` (`None`: unsigned).
     pub fn with_credentials(mut self, credentials: Option<Credentials>) -> Self {
         self.credentials = credentials;
+        self
+    }
+
+    /// Dials the other masters with `tls` when given (`tls_connect`).
+    pub fn with_tls(mut self, tls: Option<TlsClient>) -> Self {
+        self.tls = tls;
         self
     }
 }
@@ -72,10 +82,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let client = Channel::from_shared(format!("http://{}", node.addr))
             .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+                let channel = match &self.tls {
+                    Some(tls) => endpoint.connect_with_connector_lazy(TlsConnector::new(tls)),
+                    None => endpoint.connect_lazy(),
+                };
                 MasterRaftClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_LIMIT)
                     .max_encoding_message_size(RAFT_MESSAGE_LIMIT)

@@ -111,18 +111,16 @@ pub async fn start(
     }
     .validate()
     .map_err(|e| MasterError::Config(format!("raft timings: {e}")))?;
-    let raft = Raft::new(
-        id,
-        Arc::new(raft_config),
-        Network::new(id).with_credentials(credentials.clone()),
-        log,
-        machine,
-    )
-    .await
-    .map_err(|e| MasterError::Raft(e.to_string()))?;
+    let tls = crate::tls_client(config)?;
+    let network = Network::new(id)
+        .with_tls(tls.clone())
+        .with_credentials(credentials.clone());
+    let raft = Raft::new(id, Arc::new(raft_config), network, log, machine)
+        .await
+        .map_err(|e| MasterError::Raft(e.to_string()))?;
     let fresh = raft.metrics().borrow().last_log_index.is_none();
     if fresh
-        && running_peer(config, addr, credentials.as_ref())
+        && running_peer(config, addr, tls, credentials.as_ref())
             .await
             .is_some()
     {
@@ -147,11 +145,13 @@ pub async fn start(
 async fn running_peer(
     config: &MasterConfig,
     addr: &str,
+    tls: Option<sluice_protocol::tls::TlsClient>,
     credentials: Option<&Credentials>,
 ) -> Option<String> {
     for peer in config.peers.iter().filter(|p| *p != addr) {
         let options = sluice_protocol::MasterOptions {
             connect_timeout: PEER_PROBE_TIMEOUT,
+            tls: tls.clone(),
             ..Default::default()
         };
         let Ok(mut client) = sluice_protocol::master_channel::master_client(peer, &options) else {

@@ -1,20 +1,23 @@
 //! The fetch port: OpenStream lists a committed location's chunks (a page at a time);
-//! FetchChunk sends one chunk's bytes from the file with `sendfile`, never through this
-//! process's memory. Requests of one connection are served concurrently (bounded); answers go
-//! out in the order they are ready.
+//! FetchChunk sends one chunk's bytes from the file. On a plain connection that is `sendfile`,
+//! never through this process's memory. Under TLS every byte must be encrypted by rustls, so
+//! `sendfile` cannot be used: the chunk is read with `pread` (off the runtime, in pieces of at
+//! most [`TLS_PIECE`] into one buffer the connection reuses) and written through the TLS
+//! session. Requests of one connection are served concurrently (bounded); answers go out in the
+//! order they are ready.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_protocol::connection::{FrameWriter, OutFrame};
 use sluice_protocol::frame::{Frame, FrameLimits, MessageType};
+use sluice_protocol::transport::WriteHalf;
 use sluice_protocol::{pb, ShuffleKey};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::access::check_app;
-use super::{busy, error_frame, next_frame, open, reply, Next};
+use super::{busy, error_frame, next_frame, open, reply, Accepted, Next};
 use crate::error::{WorkerError, WorkerResult};
 use crate::metrics::WorkerMetrics;
 use crate::shared::Shared;
@@ -24,6 +27,9 @@ use crate::storage::read::{self, ChunkSource};
 
 /// Requests served at once per fetch connection.
 const FETCH_CONCURRENCY: usize = 8;
+
+/// The most of a chunk read from disk at a time to be sent under TLS.
+pub const TLS_PIECE: usize = 256 * 1024;
 
 /// What a fetch request may be: a header (a chunk's ranges at most) and no body.
 const REQUEST_LIMITS: FrameLimits = FrameLimits {
@@ -42,12 +48,7 @@ enum Answer {
     },
 }
 
-pub async fn serve(
-    stream: TcpStream,
-    peer: &str,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(stream: Accepted, peer: &str, shared: Arc<Shared>, shutdown: CancellationToken) {
     let Some((mut conn, frame_writer)) =
         open(stream, peer, &shared, REQUEST_LIMITS, &shutdown).await
     else {
@@ -92,10 +93,12 @@ pub async fn serve(
 /// Writes answers in the order they are ready. A failure inside a chunk's body leaves the frame
 /// incomplete, so it ends the connection (the reader sees a broken fetch).
 async fn write_answers(
-    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut writer: FrameWriter<WriteHalf>,
     mut answers: mpsc::Receiver<Answer>,
     metrics: &WorkerMetrics,
 ) -> std::io::Result<()> {
+    // The buffer chunks are read into under TLS, reused for the connection's life.
+    let mut piece = Vec::new();
     while let Some(answer) = answers.recv().await {
         match answer {
             Answer::Frame(frame) => writer.write_frame(&frame).await?,
@@ -114,15 +117,26 @@ async fn write_answers(
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 writer.write_head(&head, &header).await?;
                 writer.flush().await?;
-                if let Some(file) = &source.file {
+                if let Some(file) = source.file {
+                    let file = Arc::new(file);
                     for range in &source.ranges {
-                        read::send_file(
-                            writer.get_ref().as_ref(),
-                            file,
-                            range.offset,
-                            range.length,
-                        )
-                        .await?;
+                        match writer.get_ref().as_tcp() {
+                            Some(socket) => {
+                                read::send_file(socket, &file, range.offset, range.length).await?
+                            }
+                            None => {
+                                // Under TLS: read and encrypt, a piece at a time.
+                                let (mut offset, end) = (range.offset, range.offset + range.length);
+                                while offset < end {
+                                    let len = (end - offset).min(TLS_PIECE as u64) as usize;
+                                    let buf = std::mem::take(&mut piece);
+                                    piece =
+                                        read::read_piece(file.clone(), buf, offset, len).await?;
+                                    writer.write_body(&piece).await?;
+                                    offset += len as u64;
+                                }
+                            }
+                        }
                     }
                 }
                 metrics.fetched(source.len);

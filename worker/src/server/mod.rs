@@ -10,21 +10,27 @@
 //! is read past without being held and answered `Busy`); then the body into an allocation that
 //! carries the lease. A connection idle past `connection_idle_timeout`, or a frame not
 //! delivered within `frame_read_timeout`, is closed; each port takes at most
-//! `max_connections`. A malformed frame closes only its connection.
+//! `max_connections`, and `max_connections_per_ip` from one address. A malformed frame closes
+//! only its connection. With TLS on a port, [`accept_loop`] runs the TLS handshake before the
+//! session handshake, both within `auth_handshake_timeout` of the accept.
 
 mod access;
 pub mod control;
 pub mod fetch;
 pub mod push;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sluice_protocol::auth::{server_handshake, Principal};
 use sluice_protocol::connection::{write_queued, FrameReader, FrameWriter, OutFrame, ReadError};
 use sluice_protocol::frame::{Frame, FrameHead, FrameLimits, MessageType, FLAG_REPLICA};
 use sluice_protocol::pb;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use sluice_protocol::tls::{TlsAcceptor, TLS_HANDSHAKE_RECORD};
+use sluice_protocol::transport::{ReadHalf, Stream, WriteHalf};
+use sluice_protocol::ErrorCode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -44,14 +50,74 @@ pub enum Port {
     Fetch,
 }
 
+/// A connection past its TLS handshake (when the port has TLS on), and when its session
+/// handshake must be done by: `auth_handshake_timeout` bounds both together.
+pub struct Accepted {
+    pub stream: Stream,
+    pub deadline: tokio::time::Instant,
+}
+
+type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// Counts one IP address's open connections on a port; dropping it gives the place back.
+struct PerIp {
+    counts: IpCounts,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// Takes a place for `ip`, unless it holds `limit` connections already.
+    fn take(counts: &IpCounts, ip: IpAddr, limit: usize) -> Option<PerIp> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIp {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections on a port until shutdown: at most `max_connections` in all and
+/// `max_connections_per_ip` from one address (more are closed at once, with a rate-limited
+/// warning). With TLS on the port (`tls_push`, `tls_fetch`) each connection's TLS handshake
+/// runs in its own task, within `auth_handshake_timeout` together with the session handshake;
+/// a peer speaking plaintext gets one `Error` frame ("this port requires TLS") and is closed.
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     port: Port,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let config = &shared.config;
+    let tls_on = match port {
+        Port::Push => config.tls_push,
+        Port::Fetch => config.tls_fetch,
+    };
+    let tls = shared
+        .tls_server
+        .as_ref()
+        .filter(|_| tls_on)
+        .map(|server| server.acceptor(&[]));
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let per_ip: IpCounts = Arc::default();
     let mut refused = 0u64;
+    let mut refused_per_ip = 0u64;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -62,22 +128,51 @@ pub async fn accept_loop(
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     refused += 1;
                     if refused.is_power_of_two() {
-                        tracing::warn!(?port, %peer, refused, limit = shared.config.max_connections, "connection limit reached, refusing");
+                        tracing::warn!(?port, %peer, refused, limit = config.max_connections, "connection limit reached, refusing");
+                    }
+                    continue;
+                };
+                let Some(place) = PerIp::take(&per_ip, peer.ip(), config.max_connections_per_ip)
+                else {
+                    refused_per_ip += 1;
+                    if refused_per_ip.is_power_of_two() {
+                        tracing::warn!(?port, %peer, refused = refused_per_ip, limit = config.max_connections_per_ip, "connection limit per address reached, refusing");
                     }
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
+                let tls = tls.clone();
                 let open = OpenConnection::new(shared.metrics.connections(port));
                 tokio::spawn(async move {
-                    let _open = open;
+                    let _held = (open, slot, place);
+                    let deadline =
+                        tokio::time::Instant::now() + shared.config.auth_handshake_timeout;
                     let peer = peer.to_string();
+                    let stream = match tls {
+                        None => Stream::Plain(stream),
+                        Some(acceptor) => {
+                            let handshake = accept_tls(stream, &acceptor, &peer, &shared);
+                            let stream = tokio::select! {
+                                stream = tokio::time::timeout_at(deadline, handshake) => stream,
+                                _ = shutdown.cancelled() => return,
+                            };
+                            match stream {
+                                Ok(Some(stream)) => stream,
+                                Ok(None) => return,
+                                Err(_) => {
+                                    tracing::debug!(peer, "no TLS handshake in time, closing");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let accepted = Accepted { stream, deadline };
                     match port {
-                        Port::Push => push::serve(stream, &peer, shared, shutdown).await,
-                        Port::Fetch => fetch::serve(stream, &peer, shared, shutdown).await,
+                        Port::Push => push::serve(accepted, &peer, shared, shutdown).await,
+                        Port::Fetch => fetch::serve(accepted, &peer, shared, shutdown).await,
                     }
-                    drop(slot);
                 });
             }
             Err(e) => {
@@ -89,12 +184,54 @@ pub async fn accept_loop(
     }
 }
 
-/// How long a new connection has to complete the session handshake when auth is on.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Runs the server's TLS handshake on a new connection. A peer whose first byte is not a TLS
+/// handshake record speaks plaintext: it gets one `Error` frame saying the port requires TLS,
+/// and `None`, as does a failed handshake (counted with the refused session handshakes).
+async fn accept_tls(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    peer: &str,
+    shared: &Shared,
+) -> Option<Stream> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {}
+    }
+    let refused = |error: &dyn std::fmt::Display| {
+        let refused = shared.handshakes_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            tracing::warn!(peer, refused, error = %error, "TLS handshake refused");
+        } else {
+            tracing::debug!(peer, error = %error, "TLS handshake refused");
+        }
+    };
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        refused(&"plaintext on a TLS port");
+        let mut writer = FrameWriter::new(stream);
+        let error = OutFrame::error(
+            0,
+            ErrorCode::Unauthenticated,
+            "this port requires TLS: dial it with TLS (tls_connect, or the client's tls)",
+        );
+        if writer.write_frame(&error).await.is_ok() {
+            let _ = writer.flush().await;
+            let _ = writer.shutdown().await;
+        }
+        return None;
+    }
+    match acceptor.accept(stream).await {
+        Ok(tls) => Some(Stream::Server(Box::new(tls))),
+        Err(e) => {
+            refused(&e);
+            None
+        }
+    }
+}
 
 /// A connection's reading side.
 pub(crate) struct Conn {
-    reader: FrameReader<OwnedReadHalf>,
+    reader: FrameReader<ReadHalf>,
     peer: String,
     /// Who the session speaks for; `None` when the worker runs without authentication.
     principal: Option<Principal>,
@@ -149,25 +286,26 @@ pub(crate) enum Next {
     End,
 }
 
-/// Opens a connection: with a keyring, runs the server handshake (within
-/// [`HANDSHAKE_TIMEOUT`]) and tags every later frame both ways; without one, takes frames as
+/// Opens a connection: with a keyring, runs the server handshake (by the connection's
+/// deadline, `auth_handshake_timeout` after it was accepted) and tags every later frame both
+/// ways; without one, takes frames as
 /// they come. `None`: the handshake failed (refused with an `Error` frame) and the connection
 /// is to be dropped.
 pub(crate) async fn open(
-    stream: TcpStream,
+    accepted: Accepted,
     peer: &str,
     shared: &Shared,
     limits: FrameLimits,
     shutdown: &CancellationToken,
-) -> Option<(Conn, FrameWriter<OwnedWriteHalf>)> {
-    let (read_half, write_half) = stream.into_split();
+) -> Option<(Conn, FrameWriter<WriteHalf>)> {
+    let (read_half, write_half) = accepted.stream.split();
     let mut reader = FrameReader::with_capacity(read_half, limits, READ_BUFFER);
     let mut writer = FrameWriter::new(write_half);
     let mut principal = None;
     if let Some(keyring) = &shared.keyring {
         let handshake = server_handshake(&mut reader, &mut writer, keyring);
         let result = tokio::select! {
-            result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => result,
+            result = tokio::time::timeout_at(accepted.deadline, handshake) => result,
             _ = shutdown.cancelled() => return None,
         };
         match result {
@@ -205,7 +343,7 @@ pub(crate) async fn open(
 
 /// Opens a connection ([`open`]) and hands its writing side to a writer task fed by a channel.
 pub(crate) async fn split(
-    stream: TcpStream,
+    stream: Accepted,
     peer: &str,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -328,4 +466,29 @@ pub(crate) fn reply<T>(
 
 pub(crate) fn ack(request_id: u64) -> OutFrame {
     OutFrame::new(MessageType::Ack, request_id, &pb::Ack {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_limit_and_gets_places_back_on_close() {
+        let counts = IpCounts::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = PerIp::take(&counts, a, 2).unwrap();
+        let second = PerIp::take(&counts, a, 2).unwrap();
+        assert!(
+            PerIp::take(&counts, a, 2).is_none(),
+            "a third from one address"
+        );
+        let other = PerIp::take(&counts, b, 2).unwrap();
+        drop(first);
+        let again = PerIp::take(&counts, a, 2).unwrap();
+        drop((second, again, other));
+        assert!(
+            counts.lock().unwrap().is_empty(),
+            "closed addresses are forgotten"
+        );
+    }
 }

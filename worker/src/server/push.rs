@@ -17,11 +17,10 @@ use sluice_protocol::batch::BATCH_HEAD_LEN;
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::{Frame, MessageType, FLAG_CRC, FLAG_REPLICA};
 use sluice_protocol::{pb, ShuffleKey};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::access::check_app;
-use super::{ack, busy, control, error_frame, next_frame, split, Next};
+use super::{ack, busy, control, error_frame, next_frame, split, Accepted, Next};
 use crate::error::{WorkerError, WorkerResult};
 use crate::memory::copy_leased;
 use crate::shared::Shared;
@@ -30,12 +29,7 @@ use crate::storage::layout::LocationId;
 /// Largest slice copied out of its frame (when it is at most a sixteenth of the frame).
 pub const COPY_AT_MOST: usize = 4096;
 
-pub async fn serve(
-    stream: TcpStream,
-    peer: &str,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(stream: Accepted, peer: &str, shared: Arc<Shared>, shutdown: CancellationToken) {
     let Some((mut conn, tx, writer)) = split(stream, peer, &shared, &shutdown).await else {
         return;
     };

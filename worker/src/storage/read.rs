@@ -4,7 +4,9 @@
 //! whole, and answers at most [`MAX_CHUNKS`] chunks (or [`MAX_RANGES`] ranges) per request with
 //! the index offset to continue from, so neither memory nor an answer grows with a location's
 //! batch count. [`chunk_source`] validates a chunk's ranges against the committed length and
-//! opens the data file off the runtime; [`send_file`] sends it with `sendfile(2)`.
+//! opens the data file off the runtime; [`send_file`] sends it with `sendfile(2)` on a plain
+//! connection, and [`read_piece`] reads it a piece at a time for a TLS connection (whose bytes
+//! must pass through rustls, so `sendfile` cannot be used).
 
 use std::os::unix::fs::FileExt;
 
@@ -178,4 +180,28 @@ pub async fn send_file(
         }
     }
     Ok(())
+}
+
+/// Reads `len` bytes of `file` from `offset` into `buf` (resized to `len`) with `pread`, off the
+/// runtime, and gives the buffer back for the next piece (a connection reuses one). A file
+/// shorter than its committed length is an error.
+pub async fn read_piece(
+    file: std::sync::Arc<std::fs::File>,
+    mut buf: Vec<u8>,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        buf.resize(len, 0);
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "data file is shorter than its committed length",
+            )),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
