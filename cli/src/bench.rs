@@ -56,6 +56,9 @@ pub struct BenchOptions {
     pub metrics_overhead: Option<u32>,
     /// TLS on every port of the embedded cluster, and the client dialing with it.
     pub tls: bool,
+    /// A cluster secret on the embedded cluster, and the client authenticating as its
+    /// application.
+    pub auth: bool,
     /// Rounds of the security-overhead comparison (embedded cluster only): each round runs the
     /// workload once per configuration of [`SECURITY_CONFIGS`]. `None`: no comparison.
     pub security_overhead: Option<u32>,
@@ -83,12 +86,28 @@ impl Security {
         tls: true,
         auth: false,
     };
+    pub const AUTH: Security = Security {
+        name: "auth",
+        tls: false,
+        auth: true,
+    };
+    pub const AUTH_TLS: Security = Security {
+        name: "auth+tls",
+        tls: true,
+        auth: true,
+    };
 }
 
-/// What `--security-overhead` compares, the first being the baseline of the ratios. Adding a
-/// configuration is adding a line, e.g. `Security { name: "auth+tls", tls: true, auth: true }`
-/// once clients can authenticate as applications.
-pub const SECURITY_CONFIGS: &[Security] = &[Security::PLAIN, Security::TLS];
+/// What `--security-overhead` compares, the first being the baseline of the ratios.
+pub const SECURITY_CONFIGS: &[Security] = &[
+    Security::PLAIN,
+    Security::AUTH,
+    Security::TLS,
+    Security::AUTH_TLS,
+];
+
+/// The application secret of the benchmark's client when its cluster runs with auth.
+const BENCH_APP_SECRET: &[u8] = b"the benchmark application's own secret";
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchReport {
@@ -128,6 +147,8 @@ pub struct BenchReport {
     pub security_overhead: Option<SecurityOverhead>,
     /// Whether the run had TLS on every port (`--tls`).
     pub tls: bool,
+    /// Whether the run had a cluster secret and an authenticated client (`--auth`).
+    pub auth: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -334,8 +355,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         "--security-overhead runs its own embedded clusters: drop --master"
     );
     anyhow::ensure!(
-        !options.tls || options.master.is_none(),
-        "--tls turns TLS on in the embedded cluster: drop --master"
+        !(options.tls || options.auth) || options.master.is_none(),
+        "--tls and --auth set up the embedded cluster: drop --master"
     );
     anyhow::ensure!(
         options.security_overhead.is_none() || options.metrics_overhead.is_none(),
@@ -367,10 +388,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         );
         sluice_ops::admin::spawn(listener, router, admin.clone());
     }
-    let security = if options.tls {
-        Security::TLS
-    } else {
-        Security::PLAIN
+    let security = match (options.tls, options.auth) {
+        (true, true) => Security::AUTH_TLS,
+        (true, false) => Security::TLS,
+        (false, true) => Security::AUTH,
+        (false, false) => Security::PLAIN,
     };
     let mut report = match (options.metrics_overhead, options.security_overhead) {
         (Some(rounds), _) => compare_metrics(options, &metrics, security, rounds.max(1)).await?,
@@ -552,11 +574,16 @@ async fn run_cluster(
             Some(LocalCluster::start(local).await?)
         }
     };
-    let config = match (&options.master, &cluster) {
+    let mut config = match (&options.master, &cluster) {
         (Some(master), _) => ClientConfig::new(master.clone()),
         (None, Some(cluster)) => cluster.client_config(),
         (None, None) => unreachable!("an embedded cluster was started"),
     };
+    if security.auth {
+        config.app_secret = Some(sluice_protocol::auth::Secret::new(
+            BENCH_APP_SECRET.to_vec(),
+        ));
+    }
     let client_with = |replication| {
         SluiceClient::with_metrics(
             ClientConfig {
@@ -600,6 +627,7 @@ async fn run_cluster(
         options.workers
     };
     report.tls = security.tls;
+    report.auth = security.auth;
     Ok(report)
 }
 

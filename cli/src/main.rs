@@ -135,9 +135,13 @@ enum Command {
         /// dialing with it.
         #[arg(long)]
         tls: bool,
+        /// A cluster secret on the embedded cluster, the client authenticating as its
+        /// application (every frame tagged, every master call signed).
+        #[arg(long)]
+        auth: bool,
         /// Measure what security costs: run the workload ROUNDS times per configuration (plain,
-        /// TLS on every port) on embedded clusters, taking turns, and report the median
-        /// throughputs and their ratios to plain (`security_overhead`).
+        /// auth, TLS on every port, both) on embedded clusters, taking turns, and report the
+        /// median throughputs and their ratios to plain (`security_overhead`).
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
         security_overhead: Option<u32>,
     },
@@ -412,6 +416,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             admin_listen,
             metrics_overhead,
             tls,
+            auth,
             security_overhead,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -429,6 +434,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 admin_listen,
                 metrics_overhead,
                 tls,
+                auth,
                 security_overhead,
             };
             let report = bench::run(&options).await?;

@@ -765,3 +765,50 @@ async fn admin_changes_need_the_cluster_secret() {
     assert_eq!(status, 503);
     cluster.shutdown().await.unwrap();
 }
+
+#[test]
+fn the_bench_compares_every_security_configuration_and_verifies_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "--security-overhead",
+            "1",
+            "--workers",
+            "2",
+            "--maps",
+            "2",
+            "--partitions",
+            "4",
+            "--bytes-per-map",
+            "512KiB",
+            "--verify",
+            "--loopback-bytes",
+            "0",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let overhead = &report["security_overhead"];
+    let names: Vec<&str> = overhead["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plain", "auth", "tls", "auth+tls"], "{report}");
+    for config in overhead["configs"].as_array().unwrap() {
+        assert!(config["write_gbps"].as_f64().unwrap() > 0.0, "{config}");
+        assert!(config["read_gbps"].as_f64().unwrap() > 0.0, "{config}");
+    }
+    assert_eq!(overhead["lost"], 0, "{report}");
+    assert_eq!(overhead["duplicated"], 0, "{report}");
+    assert_eq!(overhead["corrupted"], 0, "{report}");
+}
