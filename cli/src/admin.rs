@@ -52,7 +52,7 @@ pub async fn statuses(
     for addr in endpoints(masters)? {
         let status = match connect(&addr).await {
             Ok(mut client) => client
-                .master_status(pb::MasterStatusRequest {})
+                .master_status(crate::http::signed(pb::MasterStatusRequest {})?)
                 .await
                 .map(|r| r.into_inner())
                 .map_err(|s| s.message().to_string()),
@@ -144,7 +144,7 @@ pub async fn change(
         remove: remove.into_iter().collect(),
     };
     let status = client
-        .change_masters(request)
+        .change_masters(crate::http::signed(request)?)
         .await
         .map_err(|s| anyhow!("leader {leader} refused: {}", s.message()))?
         .into_inner();

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use sluice_protocol::auth::{sign_raw, AUTH_METADATA};
+use sluice_protocol::rpc::Credentials;
 use sluice_protocol::tls::{host_of, TlsClient, ALPN_HTTP1};
 use sluice_protocol::transport::Stream;
 use tokio::net::TcpStream;
@@ -90,6 +92,30 @@ pub fn set_tls(tls: TlsClient) {
     let _ = DEFAULT_TLS.set(tls);
 }
 
+/// Who signs this process's [`post`]s and `sluice admin`'s gRPC calls: set once, from
+/// `sluice admin --cluster-secret-file`.
+static OPERATOR: OnceLock<Credentials> = OnceLock::new();
+
+/// Signs every later [`post`] (and `sluice admin`'s master calls) as `credentials`.
+pub fn set_operator(credentials: Credentials) {
+    let _ = OPERATOR.set(credentials);
+}
+
+/// The credentials set with [`set_operator`], if any.
+pub fn operator() -> Option<&'static Credentials> {
+    OPERATOR.get()
+}
+
+/// `message` as a gRPC request, signed when [`set_operator`] was called.
+pub fn signed<T: sluice_protocol::auth::SignedRequest>(
+    message: T,
+) -> anyhow::Result<tonic::Request<T>> {
+    Ok(match operator() {
+        Some(c) => sluice_protocol::auth::sign(&c.principal, &c.keys, message)?,
+        None => tonic::Request::new(message),
+    })
+}
+
 /// The TLS set with [`set_tls`], if any.
 pub fn default_tls() -> Option<&'static TlsClient> {
     DEFAULT_TLS.get()
@@ -118,10 +144,18 @@ async fn request(
         addr: addr.to_string(),
         reason,
     };
-    let request = Request::builder()
-        .method(method)
+    let mut request = Request::builder()
+        .method(method.clone())
         .uri(path)
-        .header(hyper::header::HOST, addr)
+        .header(hyper::header::HOST, addr);
+    if method != Method::GET {
+        if let Some(c) = operator() {
+            let signature = sign_raw(&c.principal, &c.keys, &format!("{method} {path}"), b"")
+                .map_err(|e| failed(e.to_string()))?;
+            request = request.header(AUTH_METADATA, signature);
+        }
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| failed(e.to_string()))?;
     let exchange = async {

@@ -82,11 +82,20 @@ enum Command {
     Admin {
         /// Talk to admin ports over HTTPS and to masters with TLS, trusting the CAs of this
         /// PEM file.
-        #[arg(long, global = true)]
+        #[arg(long, global = true, env = "SLUICE_ADMIN_TLS_CA_FILE")]
         tls_ca_file: Option<PathBuf>,
         /// Name expected in the servers' certificates (default: the host dialed).
-        #[arg(long, global = true, default_value = "")]
+        #[arg(
+            long,
+            global = true,
+            default_value = "",
+            env = "SLUICE_ADMIN_TLS_SERVER_NAME"
+        )]
         tls_server_name: String,
+        /// The cluster secret file of a cluster that runs with one: changes (decommission,
+        /// membership) and master queries are signed with it as the operator.
+        #[arg(long, global = true, env = "SLUICE_ADMIN_CLUSTER_SECRET_FILE")]
+        cluster_secret_file: Option<PathBuf>,
         #[command(subcommand)]
         command: AdminCommand,
     },
@@ -385,8 +394,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Admin {
             tls_ca_file,
             tls_server_name,
+            cluster_secret_file,
             command,
         } => {
+            if let Some(file) = cluster_secret_file {
+                let keyring = sluice_protocol::auth::Keyring::load(&file)?;
+                sluice::http::set_operator(sluice_protocol::rpc::Credentials::cluster(
+                    sluice_protocol::auth::Principal::Admin,
+                    &keyring,
+                ));
+            }
             if let Some(ca) = tls_ca_file {
                 let tls = TlsClient::load(&ca, &tls_server_name, Duration::from_secs(10))?;
                 sluice::http::set_tls(tls);

@@ -812,3 +812,100 @@ fn the_bench_compares_every_security_configuration_and_verifies_each() {
     assert_eq!(overhead["duplicated"], 0, "{report}");
     assert_eq!(overhead["corrupted"], 0, "{report}");
 }
+
+/// Runs `sluice` with `args` to its end: whether it succeeded, its stdout and stderr.
+fn run_sluice(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sluice_admin_signs_changes_on_a_secure_local_cluster() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["local", "--secure", "--workers", "1", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(local.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let result = std::panic::catch_unwind(|| {
+        let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+        let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+        let (secret, ca, name) = (
+            text(&ready["cluster_secret_file"]),
+            text(&ready["tls_ca_file"]),
+            text(&ready["tls_server_name"]),
+        );
+        let master_admin = text(&ready["admin"][0]);
+        let worker = &ready["workers"][0];
+        let (worker_id, worker_admin) = (text(&worker["id"]), text(&worker["admin"]));
+        let tls = ["--tls-ca-file", &ca, "--tls-server-name", &name];
+
+        // Reads need TLS only.
+        let (ok, out, err) = run_sluice(
+            &[
+                &["admin"][..],
+                &tls,
+                &["workers", "--master", &master_admin],
+            ]
+            .concat(),
+        );
+        assert!(ok && out.contains(&worker_id), "{out}\n{err}");
+        // A change without the secret is refused, and nothing changes.
+        let (ok, _, err) = run_sluice(
+            &[
+                &["admin"][..],
+                &tls,
+                &["decommission", "--worker", &worker_admin],
+            ]
+            .concat(),
+        );
+        assert!(!ok && err.contains("--cluster-secret-file"), "{err}");
+        let (ok, out, err) = run_sluice(
+            &[
+                &["admin"][..],
+                &tls,
+                &["masters", "--master", &text(&ready["master"])],
+            ]
+            .concat(),
+        );
+        assert!(ok, "{out}\n{err}");
+        // With it the worker decommissions.
+        let signed = [&["admin", "--cluster-secret-file", &secret][..], &tls].concat();
+        let (ok, out, err) = run_sluice(
+            &[
+                &signed[..],
+                &["decommission", &worker_id, "--master", &master_admin],
+            ]
+            .concat(),
+        );
+        assert!(ok && out.contains("decommissioning"), "{out}\n{err}");
+        let (ok, out, err) = run_sluice(
+            &[
+                &signed[..],
+                &["masters", "--master", &text(&ready["master"])],
+            ]
+            .concat(),
+        );
+        assert!(ok && out.contains("leader"), "{out}\n{err}");
+    });
+    let _ = local.kill();
+    let _ = local.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
