@@ -909,3 +909,73 @@ fn sluice_admin_signs_changes_on_a_secure_local_cluster() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_application_holds_at_most_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("cluster-secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let path = secret_file.display().to_string();
+    let mut options = LocalOptions::new(1, dir.path().join("data"));
+    options.admin = false;
+    options.master.cluster_secret_file = path.clone();
+    options.worker.cluster_secret_file = path;
+    options.worker.max_connections_per_app = 2;
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let greedy = app_credentials(&cluster.master_addr, "app-greedy", "greedy").await;
+    let other = app_credentials(&cluster.master_addr, "app-other", "other").await;
+    let addr = push_addr(&cluster);
+    let key = ShuffleKey::new("app-greedy", 0);
+    let connect = |credentials: &Credentials| {
+        let credentials = credentials.clone();
+        let addr = addr.clone();
+        async move {
+            RpcClient::connect_as(&addr, FrameLimits::default(), TIMEOUT, Some(&credentials))
+                .await
+                .unwrap()
+        }
+    };
+    let first = connect(&greedy).await;
+    let second = connect(&greedy).await;
+    for client in [&first, &second] {
+        // Served: the location does not exist, which is an answer.
+        assert_eq!(
+            remote_code(client.call(push(&key), TIMEOUT).await),
+            ErrorCode::NotFound
+        );
+    }
+    let third = connect(&greedy).await;
+    match third.call(push(&key), TIMEOUT).await {
+        Err(ProtocolError::Remote { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::Busy, "{message}");
+            assert!(message.contains("max_connections_per_app"), "{message}");
+        }
+        Err(ProtocolError::Closed { .. }) => {}
+        other => panic!("a third connection was served: {other:?}"),
+    }
+    // Another application is not held back, and a place freed is taken again.
+    let theirs = connect(&other).await;
+    let their_key = ShuffleKey::new("app-other", 0);
+    assert_eq!(
+        remote_code(theirs.call(push(&their_key), TIMEOUT).await),
+        ErrorCode::NotFound
+    );
+    drop(first);
+    let again = common::eventually("a freed place", TIMEOUT, || {
+        let connect = connect(&greedy);
+        let key = key.clone();
+        async move {
+            let client = connect.await;
+            match client.call(push(&key), TIMEOUT).await {
+                Err(ProtocolError::Remote {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => Some(client),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    drop((second, again));
+    cluster.shutdown().await.unwrap();
+}

@@ -95,11 +95,26 @@ impl Core {
     /// A slot among the `max_inflight_requests_per_app` requests `app` may have in progress;
     /// none free is `ResourceExhausted` (retryable).
     pub fn app_slot(&self, app: &str) -> Result<OwnedSemaphorePermit, Status> {
-        let limit = self.config.max_inflight_requests_per_app as usize;
+        self.inflight.acquire(
+            app,
+            self.config.max_inflight_requests_per_app as usize,
+            self.config.max_apps as usize,
+        )
+    }
+}
+
+impl Inflight {
+    /// A slot among the `limit` requests `app` may have in progress. Applications with none in
+    /// progress are forgotten once more than twice `max_apps` are known.
+    fn acquire(
+        &self,
+        app: &str,
+        limit: usize,
+        max_apps: usize,
+    ) -> Result<OwnedSemaphorePermit, Status> {
         let semaphore = {
-            let mut apps = self.inflight.apps.lock().unwrap_or_else(|e| e.into_inner());
-            if apps.len() > 2 * self.config.max_apps as usize && !apps.contains_key(app) {
-                // Forget applications with nothing in progress.
+            let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+            if apps.len() > 2 * max_apps && !apps.contains_key(app) {
                 apps.retain(|_, s| s.available_permits() < limit);
             }
             apps.entry(Arc::from(app))
@@ -128,6 +143,24 @@ fn verify<T: SignedRequest>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_application_gets_at_most_its_slots_and_others_are_not_held_back() {
+        let inflight = Inflight::default();
+        let first = inflight.acquire("a", 2, 10).unwrap();
+        let _second = inflight.acquire("a", 2, 10).unwrap();
+        let refused = inflight.acquire("a", 2, 10).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("max_inflight_requests_per_app"));
+        let _other = inflight.acquire("b", 2, 10).unwrap();
+        drop(first);
+        let _again = inflight.acquire("a", 2, 10).unwrap();
+        // Idle applications are forgotten past twice max_apps.
+        for app in 0..5 {
+            drop(inflight.acquire(&format!("idle-{app}"), 2, 1).unwrap());
+        }
+        assert!(inflight.apps.lock().unwrap().len() <= 4);
+    }
 
     #[test]
     fn the_table_of_who_may_call_what() {

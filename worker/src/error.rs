@@ -28,6 +28,9 @@ pub enum WorkerError {
     PartitionFull { location: String, cap: u64 },
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A connection limit refused a connection; retry later.
+    #[error("{0}")]
+    TooManyConnections(String),
     #[error("cannot reach the master: {0}")]
     Master(String),
 }
@@ -40,7 +43,7 @@ impl WorkerError {
             WorkerError::Protocol(e) => e.code(),
             WorkerError::NotFound(_) => ErrorCode::NotFound,
             WorkerError::Committed(_) => ErrorCode::Committed,
-            WorkerError::Busy { .. } => ErrorCode::Busy,
+            WorkerError::Busy { .. } | WorkerError::TooManyConnections(_) => ErrorCode::Busy,
             WorkerError::Disk { .. } | WorkerError::PartitionFull { .. } => ErrorCode::DiskFull,
             WorkerError::Master(_) => ErrorCode::Unavailable,
             WorkerError::PermissionDenied(_) => ErrorCode::PermissionDenied,

@@ -43,6 +43,8 @@ pub struct Shared {
     /// The cluster secrets from `cluster_secret_file`; `None`: connections are not
     /// authenticated.
     pub keyring: Option<Arc<Keyring>>,
+    /// Open application sessions per port and application (`max_connections_per_app`).
+    pub app_connections: crate::server::AppCounts,
     /// Connections refused at the handshake (their log lines are rate-limited by this count).
     pub handshakes_refused: std::sync::atomic::AtomicU64,
     /// The certificate the worker's TLS ports present (`tls_cert_file`, `tls_key_file`);
@@ -157,6 +159,7 @@ pub(crate) fn start(
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
         handshakes_refused: std::sync::atomic::AtomicU64::new(0),
+        app_connections: crate::server::AppCounts::default(),
         telemetry,
         metrics,
         info,

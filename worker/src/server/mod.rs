@@ -15,6 +15,7 @@
 //! session handshake, both within `auth_handshake_timeout` of the accept.
 
 mod access;
+pub use access::AppCounts;
 pub mod control;
 pub mod fetch;
 pub mod push;
@@ -44,7 +45,7 @@ use crate::shared::Shared;
 /// read into allocations of their own.
 const READ_BUFFER: usize = 16 * 1024;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Port {
     Push,
     Fetch,
@@ -55,6 +56,8 @@ pub enum Port {
 pub struct Accepted {
     pub stream: Stream,
     pub deadline: tokio::time::Instant,
+    /// The port it came in on.
+    pub port: Port,
 }
 
 type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -168,7 +171,11 @@ pub async fn accept_loop(
                             }
                         }
                     };
-                    let accepted = Accepted { stream, deadline };
+                    let accepted = Accepted {
+                        stream,
+                        deadline,
+                        port,
+                    };
                     match port {
                         Port::Push => push::serve(accepted, &peer, shared, shutdown).await,
                         Port::Fetch => fetch::serve(accepted, &peer, shared, shutdown).await,
@@ -235,6 +242,8 @@ pub(crate) struct Conn {
     peer: String,
     /// Who the session speaks for; `None` when the worker runs without authentication.
     principal: Option<Principal>,
+    /// An application session's place among its application's connections to this port.
+    _app_slot: Option<access::AppSlot>,
 }
 
 impl Conn {
@@ -333,10 +342,24 @@ pub(crate) async fn open(
             }
         }
     }
+    let app_slot = match principal.as_ref().and_then(|p| p.app_id()) {
+        Some(app) => match access::AppSlot::take(shared, accepted.port, app) {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                let refusal = error_frame(0, &e);
+                if writer.write_frame(&refusal).await.is_ok() {
+                    let _ = writer.flush().await;
+                }
+                return None;
+            }
+        },
+        None => None,
+    };
     let conn = Conn {
         reader,
         peer: peer.to_string(),
         principal,
+        _app_slot: app_slot,
     };
     Some((conn, writer))
 }
