@@ -979,3 +979,131 @@ async fn one_application_holds_at_most_its_share_of_connections() {
     drop((second, again));
     cluster.shutdown().await.unwrap();
 }
+
+/// The review's reproduction, and its cousins: a peer that is not the master sends a worker
+/// `Reserve` (redirecting a primary's replica to a listener of its own), `Commit` and `Destroy`,
+/// over plain TCP, as another application and as the victim application itself. Every one is
+/// refused; the victim's shuffle is then written and read back exactly, and the listener never
+/// sees a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_control_frames_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, keyring) = secure_cluster_of(dir.path(), 3).await;
+    let victim = app_client(&cluster, "the victim's secret", 2);
+    let key = ShuffleKey::new("app-victim", 0);
+    let handle = victim.register_shuffle(&key, 2, 2).await.unwrap();
+    let locations = &handle.locations;
+    let worker = |index: u32| {
+        let info = &locations.workers[index as usize];
+        format!("{}:{}", info.host, info.push_port)
+    };
+    let primary = worker(locations.primary_worker[0]);
+    let fetch = {
+        let info = &locations.workers[locations.primary_worker[0] as usize];
+        format!("{}:{}", info.host, info.fetch_port)
+    };
+
+    let thief = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thief_port = thief.local_addr().unwrap().port();
+    let redirect = {
+        let header = pb::ReserveHeader {
+            shuffle: Some(key.to_pb()),
+            locations: vec![pb::LocationSpec {
+                partition: 0,
+                epoch: 0,
+                role: pb::Role::Primary as i32,
+                replica: Some(pb::WorkerInfo {
+                    id: "thief".into(),
+                    host: "127.0.0.1".into(),
+                    push_port: u32::from(thief_port),
+                    fetch_port: u32::from(thief_port),
+                    ..Default::default()
+                }),
+            }],
+        };
+        OutFrame::new(MessageType::Reserve, 0, &header)
+    };
+    let commit = OutFrame::new(
+        MessageType::Commit,
+        0,
+        &pb::CommitHeader {
+            shuffle: Some(key.to_pb()),
+            locations: vec![pb::LocationSpec {
+                partition: 0,
+                epoch: 0,
+                role: pb::Role::Primary as i32,
+                replica: None,
+            }],
+        },
+    );
+    let destroy = OutFrame::new(
+        MessageType::Destroy,
+        0,
+        &pb::DestroyHeader {
+            app_id: "app-victim".into(),
+            shuffle_id: None,
+        },
+    );
+    let forged = [redirect, commit, destroy];
+
+    // Plain TCP, no session: refused before anything is read.
+    for frame in &forged {
+        let plain = RpcClient::connect(&primary, FrameLimits::default(), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(
+            remote_code(plain.call(frame.clone(), TIMEOUT).await),
+            ErrorCode::Unauthenticated,
+            "{:?}",
+            frame.kind
+        );
+    }
+    // Sessions of another application, of the victim itself, and of a worker: no control.
+    let other = app_credentials(&cluster.master_addr, "app-other", "other").await;
+    let own = app_credentials(&cluster.master_addr, "app-victim", "the victim's secret").await;
+    let as_worker = Credentials::cluster(Principal::Worker("w-x".into()), &keyring);
+    for credentials in [&other, &own, &as_worker] {
+        for port in [&primary, &fetch] {
+            let session =
+                RpcClient::connect_as(port, FrameLimits::default(), TIMEOUT, Some(credentials))
+                    .await
+                    .unwrap();
+            for frame in &forged {
+                let answer = session.call(frame.clone(), TIMEOUT).await;
+                let code = remote_code(answer);
+                assert!(
+                    matches!(
+                        code,
+                        ErrorCode::PermissionDenied | ErrorCode::InvalidRequest
+                    ),
+                    "{} on {port}: {:?} answered {code:?}",
+                    credentials.principal,
+                    frame.kind
+                );
+            }
+        }
+    }
+
+    // The victim's shuffle is untouched: not sealed, not destroyed, its replica where the
+    // master put it.
+    let mut ids = Vec::new();
+    for map in 0..2 {
+        let mut writer = victim.writer(handle.clone(), map, 0).unwrap();
+        let mut record = Vec::new();
+        for seq in 0..300 {
+            record.clear();
+            sluice::records::encode(&mut record, map, seq, 120);
+            writer.write(seq % 2, &record).await.unwrap();
+            ids.push(sluice::records::RecordId { map, seq });
+        }
+        writer.finish().await.unwrap();
+    }
+    let seen = common::read_records(&victim, &key, 0..2, None)
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), ids.len());
+    assert!(seen.values().all(|&n| n == 1));
+    let stolen = tokio::time::timeout(Duration::from_millis(200), thief.accept()).await;
+    assert!(stolen.is_err(), "the thief's listener got a connection");
+    cluster.shutdown().await.unwrap();
+}
