@@ -22,6 +22,10 @@
 //!   stalled replica, skewed merged pushes, loitering connections, zero-length slices); the
 //!   worker process's peak RSS must stay within budget + allowance. [`raw`] builds their raw
 //!   frames and the stalled replica.
+//! - [`security`]: a `--secure` run ([`Options::secure`]): a cluster secret and TLS on every port
+//!   of every master and worker, made once per run and kept on its [`Run`]; every client of the
+//!   harness authenticates (one application secret per run), status polls sign as the operator,
+//!   raw connections and the stalled replica speak TLS and hold sessions as cluster principals.
 //!
 //! Every child is SIGKILLed when its handle drops, dies with the harness (`PR_SET_PDEATHSIG`),
 //! and a final sweep ([`cluster::Run::sweep`]) kills anything left.

@@ -483,10 +483,9 @@ impl StalledWorker {
             while let Ok((stream, _)) = push.accept().await {
                 match &security {
                     None => connections.spawn(serve_stalled(stream)),
-                    Some(security) => connections.spawn(serve_stalled_secure(
-                        stream,
-                        security.clone(),
-                    )),
+                    Some(security) => {
+                        connections.spawn(serve_stalled_secure(stream, security.clone()))
+                    }
                 };
             }
         });

@@ -74,8 +74,8 @@ impl Security {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let files: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .context("sluice dev-certs printed no JSON line")?;
+        let files: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("sluice dev-certs printed no JSON line")?;
         let file = |name: &str| {
             files[name]
                 .as_str()

@@ -3,11 +3,11 @@
 //! ([`write_with_faults`]) or without ([`Setup::write_all`]), and read everything back
 //! ([`Setup::read_all`]) into an [`Observed`], which [`crate::scenario`] judges.
 
-use std::sync::Arc;
-use std::time::Duration;
 use anyhow::{anyhow, Context};
 use sluice_client::{ClientConfig, ClientError, ShuffleHandle, SluiceClient};
 use sluice_protocol::ShuffleKey;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cluster::{Cluster, Run, WorkerSpec};
 use crate::memory::MemoryFigures;
