@@ -1,5 +1,5 @@
 # Sluice: the commands README.md names.
-.PHONY: demo local bench chaos test test-rust test-jvm test-demo test-ops lint
+.PHONY: demo local bench chaos chaos-secure test test-rust test-jvm test-demo test-ops lint
 
 # The main job: a local Sluice cluster serving a real PySpark job, checked against Spark's own
 # shuffle (builds the binary and the jar; creates .venv with pyspark on first use).
@@ -21,6 +21,11 @@ bench:
 chaos:
 	cargo build -p sluice
 	cargo run -p chaos -- --all
+
+# The same with a cluster secret and TLS on every port, every client authenticated.
+chaos-secure:
+	cargo build -p sluice
+	cargo run -p chaos -- --all --secure
 
 # Every test: formatting and lints, the Rust tests (with the status page in headless Chromium
 # and the dashboard against a real Prometheus), the Spark (JUnit) tests, spark-submit from

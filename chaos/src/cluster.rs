@@ -25,16 +25,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use sluice_client::{ClientConfig, SluiceClient};
+use sluice_protocol::auth::{Principal, SignedRequest};
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::{FrameLimits, MessageType};
 use sluice_protocol::pb::master_client::MasterClient;
 use sluice_protocol::rpc::RpcClient;
+use sluice_protocol::tls::TlsConnector;
 use sluice_protocol::{pb, ErrorCode};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proxy::Proxy;
+use crate::security::{Security, RAW_PRINCIPAL, SERVER_NAME};
 
 /// How long a process may take to print its ready line, and a cluster to form.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,6 +70,8 @@ pub struct Run {
     /// Config keys and TOML values written into every worker's config file, after the
     /// scenario's own.
     pub worker_settings: Vec<(String, String)>,
+    /// A `--secure` run's secret and certificates ([`Run::secure`]); `None`: everything plain.
+    pub security: Option<Arc<Security>>,
 }
 
 impl Run {
@@ -76,7 +81,124 @@ impl Run {
             dir,
             live: Registry::default(),
             worker_settings: Vec::new(),
+            security: None,
         }
+    }
+
+    /// Makes this run secure: a cluster secret and certificates for every master and worker,
+    /// authentication and TLS for every connection of the harness.
+    pub async fn secure(&mut self) -> anyhow::Result<()> {
+        let security = Security::prepare(&self.sluice, &self.dir).await?;
+        self.security = Some(Arc::new(security));
+        Ok(())
+    }
+
+    /// The client settings of every scenario: short timeouts so a dead or silent worker is
+    /// noticed in seconds, and small batches so there are many pushes and chunks to interrupt.
+    /// In a secure run, TLS and the run's application secret.
+    pub fn client_config(&self, master: &str, replication: u32) -> ClientConfig {
+        let mut config = ClientConfig {
+            replication,
+            batch_size: crate::setup::BATCH_SIZE,
+            push_size: 128 * 1024,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            push_retry_timeout: Duration::from_secs(60),
+            layout_timeout: Duration::from_secs(60),
+            // A stopped master is given up on by the connection's keep-alive (about 1.5 s, at
+            // the default settings); the masters elect a new leader in about as long, and a
+            // call keeps trying the others well past that.
+            master_retry_timeout: Duration::from_secs(30),
+            ..ClientConfig::new(master)
+        };
+        if let Some(security) = &self.security {
+            config.app_secret = Some(security.app_secret.clone());
+            config.tls = true;
+            config.tls_ca_file = security.ca.display().to_string();
+            config.tls_server_name = SERVER_NAME.into();
+        }
+        config
+    }
+
+    /// A client of the masters in `master` for the harness's own questions (`ClusterStatus`),
+    /// signing them as the operator in a secure run: an application's client may not ask.
+    pub fn operator(&self, master: &str) -> anyhow::Result<SluiceClient> {
+        let client = SluiceClient::new(self.client_config(master, 1))?;
+        Ok(match &self.security {
+            Some(security) => client.as_operator(&security.keyring),
+            None => client,
+        })
+    }
+
+    /// `message` as a gRPC request of `principal`: signed in a secure run, plain otherwise.
+    pub fn sign<T: SignedRequest>(
+        &self,
+        principal: &Principal,
+        message: T,
+    ) -> anyhow::Result<tonic::Request<T>> {
+        match &self.security {
+            Some(security) => security.sign(principal, message),
+            None => Ok(tonic::Request::new(message)),
+        }
+    }
+
+    /// A data-plane connection to the worker port `addr` within `timeout`: in a secure run with
+    /// TLS and a session as the cluster principal `worker:<worker>`.
+    pub async fn rpc(
+        &self,
+        addr: &str,
+        worker: &str,
+        timeout: Duration,
+    ) -> sluice_protocol::ProtocolResult<RpcClient> {
+        let credentials = self
+            .security
+            .as_ref()
+            .map(|s| s.credentials(Principal::Worker(worker.to_string())));
+        let tls = self.security.as_ref().map(|s| &s.tls);
+        RpcClient::connect_with(
+            addr,
+            FrameLimits::default(),
+            timeout,
+            credentials.as_ref(),
+            tls,
+        )
+        .await
+    }
+
+    /// A gRPC channel connected to the master at `addr` (not to whichever master leads), each
+    /// call on it bounded by `timeout`; with TLS in a secure run.
+    pub async fn master_channel(&self, addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = match &self.security {
+            Some(security) => {
+                endpoint
+                    .connect_with_connector(TlsConnector::new(&security.tls))
+                    .await
+            }
+            None => endpoint.connect().await,
+        };
+        channel.with_context(|| format!("connecting to master {addr}"))
+    }
+
+    /// What the master at `addr` answers to `MasterStatus` (signed as the operator in a secure
+    /// run), within `timeout` (connecting included).
+    pub async fn master_status(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<pb::MasterStatusResponse> {
+        let ask = async {
+            let channel = self.master_channel(addr, timeout).await?;
+            let request = self.sign(&Principal::Admin, pb::MasterStatusRequest {})?;
+            let status = MasterClient::new(channel).master_status(request).await?;
+            anyhow::Ok(status.into_inner())
+        };
+        tokio::time::timeout(timeout, ask)
+            .await
+            .map_err(|_| anyhow!("{addr} did not answer MasterStatus within {timeout:?}"))?
     }
 
     /// SIGKILLs every child still registered (a handle that was leaked, say) and returns how
@@ -112,7 +234,7 @@ fn signal(pid: u32, sig: libc::c_int) -> bool {
 /// (`/proc/<pid>/fd` → socket inodes → `/proc/<pid>/net/tcp`), told apart by asking each to
 /// open a stream of a location that does not exist. Only the fetch port looks it up (and
 /// answers `NotFound`); the push port does not serve the request at all.
-async fn bound_ports(pid: u32) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+async fn bound_ports(run: &Run, pid: u32) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let ports = listening_ports(pid)?;
     let [a, b] = ports[..] else {
         bail!("worker pid {pid} listens on {ports:?}, not on two ports");
@@ -121,7 +243,7 @@ async fn bound_ports(pid: u32) -> anyhow::Result<(SocketAddr, SocketAddr)> {
         SocketAddr::from(([127, 0, 0, 1], a)),
         SocketAddr::from(([127, 0, 0, 1], b)),
     );
-    match (is_fetch_port(a).await?, is_fetch_port(b).await?) {
+    match (is_fetch_port(run, a).await?, is_fetch_port(run, b).await?) {
         (false, true) => Ok((a, b)),
         (true, false) => Ok((b, a)),
         answers => bail!("cannot tell the push port from the fetch port of pid {pid}: {answers:?}"),
@@ -157,7 +279,7 @@ fn listening_ports(pid: u32) -> anyhow::Result<Vec<u16>> {
     Ok(ports)
 }
 
-async fn is_fetch_port(addr: SocketAddr) -> anyhow::Result<bool> {
+async fn is_fetch_port(run: &Run, addr: SocketAddr) -> anyhow::Result<bool> {
     let probe = pb::OpenStreamHeader {
         location: Some(pb::LocationRef {
             shuffle: Some(pb::ShuffleKey {
@@ -168,8 +290,9 @@ async fn is_fetch_port(addr: SocketAddr) -> anyhow::Result<bool> {
         }),
         ..pb::OpenStreamHeader::default()
     };
-    let client =
-        RpcClient::connect(&addr.to_string(), FrameLimits::default(), READY_TIMEOUT).await?;
+    let client = run
+        .rpc(&addr.to_string(), RAW_PRINCIPAL, READY_TIMEOUT)
+        .await?;
     let answer = client
         .call(
             OutFrame::new(MessageType::OpenStream, 0, &probe),
@@ -427,7 +550,8 @@ pub struct Cluster {
     /// Every master's address, comma-separated: the `master` setting of workers and clients.
     pub master_addr: String,
     pub dir: PathBuf,
-    run: Run,
+    /// The run it belongs to (its security, for the harness's own connections).
+    pub run: Run,
     _mounts: Vec<Mount>,
 }
 
@@ -516,6 +640,9 @@ impl Cluster {
                 toml_text(&format!("{}ms", ELECTION_TIMEOUT.as_millis())),
             ),
         ];
+        if let Some(security) = &self.run.security {
+            settings.extend(security.master_settings());
+        }
         if peers.len() > 1 {
             let list: Vec<String> = peers.iter().map(|p| toml_text(&p.to_string())).collect();
             settings.push(("peers".into(), format!("[{}]", list.join(", "))));
@@ -607,8 +734,8 @@ impl Cluster {
         let mut asks = tokio::task::JoinSet::new();
         for (i, master) in self.masters.iter().enumerate() {
             if master.serving() {
-                let addr = master.addr.to_string();
-                asks.spawn(async move { (i, master_status(&addr, timeout).await) });
+                let (addr, run) = (master.addr.to_string(), self.run.clone());
+                asks.spawn(async move { (i, run.master_status(&addr, timeout).await) });
             }
         }
         let mut answers = Vec::new();
@@ -734,6 +861,9 @@ impl Cluster {
             ]),
             None => settings.push(("master".into(), toml_text(&self.master_addr))),
         }
+        if let Some(security) = &self.run.security {
+            settings.extend(security.worker_settings());
+        }
         for (key, value) in spec.settings.iter().chain(&self.run.worker_settings) {
             settings.retain(|(k, _)| k != key);
             settings.push((key.clone(), value.clone()));
@@ -777,7 +907,7 @@ impl Cluster {
         if let Some(proxies) = &worker.proxies {
             // The ready line names the proxies; the worker's own ports are its listening
             // sockets.
-            let (push, fetch) = bound_ports(process.pid()).await?;
+            let (push, fetch) = bound_ports(&self.run, process.pid()).await?;
             proxies.push.retarget(push);
             proxies.fetch.retarget(fetch);
         }
@@ -790,7 +920,7 @@ impl Cluster {
 
     /// Waits until the master lists `n` workers alive.
     pub async fn wait_alive(&self, n: usize) -> anyhow::Result<()> {
-        let client = SluiceClient::new(ClientConfig::new(self.master_addr.clone()))?;
+        let client = self.run.operator(&self.master_addr)?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(status) = client.cluster_status().await {
@@ -904,35 +1034,6 @@ impl Cluster {
             self.kill_master(i).await;
         }
     }
-}
-
-/// What the master at `addr` answers to `MasterStatus`, within `timeout` (connecting included).
-pub async fn master_status(
-    addr: &str,
-    timeout: Duration,
-) -> anyhow::Result<pb::MasterStatusResponse> {
-    let ask = async {
-        let channel = master_channel(addr, timeout).await?;
-        let status = MasterClient::new(channel)
-            .master_status(pb::MasterStatusRequest {})
-            .await?;
-        anyhow::Ok(status.into_inner())
-    };
-    tokio::time::timeout(timeout, ask)
-        .await
-        .map_err(|_| anyhow!("{addr} did not answer MasterStatus within {timeout:?}"))?
-}
-
-/// A gRPC channel connected to the master at `addr` (not to whichever master leads), each call
-/// on it bounded by `timeout`.
-pub async fn master_channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to master {addr}"))
 }
 
 /// Addresses for `n` masters of the cluster in `dir`: each its own loopback IP (`127.a.b.c`,

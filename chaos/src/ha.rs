@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use sluice_client::SluiceClient;
+use sluice_protocol::auth::Principal;
 use sluice_protocol::pb::master_client::MasterClient;
 use sluice_protocol::{pb, ShuffleKey};
 
-use crate::cluster::{master_channel, master_status, Cluster, Leader};
-use crate::setup::{client_config, four_workers, write_with_faults, Ctx, Observed, Setup};
+use crate::cluster::{Cluster, Leader, Run};
+use crate::setup::{four_workers, write_with_faults, Ctx, Observed, Setup};
 use crate::workload::{Reads, Shape, Workload, Writes};
 
 /// Masters of the group.
@@ -72,8 +73,8 @@ impl FaultMark {
 impl Probe {
     /// Starts probing the masters in `master_addr` (comma-separated) and waits until one of
     /// them accepted a registration, so a failover measured later is one.
-    pub(crate) async fn start(master_addr: &str) -> anyhow::Result<Probe> {
-        let client = SluiceClient::new(client_config(master_addr, 1))?;
+    pub(crate) async fn start(run: &Run, master_addr: &str) -> anyhow::Result<Probe> {
+        let client = SluiceClient::new(run.client_config(master_addr, 1))?;
         let state = Arc::new(Mutex::new(ProbeState::default()));
         let task = tokio::spawn(probe(client, state.clone()));
         let probe = Probe { state, task };
@@ -188,7 +189,7 @@ async fn start_group(ctx: &Ctx) -> anyhow::Result<(Setup, Probe)> {
     let setup =
         Setup::start_masters(ctx, MASTERS, &four_workers(), ctx.sizes.workload(), |_| {}).await?;
     ctx.phase.set("starting the probe");
-    let probe = Probe::start(&setup.cluster.master_addr).await?;
+    let probe = Probe::start(&ctx.run, &setup.cluster.master_addr).await?;
     Ok((setup, probe))
 }
 
@@ -219,13 +220,18 @@ async fn record_failover(cluster: &Cluster, probe: &Probe, observed: &mut Observ
 async fn rejoined(cluster: &Cluster, i: usize, observed: &mut Observed) {
     let wait = async {
         let leader = cluster.leader(ELECTION_LIMIT).await?;
-        let target = master_status(&leader.addr, Duration::from_secs(2))
+        let target = cluster
+            .run
+            .master_status(&leader.addr, Duration::from_secs(2))
             .await?
             .last_applied;
         let addr = cluster.masters[i].addr.to_string();
         let deadline = Instant::now() + ELECTION_LIMIT;
         loop {
-            let status = master_status(&addr, Duration::from_secs(1)).await;
+            let status = cluster
+                .run
+                .master_status(&addr, Duration::from_secs(1))
+                .await;
             if let Ok(status) = &status {
                 let follows = status.leader.as_ref().map(|l| l.id) == Some(leader.index as u64);
                 if follows && status.last_applied >= target {
@@ -374,7 +380,11 @@ pub(crate) async fn stop_leader(ctx: &Ctx) -> anyhow::Result<Observed> {
     let (mut setup, probe) = start_group(ctx).await?;
     let mut observed = setup.observed();
     let old = setup.cluster.leader(ELECTION_LIMIT).await?;
-    let mut deposed = MasterClient::new(master_channel(&old.addr, Duration::from_secs(5)).await?);
+    let mut deposed = MasterClient::new(
+        ctx.run
+            .master_channel(&old.addr, Duration::from_secs(5))
+            .await?,
+    );
     let mid = ctx.sizes.mid_write();
     let mut writes = setup.writes();
     let mut result = writes.until(mid).await;
@@ -402,7 +412,7 @@ pub(crate) async fn stop_leader(ctx: &Ctx) -> anyhow::Result<Observed> {
             tokio::time::sleep(held.saturating_sub(stopped.elapsed())).await;
             let stopped_for = stopped.elapsed();
             cluster.resume_master(old.index);
-            let answer = write_to(&mut deposed).await;
+            let answer = write_to(&ctx.run, &mut deposed).await;
             (new.map(|n| (n, elected)), failover, stopped_for, answer)
         });
         result = written;
@@ -446,15 +456,21 @@ pub(crate) async fn stop_leader(ctx: &Ctx) -> anyhow::Result<Observed> {
 }
 
 /// A write sent to one master only (no following of the leader): a probe shuffle's
-/// registration.
+/// registration, signed as the operator in a secure run (signed now, after the SIGCONT, so its
+/// time is fresh and only the master's leadership decides the answer).
 async fn write_to(
+    run: &Run,
     master: &mut MasterClient<tonic::transport::Channel>,
 ) -> Result<Result<pb::RegisterShuffleResponse, tonic::Status>, tokio::time::error::Elapsed> {
-    let request = pb::RegisterShuffleRequest {
+    let message = pb::RegisterShuffleRequest {
         shuffle: Some(ShuffleKey::new("chaos-deposed", 0).to_pb()),
         num_maps: 1,
         num_partitions: 1,
         replication: 1,
+    };
+    let request = match run.sign(&Principal::Admin, message) {
+        Ok(request) => request,
+        Err(e) => return Ok(Err(tonic::Status::internal(format!("signing: {e:#}")))),
     };
     tokio::time::timeout(Duration::from_secs(5), master.register_shuffle(request))
         .await
@@ -523,7 +539,7 @@ pub(crate) async fn single_master_restart(ctx: &Ctx, at_commit: bool) -> anyhow:
     writes.all().await?;
     Reads::open(&setup.client, &early_key, &early).await?;
     ctx.phase.set("starting the probe");
-    let probe = Probe::start(&setup.cluster.master_addr).await?;
+    let probe = Probe::start(&ctx.run, &setup.cluster.master_addr).await?;
     // The end of the workload is reached once the last map's end is acknowledged.
     let at = [if at_commit {
         setup.workload.at(1.0)

@@ -22,6 +22,10 @@
 //!   stalled replica, skewed merged pushes, loitering connections, zero-length slices); the
 //!   worker process's peak RSS must stay within budget + allowance. [`raw`] builds their raw
 //!   frames and the stalled replica.
+//! - [`security`]: a `--secure` run ([`Options::secure`]): a cluster secret and TLS on every port
+//!   of every master and worker, made once per run and kept on its [`Run`]; every client of the
+//!   harness authenticates (one application secret per run), status polls sign as the operator,
+//!   raw connections and the stalled replica speak TLS and hold sessions as cluster principals.
 //!
 //! Every child is SIGKILLed when its handle drops, dies with the harness (`PR_SET_PDEATHSIG`),
 //! and a final sweep ([`cluster::Run::sweep`]) kills anything left.
@@ -36,6 +40,7 @@ pub mod proxy;
 pub mod raw;
 pub mod records;
 pub mod scenario;
+pub mod security;
 pub mod setup;
 pub mod workload;
 
@@ -59,6 +64,9 @@ pub struct Options {
     pub quick: bool,
     /// Config keys and TOML values (`("memory_budget", "\"1GiB\"")`) for every worker.
     pub worker_settings: Vec<(String, String)>,
+    /// A cluster secret and TLS on every port of every master and worker; the harness
+    /// authenticates and speaks TLS on every connection ([`security`]).
+    pub secure: bool,
 }
 
 impl Options {
@@ -70,6 +78,7 @@ impl Options {
             runs,
             quick: false,
             worker_settings: Vec::new(),
+            secure: false,
         }
     }
 
@@ -92,6 +101,8 @@ pub struct Report {
     pub run_dir: PathBuf,
     /// Children the final sweep had to kill (0 unless a handle leaked).
     pub swept: usize,
+    /// Whether the cluster ran with a cluster secret and TLS, and the harness authenticated.
+    pub secure: bool,
 }
 
 impl Report {
@@ -102,7 +113,11 @@ impl Report {
 
     /// A fixed-width table, one row per scenario, then each row's detail.
     pub fn table(&self) -> String {
-        let mut out = format!(
+        let mut out = String::new();
+        if self.secure {
+            out.push_str("cluster secret and TLS on every port; every client authenticated\n");
+        }
+        out.push_str(&format!(
             "{:<28} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}  {}\n",
             "scenario",
             "repl",
@@ -113,7 +128,7 @@ impl Report {
             "corrupted",
             "seconds",
             "verdict"
-        );
+        ));
         for o in &self.scenarios {
             out.push_str(&format!(
                 "{:<28} {:>4} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7.1}  {}\n",
@@ -208,6 +223,9 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&options.run_dir)?;
     let mut harness = Run::new(options.sluice.clone(), options.run_dir.clone());
     harness.worker_settings = options.worker_settings.clone();
+    if options.secure {
+        harness.secure().await?;
+    }
     let sizes = Sizes::new(options.quick);
     let mut scenarios = Vec::new();
     for (scenario, replication) in &options.runs {
@@ -224,5 +242,6 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         scenarios,
         run_dir: options.run_dir.clone(),
         swept,
+        secure: options.secure,
     })
 }

@@ -35,6 +35,11 @@ struct Cli {
     /// Small sizes.
     #[arg(long)]
     quick: bool,
+    /// Run masters and workers with a cluster secret and TLS on every port, and authenticate
+    /// and speak TLS on every connection of the harness (a secret and development certificates
+    /// are made under the run directory).
+    #[arg(long)]
+    secure: bool,
     /// Directory for logs and data (default: a new directory under the system temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -123,6 +128,7 @@ fn main_inner() -> anyhow::Result<ExitCode> {
     eprintln!("chaos: logs and data under {}", run_dir.display());
     let options = Options {
         quick: cli.quick,
+        secure: cli.secure,
         worker_settings: cli
             .worker_settings
             .iter()

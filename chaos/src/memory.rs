@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{toml_text, Cluster, WorkerSpec};
 use crate::raw::{self, Loiterers, StalledWorker};
-use crate::setup::{client_config, Ctx, Observed, Phase, Setup};
+use crate::setup::{Ctx, Observed, Phase, Setup};
 use crate::workload::{Shape, Workload, Writes};
 
 /// The worker's `memory_budget` in every memory scenario.
@@ -39,7 +39,7 @@ pub const ALLOWANCE: u64 = 48 << 20;
 
 /// The connection limits every memory scenario's worker runs with; `mem-idle-connections`
 /// requires the worker to close every loitering connection within [`CLOSE_LIMIT`].
-pub const LIMIT_SETTINGS: [(&str, &str); 3] = [
+pub const LIMIT_SETTINGS: [(&str, &str); 4] = [
     // A connection that sends nothing for this long is closed.
     ("connection_idle_timeout", "\"5s\""),
     // A frame whose bytes stop arriving for this long is abandoned and its connection closed.
@@ -47,6 +47,9 @@ pub const LIMIT_SETTINGS: [(&str, &str); 3] = [
     // Connections the push and fetch ports each keep open; above the scenario's 2000 plus
     // the workload's, so the cap is configured but not what closes them.
     ("max_connections", "4096"),
+    // The same per address: every loiterer comes from 127.0.0.1, and at the default (512)
+    // three in four would be closed on accept, before they could hold any memory.
+    ("max_connections_per_ip", "4096"),
 ];
 
 /// With [`LIMIT_SETTINGS`]: how long after they were opened every loitering connection must
@@ -208,7 +211,7 @@ fn watch_worker(setup: &Setup, i: usize) -> anyhow::Result<RssWatch> {
         .ok_or_else(|| anyhow::anyhow!("worker {i} is not running"))?;
     Ok(RssWatch::start(
         pid,
-        setup.client.clone(),
+        setup.cluster.run.operator(&setup.cluster.master_addr)?,
         setup.id(i),
         setup.phase.clone(),
     ))
@@ -252,7 +255,9 @@ pub(crate) async fn writers(ctx: &Ctx) -> anyhow::Result<Observed> {
         ));
         let mut tasks = tokio::task::JoinSet::new();
         for map in pending.drain(..) {
-            let mut config = client_config(&setup.cluster.master_addr, ctx.replication);
+            let mut config = ctx
+                .run
+                .client_config(&setup.cluster.master_addr, ctx.replication);
             config.batch_size = 1 << 20;
             config.push_size = push_size(map);
             config.max_inflight_pushes = INFLIGHT;
@@ -305,9 +310,9 @@ pub(crate) async fn stalled_replica(ctx: &Ctx) -> anyhow::Result<Observed> {
     let pushes = if ctx.sizes.quick { 400 } else { 1500 };
     ctx.phase.set("starting the cluster");
     let cluster = Cluster::start(&ctx.run, &ctx.name, &[memory_worker()]).await?;
-    let stalled = StalledWorker::start(&cluster.master_addr, "w9-stalled").await?;
+    let stalled = StalledWorker::start(&ctx.run, &cluster.master_addr, "w9-stalled").await?;
     cluster.wait_alive(2).await?;
-    let client = SluiceClient::new(client_config(&cluster.master_addr, 2))?;
+    let client = SluiceClient::new(ctx.run.client_config(&cluster.master_addr, 2))?;
     let key = sluice_protocol::ShuffleKey::new("chaos", 0);
     let handle = client.register_shuffle(&key, 1, 8).await?;
     let locations = &handle.locations;
@@ -332,13 +337,15 @@ pub(crate) async fn stalled_replica(ctx: &Ctx) -> anyhow::Result<Observed> {
     let pid = cluster
         .pid(0)
         .ok_or_else(|| anyhow::anyhow!("w0 is not running"))?;
-    let watch = RssWatch::start(pid, client.clone(), "w0".into(), ctx.phase.clone());
+    let operator = ctx.run.operator(&cluster.master_addr)?;
+    let watch = RssWatch::start(pid, operator, "w0".into(), ctx.phase.clone());
     let mut observed = Observed::default();
     ctx.phase.set(format!(
         "pushing {pushes} x 1 MiB to w0, whose replica never reads"
     ));
     let frames = raw::push_frames(&key, &targets, 1 << 20);
     let answers = raw::send_pushes(
+        &ctx.run,
         &cluster.workers[0].push,
         &frames,
         pushes,
@@ -419,6 +426,7 @@ pub(crate) async fn idle_connections(ctx: &Ctx) -> anyhow::Result<Observed> {
     let watch = watch_worker(&setup, 0)?;
     ctx.phase.set("opening 2000 connections to the push port");
     let loiterers = Loiterers::open(
+        &ctx.run,
         &setup.cluster.workers[0].push,
         &setup.key,
         IDLE,
@@ -474,6 +482,7 @@ pub(crate) async fn zero_slices(ctx: &Ctx) -> anyhow::Result<Observed> {
     let location = (0, setup.handle.locations.epoch[0]);
     let frame = raw::zero_slices_frame(&setup.key, location, SLICES);
     let answers = raw::send_pushes(
+        &ctx.run,
         &setup.cluster.workers[0].push,
         &[frame],
         frames,

@@ -1,7 +1,8 @@
 //! Raw data-plane traffic for the memory scenarios, built from `sluice_protocol` directly: push
 //! frames sent many at a time with every answer counted, connections that sit idle or stop
 //! half-way through a frame, and a stalled "worker" that the master places replicas on but
-//! that never reads what a primary forwards to it.
+//! that never reads what a primary forwards to it. In a secure run ([`crate::security`]) every
+//! one of them speaks TLS and authenticates with the cluster secret, as a worker would.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,16 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sluice_protocol::auth::{client_handshake, server_handshake, Principal};
 use sluice_protocol::batch;
 use sluice_protocol::connection::{FrameReader, FrameWriter, OutFrame};
 use sluice_protocol::frame::{FrameHead, FrameLimits, MessageType};
 use sluice_protocol::pb;
 use sluice_protocol::pb::master_client::MasterClient;
-use sluice_protocol::rpc::RpcClient;
+use sluice_protocol::tls;
+use sluice_protocol::transport::{ReadHalf, Stream, WriteHalf};
 use sluice_protocol::{ErrorCode, ProtocolError, ShuffleKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+use crate::cluster::Run;
+use crate::security::{Security, RAW_PRINCIPAL};
 
 /// A push frame of one batch of `len` bytes (head included) for each `(partition, epoch)`
 /// location, as a primary gets it from a writer. The batches differ only in their partition;
@@ -150,6 +155,7 @@ impl Answers {
 /// Sends `count` pushes to `addr`, cycling through `frames`, over `connections` connections
 /// with up to `inflight` pushes in flight on each, every one bounded by `timeout`.
 pub(crate) async fn send_pushes(
+    run: &Run,
     addr: &str,
     frames: &[OutFrame],
     count: usize,
@@ -162,9 +168,10 @@ pub(crate) async fn send_pushes(
     let mut tasks = JoinSet::new();
     for _ in 0..connections.max(1) {
         let (addr, next, frames) = (addr.to_string(), next.clone(), frames.clone());
+        let run = run.clone();
         tasks.spawn(async move {
             let mut answers = Answers::default();
-            let client = match RpcClient::connect(&addr, FrameLimits::default(), timeout).await {
+            let client = match run.rpc(&addr, RAW_PRINCIPAL, timeout).await {
                 Ok(client) => Arc::new(client),
                 Err(e) => {
                     answers.broken += 1;
@@ -213,6 +220,45 @@ pub(crate) async fn send_pushes(
     answers
 }
 
+/// Connections [`Loiterers::open`] has opening at once.
+const CONNECTING: usize = 32;
+/// How long opening one connection (TCP, and in a secure run TLS and the session) may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// A raw connection to the worker port `addr`, as the halves of a framed stream: plain, or in a
+/// secure run with TLS and a session as `worker:chaos-raw` (every frame then tagged).
+async fn connect(
+    run: &Run,
+    addr: &str,
+) -> anyhow::Result<(FrameReader<ReadHalf>, FrameWriter<WriteHalf>)> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let Some(security) = &run.security else {
+        let (read, write) = Stream::Plain(tcp).split();
+        return Ok((
+            FrameReader::new(read, FrameLimits::default()),
+            FrameWriter::new(write),
+        ));
+    };
+    let tls = security.tls.connect(tls::host_of(addr), tcp).await?;
+    let (read, write) = Stream::Client(Box::new(tls)).split();
+    let (mut reader, mut writer) = (
+        FrameReader::new(read, FrameLimits::default()),
+        FrameWriter::new(write),
+    );
+    let credentials = security.credentials(Principal::Worker(RAW_PRINCIPAL.into()));
+    let (sealer, opener) = client_handshake(
+        &mut reader,
+        &mut writer,
+        &credentials.principal,
+        &credentials.keys,
+    )
+    .await?;
+    writer.set_sealer(sealer);
+    reader.set_opener(opener);
+    Ok((reader, writer))
+}
+
 /// Connections opened to a worker's port and left there: idle ones, and ones that sent the
 /// head of a frame, its header and part of its body, then nothing more. Each is watched for the
 /// worker closing it.
@@ -230,8 +276,12 @@ pub(crate) struct Loiterers {
 
 impl Loiterers {
     /// Opens `idle` idle connections and `partial` ones that announce a push of `body_len`
-    /// bytes and send `sent` of them, to `addr`.
+    /// bytes and send `sent` of them, to `addr`. In a secure run each first finishes its TLS
+    /// and session handshakes (as `worker:chaos-raw`, which may push): a peer without the
+    /// secret is closed by the handshake timeout, so only an authenticated one can loiter
+    /// mid-frame, and that is what the worker's limits must still hold against.
     pub(crate) async fn open(
+        run: &Run,
         addr: &str,
         key: &ShuffleKey,
         idle: usize,
@@ -257,10 +307,8 @@ impl Loiterers {
             body_len,
             crc: 0,
         };
-        let mut start = head.encode().to_vec();
-        start.extend_from_slice(&frame.header);
-        start.resize(start.len() + sent.min(body_len as usize), 0x5A);
-        let start: Arc<[u8]> = start.into();
+        let header = frame.header.clone();
+        let body: Arc<[u8]> = vec![0x5A; sent.min(body_len as usize)].into();
         let mut loiterers = Loiterers {
             idle: 0,
             partial: 0,
@@ -270,10 +318,20 @@ impl Loiterers {
             closed: Arc::default(),
             tasks: JoinSet::new(),
         };
+        // Connections (and their handshakes) are opened a few dozen at a time, so opening
+        // 2000 takes about as long as the slowest few, not the sum of them all.
+        let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+        let mut connecting = JoinSet::new();
         for i in 0..idle + partial {
-            let is_partial = i >= idle;
-            let connect = TcpStream::connect(addr);
-            let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+            let (run, addr, permits) = (run.clone(), addr.to_string(), permits.clone());
+            connecting.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let opened = tokio::time::timeout(CONNECT_LIMIT, connect(&run, &addr)).await;
+                (i >= idle, opened.ok().and_then(Result::ok))
+            });
+        }
+        while let Some(joined) = connecting.join_next().await {
+            let Ok((is_partial, Some((mut reader, mut writer)))) = joined else {
                 loiterers.refused += 1;
                 continue;
             };
@@ -282,28 +340,23 @@ impl Loiterers {
             } else {
                 loiterers.idle += 1;
             }
-            let (start, stuck) = (start.clone(), loiterers.stuck.clone());
+            let (header, body, stuck) = (header.clone(), body.clone(), loiterers.stuck.clone());
             let (closed, opened) = (loiterers.closed.clone(), loiterers.opened);
             loiterers.tasks.spawn(async move {
-                let (mut read, mut write) = stream.into_split();
                 if is_partial {
                     let written = tokio::time::timeout(Duration::from_secs(2), async {
-                        write.write_all(&start).await?;
-                        write.flush().await
+                        writer.write_head(&head, &header).await?;
+                        writer.write_body(&body).await?;
+                        writer.flush().await
                     })
                     .await;
                     if !matches!(written, Ok(Ok(()))) {
                         stuck.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                // `write` stays alive until the worker closes: dropping it would send a FIN.
-                let mut sink = [0u8; 4096];
-                while let Ok(n) = read.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                drop(write);
+                // `writer` stays alive until the worker closes: dropping it would send a FIN.
+                while let Ok(Some(_)) = reader.read_frame().await {}
+                drop(writer);
                 closed
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -353,13 +406,19 @@ impl Drop for Loiterers {
 /// A "worker" that registers with the master and heartbeats, accepts every connection,
 /// answers the master's `Reserve` and `Destroy` (and refuses `Commit`), and never reads a
 /// single byte of a push: a replica whose disk or process is wedged while its sockets stay up.
+///
+/// In a secure run it holds the cluster secret like a real worker: it registers and heartbeats
+/// signed as `worker:<id>`, its ports speak TLS with the run's certificate, and every connection
+/// must first finish the session handshake. A session of the master is then served; any other
+/// (the primary forwarding its pushes, as `worker:<primary>`) is held and never read past the
+/// handshake, so the primary's replica stalls exactly as in a plain run.
 pub(crate) struct StalledWorker {
     pub id: String,
     tasks: JoinSet<()>,
 }
 
 impl StalledWorker {
-    pub(crate) async fn start(master: &str, id: &str) -> anyhow::Result<StalledWorker> {
+    pub(crate) async fn start(run: &Run, master: &str, id: &str) -> anyhow::Result<StalledWorker> {
         let push = TcpListener::bind("127.0.0.1:0").await?;
         let fetch = TcpListener::bind("127.0.0.1:0").await?;
         let info = pb::WorkerInfo {
@@ -378,9 +437,12 @@ impl StalledWorker {
             flush_latency_us: 0,
             healthy: true,
         }];
-        let mut master = MasterClient::connect(format!("http://{master}"))
+        let channel = run
+            .master_channel(master, Duration::from_secs(5))
             .await
             .context("connecting the stalled worker to the master")?;
+        let mut master = MasterClient::new(channel);
+        let me = Principal::Worker(id.to_string());
         let register = pb::RegisterWorkerRequest {
             worker: Some(info.clone()),
             disks: disks.clone(),
@@ -388,10 +450,11 @@ impl StalledWorker {
             ..pb::RegisterWorkerRequest::default()
         };
         master
-            .register_worker(register.clone())
+            .register_worker(run.sign(&me, register.clone())?)
             .await
             .context("registering the stalled worker")?;
         let mut tasks = JoinSet::new();
+        let beats = run.clone();
         tasks.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -402,17 +465,28 @@ impl StalledWorker {
                     state: pb::WorkerState::Active as i32,
                     ..pb::WorkerHeartbeatRequest::default()
                 };
+                let Ok(beat) = beats.sign(&me, beat) else {
+                    continue;
+                };
                 if let Ok(answer) = master.worker_heartbeat(beat).await {
                     if answer.into_inner().reregister {
-                        let _ = master.register_worker(register.clone()).await;
+                        if let Ok(register) = beats.sign(&me, register.clone()) {
+                            let _ = master.register_worker(register).await;
+                        }
                     }
                 }
             }
         });
+        let security = run.security.clone();
         tasks.spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = push.accept().await {
-                connections.spawn(serve_stalled(stream));
+                match &security {
+                    None => connections.spawn(serve_stalled(stream)),
+                    Some(security) => {
+                        connections.spawn(serve_stalled_secure(stream, security.clone()))
+                    }
+                };
             }
         });
         tasks.spawn(async move {
@@ -452,9 +526,42 @@ async fn serve_stalled(stream: TcpStream) {
         // Never read: the primary's writes fill the socket buffers and then wait.
         std::future::pending::<()>().await;
     }
-    let (read, write) = stream.into_split();
+    let (read, write) = Stream::Plain(stream).split();
+    answer_control(
+        FrameReader::new(read, FrameLimits::default()),
+        FrameWriter::new(write),
+    )
+    .await;
+}
+
+/// One connection to the stalled worker in a secure run: the TLS and session handshakes, then
+/// a master's session is answered and any other held, never read again.
+async fn serve_stalled_secure(stream: TcpStream, security: Arc<Security>) {
+    let accept = security.tls_server.acceptor(&[]).accept(stream);
+    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), accept).await else {
+        return;
+    };
+    let (read, write) = Stream::Server(Box::new(tls)).split();
     let mut reader = FrameReader::new(read, FrameLimits::default());
     let mut writer = FrameWriter::new(write);
+    let handshake = server_handshake(&mut reader, &mut writer, &security.keyring);
+    let Ok(Ok((principal, sealer, opener))) =
+        tokio::time::timeout(Duration::from_secs(5), handshake).await
+    else {
+        return;
+    };
+    if !matches!(principal, Principal::Master(_)) {
+        // Never read: the primary's writes fill the TLS and socket buffers and then wait.
+        std::future::pending::<()>().await;
+    }
+    reader.set_opener(opener);
+    writer.set_sealer(sealer);
+    answer_control(reader, writer).await;
+}
+
+/// Answers the master's `Reserve` and `Destroy` with an ack and anything else with an error,
+/// until the connection closes.
+async fn answer_control(mut reader: FrameReader<ReadHalf>, mut writer: FrameWriter<WriteHalf>) {
     while let Ok(Some(frame)) = reader.read_frame().await {
         let id = frame.request_id;
         let answer = match frame.kind {

@@ -3,12 +3,11 @@
 //! ([`write_with_faults`]) or without ([`Setup::write_all`]), and read everything back
 //! ([`Setup::read_all`]) into an [`Observed`], which [`crate::scenario`] judges.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use anyhow::{anyhow, Context};
 use sluice_client::{ClientConfig, ClientError, ShuffleHandle, SluiceClient};
 use sluice_protocol::ShuffleKey;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cluster::{Cluster, Run, WorkerSpec};
 use crate::memory::MemoryFigures;
@@ -18,25 +17,6 @@ use crate::workload::{Reads, Workload, Writes};
 
 /// Raw bytes per batch: small, so there are many pushes and chunks to interrupt.
 pub(crate) const BATCH_SIZE: usize = 32 * 1024;
-
-/// The client settings of every scenario: short timeouts so a dead or silent worker is noticed
-/// in seconds, and small batches so there are many pushes and chunks to interrupt.
-pub(crate) fn client_config(master: &str, replication: u32) -> ClientConfig {
-    ClientConfig {
-        replication,
-        batch_size: BATCH_SIZE,
-        push_size: 128 * 1024,
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(2),
-        push_retry_timeout: Duration::from_secs(60),
-        layout_timeout: Duration::from_secs(60),
-        // A stopped master is given up on by the connection's keep-alive (about 1.5 s, at the
-        // default settings); the masters elect a new leader in about as long, and a call keeps
-        // trying the others well past that.
-        master_retry_timeout: Duration::from_secs(30),
-        ..ClientConfig::new(master)
-    }
-}
 
 /// What a scenario is doing now, so a scenario that runs out of time says where it hung.
 #[derive(Debug, Clone, Default)]
@@ -132,7 +112,7 @@ impl Setup {
     ) -> anyhow::Result<Setup> {
         ctx.phase.set("starting the cluster");
         let cluster = Cluster::start_with_masters(&ctx.run, &ctx.name, masters, specs).await?;
-        let mut config = client_config(&cluster.master_addr, ctx.replication);
+        let mut config = ctx.run.client_config(&cluster.master_addr, ctx.replication);
         tune(&mut config);
         let client = SluiceClient::new(config)?;
         let key = ShuffleKey::new("chaos", 0);

@@ -1,8 +1,9 @@
 //! The quick chaos subset on real `sluice` processes: a worker SIGKILLed while maps push (with
 //! replication 2 and 1), one SIGKILLed while reducers read, and a flipped byte in a committed
 //! file; every worker restarted in turn while maps push, and a memory bound; the leader of three
-//! masters SIGKILLed while maps push.
-//! The full set: `cargo run -p chaos -- --all`.
+//! masters SIGKILLed while maps push; and a worker and a leader SIGKILLed again with a cluster
+//! secret and TLS on every port (`--secure`).
+//! The full set: `cargo run -p chaos -- --all` (and `--all --secure`).
 
 use std::path::PathBuf;
 
@@ -10,9 +11,15 @@ use chaos::{Options, Scenario};
 
 /// Runs `runs` in quick sizes and fails with the report's table unless every one passed.
 async fn quick(runs: Vec<(Scenario, u32)>) {
+    run_quick(runs, false).await;
+}
+
+/// Like [`quick`], with `secure` set: a cluster secret and TLS everywhere.
+async fn run_quick(runs: Vec<(Scenario, u32)>, secure: bool) {
     let run_dir = tempfile::tempdir().unwrap();
     let options = Options {
         quick: true,
+        secure,
         ..Options::new(
             PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
             run_dir.path().to_path_buf(),
@@ -52,4 +59,17 @@ async fn rolling_restart_and_memory_bound_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_leader_kill_passes() {
     quick(vec![(Scenario::HaKillLeaderPush, 2)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_chaos_scenarios_pass_with_auth_and_tls() {
+    run_quick(
+        vec![
+            (Scenario::KillWhilePushing, 2),
+            (Scenario::KillWhileReading, 2),
+            (Scenario::HaKillLeaderPush, 2),
+        ],
+        true,
+    )
+    .await;
 }
