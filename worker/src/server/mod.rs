@@ -45,6 +45,11 @@ use crate::shared::Shared;
 /// read into allocations of their own.
 const READ_BUFFER: usize = 16 * 1024;
 
+/// What a TLS session holds per connection (rustls' record buffers, about 11 KiB measured on an
+/// idle one, a full 16 KiB record in flight), counted against the memory budget for as long as
+/// the connection is open: thousands of idle TLS connections cannot hold memory past it.
+const TLS_CONNECTION_MEMORY: u64 = 16 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Port {
     Push,
@@ -244,6 +249,8 @@ pub(crate) struct Conn {
     principal: Option<Principal>,
     /// An application session's place among its application's connections to this port.
     _app_slot: Option<access::AppSlot>,
+    /// The memory of its TLS session, when it has one.
+    _tls_memory: Option<crate::memory::MemoryLease>,
 }
 
 impl Conn {
@@ -307,9 +314,34 @@ pub(crate) async fn open(
     limits: FrameLimits,
     shutdown: &CancellationToken,
 ) -> Option<(Conn, FrameWriter<WriteHalf>)> {
+    let tls = !matches!(accepted.stream, Stream::Plain(_));
+    // A new TLS connection does not wait for memory: with none free it is refused at once
+    // (`Busy`), and its client retries.
+    let tls_memory = match tls {
+        true => shared
+            .store
+            .memory()
+            .try_lease(TLS_CONNECTION_MEMORY, Class::Client),
+        false => None,
+    };
     let (read_half, write_half) = accepted.stream.split();
     let mut reader = FrameReader::with_capacity(read_half, limits, READ_BUFFER);
     let mut writer = FrameWriter::new(write_half);
+    if tls && tls_memory.is_none() {
+        tracing::debug!(peer, "no memory for a TLS session, refusing");
+        shared.metrics.busy.increment(1);
+        let memory = shared.store.memory();
+        let refusal = error_frame(
+            0,
+            &WorkerError::Busy {
+                used: memory.used(),
+                budget: memory.budget(),
+            },
+        );
+        let _ = writer.write_frame(&refusal).await;
+        let _ = writer.flush().await;
+        return None;
+    }
     let mut principal = None;
     if let Some(keyring) = &shared.keyring {
         let handshake = server_handshake(&mut reader, &mut writer, keyring);
@@ -360,6 +392,7 @@ pub(crate) async fn open(
         peer: peer.to_string(),
         principal,
         _app_slot: app_slot,
+        _tls_memory: tls_memory,
     };
     Some((conn, writer))
 }
