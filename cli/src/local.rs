@@ -391,17 +391,22 @@ impl LocalCluster {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut line = serde_json::json!({
             "master": self.master_addr,
             "masters": self.masters,
             "admin": self.master_admins,
             "status_page": self.status_page(),
             "workers": workers,
-            "cluster_secret_file": self.cluster_secret_file,
-            "tls_ca_file": self.tls_ca_file,
-            "tls_server_name": self.tls_ca_file.as_ref().map(|_| LOCAL_SERVER_NAME),
-        })
-        .to_string()
+        });
+        // What a client needs to reach a secured cluster, only when it is secured.
+        if let Some(secret) = &self.cluster_secret_file {
+            line["cluster_secret_file"] = serde_json::json!(secret);
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            line["tls_ca_file"] = serde_json::json!(ca);
+            line["tls_server_name"] = serde_json::json!(LOCAL_SERVER_NAME);
+        }
+        line.to_string()
     }
 
     /// The URL of the first master's status page, when masters have admin ports.
