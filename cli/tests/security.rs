@@ -831,11 +831,13 @@ fn sluice_admin_signs_changes_on_a_secure_local_cluster() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let log = dir.path().join("local.log");
     let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["local", "--secure", "--workers", "1", "--data-dir"])
         .arg(&data)
+        .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut ready = String::new();
@@ -902,11 +904,23 @@ fn sluice_admin_signs_changes_on_a_secure_local_cluster() {
             .concat(),
         );
         assert!(ok && out.contains("leader"), "{out}\n{err}");
+        secret
     });
     let _ = local.kill();
     let _ = local.wait();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+    let secret = match result {
+        Ok(secret) => secret,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    // The secret never reaches a log, even at debug level.
+    let secret = std::fs::read_to_string(&secret).unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    for line in secret.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            !log.contains(line.trim()),
+            "the cluster secret is in the log"
+        );
     }
 }
 
