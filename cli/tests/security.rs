@@ -1121,3 +1121,48 @@ async fn forged_control_frames_are_refused_and_change_nothing() {
     assert!(stolen.is_err(), "the thief's listener got a connection");
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_holder_of_the_secret_registers_a_worker_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, keyring) = secure_cluster(dir.path()).await;
+    let real = cluster.workers()[0].clone();
+    let fake = pb::WorkerInfo {
+        push_port: 1,
+        fetch_port: 2,
+        ..real.clone()
+    };
+    let register = || pb::RegisterWorkerRequest {
+        worker: Some(fake.clone()),
+        heartbeat_interval_ms: 1000,
+        ..Default::default()
+    };
+    let mut master = master_client(&cluster.master_addr).await;
+    // Unsigned, and signed with another cluster secret.
+    let unsigned = refusal(master.register_worker(register()).await);
+    assert_eq!(
+        unsigned.code(),
+        tonic::Code::Unauthenticated,
+        "{unsigned:?}"
+    );
+    let other = Keyring::parse("other", b"another-secret-another-secret-another-secret").unwrap();
+    let forged = Credentials::cluster(Principal::Worker(real.id.clone()), &other);
+    let wrong = refusal(master.register_worker(signed(&forged, register())).await);
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    // Signed with the secret, but as another worker.
+    let neighbour = Credentials::cluster(Principal::Worker("worker-9".into()), &keyring);
+    let denied = refusal(master.register_worker(signed(&neighbour, register())).await);
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    // Placements still name the real worker's ports.
+    let client = app_client(&cluster, "secret of app-p", 1);
+    let handle = client
+        .register_shuffle(&ShuffleKey::new("app-p", 0), 1, 4)
+        .await
+        .unwrap();
+    assert!(handle
+        .locations
+        .workers
+        .iter()
+        .all(|w| w.push_port == real.push_port && w.fetch_port == real.fetch_port));
+    cluster.shutdown().await.unwrap();
+}
