@@ -694,22 +694,7 @@ async fn replayed_requests_and_frames_are_refused() {
 
 /// `POST path` on `addr` with `headers`: the status code and the body.
 async fn post(addr: &str, path: &str, headers: &[(&str, String)]) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
+    common::http(addr, "POST", path, headers).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
