@@ -61,13 +61,12 @@ impl std::fmt::Debug for Kid {
 }
 
 /// One cluster secret, as the subkeys derived from it. Each subkey is `HMAC(secret, label)` for
-/// its own label, so a tag made for one purpose (frames, gRPC, admin, key wrapping) never
+/// its own label, so a tag made for one purpose (frames, gRPC requests, application tokens) never
 /// verifies for another. The secret itself is not kept.
 pub struct ClusterKey {
     kid: Kid,
     frames: hmac::Key,
     grpc: hmac::Key,
-    admin: hmac::Key,
     wrap: hmac::Key,
 }
 
@@ -80,7 +79,6 @@ impl ClusterKey {
             kid: Kid::of(secret),
             frames: subkey(b"frames"),
             grpc: subkey(b"grpc"),
-            admin: subkey(b"admin"),
             wrap: subkey(b"wrap"),
         }
     }
@@ -99,12 +97,7 @@ impl ClusterKey {
         &self.grpc
     }
 
-    /// Signs mutating admin HTTP requests.
-    pub fn admin(&self) -> &hmac::Key {
-        &self.admin
-    }
-
-    /// Wraps application keys the master sends to workers.
+    /// Derives application tokens ([`ClusterKey::app_token`]).
     pub fn wrap(&self) -> &hmac::Key {
         &self.wrap
     }
@@ -263,7 +256,6 @@ mod tests {
         let tags = [
             tag(a.frames()),
             tag(a.grpc()),
-            tag(a.admin()),
             tag(a.wrap()),
             tag(b.frames()),
         ];

@@ -4,7 +4,7 @@
 //! - [`Secret`]: secret bytes whose `Debug` prints `<redacted>`.
 //! - [`Keyring`]: the cluster secrets read from `cluster_secret_file`, one per line. The first
 //!   signs, every one verifies (rotation). Each secret is known by its [`Kid`], computed from it,
-//!   and yields domain-separated subkeys ([`ClusterKey::frames`], `grpc`, `admin`, `wrap`), each
+//!   and yields domain-separated subkeys ([`ClusterKey::frames`], `grpc`, `wrap`), each
 //!   `HMAC(secret, label)`, so a key used for one purpose never verifies another.
 //! - [`Principal`]: who a session or request speaks for (`master:<id>`, `worker:<id>`, `admin`,
 //!   `app:<id>`).
