@@ -549,6 +549,21 @@ async fn app_a_is_refused_on_every_operation_of_app_b() {
         );
     }
 
+    // An unsigned call, and every refusal so far, is counted on the master.
+    let unsigned = refusal(
+        client
+            .app_heartbeat(pb::AppHeartbeatRequest {
+                app_id: "app-b".into(),
+            })
+            .await,
+    );
+    assert_eq!(unsigned.code(), tonic::Code::Unauthenticated);
+    let (_, metrics) = common::get(&cluster.master_admins[0], "/metrics").await;
+    assert!(
+        common::metric_sum(&metrics, "sluice_master_auth_refused_total", "") >= 9.0,
+        "{metrics}"
+    );
+
     // Every refusal of the data plane was counted on the worker.
     let admin = cluster.worker_admins()[0].clone().unwrap();
     let (_, metrics) = common::get(&admin, "/metrics").await;

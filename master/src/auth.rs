@@ -79,7 +79,9 @@ impl Core {
         let Some(verifier) = &self.verifier else {
             return Ok(());
         };
-        let principal = verify(verifier, request)?;
+        let principal = verify(verifier, request).inspect_err(|_| {
+            self.metrics.auth_refused.increment(1);
+        })?;
         if admits(&principal, need) {
             Ok(())
         } else {
