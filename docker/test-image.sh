@@ -146,7 +146,11 @@ wait_ready() {
         sleep 0.2
     done
     curl -fsS "http://$addr/healthz" >/dev/null || die "$what: /healthz fails"
-    curl -fsS "http://$addr/metrics" | grep -q '^# HELP sluice_' || die "$what: /metrics has no sluice metric"
+    # Read whole, then searched: `curl | grep -q` under pipefail fails at random when grep
+    # exits at its first match and curl meets the closed pipe (exit 23).
+    local metrics
+    metrics=$(curl -fsS "http://$addr/metrics") || die "$what: /metrics fails"
+    grep -q '^# HELP sluice_' <<<"$metrics" || die "$what: /metrics has no sluice metric"
     log "$what ready (admin http://$addr)"
 }
 
