@@ -1,5 +1,5 @@
 # Sluice: the commands README.md names.
-.PHONY: demo local bench chaos chaos-secure test test-rust test-jvm test-demo test-ops lint
+.PHONY: demo local bench bench-spark chaos chaos-secure test test-rust test-jvm test-demo test-ops lint
 
 # The main job: a local Sluice cluster serving a real PySpark job, checked against Spark's own
 # shuffle (builds the binary and the jar; creates .venv with pyspark on first use).
@@ -12,6 +12,11 @@ local:
 	cargo build --release -p sluice
 	rm -rf /tmp/sluice-local
 	./target/release/sluice local --workers 2 --data-dir /tmp/sluice-local
+
+# Spark's built-in shuffle against Sluice on a shuffle-heavy and a small-shuffle job, alternating,
+# three rounds (benches/spark/; ROWS=20000000 by default, about 20 minutes on 2 cores).
+bench-spark:
+	bash benches/spark/run.sh --rows $(or $(ROWS),20000000) --rounds $(or $(ROUNDS),3)
 
 # A verified benchmark on an embedded 3-worker cluster (release build).
 bench:
@@ -46,6 +51,8 @@ test-jvm:
 test-demo:
 	mvn -B -q -f client-jvm -DskipTests package
 	DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
+	# The Spark benchmark's scripts, small: both shuffles must give the same answers.
+	SKIP_BUILD=1 bash benches/spark/run.sh --rows 200000 --rounds 1 --stages 3
 
 # The container image (podman: a containerised master and two workers serve a verified bench)
 # and the Helm chart (helm lint and template from the Go module proxy's helm, every rendered

@@ -18,38 +18,16 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-PYSPARK_VERSION=3.5.6 # the Spark version of client-jvm/pom.xml
 ROWS=${DEMO_ROWS:-3000000}
 WORK=${DEMO_WORK:-$ROOT/target/demo}
-VENV=$ROOT/.venv
-SLUICE=$ROOT/target/release/sluice
 
 mkdir -p "$WORK"
 log() { printf '[demo] %s\n' "$*" >&2; }
 
-# 1. Python environment.
-if ! "$VENV/bin/python" -c "import sys, pyspark; sys.exit(pyspark.__version__ != '$PYSPARK_VERSION')" 2>/dev/null; then
-  log "creating $VENV with pyspark==$PYSPARK_VERSION"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION"
-fi
-export PYSPARK_PYTHON=$VENV/bin/python
-SPARK_HOME=$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
-export SPARK_HOME
-export PYSPARK_DRIVER_PYTHON=$VENV/bin/python
-export SPARK_LOCAL_IP=127.0.0.1
-command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || { log "java is required (JDK 17)"; exit 1; }
-
-# 2. The sluice binary and the jar (which carries the native library).
-if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
-  log "building the sluice binary and the Spark client jar"
-  cargo build --release --quiet -p sluice
-  mvn -B -f client-jvm -q -DskipTests package
-fi
-JAR=$(find "$ROOT/client-jvm/target" -maxdepth 1 -name 'sluice-spark-*.jar' \
-  ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | sort | head -n 1)
-[ -n "$JAR" ] || { log "no sluice-spark jar in client-jvm/target (build it: mvn -f client-jvm -DskipTests package)"; exit 1; }
-[ -x "$SLUICE" ] || { log "no $SLUICE (build it: cargo build --release -p sluice)"; exit 1; }
+# 1-2. pyspark in a venv, the sluice binary and the jar (which carries the native library).
+SKIP_BUILD=${DEMO_SKIP_BUILD:-0}
+# shellcheck source=demo/spark-env.sh
+source "$ROOT/demo/spark-env.sh"
 
 # 3. A local Sluice cluster; stopped on exit whatever happens.
 DATA=$(mktemp -d "${TMPDIR:-/tmp}/sluice-demo.XXXXXX")

@@ -58,6 +58,25 @@ pub struct ShuffleWriter {
     stage_ended: bool,
 }
 
+/// Bytes handed to [`ShuffleWriter::append`].
+enum Record<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Record<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Record::Borrowed(bytes) => bytes,
+            Record::Owned(bytes) => bytes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+}
+
 /// How a push ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pushed {
@@ -111,6 +130,17 @@ impl ShuffleWriter {
     /// Appends one record (or several whole records) to `partition`. The bytes of one call never
     /// straddle two batches, so readers get records whole.
     pub async fn write(&mut self, partition: u32, record: &[u8]) -> ClientResult<()> {
+        self.append(partition, Record::Borrowed(record)).await
+    }
+
+    /// [`write`](Self::write) for bytes the caller owns and hands over: when the partition's
+    /// buffer is empty they become the buffer, with no copy (the JVM bridge hands over whole
+    /// serialized chunks of about a batch each, so most chunks are never copied again).
+    pub async fn write_owned(&mut self, partition: u32, record: Vec<u8>) -> ClientResult<()> {
+        self.append(partition, Record::Owned(record)).await
+    }
+
+    async fn append(&mut self, partition: u32, record: Record<'_>) -> ClientResult<()> {
         let p = partition as usize;
         if p >= self.buffers.len() {
             return Err(ClientError::InvalidArgument(format!(
@@ -131,9 +161,13 @@ impl ShuffleWriter {
         if !self.buffers[p].is_empty() && self.buffers[p].len() + record.len() > batch_size {
             self.seal(p).await?;
         }
-        self.buffers[p].extend_from_slice(record);
-        self.buffered += record.len();
-        self.raw[p] += record.len() as u64;
+        let len = record.len();
+        match record {
+            Record::Owned(bytes) if self.buffers[p].is_empty() => self.buffers[p] = bytes,
+            record => self.buffers[p].extend_from_slice(record.as_slice()),
+        }
+        self.buffered += len;
+        self.raw[p] += len as u64;
         if self.buffers[p].len() >= batch_size {
             self.seal(p).await?;
         } else if self.buffered > self.inner.config.max_buffered {

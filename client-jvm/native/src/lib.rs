@@ -458,7 +458,8 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_write(
             unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), length) };
         env.get_byte_array_region(&data, offset as i32, view)?;
         let partition = unsigned(partition, "partition")?;
-        let written = runtime()?.block_on(writer.open()?.write(partition, &bytes));
+        // Handed over, not copied again: it becomes the partition's buffer when that is empty.
+        let written = runtime()?.block_on(writer.open()?.write_owned(partition, bytes));
         writer.placements.check(&writer.key, written)
     })
 }
