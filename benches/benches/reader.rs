@@ -16,7 +16,7 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use sluice_benches::{chunk, records, BenchCluster, BATCH_SIZE};
 use sluice_protocol::batch::{self, BatchIter};
 use sluice_protocol::ShuffleKey;
@@ -80,6 +80,7 @@ fn read(c: &mut Criterion) {
         .expect("writing the benchmark shuffle");
     let mut group = c.benchmark_group("reader");
     group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Bytes(written));
     group.bench_function("read_64MiB_8_partitions", |b| {
         b.iter(|| {

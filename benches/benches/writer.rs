@@ -4,25 +4,31 @@
 //! The writer belongs to a shuffle registered with an in-process cluster, but its push size is
 //! set beyond reach, so no push is ever sent: what is timed is the work the map task's own thread
 //! does per record, without the network and the worker, which `sluice bench` measures. A writer
-//! is replaced (dropped with what it holds) every [`BATCHES_PER_WRITER`] batches per partition,
-//! which bounds memory; the replacement is timed too. Records are those of `sluice bench`,
-//! spread over [`PARTITIONS`] partitions in a pseudo-random order. One iteration is one record.
+//! goes on across criterion's samples and is replaced (dropped with what it holds) every
+//! [`BATCHES_PER_WRITER`] batches per partition, which bounds memory; the replacement is timed
+//! too. Records are those of `sluice bench`, spread over [`PARTITIONS`] partitions in a
+//! pseudo-random order, and no record repeats within a writer's lifetime: repeats inside a batch
+//! would make LZ4 look faster than it is on real data. One iteration is one record.
 
 use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use sluice_benches::{records, BenchCluster, BATCH_SIZE};
 use sluice_protocol::ShuffleKey;
 
 const PARTITIONS: u32 = 32;
 /// Batches cut per partition before the writer is replaced.
 const BATCHES_PER_WRITER: usize = 4;
-/// Distinct records and partition choices cycled through (a power of two).
-const POOL: usize = 4096;
+/// Partition choices cycled through.
+const CHOICES: usize = 4096;
 
 fn write(c: &mut Criterion) {
     let cluster = BenchCluster::start().expect("starting an in-process cluster");
     let mut group = c.benchmark_group("writer/write");
+    // Every sample the same number of records, and the figure their mean: the cost is mostly in
+    // rare, large steps (a batch cut every few dozen records, a writer replaced every few hundred
+    // thousand), which samples of equal size share evenly.
+    group.sampling_mode(SamplingMode::Flat);
     for (codec, compression) in [("lz4", true), ("none", false)] {
         for record_size in [100usize, 1000] {
             let client = cluster
@@ -37,9 +43,12 @@ fn write(c: &mut Criterion) {
                 .runtime
                 .block_on(client.register_shuffle(&key, 1, PARTITIONS))
                 .expect("registering the benchmark shuffle");
-            let pool = records(0, POOL * record_size, record_size);
+            let per_writer = BATCHES_PER_WRITER * PARTITIONS as usize * BATCH_SIZE / record_size;
+            // Distinct records for two writers' lifetimes, cycled through.
+            let pool = records(0, 2 * per_writer * record_size, record_size);
+            let pool_records = pool.len() / record_size;
             let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-            let partitions: Vec<u32> = (0..POOL)
+            let partitions: Vec<u32> = (0..CHOICES)
                 .map(|_| {
                     state ^= state << 13;
                     state ^= state >> 7;
@@ -47,31 +56,34 @@ fn write(c: &mut Criterion) {
                     (state % u64::from(PARTITIONS)) as u32
                 })
                 .collect();
-            let per_writer =
-                (BATCHES_PER_WRITER * PARTITIONS as usize * BATCH_SIZE / record_size) as u64;
             group.throughput(Throughput::Bytes(record_size as u64));
+            let new_writer = || {
+                client
+                    .writer(handle.clone(), 0, 0)
+                    .expect("a writer of map 0")
+            };
+            // One writer goes on across criterion's samples (criterion calls the closure below
+            // once per sample), so every sample sees the steady state, buffers part full and
+            // batch cuts at their usual rate, and not a new writer's first records, which cut no
+            // batch.
+            let mut writer = new_writer();
+            let mut written = 0usize;
             group.bench_function(format!("{codec}_{record_size}B"), |b| {
                 b.iter_custom(|iters| {
                     cluster.runtime.block_on(async {
-                        let new_writer = || {
-                            client
-                                .writer(handle.clone(), 0, 0)
-                                .expect("a writer of map 0")
-                        };
                         let started = Instant::now();
-                        let mut writer = new_writer();
-                        for i in 0..iters {
-                            if i > 0 && i % per_writer == 0 {
+                        for _ in 0..iters {
+                            if written > 0 && written % per_writer == 0 {
                                 writer = new_writer();
                             }
-                            let slot = i as usize % POOL;
+                            let slot = written % pool_records;
                             let record = &pool[slot * record_size..(slot + 1) * record_size];
                             writer
-                                .write(partitions[slot], record)
+                                .write(partitions[written % CHOICES], record)
                                 .await
                                 .expect("a write that sends nothing");
+                            written += 1;
                         }
-                        drop(writer);
                         started.elapsed()
                     })
                 })
