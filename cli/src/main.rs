@@ -153,6 +153,21 @@ enum Command {
         /// median throughputs and their ratios to plain (`security_overhead`).
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
         security_overhead: Option<u32>,
+        /// How the client compresses batches.
+        #[arg(long, value_enum, default_value_t = bench::Codec::Lz4)]
+        compression: bench::Codec,
+        /// Raw bytes LZ4 alone compresses and decompresses on as many threads as this process
+        /// has, to report what the codec can do here (0 skips it).
+        #[arg(long, default_value = "1GiB")]
+        lz4_bytes: bytesize::ByteSize,
+        /// After the benchmark's shuffle is deleted, how long to wait before the workers'
+        /// settled RSS is read (e.g. 60s).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// With --master: pid of a worker on this machine, whose CPU time and memory are then
+        /// reported (repeat the flag for more).
+        #[arg(long = "worker-pid", requires = "master")]
+        worker_pids: Vec<u32>,
     },
     /// Write development TLS files into DIR: ca.pem and ca-key.pem (kept when present, so a
     /// certificate issued again chains to the same CA), cert.pem and key.pem. Prints their
@@ -435,6 +450,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tls,
             auth,
             security_overhead,
+            compression,
+            lz4_bytes,
+            settle,
+            worker_pids,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             let options = BenchOptions {
@@ -453,6 +472,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tls,
                 auth,
                 security_overhead,
+                compression,
+                lz4_bytes: lz4_bytes.as_u64(),
+                settle,
+                worker_pids,
             };
             let report = bench::run(&options).await?;
             if let Some(error) = &report.error {
