@@ -79,6 +79,9 @@ pub struct BenchOptions {
     pub lz4_bytes: u64,
     /// How long to wait after the shuffle is deleted before the workers' settled RSS is read.
     pub settle: Duration,
+    /// Where the embedded cluster's data directories are made (a temporary directory inside
+    /// it); `None`: the system's temporary directory.
+    pub data_dir: Option<PathBuf>,
     /// With `master`: the pids of the cluster's workers on this machine, whose CPU time and
     /// memory the report then carries.
     pub worker_pids: Vec<u32>,
@@ -145,7 +148,7 @@ pub const SECURITY_CONFIGS: &[Security] = &[
 ];
 
 /// How long the workers may take to delete the benchmark's shuffle once it is unregistered.
-const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The application secret of the benchmark's client when its cluster runs with auth.
 const BENCH_APP_SECRET: &[u8] = b"the benchmark application's own secret";
@@ -1105,7 +1108,11 @@ async fn run_cluster(
     security: Security,
     baseline: bool,
 ) -> anyhow::Result<BenchReport> {
-    let data_dir = tempfile::tempdir().context("creating a data directory")?;
+    let data_dir = match &options.data_dir {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .context("creating a data directory")?;
     // A plain run of its own cluster runs it as child processes, to tell the workers' CPU and
     // memory from the client's; comparisons and secured runs keep it in this process.
     let children = if options.master.is_none() && baseline && security == Security::PLAIN {
@@ -1185,6 +1192,11 @@ async fn run_cluster(
         cluster.shutdown().await?;
     }
     if let Some(children) = children {
+        if !matches!(&result, Ok(report) if report.error.is_none()) {
+            for process in &children.processes {
+                eprintln!("--- {} log ---\n{}", process.name, process.log_tail());
+            }
+        }
         tokio::task::spawn_blocking(move || drop(children)).await?;
     }
     let mut report = result?;
@@ -1217,6 +1229,7 @@ async fn run_on(
             .as_millis()
     );
     let key = ShuffleKey::new(app.as_str(), 0);
+    let idle = probe.worker_bytes("VmRSS");
     let handle = client
         .register_shuffle(&key, options.maps, options.partitions)
         .await?;
@@ -1235,7 +1248,7 @@ async fn run_on(
         "writing {} maps x {} bytes over {} partitions",
         options.maps, options.bytes_per_map, options.partitions
     );
-    report.worker_rss_idle_bytes = probe.worker_bytes("VmRSS");
+    report.worker_rss_idle_bytes = idle;
     let pushes_before = metrics.push_latency();
     let cpu_before = probe.cpu();
     let started = Instant::now();

@@ -164,6 +164,11 @@ enum Command {
         /// settled RSS is read (e.g. 60s).
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         settle: Duration,
+        /// Where the embedded cluster keeps its data (in a temporary directory made inside
+        /// DIR; default: the system's temporary directory). A tmpfs such as /dev/shm takes the
+        /// disk out of the figures.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
         /// With --master: pid of a worker on this machine, whose CPU time and memory are then
         /// reported (repeat the flag for more).
         #[arg(long = "worker-pid", requires = "master")]
@@ -453,6 +458,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             compression,
             lz4_bytes,
             settle,
+            data_dir,
             worker_pids,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -475,6 +481,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 compression,
                 lz4_bytes: lz4_bytes.as_u64(),
                 settle,
+                data_dir,
                 worker_pids,
             };
             let report = bench::run(&options).await?;
