@@ -1,6 +1,8 @@
 //! `sluice`: the one binary. Parses arguments, installs logging, binds listeners and calls the
 //! libraries.
 
+mod alloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -534,21 +536,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Keeps glibc to two heap arenas. By default it opens up to eight per core, one per thread
-/// that allocates under contention, and memory freed into one arena is not reused by the
-/// others: a worker's tokio threads each grow their own heap of frame bodies, and RSS drifts
-/// far above what the memory budget counts. Measured cost on `sluice bench`: within noise.
-fn limit_heap_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
-    // exists, and M_ARENA_MAX takes any positive count.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn main() -> ExitCode {
-    limit_heap_arenas();
     let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
