@@ -1344,7 +1344,6 @@ async fn run_on(
         report.duplicated = report.records_read.saturating_sub(report.records_written);
     }
     report.error = error;
-    report.worker_rss_peak_bytes = probe.worker_bytes("VmHWM");
     match client.unregister_shuffle(&key).await {
         Ok(()) if !probe.workers.is_empty() => {
             if !probe.deleted(&key, DELETE_TIMEOUT).await {
@@ -1360,6 +1359,8 @@ async fn run_on(
         Ok(()) => {}
         Err(e) => eprintln!("unregistering the benchmark shuffle failed: {e}"),
     }
+    // The high-water mark, read last so it covers every other reading.
+    report.worker_rss_peak_bytes = probe.worker_bytes("VmHWM");
     Ok(report)
 }
 
