@@ -159,9 +159,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = bench::Codec::Lz4)]
         compression: bench::Codec,
         /// Raw bytes LZ4 alone compresses and decompresses on as many threads as this process
-        /// has, to report what the codec can do here (0 skips it).
-        #[arg(long, default_value = "1GiB")]
-        lz4_bytes: bytesize::ByteSize,
+        /// has, to report what the codec can do here (0 skips it; default: the --loopback-bytes
+        /// amount, so --loopback-bytes 0 skips both measures of the machine).
+        #[arg(long)]
+        lz4_bytes: Option<bytesize::ByteSize>,
         /// After the benchmark's shuffle is deleted, how long to wait before the workers'
         /// settled RSS is read (e.g. 60s).
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -481,7 +482,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 auth,
                 security_overhead,
                 compression,
-                lz4_bytes: lz4_bytes.as_u64(),
+                lz4_bytes: lz4_bytes.unwrap_or(loopback_bytes).as_u64(),
                 settle,
                 data_dir,
                 worker_pids,
