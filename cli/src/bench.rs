@@ -4,7 +4,16 @@
 //! [`crate::records`]) spread uniformly over `partitions`, then reads every partition back. With
 //! `verify`, every record's payload is checked and each record id is tracked in a bitset, so
 //! `lost` and `duplicated` are exact. The same run measures this machine's loopback TCP
-//! throughput so the figures can be read against the machine's own limit.
+//! throughput so the figures can be read against the machine's own limit, and what LZ4 alone
+//! does on as many threads as the benchmark's runtime has, on batches of the same records.
+//!
+//! A plain run without `master` starts its cluster as child processes (`sluice master` and
+//! `sluice worker`, this same binary), so `/proc` tells the workers' CPU time and memory apart
+//! from the client's (this process): CPU seconds per GB of each phase, and the workers' RSS
+//! before the run, at their peak, right after the shuffle is deleted and after a settle time.
+//! Runs with TLS, auth or an overhead comparison use an in-process cluster, and report no CPU
+//! or memory figures. Against `master`, the client's CPU is reported, and the workers' figures
+//! when their pids are given.
 //!
 //! The benchmark's client counts into a metrics registry of its own: the report carries its
 //! totals (`client_metrics`), and `admin_listen` serves them on `/metrics` while the run lasts.
@@ -13,11 +22,13 @@
 //! `security_overhead` does the same over the security configurations of
 //! [`SECURITY_CONFIGS`] (plain, TLS on every port), configurations taking turns in each round.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -62,6 +73,36 @@ pub struct BenchOptions {
     /// Rounds of the security-overhead comparison (embedded cluster only): each round runs the
     /// workload once per configuration of [`SECURITY_CONFIGS`]. `None`: no comparison.
     pub security_overhead: Option<u32>,
+    /// How the client compresses batches.
+    pub compression: Codec,
+    /// Raw bytes LZ4 alone compresses (and decompresses) to measure what it can do (0: skip).
+    pub lz4_bytes: u64,
+    /// How long to wait after the shuffle is deleted before the workers' settled RSS is read.
+    pub settle: Duration,
+    /// Where the embedded cluster's data directories are made (a temporary directory inside
+    /// it); `None`: the system's temporary directory.
+    pub data_dir: Option<PathBuf>,
+    /// With `master`: the pids of the cluster's workers on this machine, whose CPU time and
+    /// memory the report then carries.
+    pub worker_pids: Vec<u32>,
+}
+
+/// The batch codec of the benchmark's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    None,
+    #[default]
+    Lz4,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Lz4 => "lz4",
+        }
+    }
 }
 
 /// A security configuration of the embedded cluster.
@@ -106,6 +147,9 @@ pub const SECURITY_CONFIGS: &[Security] = &[
     Security::AUTH_TLS,
 ];
 
+/// How long the workers may take to delete the benchmark's shuffle once it is unregistered.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The application secret of the benchmark's client when its cluster runs with auth.
 const BENCH_APP_SECRET: &[u8] = b"the benchmark application's own secret";
 
@@ -130,6 +174,37 @@ pub struct BenchReport {
     pub verified: bool,
     /// This machine's loopback TCP throughput in GB/s, measured in the same run.
     pub loopback_gbps: f64,
+    /// The client's batch codec: `none` or `lz4`.
+    pub compression: String,
+    /// What LZ4 alone does on this machine in the same run (`lz4_bytes` 0: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lz4: Option<Lz4Figures>,
+    /// `write_gbps` over what LZ4 alone compresses per second on as many threads: how close the
+    /// write path comes to its codec's limit (with compression on and LZ4 measured).
+    pub write_of_lz4: Option<f64>,
+    /// Push requests acked in the run, and their round trips as the client saw them (send to
+    /// ack), in milliseconds: the upper bound of the histogram bucket holding the percentile.
+    pub pushes: u64,
+    pub push_p50_ms: Option<f64>,
+    pub push_p99_ms: Option<f64>,
+    /// CPU seconds (user + system) per GB of raw records: the client process's, and the
+    /// workers' (summed over them), for the write phase, the read phase, and both over the
+    /// bytes written. `None` where they cannot be told apart (an in-process cluster, or
+    /// workers of an external cluster whose pids were not given).
+    pub client_cpu_write_secs_per_gb: Option<f64>,
+    pub client_cpu_read_secs_per_gb: Option<f64>,
+    pub client_cpu_secs_per_gb: Option<f64>,
+    pub worker_cpu_write_secs_per_gb: Option<f64>,
+    pub worker_cpu_read_secs_per_gb: Option<f64>,
+    pub worker_cpu_secs_per_gb: Option<f64>,
+    /// The workers' resident memory in bytes (the largest worker's): before the run, its peak
+    /// (VmHWM, since the worker started), right after the shuffle was deleted (the workers'
+    /// files gone), and `settle_secs` later.
+    pub worker_rss_idle_bytes: Option<u64>,
+    pub worker_rss_peak_bytes: Option<u64>,
+    pub worker_rss_after_delete_bytes: Option<u64>,
+    pub worker_rss_settled_bytes: Option<u64>,
+    pub settle_secs: f64,
     /// Replication asked for (0: the cluster's default).
     pub replication: u32,
     /// With `--replication 2`: the same workload with replication 1, run first.
@@ -151,6 +226,16 @@ pub struct BenchReport {
     pub auth: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What LZ4 alone does on this machine: raw GB/s over all threads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lz4Figures {
+    pub threads: usize,
+    pub compress_gbps: f64,
+    pub decompress_gbps: f64,
+    /// Compressed bytes over raw bytes of the records measured.
+    pub ratio: f64,
 }
 
 /// What security costs: per configuration, medians over the rounds and each round's figures.
@@ -297,6 +382,410 @@ pub fn measure_loopback(bytes: u64) -> anyhow::Result<f64> {
     Ok(gbps(received, started.elapsed().as_secs_f64()))
 }
 
+/// Compresses, then decompresses, `bytes` of benchmark records cut into batches of
+/// `batch_size` with lz4_flex (the client's codec, through the same block functions) on
+/// `threads` threads at once; returns raw GB/s over all threads for each.
+pub fn measure_lz4(
+    bytes: u64,
+    threads: usize,
+    record_size: usize,
+    batch_size: usize,
+) -> anyhow::Result<Lz4Figures> {
+    /// Distinct batches each thread cycles through, so the input is not one cache-hot buffer.
+    const BATCHES: usize = 16;
+    let threads = threads.max(1);
+    let rounds = (bytes / threads as u64)
+        .div_ceil((BATCHES * batch_size) as u64)
+        .max(1);
+    let batches: Vec<Vec<Vec<u8>>> = (0..threads)
+        .map(|thread| {
+            let mut seq = 0u32;
+            (0..BATCHES)
+                .map(|_| {
+                    let mut batch = Vec::with_capacity(batch_size + record_size);
+                    while batch.len() + record_size <= batch_size.max(record_size) {
+                        records::encode(&mut batch, thread as u32, seq, record_size);
+                        seq += 1;
+                    }
+                    batch
+                })
+                .collect()
+        })
+        .collect();
+    let raw: u64 = batches
+        .iter()
+        .flatten()
+        .map(|b| b.len() as u64)
+        .sum::<u64>()
+        * rounds;
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let (compress_secs, compressed) = std::thread::scope(|scope| {
+        let workers: Vec<_> = batches
+            .iter()
+            .map(|mine| {
+                let barrier = &barrier;
+                scope.spawn(move || -> anyhow::Result<Vec<Vec<u8>>> {
+                    let mut out: Vec<Vec<u8>> = mine
+                        .iter()
+                        .map(|b| vec![0; lz4_flex::block::get_maximum_output_size(b.len())])
+                        .collect();
+                    let mut lens = vec![0; mine.len()];
+                    barrier.wait();
+                    for _ in 0..rounds {
+                        for (i, batch) in mine.iter().enumerate() {
+                            lens[i] = lz4_flex::block::compress_into(batch, &mut out[i])?;
+                        }
+                    }
+                    for (buffer, len) in out.iter_mut().zip(lens) {
+                        buffer.truncate(len);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        let compressed = workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("lz4 thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::Ok((started.elapsed().as_secs_f64(), compressed))
+    })?;
+    let decompress_secs = std::thread::scope(|scope| -> anyhow::Result<f64> {
+        let workers: Vec<_> = compressed
+            .iter()
+            .zip(&batches)
+            .map(|(mine, raw)| {
+                let barrier = &barrier;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut out: Vec<Vec<u8>> = raw.iter().map(|b| vec![0; b.len()]).collect();
+                    barrier.wait();
+                    for _ in 0..rounds {
+                        for (i, batch) in mine.iter().enumerate() {
+                            let n = lz4_flex::block::decompress_into(batch, &mut out[i])?;
+                            anyhow::ensure!(n == raw[i].len(), "lz4 round trip lost bytes");
+                        }
+                    }
+                    anyhow::ensure!(out == *raw, "lz4 round trip changed bytes");
+                    Ok(())
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("lz4 thread panicked"))??;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    })?;
+    let packed: u64 = compressed.iter().flatten().map(|b| b.len() as u64).sum();
+    let unpacked: u64 = batches.iter().flatten().map(|b| b.len() as u64).sum();
+    Ok(Lz4Figures {
+        threads,
+        compress_gbps: gbps(raw, compress_secs),
+        decompress_gbps: gbps(raw, decompress_secs),
+        ratio: packed as f64 / unpacked.max(1) as f64,
+    })
+}
+
+/// A process whose `/proc` entry the benchmark reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proc {
+    /// This process: the client.
+    Me,
+    Pid(u32),
+}
+
+impl Proc {
+    fn path(self, file: &str) -> PathBuf {
+        match self {
+            Proc::Me => Path::new("/proc/self").join(file),
+            Proc::Pid(pid) => Path::new("/proc").join(pid.to_string()).join(file),
+        }
+    }
+
+    /// CPU seconds (user + system) the process has used so far; `None` when `/proc` cannot
+    /// tell (not Linux, or the process is gone).
+    fn cpu_secs(self) -> Option<f64> {
+        let stat = std::fs::read_to_string(self.path("stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces; utime and stime
+        // are fields 14 and 15, the 12th and 13th after it.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        // SAFETY: sysconf only reads a system constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
+    }
+
+    /// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+    fn status_bytes(self, key: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(self.path("status")).ok()?;
+        status.lines().find_map(|line| {
+            let value = line.strip_prefix(key)?.strip_prefix(':')?;
+            let kib: u64 = value.trim().strip_suffix("kB")?.trim().parse().ok()?;
+            Some(kib * 1024)
+        })
+    }
+}
+
+/// The processes a run's CPU and memory figures come from.
+#[derive(Debug, Clone, Default)]
+struct Probe {
+    /// Whether this process is the client alone (the cluster is not in it).
+    client: bool,
+    workers: Vec<u32>,
+    /// The workers' data directories, to see a deleted shuffle's files go.
+    worker_dirs: Vec<PathBuf>,
+    settle: Duration,
+}
+
+/// CPU seconds so far of the client and of the workers (summed).
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    client: Option<f64>,
+    workers: Option<f64>,
+}
+
+impl Probe {
+    fn cpu(&self) -> CpuSample {
+        CpuSample {
+            client: if self.client {
+                Proc::Me.cpu_secs()
+            } else {
+                None
+            },
+            workers: if self.workers.is_empty() {
+                None
+            } else {
+                self.workers
+                    .iter()
+                    .map(|&pid| Proc::Pid(pid).cpu_secs())
+                    .sum()
+            },
+        }
+    }
+
+    /// The largest worker's `VmRSS` or `VmHWM`.
+    fn worker_bytes(&self, key: &str) -> Option<u64> {
+        self.workers
+            .iter()
+            .map(|&pid| Proc::Pid(pid).status_bytes(key))
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .max()
+    }
+
+    /// Waits (up to `limit`) until no worker directory holds files of `key`.
+    async fn deleted(&self, key: &ShuffleKey, limit: Duration) -> bool {
+        let dirs: Vec<PathBuf> = self
+            .worker_dirs
+            .iter()
+            .map(|d| d.join(&*key.app_id).join(key.shuffle_id.to_string()))
+            .collect();
+        let started = Instant::now();
+        while dirs.iter().any(|d| d.exists()) {
+            if started.elapsed() > limit {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+/// CPU seconds per GB between two samples.
+fn secs_per_gb(before: Option<f64>, after: Option<f64>, bytes: u64) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    (bytes > 0).then(|| (after - before).max(0.0) / (bytes as f64 / 1e9))
+}
+
+/// A child `sluice` process: its stderr goes to a log file, its stdout after the ready line is
+/// drained; SIGTERM, then SIGKILL after a grace, when dropped.
+#[derive(Debug)]
+struct ChildProcess {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// How long a child may take to print its ready line.
+const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child has to stop on SIGTERM before it is killed.
+const CHILD_STOP_GRACE: Duration = Duration::from_secs(5);
+
+impl ChildProcess {
+    /// Starts `sluice <role> --config <config>` and returns it with its ready line.
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        name: &str,
+        role: &str,
+        config: &str,
+    ) -> anyhow::Result<(ChildProcess, serde_json::Value)> {
+        let config_file = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_file, config)
+            .with_context(|| format!("writing {}", config_file.display()))?;
+        let log = dir.join(format!("{name}.log"));
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = std::process::Command::new(exe)
+            .arg(role)
+            .arg("--config")
+            .arg(&config_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", exe.display()))?;
+        let (lines, ready) = std::sync::mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            // Hands over the ready line, then drains stdout so the child never writes to a
+            // closed pipe.
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = lines.send(line);
+                }
+            });
+        }
+        let mut process = ChildProcess {
+            name: name.to_string(),
+            child,
+            log,
+        };
+        let line = match ready.recv_timeout(CHILD_READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                process.stop();
+                anyhow::bail!("{name} printed no ready line\n{}", process.log_tail());
+            }
+        };
+        let ready =
+            serde_json::from_str(&line).with_context(|| format!("{name}'s ready line {line:?}"))?;
+        Ok((process, ready))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The end of its log, for errors.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, a grace to exit, then SIGKILL; reaps it.
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill only sends a signal, to a child of ours not yet reaped (so its pid
+            // cannot have been reused).
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let started = Instant::now();
+        while started.elapsed() < CHILD_STOP_GRACE {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} ignored SIGTERM, killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A master and workers run as child processes of this binary, each with its files under
+/// `dir`: what a plain benchmark run measures, so the workers' CPU time and memory are their
+/// own.
+#[derive(Debug)]
+struct ChildCluster {
+    master_addr: String,
+    /// Stopped in reverse order: workers first.
+    processes: Vec<ChildProcess>,
+    worker_pids: Vec<u32>,
+    worker_dirs: Vec<PathBuf>,
+}
+
+impl ChildCluster {
+    /// Starts the master, then each worker, each once the previous is ready (a worker prints
+    /// its ready line once the master accepted it). Blocking.
+    fn start(dir: &Path, workers: usize, metrics: bool) -> anyhow::Result<ChildCluster> {
+        let exe = std::env::current_exe().context("finding the sluice binary")?;
+        let template = LocalOptions::new(workers, dir);
+        let master = sluice_master::MasterConfig {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: String::new(),
+            data_dir: dir.join("master"),
+            id: Some(0),
+            metrics,
+            ..template.master.clone()
+        };
+        let (process, ready) =
+            ChildProcess::start(&exe, dir, "master", "master", &toml::to_string(&master)?)?;
+        let master_addr = ready["master"]
+            .as_str()
+            .with_context(|| format!("no master address in {ready}"))?
+            .to_string();
+        let mut cluster = ChildCluster {
+            master_addr,
+            processes: vec![process],
+            worker_pids: Vec::new(),
+            worker_dirs: Vec::new(),
+        };
+        for i in 0..workers {
+            let data_dir = dir.join(format!("worker-{i}"));
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let worker = sluice_worker::WorkerConfig {
+                id: format!("worker-{i}"),
+                master: cluster.master_addr.clone(),
+                host: "127.0.0.1".into(),
+                push_listen: "127.0.0.1:0".into(),
+                fetch_listen: "127.0.0.1:0".into(),
+                admin_listen: String::new(),
+                data_dirs: vec![data_dir.clone()],
+                metrics,
+                ..template.worker.clone()
+            };
+            let name = format!("worker-{i}");
+            let (process, _) =
+                ChildProcess::start(&exe, dir, &name, "worker", &toml::to_string(&worker)?)?;
+            cluster.worker_pids.push(process.pid());
+            cluster.worker_dirs.push(data_dir);
+            cluster.processes.push(process);
+        }
+        Ok(cluster)
+    }
+}
+
+impl Drop for ChildCluster {
+    fn drop(&mut self) {
+        while let Some(mut process) = self.processes.pop() {
+            process.stop();
+        }
+    }
+}
+
 /// One bit per record id, shared by the readers.
 struct Seen {
     bits: Vec<Vec<AtomicU64>>,
@@ -369,6 +858,22 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         0.0
     };
     eprintln!("loopback tcp: {loopback_gbps:.2} GB/s");
+    let lz4 = if options.lz4_bytes > 0 {
+        let (bytes, record_size) = (options.lz4_bytes, options.record_size);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let batch_size = ClientConfig::new("").batch_size;
+        let figures = tokio::task::spawn_blocking(move || {
+            measure_lz4(bytes, threads, record_size, batch_size)
+        })
+        .await??;
+        eprintln!(
+            "lz4 alone on {} threads: compress {:.2} GB/s, decompress {:.2} GB/s, ratio {:.3}",
+            figures.threads, figures.compress_gbps, figures.decompress_gbps, figures.ratio
+        );
+        Some(figures)
+    } else {
+        None
+    };
     let telemetry = Telemetry::new(true, &[]);
     let metrics = telemetry.register(ClientMetrics::new);
     let admin = CancellationToken::new();
@@ -401,7 +906,48 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     report.loopback_gbps = loopback_gbps;
     report.client_metrics = metrics.snapshot().into();
+    report.compression = options.compression.name().to_string();
+    report.write_of_lz4 = match (&lz4, options.compression) {
+        (Some(lz4), Codec::Lz4) => Some(ratio(report.write_gbps, lz4.compress_gbps)),
+        _ => None,
+    };
+    report.lz4 = lz4;
+    report.settle_secs = options.settle.as_secs_f64();
+    summarize(&report);
     Ok(report)
+}
+
+/// The report's CPU, latency and memory figures on stderr.
+fn summarize(report: &BenchReport) {
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let mib =
+        |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1048576.0));
+    if let Some(of) = report.write_of_lz4 {
+        eprintln!("write is {:.1}% of what lz4 alone compresses", of * 100.0);
+    }
+    eprintln!(
+        "pushes: {}, p50 {} ms, p99 {} ms",
+        report.pushes,
+        secs(report.push_p50_ms),
+        secs(report.push_p99_ms)
+    );
+    eprintln!(
+        "cpu s/GB: client write {} read {} total {}; workers write {} read {} total {}",
+        secs(report.client_cpu_write_secs_per_gb),
+        secs(report.client_cpu_read_secs_per_gb),
+        secs(report.client_cpu_secs_per_gb),
+        secs(report.worker_cpu_write_secs_per_gb),
+        secs(report.worker_cpu_read_secs_per_gb),
+        secs(report.worker_cpu_secs_per_gb),
+    );
+    eprintln!(
+        "worker rss MiB: idle {}, peak {}, after delete {}, after {:.0}s {}",
+        mib(report.worker_rss_idle_bytes),
+        mib(report.worker_rss_peak_bytes),
+        mib(report.worker_rss_after_delete_bytes),
+        report.settle_secs,
+        mib(report.worker_rss_settled_bytes),
+    );
 }
 
 /// Runs the workload `rounds` times with the servers' metrics on and as often with them off,
@@ -562,10 +1108,37 @@ async fn run_cluster(
     security: Security,
     baseline: bool,
 ) -> anyhow::Result<BenchReport> {
-    let data_dir = tempfile::tempdir().context("creating a data directory")?;
-    let cluster = match &options.master {
-        Some(_) => None,
-        None => {
+    let data_dir = match &options.data_dir {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .context("creating a data directory")?;
+    // A plain run of its own cluster runs it as child processes, to tell the workers' CPU and
+    // memory from the client's; comparisons and secured runs keep it in this process.
+    let children = if options.master.is_none() && baseline && security == Security::PLAIN {
+        let (dir, workers) = (data_dir.path().to_path_buf(), options.workers);
+        let cluster =
+            tokio::task::spawn_blocking(move || ChildCluster::start(&dir, workers, server_metrics))
+                .await??;
+        Some(cluster)
+    } else {
+        None
+    };
+    let mut probe = Probe {
+        settle: options.settle,
+        ..Probe::default()
+    };
+    if let Some(children) = &children {
+        probe.client = true;
+        probe.workers = children.worker_pids.clone();
+        probe.worker_dirs = children.worker_dirs.clone();
+    } else if options.master.is_some() {
+        probe.client = true;
+        probe.workers = options.worker_pids.clone();
+    }
+    let cluster = match (&options.master, &children) {
+        (Some(_), _) | (None, Some(_)) => None,
+        (None, None) => {
             let mut local = LocalOptions::new(options.workers, data_dir.path());
             local.master.metrics = server_metrics;
             local.worker.metrics = server_metrics;
@@ -574,11 +1147,13 @@ async fn run_cluster(
             Some(LocalCluster::start(local).await?)
         }
     };
-    let mut config = match (&options.master, &cluster) {
-        (Some(master), _) => ClientConfig::new(master.clone()),
-        (None, Some(cluster)) => cluster.client_config(),
-        (None, None) => unreachable!("an embedded cluster was started"),
+    let mut config = match (&options.master, &cluster, &children) {
+        (Some(master), _, _) => ClientConfig::new(master.clone()),
+        (None, Some(cluster), _) => cluster.client_config(),
+        (None, None, Some(children)) => ClientConfig::new(children.master_addr.clone()),
+        (None, None, None) => anyhow::bail!("no cluster to run on"),
     };
+    config.compression = options.compression == Codec::Lz4;
     if security.auth {
         config.app_secret = Some(sluice_protocol::auth::Secret::new(
             BENCH_APP_SECRET.to_vec(),
@@ -597,7 +1172,7 @@ async fn run_cluster(
     let result = async {
         let baseline = if baseline && options.replication == 2 {
             eprintln!("baseline: replication 1");
-            let report = run_on(&client_with(1)?, options, "r1").await?;
+            let report = run_on(&client_with(1)?, metrics, options, &probe, "r1").await?;
             Some(Baseline {
                 write_gbps: report.write_gbps,
                 read_gbps: report.read_gbps,
@@ -608,13 +1183,21 @@ async fn run_cluster(
             None
         };
         eprintln!("replication {}", options.replication);
-        let mut report = run_on(&client, options, "main").await?;
+        let mut report = run_on(&client, metrics, options, &probe, "main").await?;
         report.replication_1 = baseline;
         anyhow::Ok(report)
     }
     .await;
     if let Some(cluster) = cluster {
         cluster.shutdown().await?;
+    }
+    if let Some(children) = children {
+        if !matches!(&result, Ok(report) if report.error.is_none()) {
+            for process in &children.processes {
+                eprintln!("--- {} log ---\n{}", process.name, process.log_tail());
+            }
+        }
+        tokio::task::spawn_blocking(move || drop(children)).await?;
     }
     let mut report = result?;
     report.workers = if options.master.is_some() {
@@ -633,7 +1216,9 @@ async fn run_cluster(
 
 async fn run_on(
     client: &SluiceClient,
+    metrics: &ClientMetrics,
     options: &BenchOptions,
+    probe: &Probe,
     run: &str,
 ) -> anyhow::Result<BenchReport> {
     let app = format!(
@@ -644,6 +1229,7 @@ async fn run_on(
             .as_millis()
     );
     let key = ShuffleKey::new(app.as_str(), 0);
+    let idle = probe.worker_bytes("VmRSS");
     let handle = client
         .register_shuffle(&key, options.maps, options.partitions)
         .await?;
@@ -662,6 +1248,9 @@ async fn run_on(
         "writing {} maps x {} bytes over {} partitions",
         options.maps, options.bytes_per_map, options.partitions
     );
+    report.worker_rss_idle_bytes = idle;
+    let pushes_before = metrics.push_latency();
+    let cpu_before = probe.cpu();
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut maps = tokio::task::JoinSet::new();
@@ -691,7 +1280,12 @@ async fn run_on(
     }
     report.write_secs = started.elapsed().as_secs_f64();
     report.write_gbps = gbps(report.write_bytes, report.write_secs);
+    let cpu_written = probe.cpu();
     eprintln!("write: {:.2} GB/s", report.write_gbps);
+    let pushes = metrics.push_latency().since(&pushes_before);
+    let millis = |q| pushes.quantile(q).map(|d| d.as_secs_f64() * 1e3);
+    report.pushes = pushes.count();
+    (report.push_p50_ms, report.push_p99_ms) = (millis(0.5), millis(0.99));
 
     let started = Instant::now();
     let seen = Arc::new(Seen::new(options.maps, records_per_map));
@@ -732,7 +1326,17 @@ async fn run_on(
     }
     report.read_secs = started.elapsed().as_secs_f64();
     report.read_gbps = gbps(report.read_bytes, report.read_secs);
+    let cpu_read = probe.cpu();
     eprintln!("read: {:.2} GB/s", report.read_gbps);
+    let (written, read) = (report.write_bytes, report.read_bytes);
+    report.client_cpu_write_secs_per_gb =
+        secs_per_gb(cpu_before.client, cpu_written.client, written);
+    report.client_cpu_read_secs_per_gb = secs_per_gb(cpu_written.client, cpu_read.client, read);
+    report.client_cpu_secs_per_gb = secs_per_gb(cpu_before.client, cpu_read.client, written);
+    report.worker_cpu_write_secs_per_gb =
+        secs_per_gb(cpu_before.workers, cpu_written.workers, written);
+    report.worker_cpu_read_secs_per_gb = secs_per_gb(cpu_written.workers, cpu_read.workers, read);
+    report.worker_cpu_secs_per_gb = secs_per_gb(cpu_before.workers, cpu_read.workers, written);
     if options.verify {
         report.lost = report.records_written - seen.count();
     } else {
@@ -740,9 +1344,23 @@ async fn run_on(
         report.duplicated = report.records_read.saturating_sub(report.records_written);
     }
     report.error = error;
-    if let Err(e) = client.unregister_shuffle(&key).await {
-        eprintln!("unregistering the benchmark shuffle failed: {e}");
+    match client.unregister_shuffle(&key).await {
+        Ok(()) if !probe.workers.is_empty() => {
+            if !probe.deleted(&key, DELETE_TIMEOUT).await {
+                eprintln!(
+                    "the workers still hold the shuffle's files {}s after its deletion",
+                    DELETE_TIMEOUT.as_secs()
+                );
+            }
+            report.worker_rss_after_delete_bytes = probe.worker_bytes("VmRSS");
+            tokio::time::sleep(probe.settle).await;
+            report.worker_rss_settled_bytes = probe.worker_bytes("VmRSS");
+        }
+        Ok(()) => {}
+        Err(e) => eprintln!("unregistering the benchmark shuffle failed: {e}"),
     }
+    // The high-water mark, read last so it covers every other reading.
+    report.worker_rss_peak_bytes = probe.worker_bytes("VmHWM");
     Ok(report)
 }
 
@@ -786,6 +1404,25 @@ mod tests {
         assert_eq!(median(&[]), 0.0);
         assert_eq!(ratio(0.95, 1.0), 0.95);
         assert_eq!(ratio(1.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn lz4_alone_round_trips_and_measures_something() {
+        let figures = measure_lz4(4 << 20, 2, 100, 256 * 1024).unwrap();
+        assert_eq!(figures.threads, 2);
+        assert!(figures.compress_gbps > 0.0 && figures.decompress_gbps > 0.0);
+        assert!(figures.ratio > 0.0 && figures.ratio < 1.0, "{figures:?}");
+    }
+
+    #[test]
+    fn proc_tells_this_process_cpu_and_memory() {
+        assert!(Proc::Me.cpu_secs().unwrap() >= 0.0);
+        assert!(Proc::Me.status_bytes("VmRSS").unwrap() > 0);
+        assert!(Proc::Me.status_bytes("VmHWM").unwrap() > 0);
+        assert_eq!(Proc::Me.status_bytes("NoSuchKey"), None);
+        assert_eq!(secs_per_gb(Some(1.0), Some(3.0), 2_000_000_000), Some(1.0));
+        assert_eq!(secs_per_gb(None, Some(3.0), 1), None);
+        assert_eq!(secs_per_gb(Some(1.0), Some(3.0), 0), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `sluice`: the one binary. Parses arguments, installs logging, binds listeners and calls the
 //! libraries.
 
+mod alloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -153,6 +155,27 @@ enum Command {
         /// median throughputs and their ratios to plain (`security_overhead`).
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
         security_overhead: Option<u32>,
+        /// How the client compresses batches.
+        #[arg(long, value_enum, default_value_t = bench::Codec::Lz4)]
+        compression: bench::Codec,
+        /// Raw bytes LZ4 alone compresses and decompresses on as many threads as this process
+        /// has, to report what the codec can do here (0 skips it; default: the --loopback-bytes
+        /// amount, so --loopback-bytes 0 skips both measures of the machine).
+        #[arg(long)]
+        lz4_bytes: Option<bytesize::ByteSize>,
+        /// After the benchmark's shuffle is deleted, how long to wait before the workers'
+        /// settled RSS is read (e.g. 60s).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// Where the embedded cluster keeps its data (in a temporary directory made inside
+        /// DIR; default: the system's temporary directory). A tmpfs such as /dev/shm takes the
+        /// disk out of the figures.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// With --master: pid of a worker on this machine, whose CPU time and memory are then
+        /// reported (repeat the flag for more).
+        #[arg(long = "worker-pid", requires = "master")]
+        worker_pids: Vec<u32>,
     },
     /// Write development TLS files into DIR: ca.pem and ca-key.pem (kept when present, so a
     /// certificate issued again chains to the same CA), cert.pem and key.pem. Prints their
@@ -435,6 +458,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tls,
             auth,
             security_overhead,
+            compression,
+            lz4_bytes,
+            settle,
+            data_dir,
+            worker_pids,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             let options = BenchOptions {
@@ -453,6 +481,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tls,
                 auth,
                 security_overhead,
+                compression,
+                lz4_bytes: lz4_bytes.unwrap_or(loopback_bytes).as_u64(),
+                settle,
+                data_dir,
+                worker_pids,
             };
             let report = bench::run(&options).await?;
             if let Some(error) = &report.error {
@@ -504,21 +537,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Keeps glibc to two heap arenas. By default it opens up to eight per core, one per thread
-/// that allocates under contention, and memory freed into one arena is not reused by the
-/// others: a worker's tokio threads each grow their own heap of frame bodies, and RSS drifts
-/// far above what the memory budget counts. Measured cost on `sluice bench`: within noise.
-fn limit_heap_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
-    // exists, and M_ARENA_MAX takes any positive count.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn main() -> ExitCode {
-    limit_heap_arenas();
     let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

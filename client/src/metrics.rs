@@ -8,9 +8,13 @@
 //!
 //! Handles cannot be read back, so every count also goes to a plain total: [`ClientMetrics::snapshot`]
 //! reads them (the benchmark's report, the JVM's Spark metrics).
+//!
+//! Push round trips also go into a [`LatencyHistogram`] of fixed log-linear buckets (one relaxed
+//! atomic add per push, no lock): [`ClientMetrics::push_latency`] reads it, for percentiles.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{describe_counter, Counter, Unit};
 
@@ -23,6 +27,7 @@ pub struct ClientMetrics {
     fetch_retries: Counter,
     data_lost: Counter,
     totals: Arc<Totals>,
+    push_latency: Arc<LatencyHistogram>,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +120,7 @@ impl ClientMetrics {
             fetch_retries: metrics::counter!("sluice_client_fetch_retries_total"),
             data_lost: metrics::counter!("sluice_client_data_lost_total"),
             totals: Arc::default(),
+            push_latency: Arc::new(LatencyHistogram::new()),
         }
     }
 
@@ -129,6 +135,16 @@ impl ClientMetrics {
             fetch_retries: load(&t.fetch_retries),
             data_lost: load(&t.data_lost),
         }
+    }
+
+    /// Round trips of the pushes acked so far (send to ack, one per push request that
+    /// succeeded; failed attempts and their retries are not in it).
+    pub fn push_latency(&self) -> LatencySnapshot {
+        self.push_latency.snapshot()
+    }
+
+    pub(crate) fn push_round_trip(&self, elapsed: Duration) {
+        self.push_latency.record(elapsed);
     }
 
     pub(crate) fn pushed(&self, bytes: u64) {
@@ -161,9 +177,166 @@ impl ClientMetrics {
     }
 }
 
+/// Sub-buckets per power of two: 8 keeps a bucket's width within 12.5% of its values.
+const SUB_BITS: u32 = 3;
+const SUBS: usize = 1 << SUB_BITS;
+/// Powers of two covered above the exact values: durations past 2^43 µs (about 100 days) share
+/// the last bucket.
+const OCTAVES: usize = 40;
+const BUCKETS: usize = (OCTAVES + 1) * SUBS;
+
+/// Durations in microseconds counted into log-linear buckets: values below 8 µs exactly, then
+/// 8 buckets per power of two. Recording is one relaxed `fetch_add`; a percentile is read as the
+/// upper bound of the bucket holding it, so it is at most 12.5% above the true value.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram::new()
+    }
+}
+
+impl LatencyHistogram {
+    pub fn new() -> LatencyHistogram {
+        LatencyHistogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn record(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            counts: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+fn bucket_of(micros: u64) -> usize {
+    if micros < SUBS as u64 {
+        return micros as usize;
+    }
+    let octave = 63 - micros.leading_zeros(); // >= SUB_BITS
+    let sub = (micros >> (octave - SUB_BITS)) as usize & (SUBS - 1);
+    ((octave - SUB_BITS + 1) as usize * SUBS + sub).min(BUCKETS - 1)
+}
+
+/// The largest value (µs) counted into `bucket`.
+fn bucket_upper(bucket: usize) -> u64 {
+    if bucket < SUBS {
+        return bucket as u64;
+    }
+    let octave = (bucket / SUBS) as u32 + SUB_BITS - 1;
+    let sub = (bucket % SUBS) as u64;
+    ((SUBS as u64 + sub + 1) << (octave - SUB_BITS)) - 1
+}
+
+/// A histogram's counts at one moment; two of them subtract, for the figures of one period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    counts: Vec<u64>,
+}
+
+impl LatencySnapshot {
+    /// Durations counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// What was counted since `earlier` (a snapshot of the same histogram).
+    pub fn since(&self, earlier: &LatencySnapshot) -> LatencySnapshot {
+        LatencySnapshot {
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// The `q` quantile (0.5 for the median, 0.99...) as the upper bound of its bucket; `None`
+    /// when nothing was counted.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        // The rank of the value asked for, 1-based: at least the first, at most the last.
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (bucket, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_micros(bucket_upper(bucket)));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_within_an_eighth() {
+        let mut previous_upper = None;
+        for bucket in 0..BUCKETS - 1 {
+            let upper = bucket_upper(bucket);
+            assert_eq!(bucket_of(upper), bucket, "bucket {bucket}");
+            assert_eq!(bucket_of(upper + 1), bucket + 1, "bucket {bucket}");
+            if let Some(previous) = previous_upper {
+                let lower: u64 = previous + 1;
+                assert!(
+                    (upper - lower) as f64 <= lower as f64 / 8.0,
+                    "bucket {bucket}"
+                );
+            }
+            previous_upper = Some(upper);
+        }
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_come_from_the_counts_of_a_period() {
+        let histogram = LatencyHistogram::new();
+        assert_eq!(histogram.snapshot().quantile(0.5), None);
+        for ms in 1..=100 {
+            histogram.record(Duration::from_millis(ms));
+        }
+        let first = histogram.snapshot();
+        let p50 = first.quantile(0.5).unwrap();
+        let p99 = first.quantile(0.99).unwrap();
+        assert!(
+            p50 >= Duration::from_millis(50) && p50 <= Duration::from_micros(56_250),
+            "{p50:?}"
+        );
+        assert!(
+            p99 >= Duration::from_millis(99) && p99 <= Duration::from_micros(111_375),
+            "{p99:?}"
+        );
+        for _ in 0..10 {
+            histogram.record(Duration::from_secs(2));
+        }
+        let period = histogram.snapshot().since(&first);
+        assert_eq!(period.count(), 10);
+        let p50 = period.quantile(0.5).unwrap();
+        assert!(
+            p50 >= Duration::from_secs(2) && p50 <= Duration::from_millis(2250),
+            "{p50:?}"
+        );
+    }
 
     #[test]
     fn totals_are_readable_without_a_recorder_and_shared_by_clones() {

@@ -389,13 +389,14 @@ async fn push_with_revive(
                 MessageType::PushMergedData
             };
             let frame = OutFrame::new(kind, 0, &header).with_body(body.clone());
-            let error = match inner
-                .session(&handle.key.app_id)
-                .await?
+            let session = inner.session(&handle.key.app_id).await?;
+            let sent = Instant::now();
+            let error = match session
                 .call(&addr, frame, MessageType::Ack, inner.config.request_timeout)
                 .await
             {
                 Ok(_) => {
+                    metrics.push_round_trip(sent.elapsed());
                     metrics.pushed(bytes);
                     break;
                 }

@@ -269,9 +269,15 @@ impl Store {
                 .filter(|k| &*k.app_id == app_id && shuffle_id.is_none_or(|s| s == k.shuffle_id))
                 .cloned()
                 .collect();
-            keys.into_iter()
+            let removed = keys
+                .into_iter()
                 .filter_map(|k| shuffles.remove_entry(&k))
-                .collect()
+                .collect();
+            // The map keeps the capacity of its busiest moment otherwise.
+            if shuffles.capacity() > 4 * shuffles.len().max(16) {
+                shuffles.shrink_to_fit();
+            }
+            removed
         };
         for partition in removed.iter().flat_map(|(_, m)| m.values()) {
             partition.discard();

@@ -269,8 +269,10 @@ impl Partition {
         if !matches!(state.status, Status::Failed(_)) {
             state.status = Status::Failed(reason);
         }
-        state.pending.clear();
-        state.pending_index.clear();
+        // Replaced, not cleared: a failed or deleted location may stay referenced for a while
+        // (a flush in flight), and should not keep its buffers' capacity meanwhile.
+        state.pending = Vec::new();
+        state.pending_index = Vec::new();
         state.pending_len = 0;
         state.pending_since = None;
     }
