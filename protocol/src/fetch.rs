@@ -44,7 +44,10 @@ pub fn split_chunks(
     let mut out = Vec::with_capacity(header.chunks.len());
     for (i, answer) in header.chunks.iter().enumerate() {
         if let Some(error) = &answer.error {
-            out.push(Err((ErrorCode::from_u32(error.code), error.message.clone())));
+            out.push(Err((
+                ErrorCode::from_u32(error.code),
+                error.message.clone(),
+            )));
             continue;
         }
         let len = usize::try_from(answer.length).unwrap_or(usize::MAX);
