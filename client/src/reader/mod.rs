@@ -7,7 +7,8 @@
 //!
 //! Many small partitions are read in few round trips. The next partitions are opened together:
 //! the copies to read are grouped by worker and each worker lists them in one batched open
-//! (`OpenStreams`), the workers at once. Fetches run ahead of the reader within a window of
+//! (`OpenStreams`), the workers at once, the next batch's open under way while the reader takes
+//! what the last one queued. Fetches run ahead of the reader within a window of
 //! `prefetch_chunks` units of [`FETCH_BATCH_BYTES`]: a large chunk is one unit, fetched alone;
 //! small chunks cost their bytes (at least [`MIN_COST`]) and those of one worker are fetched
 //! together (`FetchChunks`, up to a unit's bytes or [`FETCH_BATCH_CHUNKS`] chunks). Each chunk
@@ -125,6 +126,28 @@ enum Item {
     },
 }
 
+/// A partition of a batch being opened: its reads, planned.
+struct Planned {
+    index: usize,
+    id: u32,
+    /// The reads of each epoch: (epoch, copies holding the same batches).
+    reads: Vec<(u32, Vec<CopySource>)>,
+    unread: Vec<String>,
+}
+
+/// The result of one worker's batched open: each of its reads' chunks, or why not.
+type Opened = Vec<Result<Vec<pb::Chunk>, String>>;
+
+/// A batch of partitions whose first copies are being opened.
+struct Opening {
+    planned: Vec<Planned>,
+    /// Why the partition after the planned ones cannot be read (an impossible layout).
+    error: Option<ClientError>,
+    /// Per worker: the reads it opens (their numbers), how many, and the task.
+    tasks: Vec<(Vec<usize>, usize, JoinHandle<Opened>)>,
+    read_count: usize,
+}
+
 /// Why a fetched chunk could not be used.
 enum Unusable {
     /// This copy could not be fetched, or its bytes are damaged or misplaced: another copy
@@ -153,6 +176,8 @@ pub struct ShuffleReader {
     in_flight: u64,
     /// Tasks of batched fetches, aborted with the reader.
     groups: Vec<JoinHandle<()>>,
+    /// The next batch of partitions, being opened ahead of the reader.
+    opening: Option<Opening>,
 }
 
 impl std::fmt::Debug for ShuffleReader {
@@ -177,6 +202,11 @@ impl Drop for ShuffleReader {
         }
         for group in &self.groups {
             group.abort();
+        }
+        if let Some(opening) = &self.opening {
+            for (_, _, task) in &opening.tasks {
+                task.abort();
+            }
         }
     }
 }
@@ -235,6 +265,7 @@ impl ShuffleReader {
             queued: 0,
             in_flight: 0,
             groups: Vec::new(),
+            opening: None,
         })
     }
 
@@ -305,35 +336,43 @@ impl ShuffleReader {
     }
 
     /// Opens the next partitions' streams, a batch at a time, until twice the fetch-ahead window
-    /// is queued.
+    /// is queued. The open of the batch after is started before this one is awaited, so it runs
+    /// while the reader takes what is queued.
     async fn fill(&mut self) -> ClientResult<()> {
         let target = 2 * self.window();
-        while self.next_layout < self.layout.partitions.len()
-            && (self.queue.is_empty() || self.queued < target)
-        {
-            // Partitions opened together: about a window's worth by the sizes their copies
-            // reported at commit (one large partition alone), at most OPEN_BATCH.
-            let start = self.next_layout;
-            let mut end = start;
-            let mut expected = 0u64;
-            while end < self.layout.partitions.len()
-                && end - start < OPEN_BATCH
-                && (end == start || expected < self.window())
-            {
-                let size = self.layout.partitions[end]
-                    .locations
-                    .iter()
-                    .filter(|l| l.ok)
-                    .map(|l| l.stats.unwrap_or_default().bytes)
-                    .max()
-                    .unwrap_or(0);
-                expected = expected.saturating_add(size.max(MIN_COST));
-                end += 1;
-            }
-            self.next_layout = end;
-            self.open_partitions(start..end).await?;
+        while self.queue.is_empty() || self.queued < target {
+            let Some(opening) = self.opening.take().or_else(|| self.begin_next()) else {
+                break;
+            };
+            self.opening = self.begin_next();
+            self.finish_open(opening).await?;
         }
         Ok(())
+    }
+
+    /// Starts opening the next batch of partitions, if any are left: about a window's worth by
+    /// the sizes their copies reported at commit (one large partition alone), at most
+    /// [`OPEN_BATCH`].
+    fn begin_next(&mut self) -> Option<Opening> {
+        let start = self.next_layout;
+        let mut end = start;
+        let mut expected = 0u64;
+        while end < self.layout.partitions.len()
+            && end - start < OPEN_BATCH
+            && (end == start || expected < self.window())
+        {
+            let size = self.layout.partitions[end]
+                .locations
+                .iter()
+                .filter(|l| l.ok)
+                .map(|l| l.stats.unwrap_or_default().bytes)
+                .max()
+                .unwrap_or(0);
+            expected = expected.saturating_add(size.max(MIN_COST));
+            end += 1;
+        }
+        self.next_layout = end;
+        (start < end).then(|| self.begin_open(start..end))
     }
 
     fn expected_in_range<'a>(
@@ -346,19 +385,11 @@ impl ShuffleReader {
             .filter(|e| self.maps.contains(&e.map_id))
     }
 
-    /// Opens the copies to read of the layout's partitions `indexes` and queues their chunks
-    /// and end markers, in order. The first copy of every read is opened in one batched request
-    /// per worker, the workers at once; a read whose first copy cannot be opened tries its
-    /// other copies one by one.
-    async fn open_partitions(&mut self, indexes: Range<usize>) -> ClientResult<()> {
-        struct Planned {
-            index: usize,
-            id: u32,
-            /// The reads of each epoch: (epoch, copies holding the same batches).
-            reads: Vec<(u32, Vec<CopySource>)>,
-            unread: Vec<String>,
-        }
+    /// Plans the reads of the layout's partitions `indexes` and starts opening the first copy
+    /// of every read: one batched request per worker, the workers at once.
+    fn begin_open(&self, indexes: Range<usize>) -> Opening {
         let mut planned = Vec::with_capacity(indexes.len());
+        let mut error = None;
         for index in indexes {
             let partition = &self.layout.partitions[index];
             let id = partition.partition;
@@ -380,7 +411,15 @@ impl ShuffleReader {
                     },
                 })
             })
-            .map_err(|reason| self.lost(id, reason))?;
+            .map_err(|reason| self.lost(id, reason));
+            let epochs = match epochs {
+                Ok(epochs) => epochs,
+                Err(e) => {
+                    // Reported once the partitions before it are queued.
+                    error = Some(e);
+                    break;
+                }
+            };
             let mut reads = Vec::new();
             let mut unread = Vec::new();
             for epoch in epochs {
@@ -434,6 +473,23 @@ impl ShuffleReader {
                 (reads, count, task)
             })
             .collect();
+        Opening {
+            planned,
+            error,
+            tasks,
+            read_count,
+        }
+    }
+
+    /// Waits for the opens of `opening` and queues its partitions' chunks and end markers, in
+    /// order. A read whose first copy could not be opened tries its other copies one by one.
+    async fn finish_open(&mut self, opening: Opening) -> ClientResult<()> {
+        let Opening {
+            planned,
+            error,
+            tasks,
+            read_count,
+        } = opening;
         let mut opened: Vec<Option<Result<Vec<pb::Chunk>, String>>> = Vec::new();
         opened.resize_with(read_count, || None);
         for (reads, count, task) in tasks {
@@ -483,7 +539,10 @@ impl ShuffleReader {
                 unread,
             });
         }
-        Ok(())
+        match error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Opens the first of `copies` (copies holding the same batches) that answers and returns
@@ -592,7 +651,10 @@ impl ShuffleReader {
     /// free, so a window of many small chunks is walked once per unit read, not once per chunk.
     fn start_fetches(&mut self) {
         let window = self.window();
-        if self.in_flight > 0 && self.in_flight + FETCH_BATCH_BYTES > window {
+        // Nothing to start: every queued chunk is under way, or the window has no free unit.
+        if self.in_flight == self.queued
+            || (self.in_flight > 0 && self.in_flight + FETCH_BATCH_BYTES > window)
+        {
             return;
         }
         #[derive(Default)]
