@@ -188,6 +188,81 @@ fn main() {
             &prefixed(&[i as u8], header),
         );
     }
+    // The batched fetch headers, numbered 8 to 11.
+    let open = pb::OpenStreamHeader {
+        location: location(),
+        start_map: 0,
+        end_map: None,
+        index_offset: 0,
+    };
+    let batched: [Vec<u8>; 3] = [
+        pb::OpenStreamsHeader {
+            streams: vec![open.clone(), open],
+        }
+        .encode_to_vec(),
+        pb::FetchChunksHeader {
+            chunks: vec![
+                pb::FetchChunkHeader {
+                    location: location(),
+                    chunk: Some(chunk()),
+                };
+                2
+            ],
+        }
+        .encode_to_vec(),
+        pb::StreamsOpenedHeader {
+            streams: vec![
+                pb::OpenedStream {
+                    opened: Some(pb::StreamOpenedHeader {
+                        chunks: vec![chunk()],
+                        file_length: 250,
+                        next_index_offset: None,
+                    }),
+                    error: None,
+                },
+                pb::OpenedStream {
+                    opened: None,
+                    error: Some(pb::ErrorHeader {
+                        code: 3,
+                        message: "no such location".into(),
+                    }),
+                },
+            ],
+        }
+        .encode_to_vec(),
+    ];
+    for (i, header) in batched.iter().enumerate() {
+        let i = i + 8;
+        write(
+            "headers",
+            &format!("type-{i}"),
+            &prefixed(&[i as u8], header),
+        );
+    }
+    let answer = pb::ChunksDataHeader {
+        chunks: vec![
+            pb::ChunkAnswer {
+                length: 3,
+                error: None,
+            },
+            pb::ChunkAnswer {
+                length: 0,
+                error: Some(pb::ErrorHeader {
+                    code: 11,
+                    message: "denied".into(),
+                }),
+            },
+            pb::ChunkAnswer {
+                length: 2,
+                error: None,
+            },
+        ],
+    }
+    .encode_to_vec();
+    let mut input = vec![11, answer.len() as u8];
+    input.extend_from_slice(&answer);
+    input.extend_from_slice(b"abcde");
+    write("headers", "type-11", &input);
 
     // Push frames: header length, header, body.
     let header = push.encode_to_vec();

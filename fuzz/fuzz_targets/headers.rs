@@ -2,13 +2,16 @@
 //! `Frame::decode_header` the servers call, followed by the checks the server makes on the
 //! decoded header before it touches any state.
 //!
-//! Input: one byte choosing the header type, then the header bytes.
+//! Input: one byte choosing the header type, then the header bytes. For `ChunksDataHeader`
+//! the bytes after the header (its length in the byte after the type) are the body that
+//! `fetch::split_chunks` cuts into chunks.
 
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use sluice_fuzz::Input;
+use sluice_protocol::fetch::{split_chunks, MAX_FETCH_CHUNKS, MAX_OPEN_STREAMS};
 use sluice_protocol::frame::{Frame, MessageType};
 use sluice_protocol::{ids, pb, ShuffleKey};
 
@@ -66,8 +69,26 @@ fn chunk(chunk: pb::Chunk, data_len: u64, max_len: u64) {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let which = input.u8();
+    if which % 12 == 11 {
+        // A batched fetch's answer: header, then the body it describes.
+        let len = usize::from(input.u8());
+        let rest = input.rest();
+        let (header, body) = rest.split_at(len.min(rest.len()));
+        if let Some(answer) = decode::<pb::ChunksDataHeader>(MessageType::ChunksData, header) {
+            let count = answer.chunks.len();
+            if let Ok(chunks) = split_chunks(&answer, Bytes::copy_from_slice(body), count) {
+                assert_eq!(chunks.len(), count);
+                let total: usize = chunks
+                    .iter()
+                    .map(|c| c.as_ref().map_or(0, Bytes::len))
+                    .sum();
+                assert_eq!(total, body.len(), "the chunks cover the body exactly");
+            }
+        }
+        return;
+    }
     let header = input.rest();
-    match which % 8 {
+    match which % 12 {
         0 => {
             if let Some(push) = decode::<pb::PushHeader>(MessageType::PushMergedData, header) {
                 shuffle(push.shuffle.as_ref());
@@ -113,6 +134,52 @@ fuzz_target!(|data: &[u8]| {
         }
         6 => {
             let _ = decode::<pb::CommittedHeader>(MessageType::Committed, header);
+        }
+        8 => {
+            if let Some(open) = decode::<pb::OpenStreamsHeader>(MessageType::OpenStreams, header) {
+                if open.streams.len() <= MAX_OPEN_STREAMS {
+                    for stream in &open.streams {
+                        if let Some(location) = &stream.location {
+                            shuffle(location.shuffle.as_ref());
+                        }
+                    }
+                }
+            }
+        }
+        9 => {
+            if let Some(fetch) = decode::<pb::FetchChunksHeader>(MessageType::FetchChunks, header) {
+                // The worker's whole-batch byte sum cannot overflow, and each chunk is checked
+                // as a single FetchChunk's.
+                if fetch.chunks.len() <= MAX_FETCH_CHUNKS {
+                    let _ = fetch
+                        .chunks
+                        .iter()
+                        .map(|c| {
+                            c.chunk
+                                .as_ref()
+                                .map_or(0, sluice_worker::storage::read::chunk_len)
+                        })
+                        .try_fold(0u64, |sum, len| sum.checked_add(len));
+                    for c in fetch.chunks {
+                        if let Some(location) = &c.location {
+                            shuffle(location.shuffle.as_ref());
+                        }
+                        chunk(c.chunk.unwrap_or_default(), 1 << 40, 256 << 20);
+                    }
+                }
+            }
+        }
+        10 => {
+            if let Some(opened) =
+                decode::<pb::StreamsOpenedHeader>(MessageType::StreamsOpened, header)
+            {
+                for stream in opened.streams {
+                    let page = stream.opened.unwrap_or_default();
+                    for c in page.chunks {
+                        chunk(c, page.file_length, u64::MAX);
+                    }
+                }
+            }
         }
         _ => {
             if let Some(opened) =

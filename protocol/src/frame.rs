@@ -84,6 +84,17 @@ pub enum MessageType {
     /// Server -> client, the answer to `Hello`: the server's nonce and its proof of the session
     /// key. Header: `WelcomeHeader`. Never tagged.
     Welcome = 14,
+    /// Reader -> worker: list the chunks of many committed locations of one worker.
+    /// Header: `OpenStreamsHeader`.
+    OpenStreams = 15,
+    /// Answer to `OpenStreams`: one page or one error per location. Header:
+    /// `StreamsOpenedHeader`.
+    StreamsOpened = 16,
+    /// Reader -> worker: read many chunks of one worker. Header: `FetchChunksHeader`.
+    FetchChunks = 17,
+    /// Answer to `FetchChunks`; the body is the chunks read, back to back. Header:
+    /// `ChunksDataHeader` (each chunk's length or its own error).
+    ChunksData = 18,
 }
 
 impl MessageType {
@@ -104,6 +115,10 @@ impl MessageType {
             12 => Destroy,
             13 => Hello,
             14 => Welcome,
+            15 => OpenStreams,
+            16 => StreamsOpened,
+            17 => FetchChunks,
+            18 => ChunksData,
             _ => return None,
         })
     }
@@ -415,7 +430,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const KINDS: [MessageType; 14] = [
+    const KINDS: [MessageType; 18] = [
         MessageType::PushData,
         MessageType::PushMergedData,
         MessageType::Ack,
@@ -430,6 +445,10 @@ mod tests {
         MessageType::Destroy,
         MessageType::Hello,
         MessageType::Welcome,
+        MessageType::OpenStreams,
+        MessageType::StreamsOpened,
+        MessageType::FetchChunks,
+        MessageType::ChunksData,
     ];
 
     fn small_limits() -> FrameLimits {
@@ -583,7 +602,7 @@ mod tests {
     fn hello_and_welcome_are_known_types() {
         assert_eq!(MessageType::from_u8(13), Some(MessageType::Hello));
         assert_eq!(MessageType::from_u8(14), Some(MessageType::Welcome));
-        assert_eq!(MessageType::from_u8(15), None);
+        assert_eq!(MessageType::from_u8(19), None);
         for kind in KINDS {
             assert_eq!(MessageType::from_u8(kind as u8), Some(kind));
         }

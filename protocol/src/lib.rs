@@ -5,6 +5,8 @@
 //! - [`frame`]: the data-plane frame codec. A frame is a fixed 28-byte head, a protobuf header and
 //!   a raw body. [`frame::check`] validates a head cheaply before [`frame::parse`] splits a frame
 //!   out of the read buffer without copying the body.
+//! - [`fetch`]: the batched reads of the fetch port (`OpenStreams`, `FetchChunks`): limits, and
+//!   [`fetch::split_chunks`], which cuts a `ChunksData` body back into its chunks.
 //! - [`connection`]: async frame reader and writer over any byte stream.
 //! - [`rpc`]: a multiplexed request/response client over one connection (request ids), used for
 //!   pushes, fetches and the master's calls into workers.
@@ -37,6 +39,7 @@ pub mod config_check;
 pub mod connection;
 pub mod duration;
 pub mod error;
+pub mod fetch;
 pub mod frame;
 pub mod ids;
 pub mod master_channel;

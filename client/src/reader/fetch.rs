@@ -8,6 +8,10 @@
 //! whole request timeout per try, and the other copy is likely fine. A worker that used up its
 //! retries is remembered as down, and later requests to it get one try only, so a dead worker
 //! costs the wait once per reader, not once per chunk; one answer clears it.
+//!
+//! [`Fetcher::open_streams`] and [`Fetcher::fetch_chunks`] are the batched forms: many
+//! locations, or many chunks, of one worker per request. A batched request is retried whole; an
+//! entry the worker answered with its own error fails alone.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,8 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_protocol::connection::OutFrame;
+use sluice_protocol::fetch::{self as batched, MAX_OPEN_STREAMS};
 use sluice_protocol::frame::{Frame, MessageType};
-use sluice_protocol::{pb, ErrorCode};
+use sluice_protocol::{pb, ErrorCode, ProtocolError};
 
 use super::plan::CopySource;
 use crate::backoff::Backoff;
@@ -88,6 +93,183 @@ impl Fetcher {
                 None => return Ok(chunks),
             }
         }
+    }
+
+    /// Opens `locations` (all on `worker`) for maps `[start_map, end_map)` in as few requests as
+    /// the worker allows, and returns, in order, each location's chunks or why it could not be
+    /// opened. `stand_in`: whether another copy holds the batches of every location.
+    pub async fn open_streams(
+        &self,
+        worker: &str,
+        locations: Vec<pb::LocationRef>,
+        start_map: u32,
+        end_map: Option<u32>,
+        stand_in: bool,
+    ) -> Vec<Result<Vec<pb::Chunk>, String>> {
+        struct Entry {
+            location: pb::LocationRef,
+            index_offset: u64,
+            chunks: Vec<pb::Chunk>,
+            done: Option<Result<(), String>>,
+        }
+        let mut entries: Vec<Entry> = locations
+            .into_iter()
+            .map(|location| Entry {
+                location,
+                index_offset: 0,
+                chunks: Vec::new(),
+                done: None,
+            })
+            .collect();
+        loop {
+            // Locations still to list (a big one page by page), a request's worth at a time.
+            let asked: Vec<usize> = (0..entries.len())
+                .filter(|&i| entries[i].done.is_none())
+                .take(MAX_OPEN_STREAMS)
+                .collect();
+            if asked.is_empty() {
+                break;
+            }
+            let streams = asked
+                .iter()
+                .map(|&i| pb::OpenStreamHeader {
+                    location: Some(entries[i].location.clone()),
+                    start_map,
+                    end_map,
+                    index_offset: entries[i].index_offset,
+                })
+                .collect();
+            let frame = OutFrame::new(
+                MessageType::OpenStreams,
+                0,
+                &pb::OpenStreamsHeader { streams },
+            );
+            let answer = self
+                .call(worker, frame, MessageType::StreamsOpened, stand_in)
+                .await
+                .and_then(|answer| {
+                    answer
+                        .decode_header::<pb::StreamsOpenedHeader>("streams opened")
+                        .map_err(|source| fetch_error(worker, source))
+                });
+            let opened = match answer {
+                Ok(opened) if opened.streams.len() == asked.len() => opened.streams,
+                Ok(opened) => {
+                    let reason = fetch_error(
+                        worker,
+                        remote(
+                            worker,
+                            ErrorCode::Internal,
+                            format!(
+                                "{} locations were opened and {} answered",
+                                asked.len(),
+                                opened.streams.len()
+                            ),
+                        ),
+                    )
+                    .to_string();
+                    for &i in &asked {
+                        entries[i].done = Some(Err(reason.clone()));
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    for &i in &asked {
+                        entries[i].done = Some(Err(reason.clone()));
+                    }
+                    continue;
+                }
+            };
+            let mut progress = false;
+            for (&i, stream) in asked.iter().zip(opened) {
+                let entry = &mut entries[i];
+                let page = match (stream.error, stream.opened) {
+                    (Some(error), _) => {
+                        let code = ErrorCode::from_u32(error.code);
+                        entry.done = Some(Err(fetch_error(
+                            worker,
+                            remote(worker, code, error.message),
+                        )
+                        .to_string()));
+                        progress = true;
+                        continue;
+                    }
+                    (None, page) => page.unwrap_or_default(),
+                };
+                let listed = !page.chunks.is_empty();
+                entry.chunks.extend(page.chunks);
+                // A large location is listed page by page; a page must move forward, or (the
+                // worker's answer was full) be left untouched to ask again.
+                match page.next_index_offset {
+                    None => {
+                        entry.done = Some(Ok(()));
+                        progress = true;
+                    }
+                    Some(next) if next > entry.index_offset => {
+                        entry.index_offset = next;
+                        progress = true;
+                    }
+                    Some(next) if next == entry.index_offset && !listed => {}
+                    Some(next) => {
+                        let message = format!(
+                            "stream page at {} points back to {next}",
+                            entry.index_offset
+                        );
+                        entry.done = Some(Err(fetch_error(
+                            worker,
+                            remote(worker, ErrorCode::Internal, message),
+                        )
+                        .to_string()));
+                        progress = true;
+                    }
+                }
+            }
+            if !progress {
+                let reason = format!("worker {worker} listed none of {} locations", asked.len());
+                for &i in &asked {
+                    entries[i].done = Some(Err(reason.clone()));
+                }
+            }
+        }
+        entries
+            .into_iter()
+            .map(|entry| match entry.done {
+                Some(Ok(())) | None => Ok(entry.chunks),
+                Some(Err(reason)) => Err(reason),
+            })
+            .collect()
+    }
+
+    /// The bytes of many chunks of `worker` in one request, each chunk's own error apart; the
+    /// request's error when it failed whole. `stand_in`: whether another copy holds the batches
+    /// of every chunk.
+    pub async fn fetch_chunks(
+        &self,
+        worker: &str,
+        chunks: Vec<pb::FetchChunkHeader>,
+        stand_in: bool,
+    ) -> ClientResult<Vec<ClientResult<Bytes>>> {
+        let count = chunks.len();
+        let frame = OutFrame::new(
+            MessageType::FetchChunks,
+            0,
+            &pb::FetchChunksHeader { chunks },
+        );
+        let answer = self
+            .call(worker, frame, MessageType::ChunksData, stand_in)
+            .await?;
+        let header = answer
+            .decode_header::<pb::ChunksDataHeader>("chunks data")
+            .map_err(|source| fetch_error(worker, source))?;
+        let split = batched::split_chunks(&header, answer.body, count)
+            .map_err(|message| fetch_error(worker, remote(worker, ErrorCode::Internal, message)))?;
+        Ok(split
+            .into_iter()
+            .map(|chunk| {
+                chunk.map_err(|(code, message)| fetch_error(worker, remote(worker, code, message)))
+            })
+            .collect())
     }
 
     /// The bytes of one chunk of `copy`. `stand_in`: whether another copy holds the same
@@ -172,5 +354,20 @@ impl Fetcher {
         } else if !set.is_empty() {
             set.remove(worker);
         }
+    }
+}
+
+fn fetch_error(worker: &str, source: ProtocolError) -> ClientError {
+    ClientError::Fetch {
+        worker: worker.to_string(),
+        source,
+    }
+}
+
+fn remote(worker: &str, code: ErrorCode, message: String) -> ProtocolError {
+    ProtocolError::Remote {
+        peer: worker.to_string(),
+        code,
+        message,
     }
 }

@@ -1,6 +1,11 @@
 //! The fetch port: OpenStream lists a committed location's chunks (a page at a time);
-//! FetchChunk sends one chunk's bytes from the file. On a plain connection that is `sendfile`,
-//! never through this process's memory. Under TLS every byte must be encrypted by rustls, so
+//! FetchChunk sends one chunk's bytes from the file. Their batched forms serve readers of many
+//! small partitions in few round trips: OpenStreams lists the chunks of many locations (one page
+//! each, within one shared budget), FetchChunks sends many chunks in one `ChunksData` frame,
+//! back to back, after a header giving each chunk's length or its own error. Each location of a
+//! batch is checked (`check_app`) and looked up on its own, so one missing or forbidden location
+//! fails only its entry; a batch naming too many entries or bytes is refused whole. On a plain
+//! connection chunk bytes go by `sendfile`, never through this process's memory. Under TLS every byte must be encrypted by rustls, so
 //! `sendfile` cannot be used: the chunk is read with `pread` (off the runtime, in pieces of at
 //! most [`TLS_PIECE`] into one buffer the connection reuses) and written through the TLS
 //! session. Requests of one connection are served concurrently (bounded); answers go out in the
@@ -10,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_protocol::connection::{FrameWriter, OutFrame};
+use sluice_protocol::fetch::{MAX_FETCH_CHUNKS, MAX_OPEN_STREAMS};
 use sluice_protocol::frame::{Frame, FrameLimits, MessageType};
 use sluice_protocol::transport::WriteHalf;
 use sluice_protocol::{pb, ShuffleKey};
@@ -44,6 +50,14 @@ enum Answer {
         request_id: u64,
         source: ChunkSource,
         /// When the request was read: its latency ends once the body is sent.
+        started: Instant,
+    },
+    /// The answer to a batched fetch: a `ChunksDataHeader` (already encoded) and the sources of
+    /// the chunks that could be read, sent back to back.
+    Chunks {
+        request_id: u64,
+        header: Vec<u8>,
+        sources: Vec<ChunkSource>,
         started: Instant,
     },
 }
@@ -117,29 +131,32 @@ async fn write_answers(
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 writer.write_head(&head, &header).await?;
                 writer.flush().await?;
-                if let Some(file) = source.file {
-                    let file = Arc::new(file);
-                    for range in &source.ranges {
-                        match writer.get_ref().as_tcp() {
-                            Some(socket) => {
-                                read::send_file(socket, &file, range.offset, range.length).await?
-                            }
-                            None => {
-                                // Under TLS: read and encrypt, a piece at a time.
-                                let (mut offset, end) = (range.offset, range.offset + range.length);
-                                while offset < end {
-                                    let len = (end - offset).min(TLS_PIECE as u64) as usize;
-                                    let buf = std::mem::take(&mut piece);
-                                    piece =
-                                        read::read_piece(file.clone(), buf, offset, len).await?;
-                                    writer.write_body(&piece).await?;
-                                    offset += len as u64;
-                                }
-                            }
-                        }
-                    }
-                }
+                send_source(&mut writer, &source, &mut piece).await?;
                 metrics.fetched(source.len);
+                metrics
+                    .fetch_latency
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Answer::Chunks {
+                request_id,
+                header,
+                sources,
+                started,
+            } => {
+                let len = sources.iter().map(|s| s.len).sum();
+                let head = sluice_protocol::frame::head_for_body(
+                    MessageType::ChunksData,
+                    request_id,
+                    &header,
+                    len,
+                )
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                writer.write_head(&head, &header).await?;
+                writer.flush().await?;
+                for source in &sources {
+                    send_source(&mut writer, source, &mut piece).await?;
+                }
+                metrics.fetched(len);
                 metrics
                     .fetch_latency
                     .record(started.elapsed().as_secs_f64());
@@ -150,6 +167,35 @@ async fn write_answers(
         }
     }
     writer.shutdown().await
+}
+
+/// Sends the bytes of one chunk after its frame's head: by `sendfile` on a plain connection,
+/// read and encrypted a piece at a time (into `piece`, reused) under TLS.
+async fn send_source(
+    writer: &mut FrameWriter<WriteHalf>,
+    source: &ChunkSource,
+    piece: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let Some(file) = &source.file else {
+        return Ok(());
+    };
+    for range in &source.ranges {
+        match writer.get_ref().as_tcp() {
+            Some(socket) => read::send_file(socket, file, range.offset, range.length).await?,
+            None => {
+                // Under TLS: read and encrypt, a piece at a time.
+                let (mut offset, end) = (range.offset, range.offset + range.length);
+                while offset < end {
+                    let len = (end - offset).min(TLS_PIECE as u64) as usize;
+                    let buf = std::mem::take(piece);
+                    *piece = read::read_piece(file.clone(), buf, offset, len).await?;
+                    writer.write_body(piece).await?;
+                    offset += len as u64;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The partition `location` names, if the session of application `app` may read it.
@@ -174,7 +220,111 @@ async fn open_stream(
 ) -> WorkerResult<pb::StreamOpenedHeader> {
     let header: pb::OpenStreamHeader = frame.decode_header("open stream")?;
     let partition = location(shared, header.location.as_ref(), app)?;
-    read::open_stream(&partition, &header, shared.config.chunk_size.as_u64()).await
+    read::open_stream(partition, header, shared.config.chunk_size.as_u64()).await
+}
+
+/// A batched open: each location is checked, found and listed on its own.
+async fn open_streams(
+    shared: &Shared,
+    frame: &Frame,
+    app: Option<&str>,
+) -> WorkerResult<pb::StreamsOpenedHeader> {
+    let header: pb::OpenStreamsHeader = frame.decode_header("open streams")?;
+    if header.streams.len() > MAX_OPEN_STREAMS {
+        return Err(WorkerError::InvalidRequest(format!(
+            "a batched open of {} locations exceeds the limit of {MAX_OPEN_STREAMS}",
+            header.streams.len()
+        )));
+    }
+    let locations = header
+        .streams
+        .into_iter()
+        .map(|stream| (location(shared, stream.location.as_ref(), app), stream))
+        .collect();
+    let pages = read::open_streams(locations, shared.config.chunk_size.as_u64()).await?;
+    let streams = pages
+        .into_iter()
+        .map(|page| match page {
+            Ok(opened) => pb::OpenedStream {
+                opened: Some(opened),
+                error: None,
+            },
+            Err(e) => pb::OpenedStream {
+                opened: None,
+                error: Some(error_header(&e)),
+            },
+        })
+        .collect();
+    Ok(pb::StreamsOpenedHeader { streams })
+}
+
+/// A batched fetch: refused whole when it names too many chunks or bytes; otherwise each chunk
+/// is checked, found and opened on its own.
+async fn chunks_answer(
+    shared: &Shared,
+    frame: &Frame,
+    app: Option<&str>,
+    started: Instant,
+) -> WorkerResult<Answer> {
+    let header: pb::FetchChunksHeader = frame.decode_header("fetch chunks")?;
+    if header.chunks.len() > MAX_FETCH_CHUNKS {
+        return Err(WorkerError::InvalidRequest(format!(
+            "a batched fetch of {} chunks exceeds the limit of {MAX_FETCH_CHUNKS}",
+            header.chunks.len()
+        )));
+    }
+    let max_len = u64::from(shared.limits.max_body);
+    let total = header
+        .chunks
+        .iter()
+        .map(|c| c.chunk.as_ref().map_or(0, read::chunk_len))
+        .try_fold(0u64, |sum, len| sum.checked_add(len))
+        .unwrap_or(u64::MAX);
+    if total > max_len {
+        return Err(WorkerError::InvalidRequest(format!(
+            "a batched fetch of {total} bytes exceeds the limit of {max_len}"
+        )));
+    }
+    let chunks = header
+        .chunks
+        .into_iter()
+        .map(|c| {
+            let partition = location(shared, c.location.as_ref(), app)?;
+            Ok((partition, c.chunk.unwrap_or_default()))
+        })
+        .collect();
+    let opened = read::chunk_sources(chunks, max_len).await?;
+    let mut answers = Vec::with_capacity(opened.len());
+    let mut sources = Vec::with_capacity(opened.len());
+    for source in opened {
+        match source {
+            Ok(source) => {
+                answers.push(pb::ChunkAnswer {
+                    length: source.len,
+                    error: None,
+                });
+                sources.push(source);
+            }
+            Err(e) => answers.push(pb::ChunkAnswer {
+                length: 0,
+                error: Some(error_header(&e)),
+            }),
+        }
+    }
+    Ok(Answer::Chunks {
+        request_id: frame.request_id,
+        header: prost::Message::encode_to_vec(&pb::ChunksDataHeader { chunks: answers }),
+        sources,
+        started,
+    })
+}
+
+/// The error of one entry of a batched answer.
+fn error_header(error: &WorkerError) -> pb::ErrorHeader {
+    pb::ErrorHeader {
+        code: error.code() as u32,
+        message: error.to_string(),
+    }
 }
 
 async fn chunk_source(
@@ -185,7 +335,7 @@ async fn chunk_source(
     let header: pb::FetchChunkHeader = frame.decode_header("fetch chunk")?;
     let partition = location(shared, header.location.as_ref(), app)?;
     let max_len = u64::from(shared.limits.max_body);
-    read::chunk_source(&partition, header.chunk.unwrap_or_default(), max_len).await
+    read::chunk_source(partition, header.chunk.unwrap_or_default(), max_len).await
 }
 
 /// Serves one request; `app` is the application of the connection's session, if any.
@@ -205,6 +355,13 @@ async fn handle(shared: &Shared, frame: Frame, app: Option<&str>) -> Answer {
                     started,
                 }
             }
+            Err(e) => error_frame(id, &e),
+        },
+        MessageType::OpenStreams => reply(id, open_streams(shared, &frame, app).await, |opened| {
+            OutFrame::new(MessageType::StreamsOpened, id, &opened)
+        }),
+        MessageType::FetchChunks => match chunks_answer(shared, &frame, app, started).await {
+            Ok(answer) => return answer,
             Err(e) => error_frame(id, &e),
         },
         other => error_frame(

@@ -3,12 +3,14 @@
 //! [`open_stream`] reads a location's batch index in pages of [`INDEX_PAGE`] entries, never
 //! whole, and answers at most [`MAX_CHUNKS`] chunks (or [`MAX_RANGES`] ranges) per request with
 //! the index offset to continue from, so neither memory nor an answer grows with a location's
-//! batch count. [`chunk_source`] validates a chunk's ranges against the committed length and
+//! batch count; [`open_streams`] does the same for many locations of a batched open within one
+//! shared budget. [`chunk_source`] (and [`chunk_sources`] for a batched fetch) validates a chunk's ranges against the committed length and
 //! opens the data file off the runtime; [`send_file`] sends it with `sendfile(2)` on a plain
 //! connection, and [`read_piece`] reads it a piece at a time for a TLS connection (whose bytes
 //! must pass through rustls, so `sendfile` cannot be used).
 
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use sluice_protocol::pb;
 use tokio::net::TcpStream;
@@ -24,11 +26,64 @@ pub const MAX_CHUNKS: usize = 4096;
 /// Most ranges in one `StreamOpened` answer (map-range reads of interleaved maps make many).
 pub const MAX_RANGES: usize = 64 * 1024;
 
+/// What one answer may still list: [`MAX_CHUNKS`] chunks and [`MAX_RANGES`] ranges, shared by
+/// every location of a batched open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBudget {
+    pub chunks: usize,
+    pub ranges: usize,
+}
+
+impl Default for PageBudget {
+    fn default() -> Self {
+        PageBudget {
+            chunks: MAX_CHUNKS,
+            ranges: MAX_RANGES,
+        }
+    }
+}
+
 /// One page of a committed location's chunks, starting at `index_offset` of its index.
 pub async fn open_stream(
+    partition: Arc<Partition>,
+    header: pb::OpenStreamHeader,
+    chunk_size: u64,
+) -> WorkerResult<pb::StreamOpenedHeader> {
+    tokio::task::spawn_blocking(move || {
+        page(&partition, &header, chunk_size, &mut PageBudget::default())
+    })
+    .await
+    .map_err(|e| WorkerError::io("index task", std::io::Error::other(e)))?
+}
+
+/// One page of each of many locations (a batched open), in one task off the runtime. A location
+/// that could not be found (`Err` in `locations`) or read keeps its own error. The pages share
+/// one [`PageBudget`]: the first location gets a whole page; one found when the budget is spent
+/// is answered with no chunks and `next_index_offset` at its `index_offset` (ask again).
+pub async fn open_streams(
+    locations: Vec<(WorkerResult<Arc<Partition>>, pb::OpenStreamHeader)>,
+    chunk_size: u64,
+) -> WorkerResult<Vec<WorkerResult<pb::StreamOpenedHeader>>> {
+    tokio::task::spawn_blocking(move || {
+        let mut budget = PageBudget::default();
+        locations
+            .into_iter()
+            .map(|(partition, header)| {
+                partition.and_then(|p| page(&p, &header, chunk_size, &mut budget))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| WorkerError::io("index task", std::io::Error::other(e)))
+}
+
+/// Reads one page of `partition`'s chunks (blocking), within `budget`, and takes what it listed
+/// from the budget.
+fn page(
     partition: &Partition,
     header: &pb::OpenStreamHeader,
     chunk_size: u64,
+    budget: &mut PageBudget,
 ) -> WorkerResult<pb::StreamOpenedHeader> {
     let committed = partition.committed_files()?;
     let Some(files) = committed.files else {
@@ -42,50 +97,45 @@ pub async fn open_stream(
             partition.name()
         )));
     }
-    let name = partition.name().to_string();
-    let (start_map, end_map) = (header.start_map, header.end_map);
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&files.index)
-            .map_err(|e| WorkerError::io(format!("opening the index of {name}"), e))?;
-        let mut chunker = index::Chunker::new(start_map, end_map, chunk_size);
-        let mut page = Vec::new();
-        let mut at = start;
-        while at < index_len {
-            if chunker.chunks() >= MAX_CHUNKS || chunker.ranges() >= MAX_RANGES {
-                return Ok(pb::StreamOpenedHeader {
-                    chunks: chunker.finish(),
-                    file_length: data_len,
-                    next_index_offset: Some(at),
-                });
-            }
-            let len = (index_len - at).min((INDEX_PAGE * ENTRY_LEN) as u64) as usize;
-            page.resize(len, 0);
-            file.read_exact_at(&mut page, at)
-                .map_err(|e| WorkerError::io(format!("reading the index of {name}"), e))?;
-            let entries = index::decode(&page, data_len).map_err(|reason| WorkerError::Disk {
-                location: name.clone(),
-                reason,
-            })?;
-            for entry in &entries {
-                chunker.push(entry);
-            }
-            at += len as u64;
+    let name = partition.name();
+    let file = std::fs::File::open(&files.index)
+        .map_err(|e| WorkerError::io(format!("opening the index of {name}"), e))?;
+    let mut chunker = index::Chunker::new(header.start_map, header.end_map, chunk_size);
+    let mut page = Vec::new();
+    let mut at = start;
+    let mut next_index_offset = None;
+    while at < index_len {
+        if chunker.chunks() >= budget.chunks || chunker.ranges() >= budget.ranges {
+            next_index_offset = Some(at);
+            break;
         }
-        Ok(pb::StreamOpenedHeader {
-            chunks: chunker.finish(),
-            file_length: data_len,
-            next_index_offset: None,
-        })
+        let len = (index_len - at).min((INDEX_PAGE * ENTRY_LEN) as u64) as usize;
+        page.resize(len, 0);
+        file.read_exact_at(&mut page, at)
+            .map_err(|e| WorkerError::io(format!("reading the index of {name}"), e))?;
+        let entries = index::decode(&page, data_len).map_err(|reason| WorkerError::Disk {
+            location: name.to_string(),
+            reason,
+        })?;
+        for entry in &entries {
+            chunker.push(entry);
+        }
+        at += len as u64;
+    }
+    budget.chunks = budget.chunks.saturating_sub(chunker.chunks());
+    budget.ranges = budget.ranges.saturating_sub(chunker.ranges());
+    Ok(pb::StreamOpenedHeader {
+        chunks: chunker.finish(),
+        file_length: data_len,
+        next_index_offset,
     })
-    .await
-    .map_err(|e| WorkerError::io("index task", std::io::Error::other(e)))?
 }
 
 /// A chunk to send: the committed data file and the validated ranges to send from it.
 #[derive(Debug)]
 pub struct ChunkSource {
     /// `None` when the location holds no data (then `ranges` is empty).
-    pub file: Option<std::fs::File>,
+    pub file: Option<Arc<std::fs::File>>,
     pub ranges: Vec<pb::Range>,
     pub len: u64,
 }
@@ -93,16 +143,47 @@ pub struct ChunkSource {
 /// Checks that every range of `chunk` lies inside the committed data file and that the chunk
 /// fits in one frame, then opens the data file (off the runtime).
 pub async fn chunk_source(
-    partition: &Partition,
+    partition: Arc<Partition>,
     chunk: pb::Chunk,
     max_len: u64,
 ) -> WorkerResult<ChunkSource> {
-    let committed = partition.committed_files()?;
-    let total = chunk
+    tokio::task::spawn_blocking(move || open_chunk(&partition, chunk, max_len))
+        .await
+        .map_err(|e| WorkerError::io("chunk task", std::io::Error::other(e)))?
+}
+
+/// [`chunk_source`] for many chunks (a batched fetch), in one task off the runtime. A chunk
+/// whose location could not be found (`Err` in `chunks`) or read keeps its own error.
+pub async fn chunk_sources(
+    chunks: Vec<WorkerResult<(Arc<Partition>, pb::Chunk)>>,
+    max_len: u64,
+) -> WorkerResult<Vec<WorkerResult<ChunkSource>>> {
+    tokio::task::spawn_blocking(move || {
+        chunks
+            .into_iter()
+            .map(|chunk| {
+                let (partition, chunk) = chunk?;
+                open_chunk(&partition, chunk, max_len)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| WorkerError::io("chunk task", std::io::Error::other(e)))
+}
+
+/// The bytes a chunk names, `u64::MAX` when their sum overflows.
+pub fn chunk_len(chunk: &pb::Chunk) -> u64 {
+    chunk
         .ranges
         .iter()
         .try_fold(0u64, |sum, r| sum.checked_add(r.length))
-        .unwrap_or(u64::MAX);
+        .unwrap_or(u64::MAX)
+}
+
+/// Validates `chunk` against the committed data file and opens the file (blocking).
+fn open_chunk(partition: &Partition, chunk: pb::Chunk, max_len: u64) -> WorkerResult<ChunkSource> {
+    let committed = partition.committed_files()?;
+    let total = chunk_len(&chunk);
     if total > max_len {
         return Err(WorkerError::InvalidRequest(format!(
             "chunk of {total} bytes exceeds the limit of {max_len}"
@@ -120,15 +201,12 @@ pub async fn chunk_source(
         }
     }
     let file = match (committed.files, total) {
-        (Some(files), 1..) => {
-            let opened = tokio::task::spawn_blocking(move || std::fs::File::open(&files.data))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            Some(opened.map_err(|e| WorkerError::Disk {
+        (Some(files), 1..) => Some(Arc::new(std::fs::File::open(&files.data).map_err(|e| {
+            WorkerError::Disk {
                 location: partition.name().to_string(),
                 reason: format!("cannot open its data file: {e}"),
-            })?)
-        }
+            }
+        })?)),
         _ => None,
     };
     Ok(ChunkSource {
