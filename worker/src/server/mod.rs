@@ -3,7 +3,8 @@
 //! - [`push`]: pushes from writers and forwards from primaries, into partition buffers and on to
 //!   replicas.
 //! - [`control`]: the master's Reserve, Commit and Destroy (served on the push port).
-//! - [`fetch`]: OpenStream and FetchChunk for readers.
+//! - [`fetch`]: OpenStream and FetchChunk for readers, and their batched forms OpenStreams and
+//!   FetchChunks (many locations or chunks of one worker per request).
 //!
 //! Every connection reads frames the same way ([`next_frame`]): the head first; then a memory
 //! lease for the header and body it announces (or, when none comes within `busy_wait`, the frame
