@@ -5,29 +5,22 @@
 
 mod common;
 
+use common::{app_credentials, client};
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::records::RecordId;
 use sluice_client::{ClientConfig, SluiceClient};
-use sluice_protocol::auth::{Principal, Secret};
+use sluice_protocol::auth::Secret;
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::fetch::{split_chunks, MAX_FETCH_CHUNKS, MAX_OPEN_STREAMS};
 use sluice_protocol::frame::{FrameLimits, MessageType};
-use sluice_protocol::rpc::{Credentials, RpcClient};
+use sluice_protocol::rpc::RpcClient;
 use sluice_protocol::{pb, ErrorCode, ProtocolError, ShuffleKey};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn client(cluster: &LocalCluster, replication: u32) -> SluiceClient {
-    SluiceClient::new(ClientConfig {
-        replication,
-        fetch_retry_wait: Duration::from_millis(10),
-        ..ClientConfig::new(cluster.master_addr.clone())
-    })
-    .unwrap()
-}
 
 fn assert_exactly_once(seen: &HashMap<RecordId, usize>, ids: &[RecordId]) {
     let expected: HashMap<RecordId, usize> = ids.iter().map(|id| (*id, 1)).collect();
@@ -194,29 +187,6 @@ async fn a_location_missing_from_a_batch_fails_over_alone() {
             !stream.opened.clone().unwrap_or_default().chunks.is_empty(),
             "entry {i}"
         );
-    }
-}
-
-async fn app_credentials(master: &str, app: &str, secret: &str) -> Credentials {
-    use sluice_protocol::auth::{app_key, verifier, Kid, PrincipalKeys};
-    let mut client =
-        sluice_protocol::master_channel::master_client(master, &Default::default()).unwrap();
-    let secret = Secret::new(secret.as_bytes().to_vec());
-    let answer = client
-        .register_application(pb::RegisterApplicationRequest {
-            app_id: app.into(),
-            verifier: verifier(&app_key(&secret, app)).to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answer.auth);
-    Credentials {
-        principal: Principal::App(app.into()),
-        keys: PrincipalKeys::app(
-            Kid::from_bytes(&answer.kid).unwrap(),
-            &Secret::new(answer.token),
-        ),
     }
 }
 

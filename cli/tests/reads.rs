@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{mapper_end, push_raw, record_batch, revive, stats_of};
+use common::{client, mapper_end, push_raw, record_batch, revive, stats_of};
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::records::{self, RecordId};
 use sluice_client::{ClientConfig, ClientError, ShuffleHandle, ShuffleWriter, SluiceClient};
@@ -23,15 +23,6 @@ use sluice_protocol::pb::Role;
 use sluice_protocol::rpc::RpcClient;
 use sluice_protocol::{pb, ErrorCode, ShuffleKey};
 use tokio::net::{TcpListener, TcpStream};
-
-fn client(cluster: &LocalCluster, replication: u32) -> SluiceClient {
-    SluiceClient::new(ClientConfig {
-        replication,
-        fetch_retry_wait: Duration::from_millis(10),
-        ..ClientConfig::new(cluster.master_addr.clone())
-    })
-    .unwrap()
-}
 
 async fn start(workers: usize, dir: &std::path::Path) -> LocalCluster {
     LocalCluster::start(LocalOptions::new(workers, dir))

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::app_credentials;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,29 +261,6 @@ async fn the_fetch_port_requires_a_session_too() {
 }
 
 // Applications: each authenticates with its own secret and touches only its own shuffles.
-
-/// What application `app` holding `secret` gets from the master: its credentials.
-async fn app_credentials(master: &str, app: &str, secret: &str) -> Credentials {
-    use sluice_protocol::auth::{app_key, verifier, Kid, PrincipalKeys};
-    let mut client = master_client(master).await;
-    let secret = Secret::new(secret.as_bytes().to_vec());
-    let answer = client
-        .register_application(pb::RegisterApplicationRequest {
-            app_id: app.into(),
-            verifier: verifier(&app_key(&secret, app)).to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answer.auth);
-    Credentials {
-        principal: Principal::App(app.into()),
-        keys: PrincipalKeys::app(
-            Kid::from_bytes(&answer.kid).unwrap(),
-            &Secret::new(answer.token),
-        ),
-    }
-}
 
 async fn master_client(
     master: &str,

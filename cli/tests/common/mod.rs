@@ -327,3 +327,44 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
         .map(|value| value.parse::<f64>().unwrap())
         .sum()
 }
+
+/// A client of `cluster` writing `replication` copies, retrying fetches quickly.
+pub fn client(
+    cluster: &sluice::local::LocalCluster,
+    replication: u32,
+) -> sluice_client::SluiceClient {
+    sluice_client::SluiceClient::new(sluice_client::ClientConfig {
+        replication,
+        fetch_retry_wait: std::time::Duration::from_millis(10),
+        ..sluice_client::ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap()
+}
+
+/// What application `app` holding `secret` gets from the master: its credentials.
+pub async fn app_credentials(
+    master: &str,
+    app: &str,
+    secret: &str,
+) -> sluice_protocol::rpc::Credentials {
+    use sluice_protocol::auth::{app_key, verifier, Kid, Principal, PrincipalKeys, Secret};
+    let mut client =
+        sluice_protocol::master_channel::master_client(master, &Default::default()).unwrap();
+    let secret = Secret::new(secret.as_bytes().to_vec());
+    let answer = client
+        .register_application(pb::RegisterApplicationRequest {
+            app_id: app.into(),
+            verifier: verifier(&app_key(&secret, app)).to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.auth);
+    sluice_protocol::rpc::Credentials {
+        principal: Principal::App(app.into()),
+        keys: PrincipalKeys::app(
+            Kid::from_bytes(&answer.kid).unwrap(),
+            &Secret::new(answer.token),
+        ),
+    }
+}
