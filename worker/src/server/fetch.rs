@@ -43,21 +43,19 @@ const REQUEST_LIMITS: FrameLimits = FrameLimits {
     max_body: 0,
 };
 
-/// An answer on a fetch connection: a frame, or a chunk whose body is sent from the file.
+/// An answer on a fetch connection: a frame, or chunks whose bytes are sent from their files.
 enum Answer {
     Frame(OutFrame),
-    Chunk {
-        request_id: u64,
-        source: ChunkSource,
-        /// When the request was read: its latency ends once the body is sent.
-        started: Instant,
-    },
-    /// The answer to a batched fetch: a `ChunksDataHeader` (already encoded) and the sources of
-    /// the chunks that could be read, sent back to back.
+    /// Chunk bytes sent from files after a frame head: one chunk (`ChunkData`, an `Ack`
+    /// header) or, for a batched fetch, the chunks that could be read back to back
+    /// (`ChunksData`, a `ChunksDataHeader` giving each chunk's length or error).
     Chunks {
+        kind: MessageType,
         request_id: u64,
+        /// The frame's header, already encoded.
         header: Vec<u8>,
         sources: Vec<ChunkSource>,
+        /// When the request was read: its latency ends once the body is sent.
         started: Instant,
     },
 }
@@ -116,41 +114,16 @@ async fn write_answers(
     while let Some(answer) = answers.recv().await {
         match answer {
             Answer::Frame(frame) => writer.write_frame(&frame).await?,
-            Answer::Chunk {
-                request_id,
-                source,
-                started,
-            } => {
-                let header = prost::Message::encode_to_vec(&pb::Ack {});
-                let head = sluice_protocol::frame::head_for_body(
-                    MessageType::ChunkData,
-                    request_id,
-                    &header,
-                    source.len,
-                )
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                writer.write_head(&head, &header).await?;
-                writer.flush().await?;
-                send_source(&mut writer, &source, &mut piece).await?;
-                metrics.fetched(source.len);
-                metrics
-                    .fetch_latency
-                    .record(started.elapsed().as_secs_f64());
-            }
             Answer::Chunks {
+                kind,
                 request_id,
                 header,
                 sources,
                 started,
             } => {
                 let len = sources.iter().map(|s| s.len).sum();
-                let head = sluice_protocol::frame::head_for_body(
-                    MessageType::ChunksData,
-                    request_id,
-                    &header,
-                    len,
-                )
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let head = sluice_protocol::frame::head_for_body(kind, request_id, &header, len)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 writer.write_head(&head, &header).await?;
                 writer.flush().await?;
                 for source in &sources {
@@ -312,6 +285,7 @@ async fn chunks_answer(
         }
     }
     Ok(Answer::Chunks {
+        kind: MessageType::ChunksData,
         request_id: frame.request_id,
         header: prost::Message::encode_to_vec(&pb::ChunksDataHeader { chunks: answers }),
         sources,
@@ -349,9 +323,11 @@ async fn handle(shared: &Shared, frame: Frame, app: Option<&str>) -> Answer {
         }),
         MessageType::FetchChunk => match chunk_source(shared, &frame, app).await {
             Ok(source) => {
-                return Answer::Chunk {
+                return Answer::Chunks {
+                    kind: MessageType::ChunkData,
                     request_id: id,
-                    source,
+                    header: prost::Message::encode_to_vec(&pb::Ack {}),
+                    sources: vec![source],
                     started,
                 }
             }
