@@ -1,9 +1,12 @@
-//! Commit markers read back from disk when a worker restarts (`CommitMarker::parse`). A marker
-//! that parses re-formats (as the worker writes it) to text that parses to the same marker, and
-//! is one the worker could have written: a location whose files were never created holds no
-//! bytes (a restarted worker would otherwise answer fetches of ranges it has no file for).
+//! Commit records read back from disk when a worker restarts: marker files of workers before the
+//! commit journal (`CommitMarker::parse`) and journal lines (`CommitMarker::parse_record`). A
+//! marker that parses re-formats (as the worker writes it) to text that parses to the same
+//! marker, a journal line that parses re-records to a line that parses the same, and either is
+//! one the worker could have written: a location whose files were never created holds no bytes
+//! (a restarted worker would otherwise answer fetches of ranges it has no file for).
 //!
-//! Input: the marker file's text (invalid UTF-8 is skipped, as `read_to_string` fails on it).
+//! Input: a marker file's text or a journal line (invalid UTF-8 is skipped, as the worker skips
+//! it).
 
 #![no_main]
 
@@ -28,11 +31,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Some((id, marker)) = CommitMarker::parse_record(text) {
+        assert_eq!(CommitMarker::parse_record(&marker.record(id)), Some((id, marker)));
+        check(&marker);
+    }
     let Some(marker) = CommitMarker::parse(text) else {
         return;
     };
     assert_eq!(CommitMarker::parse(&format(&marker)), Some(marker));
+    check(&marker);
+});
+
+fn check(marker: &CommitMarker) {
     if !marker.created {
         assert_eq!((marker.data_len, marker.index_len), (0, 0), "{marker:?}");
     }
-});
+}

@@ -71,7 +71,7 @@ pub struct WorkerMetrics {
 pub struct DiskGauges {
     /// Bytes of the data and index files Sluice holds there.
     pub used: Gauge,
-    /// Files Sluice holds there (data, index, commit markers).
+    /// Files Sluice holds there (data and index).
     pub files: Gauge,
     pub free: Gauge,
     pub capacity: Gauge,
@@ -263,7 +263,7 @@ fn describe() {
     describe_gauge!(
         "sluice_worker_disk_files",
         Unit::Count,
-        "Files Sluice holds in a data directory (label disk): data, index and commit markers."
+        "Files Sluice holds in a data directory (label disk): data and index files."
     );
     describe_gauge!(
         "sluice_worker_disk_free_bytes",

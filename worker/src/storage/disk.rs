@@ -83,7 +83,7 @@ pub struct Disk {
 pub struct DiskUsage {
     /// Bytes of the data and index files of the locations on it.
     pub used_bytes: u64,
-    /// Files of the locations on it: data, index, commit markers.
+    /// Files of the locations on it: data and index.
     pub files: u64,
     /// From the last `statvfs` (the heartbeat's); 0 before the first.
     pub capacity_bytes: u64,

@@ -3,7 +3,7 @@
 //! - [`engine`]: disk write engines (io_uring, positional writes, a fault-injecting test engine).
 //! - [`disk`]: a data directory with its flusher and health figures.
 //! - [`partition`]: one location's memory buffer, data file and batch index.
-//! - [`layout`]: location ids, file names, commit markers, and the scan of a data directory.
+//! - [`layout`]: location ids, file names, the commit journal, and the scan of a data directory.
 //! - [`index`]: the batch index format and chunking.
 //! - [`recovery`]: what a location flushed before a restart verifiably holds.
 //! - [`read`]: opening streams over committed locations and sending their chunks.
@@ -24,12 +24,16 @@ use std::time::Duration;
 use sluice_protocol::{pb, ShuffleKey};
 
 use self::disk::Disk;
-use self::layout::{LocationFiles, LocationId};
-use self::partition::{Extent, Partition};
+use self::layout::{CommitMarker, LocationFiles, LocationId};
+use self::partition::{Extent, Partition, Sealed};
 use crate::error::{WorkerError, WorkerResult};
 use crate::memory::MemoryBudget;
 
 type Shuffles = HashMap<ShuffleKey, HashMap<LocationId, Arc<Partition>>>;
+
+/// The locations of one commit call on one disk that are sealed and ready to record: their
+/// index in the call, and their records.
+type SealedOnDisk = (Arc<Disk>, Vec<(usize, CommitMarker)>);
 
 #[derive(Debug)]
 pub struct Store {
@@ -56,7 +60,7 @@ impl Store {
     }
 
     /// Registers every location found on the disks after a restart, so it is served again:
-    /// committed ones from their markers, and ones flushed but never committed from what their
+    /// committed ones from their commit records, and ones flushed but never committed from what their
     /// files verifiably hold (the master commits them with the rest of their shuffle; they take
     /// no more pushes). Returns `(committed, flushed)` counts. Blocking: runs before serving.
     pub fn recover(&self) -> (usize, usize) {
@@ -64,10 +68,13 @@ impl Store {
         let mut shuffles = self.lock();
         for disk in &self.disks {
             for found in layout::scan(&disk.path) {
-                let extent = if found.committed {
-                    recovery::committed(&found.files)
-                } else {
-                    recovery::flushed(&found.files)
+                let committed = found.commit != layout::Commit::No;
+                let extent = match found.commit {
+                    layout::Commit::No => recovery::flushed(&found.files),
+                    layout::Commit::Recorded(marker) => {
+                        recovery::committed(&found.files, Some(marker))
+                    }
+                    layout::Commit::MarkerFile => recovery::committed(&found.files, None),
                 };
                 let extent: Extent = match extent {
                     Ok(extent) => extent,
@@ -78,12 +85,12 @@ impl Store {
                 };
                 let name = format!("{}/{}", found.shuffle, found.id.stem());
                 let partition =
-                    Partition::recovered(name, disk.clone(), found.files, extent, found.committed);
+                    Partition::recovered(name, disk.clone(), found.files, extent, committed);
                 shuffles
                     .entry(found.shuffle)
                     .or_default()
                     .insert(found.id, Arc::new(partition));
-                if found.committed {
+                if committed {
                     counts.0 += 1;
                 } else {
                     counts.1 += 1;
@@ -204,7 +211,9 @@ impl Store {
             .extend(still);
     }
 
-    /// Commits the given locations, in parallel.
+    /// Commits the given locations: seals them in parallel (their last flushes), then records
+    /// the sealed ones in their shuffle's commit journal, one append per disk (after an fsync of
+    /// their files when `fsync_on_commit`).
     pub async fn commit(
         &self,
         shuffle: &ShuffleKey,
@@ -222,11 +231,11 @@ impl Store {
                 .collect()
         };
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, partition) in partitions.into_iter().enumerate() {
-            let fsync = self.fsync_on_commit;
+        for (i, partition) in partitions.iter().enumerate() {
+            let partition = partition.clone();
             tasks.spawn(async move {
                 let result = match partition {
-                    Some(partition) => partition.commit(fsync).await,
+                    Some(partition) => partition.seal().await,
                     None => {
                         Err("location is not on this worker (never reserved, or deleted)".into())
                     }
@@ -244,14 +253,63 @@ impl Store {
                 ..Default::default()
             })
             .collect();
+        // The sealed locations to record, by disk.
+        let mut ready: Vec<SealedOnDisk> = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((i, Ok(stats))) => {
+                Ok((i, Ok(Sealed::Committed(stats)))) => {
                     out[i].stats = Some(stats);
                     out[i].ok = true;
                 }
+                Ok((i, Ok(Sealed::Ready(marker)))) => {
+                    if let Some(partition) = &partitions[i] {
+                        let disk = partition.disk();
+                        match ready.iter_mut().find(|(d, _)| Arc::ptr_eq(d, disk)) {
+                            Some((_, sealed)) => sealed.push((i, marker)),
+                            None => ready.push((disk.clone(), vec![(i, marker)])),
+                        }
+                    }
+                }
                 Ok((i, Err(reason))) => out[i].error = reason,
                 Err(e) => tracing::error!(error = %e, "commit task failed"),
+            }
+        }
+        for (disk, sealed) in ready {
+            let ids: Vec<(LocationId, CommitMarker)> = sealed
+                .iter()
+                .filter_map(|&(i, marker)| Some((LocationId::of_spec(&specs[i]).ok()?, marker)))
+                .collect();
+            let data_files: Vec<LocationFiles> = sealed
+                .iter()
+                .filter(|(_, marker)| self.fsync_on_commit && marker.created)
+                .filter_map(|&(i, _)| Some(partitions[i].as_ref()?.files().clone()))
+                .collect();
+            let dir = layout::shuffle_dir(&disk.path, shuffle);
+            let fsync = self.fsync_on_commit;
+            let recorded = tokio::task::spawn_blocking(move || {
+                for files in &data_files {
+                    std::fs::File::open(&files.data)?.sync_all()?;
+                    std::fs::File::open(&files.index)?.sync_all()?;
+                }
+                layout::record_commits(&dir, &ids, fsync)
+            })
+            .await;
+            let recorded = match recorded {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("recording the commit failed: {e}")),
+                Err(e) => Err(format!("commit task failed: {e}")),
+            };
+            for (i, _) in sealed {
+                let Some(partition) = &partitions[i] else {
+                    continue;
+                };
+                match partition.finish_commit(recorded.clone()) {
+                    Ok(stats) => {
+                        out[i].stats = Some(stats);
+                        out[i].ok = true;
+                    }
+                    Err(reason) => out[i].error = reason,
+                }
             }
         }
         for spec in out.iter_mut().filter(|s| !s.ok && s.error.is_empty()) {
@@ -373,9 +431,118 @@ mod tests {
         let usage = disk.usage();
         assert_eq!(usage.used_bytes, files.data_len + files.index_len);
         assert_eq!(files.data_len, batch.len() as u64);
-        assert_eq!(usage.files, 3, "data, index and commit marker");
+        assert_eq!(usage.files, 2, "data and index");
         store.destroy("app-u", None).await;
         let usage = disk.usage();
         assert_eq!((usage.used_bytes, usage.files), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn commits_go_to_one_journal_and_small_indexes_are_served_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open_engine(EngineChoice::Sync, "journal").unwrap();
+        let (disk, queue) = Disk::new(dir.path().to_path_buf(), engine);
+        let disk = Arc::new(disk);
+        tokio::spawn(disk::run_flusher(Arc::downgrade(&disk), queue));
+        let store = Store::new(
+            vec![disk.clone()],
+            Arc::new(MemoryBudget::new(1 << 20)),
+            true,
+        );
+        let key = ShuffleKey::new("app-j", 2);
+        let specs: Vec<pb::LocationSpec> = (0..3)
+            .map(|partition| pb::LocationSpec {
+                partition,
+                ..Default::default()
+            })
+            .collect();
+        store.reserve(&key, &specs).unwrap();
+        // Partition 0 gets one batch, 1 gets twenty (too many entries to keep), 2 none.
+        for (partition, batches) in [(0u32, 1u32), (1, 20)] {
+            let location = store.get(&key, LocationId::new(partition, 0, 0).unwrap());
+            for batch_id in 0..batches {
+                let tag = sluice_protocol::batch::BatchTag {
+                    partition,
+                    map_id: 0,
+                    attempt: 0,
+                    batch_id,
+                };
+                let (_, batch) = sluice_protocol::batch::encode(tag, &[9; 100], false).unwrap();
+                location
+                    .as_ref()
+                    .unwrap()
+                    .append(partition, batch, 1, u64::MAX)
+                    .unwrap();
+            }
+        }
+        let committed = store.commit(&key, &specs).await;
+        assert!(committed.iter().all(|c| c.ok), "{committed:?}");
+        let shuffle_dir = layout::shuffle_dir(dir.path(), &key);
+        let journal = std::fs::read_to_string(layout::journal(&shuffle_dir)).unwrap();
+        assert_eq!(journal.lines().count(), 3, "{journal}");
+        let names: Vec<String> = std::fs::read_dir(&shuffle_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(".committed")),
+            "{names:?}"
+        );
+        // Committing again answers the same without a second record.
+        assert!(store.commit(&key, &specs).await.iter().all(|c| c.ok));
+        let again = std::fs::read_to_string(layout::journal(&shuffle_dir)).unwrap();
+        assert_eq!(again, journal);
+
+        let open = |store: &Store, partition| {
+            let location = store
+                .get(&key, LocationId::new(partition, 0, 0).unwrap())
+                .unwrap();
+            let header = pb::OpenStreamHeader {
+                location: Some(pb::LocationRef {
+                    partition,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            read::open_stream(location, header, 1 << 20)
+        };
+        let small = LocationFiles::new(dir.path(), &key, LocationId::new(0, 0, 0).unwrap());
+        std::fs::remove_file(&small.index).unwrap();
+        let opened = open(&store, 0).await.unwrap();
+        assert_eq!(
+            opened.chunks.len(),
+            1,
+            "the index of partition 0 is in memory"
+        );
+        let opened = open(&store, 1).await.unwrap();
+        assert_eq!(opened.chunks[0].ranges[0].length, 20 * (batch_len(100)));
+
+        // A restarted worker finds all three committed, from the journal.
+        let (disk2, _queue2) = Disk::new(
+            dir.path().to_path_buf(),
+            open_engine(EngineChoice::Sync, "journal-2").unwrap(),
+        );
+        let restarted = Store::new(
+            vec![Arc::new(disk2)],
+            Arc::new(MemoryBudget::new(1 << 20)),
+            false,
+        );
+        // Partition 0 lost its index file above: it is not served again, the others are.
+        assert_eq!(restarted.recover(), (2, 0));
+        assert!(open(&restarted, 1).await.unwrap().chunks.len() == 1);
+        assert!(open(&restarted, 2).await.unwrap().chunks.is_empty());
+    }
+
+    fn batch_len(payload: usize) -> u64 {
+        let tag = sluice_protocol::batch::BatchTag {
+            partition: 0,
+            map_id: 0,
+            attempt: 0,
+            batch_id: 0,
+        };
+        sluice_protocol::batch::encode(tag, &vec![9; payload], false)
+            .unwrap()
+            .1
+            .len() as u64
     }
 }

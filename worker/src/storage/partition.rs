@@ -55,9 +55,19 @@ struct State {
     inflight: usize,
     /// Deleted: what it held on its disk was given back (once).
     discarded: bool,
+    /// A copy of every index entry flushed, while they fit in [`SMALL_INDEX`] bytes (`None`
+    /// after).
+    small_index: Option<Vec<u8>>,
+    /// Once committed: that copy, served instead of the index file.
+    committed_index: Option<Bytes>,
 }
 
-/// What a location's files hold: for commit markers, recovery and reads.
+/// Index bytes a location keeps a copy of in memory, so reading a small partition opens no
+/// index file: ten entries. A shuffle of 100k small partitions holds 2.4 MB of them per 100k
+/// locations with a batch each.
+pub const SMALL_INDEX: usize = 10 * super::index::ENTRY_LEN;
+
+/// What a location's files hold: for commit records, recovery and reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
     pub data_len: u64,
@@ -77,6 +87,15 @@ impl From<CommitMarker> for Extent {
     }
 }
 
+/// What [`Partition::seal`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum Sealed {
+    /// Committed before: what it holds.
+    Committed(pb::BatchStats),
+    /// Flushed and sealed: its commit record, to write.
+    Ready(CommitMarker),
+}
+
 /// The committed files of a location, for reading. Files are opened per request, so a worker
 /// holding many partitions holds no descriptors for them.
 #[derive(Debug, Clone)]
@@ -85,6 +104,8 @@ pub struct CommittedFiles {
     pub files: Option<LocationFiles>,
     pub data_len: u64,
     pub index_len: u64,
+    /// The whole index, when it is small enough to be kept in memory ([`SMALL_INDEX`]).
+    pub index: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -117,6 +138,8 @@ impl Partition {
                 stats: pb::BatchStats::default(),
                 inflight: 0,
                 discarded: false,
+                small_index: Some(Vec::new()),
+                committed_index: None,
             }),
             flushed: Notify::new(),
             replica: Mutex::new(None),
@@ -135,7 +158,7 @@ impl Partition {
         *self.replica.lock().unwrap_or_else(|e| e.into_inner()) = replica;
     }
 
-    /// A location found on disk after a restart: committed (from its marker) or flushed and
+    /// A location found on disk after a restart: committed (from its commit record) or flushed and
     /// never committed (from its verified index).
     pub fn recovered(
         name: String,
@@ -156,8 +179,9 @@ impl Partition {
             state.flushed_len = extent.data_len;
             state.index_len = extent.index_len;
             state.stats = extent.stats;
+            state.small_index = None;
         }
-        let files = 2 * u64::from(extent.created) + u64::from(committed);
+        let files = 2 * u64::from(extent.created);
         partition
             .disk
             .hold(extent.data_len + extent.index_len, files);
@@ -273,6 +297,8 @@ impl Partition {
         // (a flush in flight), and should not keep its buffers' capacity meanwhile.
         state.pending = Vec::new();
         state.pending_index = Vec::new();
+        state.small_index = None;
+        state.committed_index = None;
         state.pending_len = 0;
         state.pending_since = None;
     }
@@ -286,6 +312,13 @@ impl Partition {
         state.pending_since = None;
         let index = Bytes::from(std::mem::take(&mut state.pending_index));
         let index_len = index.len() as u64;
+        if let Some(copy) = &mut state.small_index {
+            if copy.len() + index.len() <= SMALL_INDEX {
+                copy.extend_from_slice(&index);
+            } else {
+                state.small_index = None;
+            }
+        }
         let (done, outcome) = oneshot::channel();
         let job = FlushJob {
             files: self.files.clone(),
@@ -324,13 +357,14 @@ impl Partition {
         self.flushed.notify_waiters();
     }
 
-    /// Flushes, waits for every write, optionally fsyncs, and reports what the location holds.
+    /// Starts a commit: flushes, waits for every write, and reports what the location holds,
+    /// for its commit record. [`Partition::finish_commit`] ends it once the record is written.
     /// Idempotent.
-    pub async fn commit(self: &Arc<Self>, fsync: bool) -> Result<pb::BatchStats, String> {
+    pub async fn seal(self: &Arc<Self>) -> Result<Sealed, String> {
         {
             let mut state = self.lock();
             match &state.status {
-                Status::Committed => return Ok(state.stats),
+                Status::Committed => return Ok(Sealed::Committed(state.stats)),
                 Status::Failed(reason) => return Err(reason.clone()),
                 Status::Open | Status::Recovered => {
                     state.status = Status::Sealing;
@@ -350,48 +384,41 @@ impl Partition {
             }
             notified.await;
         }
-        let marker = {
-            let state = self.lock();
-            match &state.status {
-                Status::Failed(reason) => return Err(reason.clone()),
-                Status::Committed => return Ok(state.stats),
-                _ => CommitMarker {
-                    data_len: state.flushed_len,
-                    index_len: state.index_len,
-                    stats: state.stats,
-                    created: state.created,
-                },
-            }
-        };
-        // Optionally fsync the files, then record the commit beside them so a restarted worker
-        // serves them again.
-        let files = self.files.clone();
-        let finished = tokio::task::spawn_blocking(move || {
-            if fsync && marker.created {
-                std::fs::File::open(&files.data)?.sync_all()?;
-                std::fs::File::open(&files.index)?.sync_all()?;
-            }
-            marker.write(&files.marker(), fsync)
-        })
-        .await;
-        let error = match finished {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("finishing the files failed: {e}")),
-            Err(e) => Some(format!("commit task failed: {e}")),
-        };
-        if let Some(reason) = error {
-            let mut state = self.lock();
-            self.fail_locked(&mut state, reason.clone());
-            return Err(reason);
+        let state = self.lock();
+        match &state.status {
+            Status::Failed(reason) => Err(reason.clone()),
+            Status::Committed => Ok(Sealed::Committed(state.stats)),
+            _ => Ok(Sealed::Ready(CommitMarker {
+                data_len: state.flushed_len,
+                index_len: state.index_len,
+                stats: state.stats,
+                created: state.created,
+            })),
         }
+    }
+
+    /// Ends a commit [`Partition::seal`] found ready: `recorded` is whether its commit record
+    /// (and, when asked, the files' fsync) made it to disk.
+    pub fn finish_commit(&self, recorded: Result<(), String>) -> Result<pb::BatchStats, String> {
         let mut state = self.lock();
         if let Status::Failed(reason) = &state.status {
             return Err(reason.clone());
         }
+        if let Err(reason) = recorded {
+            self.fail_locked(&mut state, reason.clone());
+            return Err(reason);
+        }
         state.status = Status::Committed;
-        // The commit marker.
-        self.disk.hold(0, 1);
+        state.committed_index = state.small_index.take().map(Bytes::from);
         Ok(state.stats)
+    }
+
+    pub fn files(&self) -> &LocationFiles {
+        &self.files
+    }
+
+    pub fn disk(&self) -> &Arc<Disk> {
+        &self.disk
     }
 
     /// The files to read, once committed.
@@ -402,6 +429,7 @@ impl Partition {
                 files: state.created.then(|| self.files.clone()),
                 data_len: state.flushed_len,
                 index_len: state.index_len,
+                index: state.committed_index.clone(),
             }),
             Status::Failed(reason) => Err(WorkerError::Disk {
                 location: self.name.clone(),
@@ -418,8 +446,7 @@ impl Partition {
     pub fn discard(&self) {
         let mut state = self.lock();
         if !std::mem::replace(&mut state.discarded, true) {
-            let committed = state.status == Status::Committed;
-            let files = 2 * u64::from(state.created) + u64::from(committed);
+            let files = 2 * u64::from(state.created);
             self.disk
                 .release(state.flushed_len + state.index_len, files);
         }

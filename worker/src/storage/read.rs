@@ -77,6 +77,13 @@ pub async fn open_streams(
     .map_err(|e| WorkerError::io("index task", std::io::Error::other(e)))
 }
 
+/// Where a committed location's index is read from.
+enum IndexSource {
+    /// A small index, kept in memory.
+    Memory(bytes::Bytes),
+    File(std::fs::File),
+}
+
 /// Reads one page of `partition`'s chunks (blocking), within `budget`, and takes what it listed
 /// from the budget.
 fn page(
@@ -98,8 +105,14 @@ fn page(
         )));
     }
     let name = partition.name();
-    let file = std::fs::File::open(&files.index)
-        .map_err(|e| WorkerError::io(format!("opening the index of {name}"), e))?;
+    // A small index is served from memory; a larger one is read from its file a page at a time.
+    let source = match committed.index {
+        Some(index) => IndexSource::Memory(index),
+        None => IndexSource::File(
+            std::fs::File::open(&files.index)
+                .map_err(|e| WorkerError::io(format!("opening the index of {name}"), e))?,
+        ),
+    };
     let mut chunker = index::Chunker::new(header.start_map, header.end_map, chunk_size);
     let mut page = Vec::new();
     let mut at = start;
@@ -110,10 +123,22 @@ fn page(
             break;
         }
         let len = (index_len - at).min((INDEX_PAGE * ENTRY_LEN) as u64) as usize;
-        page.resize(len, 0);
-        file.read_exact_at(&mut page, at)
-            .map_err(|e| WorkerError::io(format!("reading the index of {name}"), e))?;
-        let entries = index::decode(&page, data_len).map_err(|reason| WorkerError::Disk {
+        let bytes =
+            match &source {
+                IndexSource::Memory(index) => index
+                    .get(at as usize..at as usize + len)
+                    .ok_or_else(|| WorkerError::Disk {
+                        location: name.to_string(),
+                        reason: format!("its index holds {} bytes, not {index_len}", index.len()),
+                    })?,
+                IndexSource::File(file) => {
+                    page.resize(len, 0);
+                    file.read_exact_at(&mut page, at)
+                        .map_err(|e| WorkerError::io(format!("reading the index of {name}"), e))?;
+                    &page[..]
+                }
+            };
+        let entries = index::decode(bytes, data_len).map_err(|reason| WorkerError::Disk {
             location: name.to_string(),
             reason,
         })?;

@@ -1,7 +1,7 @@
 //! What a location's files hold after a restart.
 //!
-//! A committed location is taken at its marker's word once its files are at least as long as
-//! the marker says. A location that was flushed and never committed (the worker was killed or
+//! A committed location is taken at its commit record's word once its files are at least as
+//! long as the record says. A location that was flushed and never committed (the worker was killed or
 //! restarted mid-stage) is rebuilt from its files: every index entry whose batch lies inside the
 //! data file, parses and passes its CRC is kept, anything else (a torn tail, a hole left by a
 //! flush that never landed, garbage) is dropped, and the index is rewritten to the kept entries
@@ -21,18 +21,22 @@ fn file_len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// A committed location, from its marker.
-pub fn committed(files: &LocationFiles) -> std::io::Result<Extent> {
-    let text = std::fs::read_to_string(files.marker())?;
-    let marker = CommitMarker::parse(&text).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable commit marker")
-    })?;
+/// A committed location, from its journal record (`Some`) or its marker file.
+pub fn committed(files: &LocationFiles, recorded: Option<CommitMarker>) -> std::io::Result<Extent> {
+    let marker = match recorded {
+        Some(marker) => marker,
+        None => {
+            CommitMarker::parse(&std::fs::read_to_string(files.marker())?).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable commit marker")
+            })?
+        }
+    };
     let intact = !marker.created
         || (file_len(&files.data) >= marker.data_len && file_len(&files.index) >= marker.index_len);
     if !intact {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "committed files are shorter than their marker records",
+            "committed files are shorter than their commit record says",
         ));
     }
     Ok(marker.into())
