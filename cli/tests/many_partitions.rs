@@ -139,7 +139,9 @@ async fn a_location_missing_from_a_batch_fails_over_alone() {
     let client = client(&cluster, 2);
     let key = ShuffleKey::new("missing-in-batch", 0);
     let partitions = 400;
-    let ids = common::write_records(&client, &key, (2, partitions), 4 * partitions, 200).await;
+    // Twelve maps: every partition gets more batches than a worker keeps an index in memory
+    // for, so each has an index file to lose.
+    let ids = common::write_records(&client, &key, (12, partitions), 4 * partitions, 200).await;
     // Opening a reader waits for the commit; the files are final after it.
     drop(client.reader(&key, 0..1, None).await.unwrap());
     let files = common::data_files(dir.path());

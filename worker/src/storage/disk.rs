@@ -20,7 +20,7 @@ use sluice_protocol::pb;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::engine::{IoEngine, WriteOutcome, WriteRequest};
-use super::layout::LocationFiles;
+use super::layout::{IndexOpen, LocationFiles};
 
 /// Flushes a disk has open (files opened, writes submitted) at once.
 pub const MAX_FLUSHES_IN_FLIGHT: usize = 64;
@@ -30,14 +30,23 @@ pub const MAX_FLUSHES_IN_FLIGHT: usize = 64;
 #[derive(Debug)]
 pub struct FlushJob {
     pub files: LocationFiles,
-    /// The location's first flush: create (truncate) its files.
+    /// The location's first flush: create (truncate) its data file.
     pub create: bool,
     pub data_offset: u64,
     pub bufs: Vec<Bytes>,
-    pub index_offset: u64,
-    pub index: Bytes,
+    /// What to write to the index file; `None` while the location keeps its index in memory.
+    pub index: Option<IndexWrite>,
     /// Where the outcome goes once both writes ended.
     pub done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// Index entries to write to a location's index file.
+#[derive(Debug)]
+pub struct IndexWrite {
+    /// Create (truncate) the file first.
+    pub create: bool,
+    pub offset: u64,
+    pub bytes: Bytes,
 }
 
 /// How long a flush waits out a process or system out of file descriptors before failing.
@@ -248,11 +257,15 @@ pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
 pub struct FlushQueue(mpsc::UnboundedReceiver<FlushJob>);
 
 /// Opens a job's files off the runtime, waiting out a shortage of descriptors.
-async fn open_files(files: &LocationFiles, create: bool) -> std::io::Result<(File, File)> {
+async fn open_files(
+    files: &LocationFiles,
+    create: bool,
+    index: IndexOpen,
+) -> std::io::Result<(File, Option<File>)> {
     retry_out_of_descriptors(DESCRIPTOR_WAIT, || {
         let files = files.clone();
         async move {
-            tokio::task::spawn_blocking(move || files.open_for_write(create))
+            tokio::task::spawn_blocking(move || files.open_for_write(create, index))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         }
@@ -301,11 +314,15 @@ pub async fn run_flusher(disk: std::sync::Weak<Disk>, queue: FlushQueue) {
             create,
             data_offset,
             bufs,
-            index_offset,
             index,
             done,
         } = job;
-        let (data, index_file) = match open_files(&files, create).await {
+        let index_open = match &index {
+            None => IndexOpen::No,
+            Some(write) if write.create => IndexOpen::Create,
+            Some(_) => IndexOpen::Open,
+        };
+        let (data, index_file) = match open_files(&files, create, index_open).await {
             Ok(opened) => opened,
             Err(e) => {
                 disk.flush_ended(started, Err(e), done);
@@ -317,17 +334,22 @@ pub async fn run_flusher(disk: std::sync::Weak<Disk>, queue: FlushQueue) {
             offset: data_offset,
             bufs,
         });
-        let index_rx = disk.engine.submit(WriteRequest {
-            file: Arc::new(index_file),
-            offset: index_offset,
-            bufs: vec![index],
+        let index_rx = index.zip(index_file).map(|(write, file)| {
+            disk.engine.submit(WriteRequest {
+                file: Arc::new(file),
+                offset: write.offset,
+                bufs: vec![write.bytes],
+            })
         });
         tokio::spawn(async move {
             let outcome = |received: Result<WriteOutcome, _>| match received {
                 Ok(outcome) => outcome.result,
                 Err(_) => Err(std::io::Error::other("write engine stopped")),
             };
-            let result = outcome(data_rx.await).and(outcome(index_rx.await));
+            let mut result = outcome(data_rx.await);
+            if let Some(index_rx) = index_rx {
+                result = result.and(outcome(index_rx.await));
+            }
             drop(permit);
             disk.flush_ended(started, result, done);
         });

@@ -94,6 +94,16 @@ pub fn deletion_dir(root: &Path, app_id: &str, shuffle_id: Option<u32>) -> PathB
     }
 }
 
+/// Whether a flush opens a location's index file (see [`LocationFiles::open_for_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexOpen {
+    /// The index is kept in memory.
+    No,
+    Open,
+    /// Create (truncate) it.
+    Create,
+}
+
 /// The files of one location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocationFiles {
@@ -118,22 +128,33 @@ impl LocationFiles {
         self.data.with_extension("committed")
     }
 
-    /// Opens data and index for writing; `create` makes (truncates) them and their directory.
-    /// Blocking: call from the engine's thread or `spawn_blocking`.
-    pub fn open_for_write(&self, create: bool) -> std::io::Result<(File, File)> {
+    /// Opens the data file for writing, and the index file as `index` says; `create` makes
+    /// (truncates) the data file and its directory. Blocking: call from the engine's thread or
+    /// `spawn_blocking`.
+    pub fn open_for_write(
+        &self,
+        create: bool,
+        index: IndexOpen,
+    ) -> std::io::Result<(File, Option<File>)> {
         if create {
             if let Some(dir) = self.data.parent() {
                 std::fs::create_dir_all(dir)?;
             }
         }
-        let open = |path: &Path| {
+        let open = |path: &Path, create: bool| {
             std::fs::OpenOptions::new()
                 .write(true)
                 .create(create)
                 .truncate(create)
                 .open(path)
         };
-        Ok((open(&self.data)?, open(&self.index)?))
+        let data = open(&self.data, create)?;
+        let index = match index {
+            IndexOpen::No => None,
+            IndexOpen::Open => Some(open(&self.index, false)?),
+            IndexOpen::Create => Some(open(&self.index, true)?),
+        };
+        Ok((data, index))
     }
 }
 
@@ -288,7 +309,7 @@ pub struct Found {
 }
 
 /// Every location under a data directory: those its shuffle's commit journal or a marker file
-/// records as committed, and those with an index file but no commit record (flushed before a
+/// records as committed, and those with a data file but no commit record (flushed before a
 /// restart, never committed). Names that are not Sluice's are skipped.
 pub fn scan(root: &Path) -> Vec<Found> {
     let entries = |dir: &Path| -> Vec<PathBuf> {
@@ -324,7 +345,7 @@ pub fn scan(root: &Path) -> Vec<Found> {
             for file in entries(&shuffle_dir) {
                 let marker_file = match file.extension().and_then(|e| e.to_str()) {
                     Some("committed") => true,
-                    Some("index") => false,
+                    Some("data") => false,
                     _ => continue,
                 };
                 let Some(id) = file
@@ -441,7 +462,7 @@ mod tests {
         // 7: recorded, never pushed to (no files); 8: its record torn by a crash mid-append.
         for partition in [0, 1, 5, 8] {
             LocationFiles::new(root.path(), &shuffle, at(partition))
-                .open_for_write(true)
+                .open_for_write(true, IndexOpen::No)
                 .unwrap();
         }
         record_commits(&dir, &[(at(0), marker(0, true))], false).unwrap();

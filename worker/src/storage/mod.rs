@@ -32,8 +32,8 @@ use crate::memory::MemoryBudget;
 type Shuffles = HashMap<ShuffleKey, HashMap<LocationId, Arc<Partition>>>;
 
 /// The locations of one commit call on one disk that are sealed and ready to record: their
-/// index in the call, and their records.
-type SealedOnDisk = (Arc<Disk>, Vec<(usize, CommitMarker)>);
+/// index in the call, their records, and whether they have an index file.
+type SealedOnDisk = (Arc<Disk>, Vec<(usize, CommitMarker, bool)>);
 
 #[derive(Debug)]
 pub struct Store {
@@ -261,12 +261,13 @@ impl Store {
                     out[i].stats = Some(stats);
                     out[i].ok = true;
                 }
-                Ok((i, Ok(Sealed::Ready(marker)))) => {
+                Ok((i, Ok(Sealed::Ready(marker, index_file)))) => {
                     if let Some(partition) = &partitions[i] {
                         let disk = partition.disk();
+                        let sealed = (i, marker, index_file);
                         match ready.iter_mut().find(|(d, _)| Arc::ptr_eq(d, disk)) {
-                            Some((_, sealed)) => sealed.push((i, marker)),
-                            None => ready.push((disk.clone(), vec![(i, marker)])),
+                            Some((_, all)) => all.push(sealed),
+                            None => ready.push((disk.clone(), vec![sealed])),
                         }
                     }
                 }
@@ -277,19 +278,27 @@ impl Store {
         for (disk, sealed) in ready {
             let ids: Vec<(LocationId, CommitMarker)> = sealed
                 .iter()
-                .filter_map(|&(i, marker)| Some((LocationId::of_spec(&specs[i]).ok()?, marker)))
+                .filter_map(|&(i, marker, _)| Some((LocationId::of_spec(&specs[i]).ok()?, marker)))
                 .collect();
-            let data_files: Vec<LocationFiles> = sealed
+            // The files to sync: each data file, and each index file there is.
+            let to_sync: Vec<std::path::PathBuf> = sealed
                 .iter()
-                .filter(|(_, marker)| self.fsync_on_commit && marker.created)
-                .filter_map(|&(i, _)| Some(partitions[i].as_ref()?.files().clone()))
+                .filter(|(_, marker, _)| self.fsync_on_commit && marker.created)
+                .filter_map(|&(i, _, index_file)| {
+                    let files = partitions[i].as_ref()?.files();
+                    Some([
+                        Some(files.data.clone()),
+                        index_file.then(|| files.index.clone()),
+                    ])
+                })
+                .flatten()
+                .flatten()
                 .collect();
             let dir = layout::shuffle_dir(&disk.path, shuffle);
             let fsync = self.fsync_on_commit;
             let recorded = tokio::task::spawn_blocking(move || {
-                for files in &data_files {
-                    std::fs::File::open(&files.data)?.sync_all()?;
-                    std::fs::File::open(&files.index)?.sync_all()?;
+                for path in &to_sync {
+                    std::fs::File::open(path)?.sync_all()?;
                 }
                 layout::record_commits(&dir, &ids, fsync)
             })
@@ -299,7 +308,7 @@ impl Store {
                 Ok(Err(e)) => Err(format!("recording the commit failed: {e}")),
                 Err(e) => Err(format!("commit task failed: {e}")),
             };
-            for (i, _) in sealed {
+            for (i, _, _) in sealed {
                 let Some(partition) = &partitions[i] else {
                     continue;
                 };
@@ -429,9 +438,9 @@ mod tests {
         assert!(committed[0].ok, "{:?}", committed[0].error);
         let files = partition.committed_files().unwrap();
         let usage = disk.usage();
-        assert_eq!(usage.used_bytes, files.data_len + files.index_len);
+        assert_eq!(usage.used_bytes, files.data_len, "the index is in memory");
         assert_eq!(files.data_len, batch.len() as u64);
-        assert_eq!(usage.files, 2, "data and index");
+        assert_eq!(usage.files, 1, "the data file");
         store.destroy("app-u", None).await;
         let usage = disk.usage();
         assert_eq!((usage.used_bytes, usage.files), (0, 0));
@@ -506,31 +515,48 @@ mod tests {
             };
             read::open_stream(location, header, 1 << 20)
         };
-        let small = LocationFiles::new(dir.path(), &key, LocationId::new(0, 0, 0).unwrap());
-        std::fs::remove_file(&small.index).unwrap();
-        let opened = open(&store, 0).await.unwrap();
-        assert_eq!(
-            opened.chunks.len(),
-            1,
-            "the index of partition 0 is in memory"
+        let files = |partition| {
+            LocationFiles::new(dir.path(), &key, LocationId::new(partition, 0, 0).unwrap())
+        };
+        assert!(files(0).data.exists());
+        assert!(
+            !files(0).index.exists(),
+            "one batch: the index is kept in memory"
         );
-        let opened = open(&store, 1).await.unwrap();
-        assert_eq!(opened.chunks[0].ranges[0].length, 20 * (batch_len(100)));
+        assert!(
+            files(1).index.exists(),
+            "twenty batches: the index has its file"
+        );
+        let small = open(&store, 0).await.unwrap();
+        assert_eq!(small.chunks.len(), 1);
+        let large = open(&store, 1).await.unwrap();
+        assert_eq!(large.chunks[0].ranges[0].length, 20 * (batch_len(100)));
 
-        // A restarted worker finds all three committed, from the journal.
-        let (disk2, _queue2) = Disk::new(
-            dir.path().to_path_buf(),
-            open_engine(EngineChoice::Sync, "journal-2").unwrap(),
-        );
-        let restarted = Store::new(
-            vec![Arc::new(disk2)],
-            Arc::new(MemoryBudget::new(1 << 20)),
-            false,
-        );
-        // Partition 0 lost its index file above: it is not served again, the others are.
-        assert_eq!(restarted.recover(), (2, 0));
-        assert!(open(&restarted, 1).await.unwrap().chunks.len() == 1);
+        // A restarted worker finds all three committed, from the journal, and rebuilds the
+        // index of partition 0 from its data file; partition 1 lost its index file and is
+        // rebuilt the same way, checked against its record.
+        std::fs::remove_file(files(1).index).unwrap();
+        let restart = || {
+            let engine = open_engine(EngineChoice::Sync, "journal-2").unwrap();
+            let (disk, _queue) = Disk::new(dir.path().to_path_buf(), engine);
+            Store::new(
+                vec![Arc::new(disk)],
+                Arc::new(MemoryBudget::new(1 << 20)),
+                false,
+            )
+        };
+        let restarted = restart();
+        assert_eq!(restarted.recover(), (3, 0));
+        assert_eq!(open(&restarted, 0).await.unwrap(), small);
+        assert_eq!(open(&restarted, 1).await.unwrap(), large);
         assert!(open(&restarted, 2).await.unwrap().chunks.is_empty());
+
+        // A data file that no longer adds up to its record is not served again.
+        let mut data = std::fs::read(files(0).data).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        std::fs::write(files(0).data, data).unwrap();
+        assert_eq!(restart().recover(), (2, 0));
     }
 
     fn batch_len(payload: usize) -> u64 {

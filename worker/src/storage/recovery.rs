@@ -1,9 +1,13 @@
 //! What a location's files hold after a restart.
 //!
 //! A committed location is taken at its commit record's word once its files are at least as
-//! long as the record says. A location that was flushed and never committed (the worker was killed or
+//! long as the record says. A location whose index was kept in memory (at most
+//! [`SMALL_INDEX`](super::partition::SMALL_INDEX) bytes) has no index file: its index is rebuilt
+//! from the data file, which describes itself (each batch starts with its head), and must add up
+//! to the totals its commit record holds. A location that was flushed and never committed (the worker was killed or
 //! restarted mid-stage) is rebuilt from its files: every index entry whose batch lies inside the
-//! data file, parses and passes its CRC is kept, anything else (a torn tail, a hole left by a
+//! data file, parses and passes its CRC is kept (without an index file: every batch from the
+//! start of the data file up to the first that does not parse or verify), anything else (a torn tail, a hole left by a
 //! flush that never landed, garbage) is dropped, and the index is rewritten to the kept entries
 //! so readers see only whole batches. The kept batches are bytes that were pushed and flushed;
 //! the readers' per-map check against what the maps reported decides whether that was enough.
@@ -31,23 +35,78 @@ pub fn committed(files: &LocationFiles, recorded: Option<CommitMarker>) -> std::
             })?
         }
     };
-    let intact = !marker.created
-        || (file_len(&files.data) >= marker.data_len && file_len(&files.index) >= marker.index_len);
-    if !intact {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "committed files are shorter than their commit record says",
+    let invalid = |reason: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, reason);
+    if !marker.created {
+        return Ok(marker.into());
+    }
+    if file_len(&files.data) < marker.data_len {
+        return Err(invalid(
+            "the data file is shorter than its commit record says",
         ));
     }
-    Ok(marker.into())
+    if file_len(&files.index) >= marker.index_len && files.index.exists() {
+        return Ok(marker.into());
+    }
+    let data = std::fs::File::open(&files.data)?;
+    let (index, stats, end) = scan_batches(&data, marker.data_len)?;
+    if end != marker.data_len || index.len() as u64 != marker.index_len || stats != marker.stats {
+        return Err(invalid(
+            "the batches of the data file do not add up to its commit record",
+        ));
+    }
+    let mut extent: Extent = marker.into();
+    extent.index = Some(index.into());
+    Ok(extent)
+}
+
+/// The index entries of the whole batches at the start of `data`, read in order up to `len`,
+/// until one does not parse or verify; with their totals and where they end. Blocking.
+fn scan_batches(data: &std::fs::File, len: u64) -> std::io::Result<(Vec<u8>, pb::BatchStats, u64)> {
+    let mut index = Vec::new();
+    let mut stats = pb::BatchStats::default();
+    let mut at = 0u64;
+    let mut bytes = vec![0u8; batch::BATCH_HEAD_LEN];
+    while len - at >= batch::BATCH_HEAD_LEN as u64 {
+        bytes.resize(batch::BATCH_HEAD_LEN, 0);
+        data.read_exact_at(&mut bytes, at)?;
+        let Ok(head) = batch::parse_head(&bytes) else {
+            break;
+        };
+        let total = head.total_len() as u64;
+        if total > len - at {
+            break;
+        }
+        bytes.resize(head.total_len(), 0);
+        data.read_exact_at(
+            &mut bytes[batch::BATCH_HEAD_LEN..],
+            at + batch::BATCH_HEAD_LEN as u64,
+        )?;
+        if batch::verify(&head, &bytes).is_err() {
+            break;
+        }
+        IndexEntry::for_batch(&head, at).encode_into(&mut index);
+        stats.add(total, head.crc);
+        at += total;
+    }
+    Ok((index, stats, at))
 }
 
 /// A location flushed and never committed: keeps the entries whose batches verify and rewrites
 /// the index to them (atomically, through a temporary file).
 pub fn flushed(files: &LocationFiles) -> std::io::Result<Extent> {
-    let index = std::fs::read(&files.index)?;
     let data = std::fs::File::open(&files.data)?;
     let data_len = data.metadata()?.len();
+    if !files.index.exists() {
+        let (index, stats, _) = scan_batches(&data, data_len)?;
+        return Ok(Extent {
+            data_len,
+            index_len: index.len() as u64,
+            stats,
+            created: true,
+            index: Some(index.into()),
+        });
+    }
+    let index = std::fs::read(&files.index)?;
     let mut kept = Vec::with_capacity(index.len());
     let mut stats = pb::BatchStats::default();
     let mut batch_bytes = Vec::new();
@@ -81,13 +140,14 @@ pub fn flushed(files: &LocationFiles) -> std::io::Result<Extent> {
         index_len: kept.len() as u64,
         stats,
         created: true,
+        index: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::layout::LocationId;
+    use crate::storage::layout::{IndexOpen, LocationId};
     use sluice_protocol::ShuffleKey;
 
     fn batch(map: u32, id: u32, fill: u8) -> Vec<u8> {
@@ -128,7 +188,7 @@ mod tests {
         data.truncate(data.len() - 10);
         index.extend_from_slice(&[0u8; ENTRY_LEN]);
         index.extend_from_slice(&[9u8; 5]);
-        files.open_for_write(true).unwrap();
+        files.open_for_write(true, IndexOpen::Create).unwrap();
         std::fs::write(&files.data, &data).unwrap();
         std::fs::write(&files.index, &index).unwrap();
 
@@ -139,5 +199,13 @@ mod tests {
         assert_eq!(rewritten, index[..2 * ENTRY_LEN]);
         // Recovering again is stable.
         assert_eq!(flushed(&files).unwrap(), extent);
+
+        // Without an index file (it was kept in memory), the batches are found by reading the
+        // data file from its start: the same two, up to the hole.
+        std::fs::remove_file(&files.index).unwrap();
+        let rebuilt = flushed(&files).unwrap();
+        assert_eq!(rebuilt.stats, expected);
+        assert_eq!(rebuilt.index.as_deref(), Some(&index[..2 * ENTRY_LEN]));
+        assert_eq!(rebuilt.data_len, data.len() as u64);
     }
 }
