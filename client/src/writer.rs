@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_protocol::batch::{self, BatchTag, MAX_BATCH_LEN};
+use sluice_protocol::batch::{BatchBuf, BatchTag, BATCH_HEAD_LEN, MAX_BATCH_LEN};
 use sluice_protocol::connection::OutFrame;
 use sluice_protocol::frame::MessageType;
 use sluice_protocol::{pb, ErrorCode};
@@ -41,8 +41,12 @@ pub struct ShuffleWriter {
     handle: Arc<ShuffleHandle>,
     map_id: u32,
     attempt: u32,
-    buffers: Vec<Vec<u8>>,
+    /// Per partition, the batch being filled: records are appended behind the room for its
+    /// head, so a batch that is not compressed is sent from the very buffer it was built in.
+    buffers: Vec<BatchBuf>,
     buffered: usize,
+    /// Buffers of compressed batches, kept for the next batches (at most [`SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
     /// The id of the next batch; `None` once every id was used (ids never wrap: a repeated id
     /// would make readers drop the batch as a repeat).
     next_batch_id: Option<u32>,
@@ -58,17 +62,26 @@ pub struct ShuffleWriter {
     stage_ended: bool,
 }
 
+/// Buffers of compressed batches a writer keeps for its next batches: a batch is cut every few
+/// records of a busy partition, and allocating its buffer anew (and growing it record by record)
+/// costs more than the copy of the records themselves.
+const SPARE_BUFFERS: usize = 4;
+
+/// Where a partition's new batch starts when the partition has not filled a batch yet: it grows
+/// by doubling from there.
+const INITIAL_BUFFER: usize = 4 << 10;
+
 /// Bytes handed to [`ShuffleWriter::append`].
 enum Record<'a> {
     Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
+    Owned(BatchBuf),
 }
 
 impl Record<'_> {
     fn as_slice(&self) -> &[u8] {
         match self {
             Record::Borrowed(bytes) => bytes,
-            Record::Owned(bytes) => bytes,
+            Record::Owned(batch) => batch.raw(),
         }
     }
 
@@ -111,8 +124,9 @@ impl ShuffleWriter {
         let n = handle.num_partitions as usize;
         let permits = Arc::new(Semaphore::new(inner.config.max_inflight_pushes.max(1)));
         Ok(ShuffleWriter {
-            buffers: vec![Vec::new(); n],
+            buffers: std::iter::repeat_with(BatchBuf::default).take(n).collect(),
             buffered: 0,
+            spare: Vec::new(),
             next_batch_id: Some(0),
             stats: vec![pb::BatchStats::default(); n],
             raw: vec![0; n],
@@ -133,10 +147,11 @@ impl ShuffleWriter {
         self.append(partition, Record::Borrowed(record)).await
     }
 
-    /// [`write`](Self::write) for bytes the caller owns and hands over: when the partition's
-    /// buffer is empty they become the buffer, with no copy (the JVM bridge hands over whole
-    /// serialized chunks of about a batch each, so most chunks are never copied again).
-    pub async fn write_owned(&mut self, partition: u32, record: Vec<u8>) -> ClientResult<()> {
+    /// [`write`](Self::write) for bytes the caller built as a batch and hands over: when the
+    /// partition's buffer is empty they become the buffer, with no copy (the JVM bridge hands
+    /// over whole serialized chunks of about a batch each, so most chunks are never copied
+    /// again, and not at all when they are not compressed).
+    pub async fn write_owned(&mut self, partition: u32, record: BatchBuf) -> ClientResult<()> {
         self.append(partition, Record::Owned(record)).await
     }
 
@@ -158,22 +173,54 @@ impl ShuffleWriter {
             return Ok(());
         }
         let batch_size = self.inner.config.batch_size;
-        if !self.buffers[p].is_empty() && self.buffers[p].len() + record.len() > batch_size {
+        if !self.buffers[p].is_empty() && self.buffers[p].raw_len() + record.len() > batch_size {
             self.seal(p).await?;
         }
         let len = record.len();
         match record {
-            Record::Owned(bytes) if self.buffers[p].is_empty() => self.buffers[p] = bytes,
-            record => self.buffers[p].extend_from_slice(record.as_slice()),
+            Record::Owned(batch) if self.buffers[p].is_empty() => self.buffers[p] = batch,
+            record => {
+                if self.buffers[p].capacity() == 0 {
+                    self.buffers[p] = self.new_buffer(p, len);
+                }
+                self.buffers[p].extend_from_slice(record.as_slice());
+            }
         }
         self.buffered += len;
         self.raw[p] += len as u64;
-        if self.buffers[p].len() >= batch_size {
+        if self.buffers[p].raw_len() >= batch_size {
             self.seal(p).await?;
         } else if self.buffered > self.inner.config.max_buffered {
             self.seal_all().await?;
         }
         Ok(())
+    }
+
+    /// An empty batch to build `raw` bytes in and hand to [`write_owned`](Self::write_owned):
+    /// one of the writer's spare buffers when it has one, so a caller handing over a batch per
+    /// call (the JVM bridge) does not allocate one each time.
+    pub fn take_buffer(&mut self, raw: usize) -> BatchBuf {
+        match self.spare.pop() {
+            Some(spare) => BatchBuf::reuse(spare),
+            None => BatchBuf::with_capacity(raw),
+        }
+    }
+
+    /// The buffer for partition `p`'s next batch, whose first record is `len` bytes: a spare one,
+    /// else one sized for a whole batch when the partition filled one before (and every
+    /// partition's whole batch fits in twice `max_buffered`), else a small one.
+    fn new_buffer(&mut self, p: usize, len: usize) -> BatchBuf {
+        if let Some(spare) = self.spare.pop() {
+            return BatchBuf::reuse(spare);
+        }
+        let batch_size = self.inner.config.batch_size;
+        let busy = self.raw[p] >= batch_size as u64
+            && self.buffers.len().saturating_mul(batch_size) <= 2 * self.inner.config.max_buffered;
+        BatchBuf::with_capacity(if busy {
+            batch_size
+        } else {
+            len.max(INITIAL_BUFFER).min(batch_size)
+        })
     }
 
     /// Cuts every buffer into batches, sends them and waits until the workers acked every push
@@ -200,8 +247,9 @@ impl ShuffleWriter {
             tracing::info!(shuffle = %self.handle.key, map = self.map_id, attempt = self.attempt, "shuffle already committed: another attempt of this map won, dropping this one's output");
             self.stage_ended = true;
             for buffer in &mut self.buffers {
-                *buffer = Vec::new();
+                *buffer = BatchBuf::default();
             }
+            self.spare.clear();
             self.buffered = 0;
             self.pending.clear();
         }
@@ -236,16 +284,23 @@ impl ShuffleWriter {
             ))
         })?;
         self.next_batch_id = batch_id.checked_add(1);
-        let raw = std::mem::take(&mut self.buffers[p]);
-        self.buffered -= raw.len();
+        let buffer = std::mem::take(&mut self.buffers[p]);
+        self.buffered -= buffer.raw_len();
         let tag = BatchTag {
             partition: p as u32,
             map_id: self.map_id,
             attempt: self.attempt,
             batch_id,
         };
-        let (head, bytes) = batch::encode(tag, &raw, self.inner.config.compression)
+        let (head, bytes, spare) = buffer
+            .seal(tag, self.inner.config.compression)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let batch_size = self.inner.config.batch_size;
+        if let Some(spare) = spare.filter(|s| s.capacity() <= BATCH_HEAD_LEN + 2 * batch_size) {
+            if self.spare.len() < SPARE_BUFFERS {
+                self.spare.push(spare);
+            }
+        }
         self.stats[p].add(bytes.len() as u64, head.crc);
         let route = self.handle.route(p as u32);
         let pending = self.pending.entry(route.primary.clone()).or_default();

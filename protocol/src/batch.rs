@@ -174,6 +174,93 @@ pub fn encode_into(
     Ok(seal_head(out, start, tag, codec, raw_len))
 }
 
+/// A batch built in place: the head's bytes reserved at the front of one buffer, the raw records
+/// appended after them. [`BatchBuf::seal`] fills in the head, so a batch that is not compressed
+/// becomes the buffer itself, with no copy; one that is compressed gives the buffer back for
+/// the next batch. Empty (no reservation, no allocation) until the first append.
+#[derive(Debug, Default)]
+pub struct BatchBuf(Vec<u8>);
+
+impl BatchBuf {
+    /// An empty batch that can take `raw` bytes without growing.
+    pub fn with_capacity(raw: usize) -> BatchBuf {
+        BatchBuf::reuse(Vec::with_capacity(BATCH_HEAD_LEN + raw))
+    }
+
+    /// An empty batch in `spare`'s memory (what it held is dropped).
+    pub fn reuse(mut spare: Vec<u8>) -> BatchBuf {
+        spare.clear();
+        spare.resize(BATCH_HEAD_LEN, 0);
+        BatchBuf(spare)
+    }
+
+    /// Raw bytes appended.
+    pub fn raw_len(&self) -> usize {
+        self.0.len().saturating_sub(BATCH_HEAD_LEN)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw_len() == 0
+    }
+
+    /// Bytes of memory held.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    pub fn extend_from_slice(&mut self, raw: &[u8]) {
+        if self.0.is_empty() {
+            self.0.resize(BATCH_HEAD_LEN, 0);
+        }
+        self.0.extend_from_slice(raw);
+    }
+
+    /// Appends `len` zeroed bytes and returns them, for a caller to fill.
+    pub fn append_zeroed(&mut self, len: usize) -> &mut [u8] {
+        if self.0.is_empty() {
+            self.0.resize(BATCH_HEAD_LEN, 0);
+        }
+        let start = self.0.len();
+        self.0.resize(start + len, 0);
+        &mut self.0[start..]
+    }
+
+    /// The raw bytes appended.
+    pub fn raw(&self) -> &[u8] {
+        self.0.get(BATCH_HEAD_LEN..).unwrap_or_default()
+    }
+
+    /// Makes the batch: LZ4-compressed into a new buffer when `compress` and that makes it
+    /// smaller (then this buffer comes back, for the next batch), else in place.
+    pub fn seal(
+        mut self,
+        tag: BatchTag,
+        compress: bool,
+    ) -> Result<(BatchHead, Bytes, Option<Vec<u8>>), BatchError> {
+        if self.0.is_empty() {
+            self.0.resize(BATCH_HEAD_LEN, 0);
+        }
+        let raw = &self.0[BATCH_HEAD_LEN..];
+        let raw_len = u32::try_from(raw.len())
+            .ok()
+            .filter(|len| *len <= MAX_BATCH_LEN)
+            .ok_or(BatchError::TooLarge(u32::MAX))?;
+        if compress && raw.len() >= 64 {
+            let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+            let mut out = vec![0u8; BATCH_HEAD_LEN + bound];
+            if let Ok(written) = lz4_flex::block::compress_into(raw, &mut out[BATCH_HEAD_LEN..]) {
+                if written < raw.len() {
+                    out.truncate(BATCH_HEAD_LEN + written);
+                    let head = seal_head(&mut out, 0, tag, Codec::Lz4, raw_len);
+                    return Ok((head, Bytes::from(out), Some(self.0)));
+                }
+            }
+        }
+        let head = seal_head(&mut self.0, 0, tag, Codec::None, raw_len);
+        Ok((head, Bytes::from(self.0), None))
+    }
+}
+
 /// Encodes `raw` as one batch into a fresh buffer.
 pub fn encode(tag: BatchTag, raw: &[u8], compress: bool) -> Result<(BatchHead, Bytes), BatchError> {
     let mut out = Vec::with_capacity(BATCH_HEAD_LEN + raw.len() + raw.len() / 255 + 16);
@@ -318,6 +405,51 @@ impl Iterator for BatchIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_built_in_place_is_the_batch_encode_makes() {
+        let tag = BatchTag {
+            partition: 3,
+            map_id: 1,
+            attempt: 2,
+            batch_id: 9,
+        };
+        let text: Vec<u8> = b"sluice ".iter().copied().cycle().take(5000).collect();
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        for (raw, compress, compressed) in [
+            (&text[..], true, true),
+            (&text[..], false, false),
+            (&noise[..], true, false),
+            (&text[..10], true, false),
+            (&[][..], true, false),
+        ] {
+            let (want_head, want) = encode(tag, raw, compress).unwrap();
+            let mut buf = BatchBuf::default();
+            assert!(buf.is_empty());
+            let (first, second) = raw.split_at(raw.len() / 3);
+            buf.extend_from_slice(first);
+            buf.append_zeroed(second.len()).copy_from_slice(second);
+            assert_eq!((buf.raw_len(), buf.raw()), (raw.len(), raw));
+            let (head, bytes, spare) = buf.seal(tag, compress).unwrap();
+            assert_eq!((head, &bytes), (want_head, &want));
+            assert_eq!(head.codec == Codec::Lz4, compressed);
+            // A compressed batch gives its buffer back, which starts the next batch empty.
+            assert_eq!(spare.is_some(), compressed);
+            if let Some(spare) = spare {
+                let capacity = spare.capacity();
+                let next = BatchBuf::reuse(spare);
+                assert!(next.is_empty() && next.capacity() == capacity);
+            }
+        }
+    }
     use proptest::prelude::*;
 
     fn tag(partition: u32, map_id: u32, attempt: u32, batch_id: u32) -> BatchTag {

@@ -451,15 +451,17 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_write(
                 "range {offset}+{length} is outside an array of {available} bytes"
             )));
         }
-        let mut bytes = vec![0u8; length];
+        // Copied once, behind the room for a batch head, and handed over: it becomes the
+        // partition's batch when that is empty.
+        let mut batch = writer.open()?.take_buffer(length);
+        let bytes = batch.append_zeroed(length);
         // SAFETY: i8 and u8 have the same size and alignment, the view covers exactly the
-        // vector's initialised elements, and `bytes` is not touched while the view lives.
+        // initialised bytes just appended, and `bytes` is not touched while the view lives.
         let view =
             unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), length) };
         env.get_byte_array_region(&data, offset as i32, view)?;
         let partition = unsigned(partition, "partition")?;
-        // Handed over, not copied again: it becomes the partition's buffer when that is empty.
-        let written = runtime()?.block_on(writer.open()?.write_owned(partition, bytes));
+        let written = runtime()?.block_on(writer.open()?.write_owned(partition, batch));
         writer.placements.check(&writer.key, written)
     })
 }
