@@ -406,24 +406,23 @@ impl Iterator for BatchIter {
 mod tests {
     use super::*;
 
+    /// `len` pseudo-random bytes (xorshift from `seed`): data LZ4 cannot shrink.
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn a_batch_built_in_place_is_the_batch_encode_makes() {
-        let tag = BatchTag {
-            partition: 3,
-            map_id: 1,
-            attempt: 2,
-            batch_id: 9,
-        };
+        let tag = tag(3, 1, 2, 9);
         let text: Vec<u8> = b"sluice ".iter().copied().cycle().take(5000).collect();
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let noise: Vec<u8> = (0..5000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let noise = noise(5000, 0x9E37_79B9_7F4A_7C15);
         for (raw, compress, compressed) in [
             (&text[..], true, true),
             (&text[..], false, false),
@@ -499,15 +498,7 @@ mod tests {
 
     #[test]
     fn incompressible_data_is_stored() {
-        let mut rng = 0x1234_5678_u64;
-        let raw: Vec<u8> = (0..4096)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng as u8
-            })
-            .collect();
+        let raw = noise(4096, 0x1234_5678);
         let (head, bytes) = encode(tag(0, 0, 0, 0), &raw, true).unwrap();
         assert_eq!(head.codec, Codec::None);
         assert_eq!(head.data_len as usize, raw.len());

@@ -405,18 +405,21 @@ mod tests {
         assert_eq!(store.shuffle_keys(10), vec![a]);
     }
 
+    /// A store on one disk in `dir`, with the disk's flusher running.
+    fn store_on(dir: &std::path::Path, fsync_on_commit: bool) -> (Arc<Disk>, Store) {
+        let engine = open_engine(EngineChoice::Sync, "store-test").unwrap();
+        let (disk, queue) = Disk::new(dir.to_path_buf(), engine);
+        let disk = Arc::new(disk);
+        tokio::spawn(disk::run_flusher(Arc::downgrade(&disk), queue));
+        let memory = Arc::new(MemoryBudget::new(1 << 20));
+        let store = Store::new(vec![disk.clone()], memory, fsync_on_commit);
+        (disk, store)
+    }
+
     #[tokio::test]
     async fn a_disk_counts_the_bytes_and_files_its_locations_hold_until_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = open_engine(EngineChoice::Sync, "usage").unwrap();
-        let (disk, queue) = Disk::new(dir.path().to_path_buf(), engine);
-        let disk = Arc::new(disk);
-        tokio::spawn(disk::run_flusher(Arc::downgrade(&disk), queue));
-        let store = Store::new(
-            vec![disk.clone()],
-            Arc::new(MemoryBudget::new(1 << 20)),
-            false,
-        );
+        let (disk, store) = store_on(dir.path(), false);
         let key = ShuffleKey::new("app-u", 0);
         let spec = pb::LocationSpec {
             partition: 3,
@@ -449,15 +452,7 @@ mod tests {
     #[tokio::test]
     async fn commits_go_to_one_journal_and_small_indexes_are_served_from_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = open_engine(EngineChoice::Sync, "journal").unwrap();
-        let (disk, queue) = Disk::new(dir.path().to_path_buf(), engine);
-        let disk = Arc::new(disk);
-        tokio::spawn(disk::run_flusher(Arc::downgrade(&disk), queue));
-        let store = Store::new(
-            vec![disk.clone()],
-            Arc::new(MemoryBudget::new(1 << 20)),
-            true,
-        );
+        let (_disk, store) = store_on(dir.path(), true);
         let key = ShuffleKey::new("app-j", 2);
         let specs: Vec<pb::LocationSpec> = (0..3)
             .map(|partition| pb::LocationSpec {
@@ -536,15 +531,7 @@ mod tests {
         // index of partition 0 from its data file; partition 1 lost its index file and is
         // rebuilt the same way, checked against its record.
         std::fs::remove_file(files(1).index).unwrap();
-        let restart = || {
-            let engine = open_engine(EngineChoice::Sync, "journal-2").unwrap();
-            let (disk, _queue) = Disk::new(dir.path().to_path_buf(), engine);
-            Store::new(
-                vec![Arc::new(disk)],
-                Arc::new(MemoryBudget::new(1 << 20)),
-                false,
-            )
-        };
+        let restart = || store_on(dir.path(), false).1;
         let restarted = restart();
         assert_eq!(restarted.recover(), (3, 0));
         assert_eq!(open(&restarted, 0).await.unwrap(), small);
