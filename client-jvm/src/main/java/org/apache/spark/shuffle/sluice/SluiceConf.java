@@ -23,8 +23,8 @@ import scala.Tuple2;
  *   <tr><td>{@code spark.sluice.app.heartbeatInterval}</td><td>{@code 30s}</td>
  *       <td>how often the driver tells the master the application is alive</td></tr>
  *   <tr><td>{@code spark.sluice.client.<key>}</td><td></td>
- *       <td>passed verbatim to the native client as {@code <key>=<value>} ({@code batch_size},
- *           {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
+ *       <td>passed verbatim to the native client as {@code <key>=<value>} ({@code replication},
+ *           {@code batch_size}, {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
  *           {@code compression}, {@code connect_timeout_ms}, {@code request_timeout_ms},
  *           {@code push_retry_timeout_ms}, {@code prefetch_chunks}, {@code layout_timeout_ms},
  *           {@code master_retry_timeout_ms}, {@code master_request_timeout_ms});
