@@ -165,12 +165,18 @@ pub fn journal(dir: &Path) -> PathBuf {
 
 /// Appends the commit records of `locations` to the journal of `dir` in one write (creating the
 /// directory and the journal when needed), then syncs it when `fsync`. Blocking.
+///
+/// A write that fails part way (a full disk) leaves a torn line: the commit is reported failed,
+/// the worker goes on, and the next append starts on a new line.
 pub fn record_commits(
     dir: &Path,
     locations: &[(LocationId, CommitMarker)],
     fsync: bool,
 ) -> std::io::Result<()> {
-    let mut text = String::with_capacity(locations.len() * 96);
+    // A leading newline ends whatever a failed or interrupted append left half written, so
+    // that torn line cannot swallow this append's first record.
+    let mut text = String::with_capacity(1 + locations.len() * 96);
+    text.push('\n');
     for (id, marker) in locations {
         text.push_str(&marker.record(*id));
     }
@@ -473,6 +479,8 @@ mod tests {
             .open(journal(&dir))
             .unwrap();
         std::io::Write::write_all(&mut journal_file, &torn.as_bytes()[..20]).unwrap();
+        // The next append is read whole after the torn line.
+        record_commits(&dir, &[(at(9), marker(0, false))], false).unwrap();
         marker(0, true)
             .write_legacy(&LocationFiles::new(root.path(), &shuffle, at(5)).marker())
             .unwrap();
@@ -491,6 +499,7 @@ mod tests {
                 (5, Commit::MarkerFile),
                 (7, Commit::Recorded(marker(0, false))),
                 (8, Commit::No),
+                (9, Commit::Recorded(marker(0, false))),
             ]
         );
     }
