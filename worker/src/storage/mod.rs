@@ -60,9 +60,9 @@ impl Store {
     }
 
     /// Registers every location found on the disks after a restart, so it is served again:
-    /// committed ones from their commit records, and ones flushed but never committed from what their
-    /// files verifiably hold (the master commits them with the rest of their shuffle; they take
-    /// no more pushes). Returns `(committed, flushed)` counts. Blocking: runs before serving.
+    /// committed ones from their commit records, and ones flushed but never committed from what
+    /// their files verifiably hold (the master commits them with the rest of their shuffle; they
+    /// take no more pushes). Returns `(committed, flushed)` counts. Blocking: runs before serving.
     pub fn recover(&self) -> (usize, usize) {
         let mut counts = (0, 0);
         let mut shuffles = self.lock();

@@ -1,17 +1,17 @@
-//! One partition location on this worker: a memory buffer, an append-only data file and its
-//! batch index.
+//! One partition location on this worker: a memory buffer, an append-only data file and its batch
+//! index.
 //!
 //! Pushed slices (whole batches, zero-copy `Bytes` that carry their memory lease) queue in
 //! `pending`. Once `flush_buffer_size` is pending, or the oldest pending byte is older than
 //! `max_buffer_age`, or under memory pressure, or at commit, the pending slices go to the disk's
-//! flusher as one sequential write at the file's tail, with their index entries as a second
-//! write once the location has more than [`SMALL_INDEX`] bytes of them (until then they stay in
-//! memory, and the location has no index file). Offsets are assigned when a batch is appended, so the file layout does not depend on
-//! the order writes complete in. The memory comes back when the flusher drops the written
-//! slices (their leases), not through this module.
+//! flusher as one sequential write at the file's tail, with their index entries as a second write
+//! once the location has more than [`SMALL_INDEX`] bytes of them (until then they stay in memory,
+//! and the location has no index file). Offsets are assigned when a batch is appended, so the file
+//! layout does not depend on the order writes complete in. The memory comes back when the flusher
+//! drops the written slices (their leases), not through this module.
 //!
-//! A location flushed before a restart and never committed comes back as `Recovered`: it takes
-//! no pushes (writers revive elsewhere) but commits and serves what its files verifiably hold.
+//! A location flushed before a restart and never committed comes back as `Recovered`: it takes no
+//! pushes (writers revive elsewhere) but commits and serves what its files verifiably hold.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -1,16 +1,17 @@
 //! What a location's files hold after a restart.
 //!
-//! A committed location is taken at its commit record's word once its files are at least as
-//! long as the record says. A location whose index was kept in memory (at most
+//! A committed location is taken at its commit record's word once its files are at least as long as
+//! the record says. A location whose index was kept in memory (at most
 //! [`SMALL_INDEX`](super::partition::SMALL_INDEX) bytes) has no index file: its index is rebuilt
-//! from the data file, which describes itself (each batch starts with its head), and must add up
-//! to the totals its commit record holds. A location that was flushed and never committed (the worker was killed or
-//! restarted mid-stage) is rebuilt from its files: every index entry whose batch lies inside the
-//! data file, parses and passes its CRC is kept (without an index file: every batch from the
-//! start of the data file up to the first that does not parse or verify), anything else (a torn tail, a hole left by a
-//! flush that never landed, garbage) is dropped, and the index is rewritten to the kept entries
-//! so readers see only whole batches. The kept batches are bytes that were pushed and flushed;
-//! the readers' per-map check against what the maps reported decides whether that was enough.
+//! from the data file, which describes itself (each batch starts with its head), and must add up to
+//! the totals its commit record holds. A location that was flushed and never committed (the worker
+//! was killed or restarted mid-stage) is rebuilt from its files: every index entry whose batch lies
+//! inside the data file, parses and passes its CRC is kept (without an index file: every batch from
+//! the start of the data file up to the first that does not parse or verify), anything else (a torn
+//! tail, a hole left by a flush that never landed, garbage) is dropped, and the index is rewritten
+//! to the kept entries so readers see only whole batches. The kept batches are bytes that were
+//! pushed and flushed; the readers' per-map check against what the maps reported decides whether
+//! that was enough.
 
 use std::os::unix::fs::FileExt;
 
