@@ -210,13 +210,10 @@ impl ShuffleWriter {
     /// else one sized for a whole batch when the partition filled one before (and every
     /// partition's whole batch fits in twice `max_buffered`), else a small one.
     fn new_buffer(&mut self, p: usize, len: usize) -> BatchBuf {
-        if let Some(spare) = self.spare.pop() {
-            return BatchBuf::reuse(spare);
-        }
         let batch_size = self.inner.config.batch_size;
         let busy = self.raw[p] >= batch_size as u64
             && self.buffers.len().saturating_mul(batch_size) <= 2 * self.inner.config.max_buffered;
-        BatchBuf::with_capacity(if busy {
+        self.take_buffer(if busy {
             batch_size
         } else {
             len.max(INITIAL_BUFFER).min(batch_size)
