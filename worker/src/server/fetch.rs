@@ -149,9 +149,10 @@ async fn send_source(
     source: &ChunkSource,
     piece: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    let Some(file) = &source.file else {
+    let Some(path) = &source.data else {
         return Ok(());
     };
+    let file = &read::open_data(path.clone()).await?;
     for range in &source.ranges {
         match writer.get_ref().as_tcp() {
             Some(socket) => read::send_file(socket, file, range.offset, range.length).await?,

@@ -156,17 +156,20 @@ fn page(
     })
 }
 
-/// A chunk to send: the committed data file and the validated ranges to send from it.
+/// A chunk to send: the committed data file and the validated ranges to send from it. The file
+/// is opened only when its bytes are sent ([`open_data`]): a batched answer lists up to a
+/// thousand chunks and a connection queues several answers, so holding their descriptors
+/// meanwhile ran a worker out of them.
 #[derive(Debug)]
 pub struct ChunkSource {
     /// `None` when the location holds no data (then `ranges` is empty).
-    pub file: Option<Arc<std::fs::File>>,
+    pub data: Option<std::path::PathBuf>,
     pub ranges: Vec<pb::Range>,
     pub len: u64,
 }
 
 /// Checks that every range of `chunk` lies inside the committed data file and that the chunk
-/// fits in one frame, then opens the data file (off the runtime).
+/// fits in one frame, and that the data file is there (off the runtime).
 pub async fn chunk_source(
     partition: Arc<Partition>,
     chunk: pb::Chunk,
@@ -225,20 +228,29 @@ fn open_chunk(partition: &Partition, chunk: pb::Chunk, max_len: u64) -> WorkerRe
             )));
         }
     }
-    let file = match (committed.files, total) {
-        (Some(files), 1..) => Some(Arc::new(std::fs::File::open(&files.data).map_err(|e| {
-            WorkerError::Disk {
+    let data = match (committed.files, total) {
+        (Some(files), 1..) => {
+            // Checked now, so a missing file is this chunk's own error in the answer.
+            std::fs::metadata(&files.data).map_err(|e| WorkerError::Disk {
                 location: partition.name().to_string(),
                 reason: format!("cannot open its data file: {e}"),
-            }
-        })?)),
+            })?;
+            Some(files.data)
+        }
         _ => None,
     };
     Ok(ChunkSource {
-        file,
+        data,
         ranges: chunk.ranges,
         len: total,
     })
+}
+
+/// Opens a chunk's data file for sending (off the runtime).
+pub async fn open_data(path: std::path::PathBuf) -> std::io::Result<Arc<std::fs::File>> {
+    tokio::task::spawn_blocking(move || std::fs::File::open(path).map(Arc::new))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Sends `len` bytes of `file` from `offset` to `socket` with `sendfile(2)`.
