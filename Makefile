@@ -1,10 +1,16 @@
 # Sluice: the commands README.md names.
-.PHONY: demo local bench bench-spark chaos chaos-secure test test-rust test-jvm test-demo test-ops lint
+.PHONY: demo local jars bench bench-spark chaos chaos-secure test test-rust test-jvm test-demo test-ops lint
 
 # The main job: a local Sluice cluster serving a real PySpark job, checked against Spark's own
 # shuffle (builds the binary and the jar; creates .venv with pyspark on first use).
 demo:
 	bash demo/run.sh
+
+# The Spark client jar of every supported Spark line (client-jvm/spark-<line>/target/), with the
+# native library; Spark 4.3's jars come from the pyspark 4.3.0 package (fetched once).
+jars:
+	bash client-jvm/spark-4.3/fetch-jars.sh
+	mvn -B -f client-jvm -DskipTests package
 
 # A local cluster (one master, two workers) with its status page; prints the page's URL and
 # runs until Ctrl-C.
@@ -44,13 +50,21 @@ lint:
 test-rust:
 	cargo test --workspace
 
+# Every Spark line's JUnit tests: the whole suite on 3.5 and 4.3, the job suite on the others.
+# PREFETCH_DONE: CI downloads every line's artifacts in the background while the Rust tests run,
+# and writes this file when it is done; Maven starts after that.
 test-jvm:
-	mvn -B -f client-jvm test
+	@if [ -n "$(PREFETCH_DONE)" ]; then while [ ! -s "$(PREFETCH_DONE)" ]; do sleep 2; done; fi
+	bash client-jvm/spark-4.3/fetch-jars.sh
+	mvn -B -f client-jvm --fail-at-end test
 
-# spark-submit from the pyspark package on PyPI, with the jar from `mvn package`.
+# spark-submit from the pyspark packages on PyPI, with the jars from `mvn package`: the demo on
+# the default line (3.5), then on the oldest and the newest line with the wrong-jar check.
 test-demo:
+	bash client-jvm/spark-4.3/fetch-jars.sh
 	mvn -B -q -f client-jvm -DskipTests package
 	DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
+	SKIP_BUILD=1 DEMO_ROWS=300000 bash demo/lines.sh 3.1 4.3
 	# The Spark benchmark's scripts, small: both shuffles must give the same answers.
 	SKIP_BUILD=1 bash benches/spark/run.sh --rows 200000 --rounds 1 --stages 3
 

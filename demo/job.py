@@ -43,15 +43,16 @@ def main():
     started = time.monotonic()
 
     # Events: a word from a skewed vocabulary (small word numbers are far more frequent),
-    # a user, an amount in cents. xxhash64 is part of Spark SQL: the same on every run.
+    # a user, an amount in cents. xxhash64 is part of Spark SQL: the same on every run. The
+    # expressions are SQL text because pyspark's own pmod() only exists from Spark 3.4 on, and
+    # the demo runs on every supported line (demo/lines.sh).
     events = spark.range(0, args.rows, 1, numPartitions=8).select(
         F.col("id"),
-        F.concat(
-            F.lit("w"),
-            F.pmod(F.xxhash64("id"), F.pmod(F.xxhash64("id", F.lit("spread")), F.lit(50_000)) + 1),
+        F.expr(
+            "concat('w', pmod(xxhash64(id), pmod(xxhash64(id, 'spread'), 50000) + 1))"
         ).alias("word"),
-        F.pmod(F.xxhash64("id", F.lit("user")), F.lit(USERS)).alias("user"),
-        F.pmod(F.xxhash64("id", F.lit("amount")), F.lit(10_000)).alias("cents"),
+        F.expr(f"pmod(xxhash64(id, 'user'), {USERS})").alias("user"),
+        F.expr("pmod(xxhash64(id, 'amount'), 10000)").alias("cents"),
     )
     users = spark.range(0, USERS, 1, numPartitions=4).select(
         F.col("id").alias("user"),

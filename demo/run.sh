@@ -13,6 +13,7 @@
 #   DEMO_ROWS=3000000     events the job generates
 #   DEMO_SKIP_BUILD=1     use the binary and jar already built (CI after `make test`)
 #   DEMO_WORK=target/demo where answers and logs go
+#   SPARK_LINE=3.5        the Spark line to run on (3.1 ... 4.3; demo/spark-env.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,7 +53,7 @@ MASTER=$(printf '%s' "$READY" | "$VENV/bin/python" -c 'import json, sys; print(j
 log "sluice local: master $MASTER (log: $WORK/sluice.log)"
 
 # 4. The same job twice.
-SUBMIT=("$VENV/bin/spark-submit" --master 'local[2]' --driver-memory 2g
+SUBMIT=("$VENV/bin/spark-submit" --master 'local[2]' --driver-memory 2g "${SPARK_LINE_CONF[@]}"
   --conf spark.ui.enabled=false
   --conf spark.sql.shuffle.partitions=64)
 # local mode: --jars is enough (the driver is the executor). On a real cluster the jar must be
@@ -82,6 +83,7 @@ run() { # name, extra spark-submit arguments...
   sed "s/^/[$name] /" "$WORK/$name.out" >&2
 }
 
+log "Spark $PYSPARK_VERSION (pyspark in $VENV), jar $(basename "$JAR")"
 log "run 1/2: Spark's built-in shuffle, $ROWS rows"
 run builtin
 log "run 2/2: the Sluice shuffle, $ROWS rows"

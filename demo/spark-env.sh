@@ -1,30 +1,21 @@
-# Sourced by demo/run.sh and benches/spark/run.sh: the Python environment with pyspark, the
-# release `sluice` binary and the Spark client jar. Sets VENV, SPARK_HOME, SLUICE and JAR, and
-# exports what spark-submit needs. Needs ROOT (the repository) and a `log` function.
+# Sourced by demo/run.sh and benches/spark/run.sh: the Python environment with pyspark
+# (demo/pyspark-env.sh), the release `sluice` binary and the Spark client jar of one Spark line.
+# Sets VENV, SPARK_HOME, SLUICE, JAR and SPARK_LINE_CONF (what spark-submit needs on that line),
+# and exports what spark-submit needs. Needs ROOT (the repository) and a `log` function.
 #
-#   SKIP_BUILD=1   use the binary and jar already built
-PYSPARK_VERSION=3.5.6 # the Spark version of client-jvm/pom.xml
-VENV=$ROOT/.venv
+#   SPARK_LINE=3.5   the Spark line (3.1 ... 4.3)
+#   SKIP_BUILD=1     use the binary and jar already built
 SLUICE=$ROOT/target/release/sluice
-
-if ! "$VENV/bin/python" -c "import sys, pyspark; sys.exit(pyspark.__version__ != '$PYSPARK_VERSION')" 2>/dev/null; then
-  log "creating $VENV with pyspark==$PYSPARK_VERSION"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION"
-fi
-export PYSPARK_PYTHON=$VENV/bin/python
-SPARK_HOME=$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
-export SPARK_HOME
-export PYSPARK_DRIVER_PYTHON=$VENV/bin/python
-export SPARK_LOCAL_IP=127.0.0.1
-command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || { log "java is required (JDK 17)"; exit 1; }
+# shellcheck source=demo/pyspark-env.sh
+source "$ROOT/demo/pyspark-env.sh"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building the sluice binary and the Spark client jar"
   cargo build --release --quiet -p sluice
-  mvn -B -f "$ROOT/client-jvm" -q -DskipTests package
+  [ "$SPARK_LINE" != 4.3 ] || bash "$ROOT/client-jvm/spark-4.3/fetch-jars.sh"
+  mvn -B -f "$ROOT/client-jvm" -q -DskipTests -pl "spark-$SPARK_LINE" -am package
 fi
-JAR=$(find "$ROOT/client-jvm/target" -maxdepth 1 -name 'sluice-spark-*.jar' \
-  ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' | sort | head -n 1)
-[ -n "$JAR" ] || { log "no sluice-spark jar in client-jvm/target (build it: mvn -f client-jvm -DskipTests package)"; exit 1; }
+JAR=$(find "$ROOT/client-jvm/spark-$SPARK_LINE/target" -maxdepth 1 -name "sluice-spark-${SPARK_LINE}_*.jar" \
+  ! -name '*-sources.jar' ! -name '*-javadoc.jar' ! -name 'original-*' 2>/dev/null | sort | head -n 1)
+[ -n "$JAR" ] || { log "no sluice-spark-${SPARK_LINE} jar in client-jvm/spark-$SPARK_LINE/target (build it: make jars)"; exit 1; }
 [ -x "$SLUICE" ] || { log "no $SLUICE (build it: cargo build --release -p sluice)"; exit 1; }

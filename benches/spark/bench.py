@@ -8,7 +8,8 @@ ratio Sluice / built-in (below 1.0: Sluice is faster), and checks every run's an
 same. The last stdout line is a JSON summary. Exits non-zero on any differing answer or failed
 run.
 
-    python3 benches/spark/bench.py --sluice target/release/sluice --jar client-jvm/target/x.jar
+    python3 benches/spark/bench.py --sluice target/release/sluice \
+        --jar client-jvm/spark-3.5/target/sluice-spark-3.5_2.12-0.1.0.jar
 
 Normally started by benches/spark/run.sh (`make bench-spark`), which builds and installs what
 this needs.

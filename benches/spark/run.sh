@@ -5,7 +5,7 @@
 #   bash benches/spark/run.sh [bench.py flags: --rows N --rounds N --jobs heavy,small ...]
 #
 # Builds the release binary and the jar, and installs pyspark into .venv/ (demo/spark-env.sh),
-# unless SKIP_BUILD=1. Results and logs go to target/bench-spark/.
+# unless SKIP_BUILD=1. SPARK_LINE=4.3 runs it on another Spark line. Results and logs go to target/bench-spark/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,4 +15,5 @@ log() { printf '[bench-spark] %s\n' "$*" >&2; }
 source "$ROOT/demo/spark-env.sh"
 
 exec "$VENV/bin/python" "$ROOT/benches/spark/bench.py" --sluice "$SLUICE" --jar "$JAR" \
-  --spark-submit "$VENV/bin/spark-submit" --work "$ROOT/target/bench-spark" "$@"
+  --spark-submit "$VENV/bin/spark-submit" --work "$ROOT/target/bench-spark" \
+  "${SPARK_LINE_CONF[@]}" "$@"

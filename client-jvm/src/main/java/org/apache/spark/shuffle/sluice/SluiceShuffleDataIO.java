@@ -51,7 +51,10 @@ public class SluiceShuffleDataIO implements ShuffleDataIO {
       // left expires on the Sluice cluster once the application stops heartbeating.
     }
 
-    @Override
+    /**
+     * Part of ShuffleDriverComponents from Spark 3.5 on; older lines never ask (see
+     * client-jvm/README.md for what that means for dynamic allocation).
+     */
     public boolean supportsReliableStorage() {
       return true;
     }

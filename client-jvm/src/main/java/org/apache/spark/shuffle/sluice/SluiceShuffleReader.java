@@ -121,11 +121,8 @@ final class SluiceShuffleReader<K, C> implements ShuffleReader<K, C> {
     Iterator<Product2<K, C>> result;
     if (dep.keyOrdering().isDefined()) {
       ExternalSorter<K, C, C> sorter =
-          new ExternalSorter<>(
-              context, Option.empty(), Option.empty(), dep.keyOrdering(), dep.serializer());
-      // Inserts everything, adds the sorter's spill and peak-memory figures to the task metrics,
-      // and stops the sorter when its output is exhausted or the task ends.
-      result = sorter.insertAllAndUpdateMetrics(aggregated);
+          SparkApi.keySorter(context, dep.keyOrdering(), dep.serializer());
+      result = sortAll(sorter, aggregated, context);
     } else {
       result = aggregated;
     }
@@ -218,6 +215,40 @@ final class SluiceShuffleReader<K, C> implements ShuffleReader<K, C> {
       return status.isDefined() ? status.get().mapStatuses() : null;
     }
     return null;
+  }
+
+  /**
+   * Inserts everything into the sorter, adds its spill and peak-memory figures to the task
+   * metrics, and stops it (freeing its memory and spill files) when its output is exhausted or
+   * the task ends, whichever comes first. Spark's own reader does the same; its helper for it
+   * only exists from Spark 3.2 on, so this one serves every line.
+   */
+  static <K, C> Iterator<Product2<K, C>> sortAll(
+      ExternalSorter<K, C, C> sorter, Iterator<Product2<K, C>> records, TaskContext context) {
+    sorter.insertAll(records);
+    context.taskMetrics().incMemoryBytesSpilled(sorter.memoryBytesSpilled());
+    context.taskMetrics().incDiskBytesSpilled(sorter.diskBytesSpilled());
+    context.taskMetrics().incPeakExecutionMemory(sorter.peakMemoryUsedBytes());
+    context.addTaskCompletionListener((TaskCompletionListener) ctx -> sorter.stop());
+    Iterator<Product2<K, C>> sorted = sorter.iterator();
+    return new AbstractIterator<Product2<K, C>>() {
+      private boolean stopped;
+
+      @Override
+      public boolean hasNext() {
+        boolean more = sorted.hasNext();
+        if (!more && !stopped) {
+          stopped = true;
+          sorter.stop();
+        }
+        return more;
+      }
+
+      @Override
+      public Product2<K, C> next() {
+        return sorted.next();
+      }
+    };
   }
 
   /** Java has no checked-exception escape hatch for Scala methods; this is the usual one. */

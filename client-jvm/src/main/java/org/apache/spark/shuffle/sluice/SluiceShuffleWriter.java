@@ -10,7 +10,6 @@ import org.apache.spark.memory.MemoryConsumer;
 import org.apache.spark.memory.MemoryMode;
 import org.apache.spark.memory.TaskMemoryManager;
 import org.apache.spark.scheduler.MapStatus;
-import org.apache.spark.scheduler.MapStatus$;
 import org.apache.spark.serializer.SerializationStream;
 import org.apache.spark.serializer.SerializerInstance;
 import org.apache.spark.shuffle.ShuffleWriteMetricsReporter;
@@ -196,7 +195,7 @@ final class SluiceShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
       metrics.incBytesWritten(total);
       partitionLengths = sizes;
       MapStatus status =
-          MapStatus$.MODULE$.apply(
+          SparkApi.mapStatus(
               StageAttempts.location(handle.shuffleId(), stageAttempt),
               sizes,
               context.taskAttemptId());
@@ -206,7 +205,7 @@ final class SluiceShuffleWriter<K, V, C> extends ShuffleWriter<K, V> {
     }
   }
 
-  @Override
+  /** Part of ShuffleWriter from Spark 3.2 on. */
   public long[] getPartitionLengths() {
     return partitionLengths == null ? new long[0] : partitionLengths;
   }

@@ -4,11 +4,9 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assumptions.assumeFalse;
 
 import java.util.List;
-import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicReference;
 import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.scheduler.SparkListener;
-import org.apache.spark.scheduler.SparkListenerStageCompleted;
 import org.apache.spark.sql.SparkSession;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -53,21 +51,15 @@ class MasterFailoverTest extends ShuffleSuite {
           TestSessions.sluice(sparkMaster(), "MasterFailoverTest", cluster.master(), sparkConf());
       AtomicReference<String> killed = new AtomicReference<>();
       AtomicReference<Throwable> failed = new AtomicReference<>();
-      AtomicBoolean once = new AtomicBoolean();
       SparkListener killer =
-          new SparkListener() {
-            @Override
-            public void onStageCompleted(SparkListenerStageCompleted done) {
-              if (done.stageInfo().shuffleDepId().isEmpty() || !once.compareAndSet(false, true)) {
-                return;
-              }
-              try {
-                killed.set(cluster.killLeader());
-              } catch (Exception e) {
-                failed.set(e);
-              }
-            }
-          };
+          onFirstMapStageCompleted(
+              () -> {
+                try {
+                  killed.set(cluster.killLeader());
+                } catch (Exception e) {
+                  failed.set(e);
+                }
+              });
       try {
         spark.sparkContext().addSparkListener(killer);
         long started = System.nanoTime();

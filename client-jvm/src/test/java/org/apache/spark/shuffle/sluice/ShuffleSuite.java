@@ -9,6 +9,9 @@ import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.concurrent.atomic.AtomicBoolean;
+import org.apache.spark.scheduler.SparkListener;
+import org.apache.spark.scheduler.SparkListenerStageCompleted;
 import org.apache.spark.sql.SparkSession;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -181,6 +184,22 @@ abstract class ShuffleSuite {
       msg.append("\n  ").append(cluster);
     }
     fail(msg.toString());
+  }
+
+  /**
+   * A listener that runs {@code action} once, when the first shuffle map stage completes (the
+   * moment the tests kill a worker or a master: map output written, reduce stage starting).
+   */
+  static SparkListener onFirstMapStageCompleted(Runnable action) {
+    AtomicBoolean once = new AtomicBoolean();
+    return new SparkListener() {
+      @Override
+      public void onStageCompleted(SparkListenerStageCompleted done) {
+        if (done.stageInfo().shuffleDepId().isDefined() && once.compareAndSet(false, true)) {
+          action.run();
+        }
+      }
+    };
   }
 
   private static String clip(Object o) {

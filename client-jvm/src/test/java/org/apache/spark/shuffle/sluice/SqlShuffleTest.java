@@ -10,7 +10,6 @@ import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.execution.SparkPlan;
-import org.apache.spark.sql.execution.adaptive.AQEShuffleReadExec;
 import org.apache.spark.sql.execution.adaptive.AdaptiveSparkPlanExec;
 import org.apache.spark.sql.execution.adaptive.QueryStageExec;
 import org.apache.spark.sql.execution.joins.SortMergeJoinExec;
@@ -108,9 +107,9 @@ class SqlShuffleTest extends ShuffleSuite {
                     forEachNode(
                         join,
                         node -> {
-                          if (node instanceof AQEShuffleReadExec
-                              && ((AQEShuffleReadExec) node).isCoalescedRead()) {
-                            int n = ((AQEShuffleReadExec) node).partitionSpecs().size();
+                          if (isShuffleRead(node)
+                              && flag(node, "isCoalescedRead", "hasCoalescedPartition")) {
+                            int n = partitionCount(node);
                             minMax[0] = Math.min(minMax[0], n);
                             minMax[1] = Math.max(minMax[1], n);
                           }
@@ -160,13 +159,47 @@ class SqlShuffleTest extends ShuffleSuite {
                   if (node instanceof SortMergeJoinExec && ((SortMergeJoinExec) node).isSkewJoin()) {
                     seen[0] = true;
                   }
-                  if (node instanceof AQEShuffleReadExec && ((AQEShuffleReadExec) node).hasSkewedPartition()) {
+                  if (isShuffleRead(node) && flag(node, "hasSkewedPartition")) {
                     seen[1] = true;
                   }
                 });
             out.add("skew join with map-range reads: " + (seen[0] && seen[1]));
             return out;
           });
+
+  /**
+   * Whether a plan node is AQE's shuffle read: {@code AQEShuffleReadExec} from Spark 3.2 on,
+   * {@code CustomShuffleReaderExec} in 3.1. The tests compile against every Spark line, so they
+   * reach its methods by name.
+   */
+  static boolean isShuffleRead(SparkPlan node) {
+    String name = node.getClass().getSimpleName();
+    return name.equals("AQEShuffleReadExec") || name.equals("CustomShuffleReaderExec");
+  }
+
+  /** The first of {@code methods} the node has, called: a boolean property of a shuffle read. */
+  static boolean flag(SparkPlan node, String... methods) {
+    for (String method : methods) {
+      try {
+        return (Boolean) node.getClass().getMethod(method).invoke(node);
+      } catch (NoSuchMethodException e) {
+        // Named differently on this Spark line: try the next name.
+      } catch (ReflectiveOperationException e) {
+        throw new IllegalStateException(method + " of " + node.getClass().getName(), e);
+      }
+    }
+    throw new IllegalStateException(node.getClass().getName() + " has none of " + List.of(methods));
+  }
+
+  /** How many partitions a shuffle read reads. */
+  static int partitionCount(SparkPlan node) {
+    try {
+      Object specs = node.getClass().getMethod("partitionSpecs").invoke(node);
+      return ((scala.collection.Seq<?>) specs).size();
+    } catch (ReflectiveOperationException e) {
+      throw new IllegalStateException("partitionSpecs of " + node.getClass().getName(), e);
+    }
+  }
 
   /** Visits every node of a physical plan, inside adaptive plans and query stages too. */
   static void forEachNode(SparkPlan plan, Consumer<SparkPlan> visit) {

@@ -7,12 +7,10 @@ import static org.junit.jupiter.api.Assumptions.assumeFalse;
 import java.util.List;
 import java.util.Optional;
 import java.util.concurrent.Callable;
-import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
 import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.scheduler.SparkListener;
-import org.apache.spark.scheduler.SparkListenerStageCompleted;
 import org.apache.spark.scheduler.SparkListenerStageSubmitted;
 import org.apache.spark.sql.SparkSession;
 import org.junit.jupiter.api.Test;
@@ -78,7 +76,7 @@ class WorkerLossTest extends ShuffleSuite {
         MapStageCounter maps = new MapStageCounter(spark);
         String outcome =
             rightAnswerOrDataLoss(
-                cluster, () -> RddShuffleTest.rowsByPartition(shuffled));
+                cluster, expected(SUMS), () -> RddShuffleTest.rowsByPartition(shuffled));
         System.out.println(
             "WorkerLossTest (between jobs): killed "
                 + victim.id
@@ -103,15 +101,27 @@ class WorkerLossTest extends ShuffleSuite {
     try (SluiceCluster cluster = SluiceCluster.separate("WorkerLossTest-during", 2)) {
       SparkSession spark =
           TestSessions.sluice(sparkMaster(), "WorkerLossTest", cluster.master(), sparkConf());
-      AtomicReference<String> killed = new AtomicReference<>();
-      AtomicBoolean once = new AtomicBoolean();
-      SparkListener killer =
-          new SparkListener() {
-            @Override
-            public void onStageCompleted(SparkListenerStageCompleted done) {
-              if (done.stageInfo().shuffleDepId().isEmpty() || !once.compareAndSet(false, true)) {
-                return;
-              }
+      try {
+        System.out.println(
+            "WorkerLossTest (during the job): "
+                + killAWorkerWhenTheMapStageCompletes(cluster, spark, expected(SUMS)));
+      } finally {
+        TestSessions.stop(spark);
+      }
+    }
+  }
+
+  /**
+   * Runs {@link #SUMS} on {@code spark} while a listener kills a worker of {@code cluster} (one
+   * holding files if any does) as soon as the map stage completes. The job must give {@code
+   * expected} or fail saying shuffle data was lost; returns what happened, in one line.
+   */
+  static String killAWorkerWhenTheMapStageCompletes(
+      SluiceCluster cluster, SparkSession spark, List<String> expected) throws Exception {
+    AtomicReference<String> killed = new AtomicReference<>();
+    SparkListener killer =
+        onFirstMapStageCompleted(
+            () -> {
               // Prefer a worker that already has files; data still in memory counts as well.
               SluiceCluster.Worker victim =
                   cluster.workers().stream()
@@ -124,24 +134,17 @@ class WorkerLossTest extends ShuffleSuite {
               } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
               }
-            }
-          };
-      try {
-        spark.sparkContext().addSparkListener(killer);
-        MapStageCounter maps = new MapStageCounter(spark);
-        String outcome =
-            rightAnswerOrDataLoss(cluster, () -> RddShuffleTest.rowsByPartition(sums(spark)));
-        assertTrue(killed.get() != null, "the map stage never completed, nobody was killed");
-        System.out.println(
-            "WorkerLossTest (during the job): killed "
-                + killed.get()
-                + "; "
-                + outcome
-                + "; map stage attempts: "
-                + maps.close());
-      } finally {
-        TestSessions.stop(spark);
-      }
+            });
+    spark.sparkContext().addSparkListener(killer);
+    try {
+      MapStageCounter maps = new MapStageCounter(spark);
+      String outcome =
+          rightAnswerOrDataLoss(
+              cluster, expected, () -> RddShuffleTest.rowsByPartition(sums(spark)));
+      assertTrue(killed.get() != null, "the map stage never completed, nobody was killed");
+      return "killed " + killed.get() + "; " + outcome + "; map stage attempts: " + maps.close();
+    } finally {
+      spark.sparkContext().removeSparkListener(killer);
     }
   }
 
@@ -149,7 +152,8 @@ class WorkerLossTest extends ShuffleSuite {
    * Runs {@code action}: a result must equal the built-in answer; an exception must say that
    * shuffle data was lost. Returns a one-line description of what happened.
    */
-  private String rightAnswerOrDataLoss(SluiceCluster cluster, Callable<List<String>> action) {
+  static String rightAnswerOrDataLoss(
+      SluiceCluster cluster, List<String> expected, Callable<List<String>> action) {
     List<String> got;
     try {
       got = action.call();
@@ -163,7 +167,7 @@ class WorkerLossTest extends ShuffleSuite {
       }
       return "job failed cleanly: " + why.get();
     }
-    assertSameAnswer(SUMS.name + " after a worker was killed", expected(SUMS), got, cluster);
+    assertSameAnswer(SUMS.name + " after a worker was killed", expected, got, cluster);
     return "job recovered with the right answer";
   }
 

@@ -35,6 +35,9 @@ import scala.Option;
  *   spark.sluice.master.endpoints=host:port[,host:port...]
  * </pre>
  *
+ * <p>Spark instantiates {@link SluiceShuffleManager}, the line's own subclass (compat/manager-*):
+ * the interface it declares is one of the few things that differ between Spark lines.
+ *
  * <p>Settings are listed on {@link SluiceConf}. One native client serves the whole JVM (driver or
  * executor); it is created on first use, and its metrics then go to Spark's metrics system
  * ({@link SluiceMetricsSource}, source {@code sluice}).
@@ -50,7 +53,7 @@ import scala.Option;
  *       left when it stops.
  * </ul>
  */
-public class SluiceShuffleManager implements ShuffleManager {
+abstract class SluiceShuffleManagerBase implements ShuffleManager {
   private static final Logger LOG = LoggerFactory.getLogger(SluiceShuffleManager.class);
 
   /** How long {@link #stop} spends deleting shuffles Spark did not unregister. */
@@ -59,7 +62,7 @@ public class SluiceShuffleManager implements ShuffleManager {
   private final SparkConf sparkConf;
   private final SluiceConf conf;
   private final boolean isDriver;
-  private final SluiceShuffleBlockResolver resolver = new SluiceShuffleBlockResolver();
+  private final SluiceShuffleBlockResolver resolver;
 
   /** Guards the client reference, the heartbeat and the listener. */
   private final Object lock = new Object();
@@ -75,7 +78,10 @@ public class SluiceShuffleManager implements ShuffleManager {
   /** Driver: the highest stage attempt submitted for each Spark shuffle. */
   private final Map<Integer, Integer> maxStageAttempt = new ConcurrentHashMap<>();
 
-  public SluiceShuffleManager(SparkConf conf, boolean isDriver) {
+  SluiceShuffleManagerBase(SparkConf conf, boolean isDriver) {
+    // First, before any class that differs between Spark lines is touched.
+    SparkLine.check();
+    this.resolver = new SluiceShuffleBlockResolver();
     this.sparkConf = conf;
     this.conf = new SluiceConf(conf);
     this.isDriver = isDriver;
@@ -145,7 +151,7 @@ public class SluiceShuffleManager implements ShuffleManager {
     return true;
   }
 
-  @Override
+  /** Part of ShuffleManager up to Spark 4.2, of BlockingShuffleManager from 4.3. */
   public ShuffleBlockResolver shuffleBlockResolver() {
     return resolver;
   }
@@ -299,6 +305,16 @@ public class SluiceShuffleManager implements ShuffleManager {
               + " finished map tasks) and dynamic allocation needs an external shuffle service",
           SluiceConf.DATA_IO_KEY,
           SluiceShuffleDataIO.class.getName());
+    }
+    if (!SparkLine.declaresReliableStorage()
+        && conf.getBoolean("spark.dynamicAllocation.enabled", false)
+        && !conf.getBoolean("spark.dynamicAllocation.shuffleTracking.enabled", false)
+        && !conf.getBoolean("spark.shuffle.service.enabled", false)) {
+      LOG.warn(
+          "Spark {} cannot be told that shuffle data outlives executors (a Spark 3.5 hook):"
+              + " dynamic allocation needs spark.dynamicAllocation.shuffleTracking.enabled=true"
+              + " with Sluice on this line",
+          SparkLine.running());
     }
     if (conf.getBoolean("spark.io.encryption.enabled", false)) {
       LOG.warn("spark.io.encryption.enabled is set, but Sluice does not encrypt shuffle data");

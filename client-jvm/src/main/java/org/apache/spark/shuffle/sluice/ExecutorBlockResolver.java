@@ -2,13 +2,11 @@ package org.apache.spark.shuffle.sluice;
 
 import org.apache.spark.network.buffer.ManagedBuffer;
 import org.apache.spark.network.client.StreamCallbackWithID;
-import org.apache.spark.network.shuffle.MergedBlockMeta;
 import org.apache.spark.serializer.SerializerManager;
 import org.apache.spark.shuffle.MigratableResolver;
 import org.apache.spark.shuffle.ShuffleBlockInfo;
 import org.apache.spark.shuffle.ShuffleBlockResolver;
 import org.apache.spark.storage.BlockId;
-import org.apache.spark.storage.ShuffleMergedBlockId;
 import scala.Option;
 import scala.Tuple2;
 import scala.collection.immutable.List;
@@ -21,13 +19,16 @@ import scala.collection.immutable.Seq;
  * executor with {@code spark.storage.decommission.shuffleBlocks.enabled} finds no shuffle files
  * instead of failing on a class cast.
  *
+ * <p>Spark 3.2 added push-based shuffle's merged blocks to the interface: {@code
+ * SluiceShuffleBlockResolver} (compat/resolver-*) is this class with or without them.
+ *
  * <p>The {@code Seq} results are declared as {@code scala.collection.immutable.Seq}: that is the
  * trait's own type on Scala 2.13 and a subtype of it on Scala 2.12, so one source compiles for
  * both.
  */
-final class SluiceShuffleBlockResolver implements ShuffleBlockResolver, MigratableResolver {
+abstract class ExecutorBlockResolver implements ShuffleBlockResolver, MigratableResolver {
 
-  private static UnsupportedOperationException noLocalData(Object block) {
+  static UnsupportedOperationException noLocalData(Object block) {
     return new UnsupportedOperationException(
         "Sluice keeps shuffle data on Sluice workers, not on executors; no executor can serve "
             + block
@@ -36,17 +37,6 @@ final class SluiceShuffleBlockResolver implements ShuffleBlockResolver, Migratab
 
   @Override
   public ManagedBuffer getBlockData(BlockId blockId, Option<String[]> dirs) {
-    throw noLocalData(blockId);
-  }
-
-  @Override
-  public Seq<ManagedBuffer> getMergedBlockData(
-      ShuffleMergedBlockId blockId, Option<String[]> dirs) {
-    throw noLocalData(blockId);
-  }
-
-  @Override
-  public MergedBlockMeta getMergedBlockMeta(ShuffleMergedBlockId blockId, Option<String[]> dirs) {
     throw noLocalData(blockId);
   }
 
