@@ -50,28 +50,33 @@ lint:
 test-rust:
 	cargo test --workspace
 
+# The tests build the native library and the sluice binary with cargo's dev profile (into
+# target/debug): it reuses what the Rust tests compiled, where a release build would compile
+# everything again, and the Spark tests move megabytes, not gigabytes.
+TEST_NATIVE = -Dsluice.cargoProfile=dev -Dsluice.cargoDir=debug
+
 # Every Spark line's JUnit tests: the whole suite on 3.5 and 4.3, the job suite on the others.
 # PREFETCH_DONE: CI downloads every line's artifacts in the background while the Rust tests run,
 # and writes this file when it is done; Maven starts after that.
 test-jvm:
 	@if [ -n "$(PREFETCH_DONE)" ]; then while [ ! -s "$(PREFETCH_DONE)" ]; do sleep 2; done; fi
 	bash client-jvm/spark-4.3/fetch-jars.sh
-	mvn -B -f client-jvm --fail-at-end test
+	mvn -B -f client-jvm $(TEST_NATIVE) --fail-at-end test
 
 # spark-submit from the pyspark packages on PyPI, with the jars from `mvn package`: the demo on
 # the default line (3.5), then on the oldest and the newest line with the wrong-jar check.
 test-demo:
 	bash client-jvm/spark-4.3/fetch-jars.sh
-	mvn -B -q -f client-jvm -DskipTests package
-	DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
-	SKIP_BUILD=1 DEMO_ROWS=300000 bash demo/lines.sh 3.1 4.3
+	mvn -B -q -f client-jvm $(TEST_NATIVE) -DskipTests package
+	SLUICE_CARGO_DIR=debug DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
+	SLUICE_CARGO_DIR=debug SKIP_BUILD=1 DEMO_ROWS=300000 bash demo/lines.sh 3.1 4.3
 	# The Spark benchmark's scripts, small: both shuffles must give the same answers.
-	SKIP_BUILD=1 bash benches/spark/run.sh --rows 200000 --rounds 1 --stages 3
+	SLUICE_CARGO_DIR=debug SKIP_BUILD=1 bash benches/spark/run.sh --rows 200000 --rounds 1 --stages 3
 
 # The container image (podman: a containerised master and two workers serve a verified bench)
 # and the Helm chart (helm lint and template from the Go module proxy's helm, every rendered
 # object decoded strictly into its Kubernetes API type, the rendered configs started).
 test-ops:
-	cargo build -p sluice
+	cargo build -p sluice-jni -p sluice
 	SLUICE_BIN=$(CURDIR)/target/debug/sluice bash docker/test-chart.sh
 	bash docker/test-image.sh $(CURDIR)/target/debug/sluice

@@ -5,7 +5,9 @@
 #
 #   SPARK_LINE=3.5   the Spark line (3.1 ... 4.3)
 #   SKIP_BUILD=1     use the binary and jar already built
-SLUICE=$ROOT/target/release/sluice
+#   SLUICE_CARGO_DIR=release
+#                    where the sluice binary is (`make test` builds a debug one: debug)
+SLUICE=$ROOT/target/${SLUICE_CARGO_DIR:-release}/sluice
 # shellcheck source=demo/pyspark-env.sh
 source "$ROOT/demo/pyspark-env.sh"
 

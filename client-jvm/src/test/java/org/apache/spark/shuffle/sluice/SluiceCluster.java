@@ -37,7 +37,7 @@ import java.util.stream.Stream;
  * {@link #close()}, which stops every process (SIGTERM, then SIGKILL after a deadline).
  *
  * <p>The binary comes from the system property {@code sluice.binary} (the pom points it at
- * {@code ../target/release/sluice}).
+ * the sluice binary cargo built with the library, {@code ../target/release/sluice} by default).
  */
 public final class SluiceCluster implements AutoCloseable {
   /** How long a process may take to print its JSON line. */
