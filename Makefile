@@ -65,13 +65,15 @@ test-jvm:
 
 # spark-submit from the pyspark packages on PyPI, with the jars from `mvn package`: the demo on
 # the default line (3.5), then on the oldest and the newest line with the wrong-jar check.
+# The scripts take the debug sluice binary that $(TEST_NATIVE) built (demo/spark-env.sh).
+test-demo: export SLUICE_CARGO_DIR = debug
 test-demo:
 	bash client-jvm/spark-4.3/fetch-jars.sh
 	mvn -B -q -f client-jvm $(TEST_NATIVE) -DskipTests package
-	SLUICE_CARGO_DIR=debug DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
-	SLUICE_CARGO_DIR=debug SKIP_BUILD=1 DEMO_ROWS=300000 bash demo/lines.sh 3.1 4.3
+	DEMO_SKIP_BUILD=1 DEMO_ROWS=500000 bash demo/run.sh
+	SKIP_BUILD=1 DEMO_ROWS=300000 bash demo/lines.sh 3.1 4.3
 	# The Spark benchmark's scripts, small: both shuffles must give the same answers.
-	SLUICE_CARGO_DIR=debug SKIP_BUILD=1 bash benches/spark/run.sh --rows 200000 --rounds 1 --stages 3
+	SKIP_BUILD=1 bash benches/spark/run.sh --rows 200000 --rounds 1 --stages 3
 
 # The container image (podman: a containerised master and two workers serve a verified bench)
 # and the Helm chart (helm lint and template from the Go module proxy's helm, every rendered

@@ -10,7 +10,7 @@
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
   ROOT=$(cd "$(dirname "$0")/.." && pwd)
-  log() { printf '[pyspark-env] %s\n' "$*" >&2; }
+  # Each line in a shell of its own, which sources this file (a fresh SPARK_LINE, VENV, ...).
   for line in "$@"; do
     SPARK_LINE=$line bash -c 'set -euo pipefail; ROOT=$1; log() { printf "[pyspark-env] %s\n" "$*" >&2; }; source "$ROOT/demo/pyspark-env.sh"; log "$SPARK_LINE: pyspark $PYSPARK_VERSION in $VENV"' _ "$ROOT"
   done

@@ -12,8 +12,8 @@ SLUICE=$ROOT/target/${SLUICE_CARGO_DIR:-release}/sluice
 source "$ROOT/demo/pyspark-env.sh"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  # The parent module's cargo run builds the sluice binary with the native library.
   log "building the sluice binary and the Spark client jar"
-  cargo build --release --quiet -p sluice
   [ "$SPARK_LINE" != 4.3 ] || bash "$ROOT/client-jvm/spark-4.3/fetch-jars.sh"
   mvn -B -f "$ROOT/client-jvm" -q -DskipTests -pl "spark-$SPARK_LINE" -am package
 fi

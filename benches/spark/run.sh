@@ -5,7 +5,8 @@
 #   bash benches/spark/run.sh [bench.py flags: --rows N --rounds N --jobs heavy,small ...]
 #
 # Builds the release binary and the jar, and installs pyspark into .venv/ (demo/spark-env.sh),
-# unless SKIP_BUILD=1. SPARK_LINE=4.3 runs it on another Spark line. Results and logs go to target/bench-spark/.
+# unless SKIP_BUILD=1. SPARK_LINE=4.3 runs it on another Spark line. Results and logs go to
+# target/bench-spark/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

@@ -32,9 +32,9 @@ if [ ! -f "$CACHE/jars/spark-core_2.13-$VERSION.jar" ]; then
   rm -rf "$CACHE/unpack"
 fi
 
-python3 - "$CACHE/jars" "$HERE/pom.xml.in" "$HERE/pom.xml" <<'PY'
+python3 - "$VERSION" "$CACHE/jars" "$HERE/pom.xml.in" "$HERE/pom.xml" <<'PY'
 import os, sys
-jars, template, out = sys.argv[1:]
+version, jars, template, out = sys.argv[1:]
 deps = []
 for name in sorted(os.listdir(jars)):
     if not name.endswith(".jar"):
@@ -42,15 +42,15 @@ for name in sorted(os.listdir(jars)):
     stem = name[: -len(".jar")]
     # Spark's own two keep their real coordinates: they replace the parent's spark-core and
     # spark-sql dependencies. Every other jar gets a name of its own under one group.
-    if stem in ("spark-core_2.13-4.3.0", "spark-sql_2.13-4.3.0"):
-        group, artifact = "org.apache.spark", stem[: -len("-4.3.0")]
+    if stem in (f"spark-core_2.13-{version}", f"spark-sql_2.13-{version}"):
+        group, artifact = "org.apache.spark", stem[: -len(f"-{version}")]
     else:
-        group, artifact = "pyspark-4.3.0-jars", stem
+        group, artifact = f"pyspark-{version}-jars", stem
     deps.append(
         "    <dependency>\n"
         f"      <groupId>{group}</groupId>\n"
         f"      <artifactId>{artifact}</artifactId>\n"
-        "      <version>4.3.0</version>\n"
+        f"      <version>{version}</version>\n"
         "      <scope>system</scope>\n"
         f"      <systemPath>{os.path.join(jars, name)}</systemPath>\n"
         "    </dependency>"
@@ -60,5 +60,5 @@ tmp = out + ".tmp"
 with open(tmp, "w") as f:
     f.write(text)
 os.replace(tmp, out)
-print(f"{out}: {len(deps)} jars of Spark 4.3.0 from {jars}", file=sys.stderr)
+print(f"{out}: {len(deps)} jars of Spark {version} from {jars}", file=sys.stderr)
 PY
