@@ -6,6 +6,12 @@
 //! network, not a refusal, so only its timeouts save it). [`Proxy::heal`] forwards again.
 //! Dropping the proxy stops every task it started.
 //!
+//! Short of a cut, [`Proxy::shape`] makes the link sick instead of dead: added latency with
+//! jitter, a bandwidth cap, stalls of a few seconds that then resume, and a reset (RST) in the
+//! middle of the byte stream, hence in the middle of a frame. Delays come from a generator
+//! seeded per proxy, connection and direction, so a run with the same seed injects the same
+//! faults.
+//!
 //! The target can be given later ([`Proxy::retarget`]): a worker behind the proxy binds port 0
 //! and the harness learns its port once it runs, and again after each restart. Connections
 //! that arrive before a target is known wait for one.
@@ -13,10 +19,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Whether the proxy forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +32,43 @@ enum Link {
     Cut,
 }
 
+/// How a link misbehaves while it is up. The default forwards as fast as it can.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Added to every piece of data, each way.
+    pub latency: Duration,
+    /// Up to this much more per piece, drawn uniformly; order is kept (a piece never overtakes
+    /// the one before it), as on a real path.
+    pub jitter: Duration,
+    /// Bytes per second, each way; 0: no cap.
+    pub bandwidth: u64,
+    /// After every `stall_every` of a connection's life, nothing moves for `stall_for`, then
+    /// everything queued moves on. Zero `stall_every`: no stalls.
+    pub stall_every: Duration,
+    pub stall_for: Duration,
+    /// Resets a connection (RST, both sides) once this many bytes went from the client to the
+    /// target; 0: never.
+    pub reset_after: u64,
+    /// Seeds the jitter.
+    pub seed: u64,
+}
+
+impl Shape {
+    fn is_clean(&self) -> bool {
+        *self
+            == Shape {
+                seed: self.seed,
+                ..Shape::default()
+            }
+    }
+}
+
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
     link: watch::Sender<Link>,
     target: watch::Sender<Option<SocketAddr>>,
+    shape: watch::Sender<Shape>,
     accept: JoinHandle<()>,
 }
 
@@ -41,11 +80,13 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let (link, link_watch) = watch::channel(Link::Up);
         let (target, target_watch) = watch::channel(target);
-        let accept = tokio::spawn(accept_loop(listener, target_watch, link_watch));
+        let (shape, shape_watch) = watch::channel(Shape::default());
+        let accept = tokio::spawn(accept_loop(listener, target_watch, link_watch, shape_watch));
         Ok(Proxy {
             addr,
             link,
             target,
+            shape,
             accept,
         })
     }
@@ -68,6 +109,14 @@ impl Proxy {
     pub fn heal(&self) {
         self.link.send_replace(Link::Up);
     }
+
+    /// Shapes the link from now on: connections opened later, and the data still to move on
+    /// open ones. A reset threshold counts a connection's upstream bytes from when it was
+    /// shaped, and only connections opened while it is set close with RST. `Shape::default()`
+    /// cleans the link.
+    pub fn shape(&self, shape: Shape) {
+        self.shape.send_replace(shape);
+    }
 }
 
 impl Drop for Proxy {
@@ -81,7 +130,9 @@ async fn accept_loop(
     listener: TcpListener,
     target: watch::Receiver<Option<SocketAddr>>,
     link: watch::Receiver<Link>,
+    shape: watch::Receiver<Shape>,
 ) {
+    let mut connections = 0u64;
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             // Out of descriptors or similar: back off rather than spin.
@@ -92,7 +143,14 @@ async fn accept_loop(
         if *link.borrow() == Link::Cut {
             tokio::spawn(blackhole(socket, link));
         } else {
-            tokio::spawn(forward(socket, target.clone(), link));
+            connections += 1;
+            tokio::spawn(forward(
+                socket,
+                target.clone(),
+                link,
+                shape.clone(),
+                connections,
+            ));
         }
     }
 }
@@ -115,6 +173,8 @@ async fn forward(
     mut client: TcpStream,
     mut target: watch::Receiver<Option<SocketAddr>>,
     mut link: watch::Receiver<Link>,
+    shape: watch::Receiver<Shape>,
+    connection: u64,
 ) {
     let connect = async {
         let target = (*target.wait_for(Option::is_some).await.ok()?)?;
@@ -130,10 +190,166 @@ async fn forward(
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    if shape.borrow().is_clean() && !shape.has_changed().unwrap_or(false) {
+        // The common case forwards without queues, until a shape is set.
+        let mut shaped = shape.clone();
+        tokio::select! {
+            // Cut (or the proxy is gone): both sockets are dropped, i.e. closed.
+            _ = link.wait_for(|l| *l == Link::Cut) => return,
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+            _ = shaped.changed() => {}
+        }
+    }
+    // Shaped: a pump each way. A connection that may be reset closes with SO_LINGER 0, which
+    // sends RST instead of FIN.
+    if shape.borrow().reset_after > 0 {
+        let _ = client.set_zero_linger();
+        let _ = server.set_zero_linger();
+    }
+    let started = Instant::now();
+    let (reset, reset_watch) = watch::channel(false);
+    // (tokio::io::split, not into_split: an owned write half sends FIN when dropped, and a reset
+    // must close with nothing but RST.)
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    let up = pump(
+        client_read,
+        server_write,
+        shape.clone(),
+        started,
+        seed(&shape, connection, 0),
+        Some(&reset),
+        reset_watch.clone(),
+    );
+    let down = pump(
+        server_read,
+        client_write,
+        shape.clone(),
+        started,
+        seed(&shape, connection, 1),
+        None,
+        reset_watch,
+    );
     tokio::select! {
-        // Cut (or the proxy is gone): both sockets are dropped, i.e. closed.
         _ = link.wait_for(|l| *l == Link::Cut) => {}
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = async { tokio::join!(up, down) } => {}
+    }
+}
+
+fn seed(shape: &watch::Receiver<Shape>, connection: u64, direction: u64) -> u64 {
+    let base = shape.borrow().seed;
+    // Distinct, non-zero streams per connection and direction (xorshift never leaves 0).
+    (base ^ connection.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (direction << 63)) | 1
+}
+
+/// xorshift64*: a small deterministic generator for jitter.
+#[derive(Debug, Clone)]
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `[0, max]`.
+    fn draw(&mut self, max: Duration) -> Duration {
+        let nanos = max.as_nanos() as u64;
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.next() % (nanos + 1))
+    }
+}
+
+/// When a piece read at `now` may be delivered, given the one before it.
+fn due(shape: &Shape, jitter: &mut Jitter, now: Instant, previous: Instant) -> Instant {
+    (now + shape.latency + jitter.draw(shape.jitter)).max(previous)
+}
+
+/// The end of the stall `at` falls in, if it falls in one.
+fn stalled_until(shape: &Shape, started: Instant, at: Instant) -> Option<Instant> {
+    if shape.stall_every.is_zero() || shape.stall_for.is_zero() {
+        return None;
+    }
+    let period = shape.stall_every + shape.stall_for;
+    let into = at.saturating_duration_since(started).as_nanos() % period.as_nanos();
+    let into = Duration::from_nanos(into as u64);
+    (into >= shape.stall_every).then(|| at + (period - into))
+}
+
+/// Moves bytes one way: a reader stamps each piece with its due time, a writer delivers it
+/// then, within the bandwidth cap and outside stalls. At most 64 pieces of 64 KiB wait, so a
+/// slow link pushes back on the sender as a real one does. The upstream pump (`resetter`)
+/// counts the bytes it moves and, past the shape's threshold, delivers only up to it and
+/// resets the connection: both pumps stop, and their sockets close with RST.
+async fn pump(
+    mut from: ReadHalf<TcpStream>,
+    mut to: WriteHalf<TcpStream>,
+    shape: watch::Receiver<Shape>,
+    started: Instant,
+    seed: u64,
+    resetter: Option<&watch::Sender<bool>>,
+    mut reset: watch::Receiver<bool>,
+) {
+    let (queue, mut queued) = mpsc::channel::<(Instant, Vec<u8>)>(64);
+    let reader_shape = shape.clone();
+    let reader = async move {
+        let mut jitter = Jitter(seed);
+        let mut previous = Instant::now();
+        loop {
+            let mut piece = vec![0u8; 64 * 1024];
+            match from.read(&mut piece).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => piece.truncate(n),
+            }
+            let shape = *reader_shape.borrow();
+            previous = due(&shape, &mut jitter, Instant::now(), previous);
+            if queue.send((previous, piece)).await.is_err() {
+                return;
+            }
+        }
+    };
+    let writer = async move {
+        let mut free_at = Instant::now();
+        let mut moved = 0u64;
+        while let Some((due_at, piece)) = queued.recv().await {
+            tokio::time::sleep_until(due_at).await;
+            let shape = *shape.borrow();
+            if shape.bandwidth > 0 {
+                let cost = Duration::from_secs_f64(piece.len() as f64 / shape.bandwidth as f64);
+                free_at = free_at.max(Instant::now()) + cost;
+                tokio::time::sleep_until(free_at).await;
+            }
+            if let Some(until) = stalled_until(&shape, started, Instant::now()) {
+                tokio::time::sleep_until(until).await;
+            }
+            if let (Some(resetter), true) = (resetter, shape.reset_after > 0) {
+                let allowed = shape.reset_after.saturating_sub(moved);
+                if piece.len() as u64 >= allowed {
+                    // The peer gets a frame cut short, then a reset.
+                    let _ = to.write_all(&piece[..allowed as usize]).await;
+                    resetter.send_replace(true);
+                    return;
+                }
+            }
+            moved += piece.len() as u64;
+            if to.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+        // The sender closed its side: pass the close on.
+        let _ = to.shutdown().await;
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reset.wait_for(|r| *r) => {}
+        // The reader ending closes the queue; the writer then drains it and ends.
+        _ = async { reader.await; std::future::pending::<()>().await } => {}
     }
 }
 
@@ -212,5 +428,119 @@ mod tests {
         proxy.retarget(greeter(b"two ").await);
         let mut late = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(&greeting(&mut late).await, b"two ");
+    }
+
+    /// Round trips of `size` bytes through an echo server behind a shaped proxy.
+    async fn shaped_echo(shape: Shape) -> (Proxy, TcpStream) {
+        let proxy = Proxy::start(Some(echo_server().await)).await.unwrap();
+        proxy.shape(shape);
+        let stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        (proxy, stream)
+    }
+
+    async fn echo_bytes(stream: &mut TcpStream, size: usize) -> std::io::Result<Duration> {
+        let started = Instant::now();
+        let data = vec![7u8; size];
+        let (mut r, mut w) = stream.split();
+        let write = w.write_all(&data);
+        let mut back = vec![0u8; size];
+        let read = r.read_exact(&mut back);
+        let (written, read) = tokio::join!(write, read);
+        written?;
+        read?;
+        Ok(started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn latency_and_jitter_delay_each_way() {
+        let (_proxy, mut stream) = shaped_echo(Shape {
+            latency: Duration::from_millis(40),
+            jitter: Duration::from_millis(20),
+            seed: 1,
+            ..Shape::default()
+        })
+        .await;
+        for _ in 0..3 {
+            let took = echo_bytes(&mut stream, 4).await.unwrap();
+            // 40 ms each way, plus up to 20 ms of jitter each way.
+            assert!(took >= Duration::from_millis(80), "{took:?}");
+            assert!(took < Duration::from_millis(1000), "{took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bandwidth_is_capped() {
+        let (_proxy, mut stream) = shaped_echo(Shape {
+            bandwidth: 1 << 20,
+            ..Shape::default()
+        })
+        .await;
+        // 512 KiB each way at 1 MiB/s: half a second one way, the two ways overlapping.
+        let took = echo_bytes(&mut stream, 512 * 1024).await.unwrap();
+        assert!(took >= Duration::from_millis(450), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_link_resumes_with_nothing_lost() {
+        let (_proxy, mut stream) = shaped_echo(Shape {
+            stall_every: Duration::from_millis(100),
+            stall_for: Duration::from_millis(400),
+            ..Shape::default()
+        })
+        .await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..12 {
+            slowest = slowest.max(echo_bytes(&mut stream, 1000).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            slowest >= Duration::from_millis(250),
+            "no stall seen: {slowest:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_cuts_the_stream_at_the_threshold() {
+        let proxy = Proxy::start(None).await.unwrap();
+        // A server that counts what it receives before the connection dies.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        proxy.retarget(listener.local_addr().unwrap());
+        proxy.shape(Shape {
+            reset_after: 1000,
+            ..Shape::default()
+        });
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let _ = client.write_all(&[1u8; 4000]).await;
+        let mut received = 0;
+        let mut buf = [0u8; 8192];
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf)).await {
+                Ok(Ok(0)) => break "eof",
+                Ok(Ok(n)) => received += n,
+                Ok(Err(_)) => break "reset",
+                Err(_) => break "timeout",
+            }
+        };
+        assert_eq!(received, 1000);
+        assert_eq!(ended, "reset");
+        // The client's side is reset too.
+        let mut one = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut one)).await;
+        assert!(matches!(read, Ok(Err(_)) | Ok(Ok(0))), "{read:?}");
+    }
+
+    #[test]
+    fn jitter_is_the_same_for_the_same_seed() {
+        let draws = |seed| {
+            let mut jitter = Jitter(seed);
+            (0..5)
+                .map(|_| jitter.draw(Duration::from_millis(20)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(7), draws(7));
+        assert_ne!(draws(7), draws(8));
+        assert!(draws(7).iter().all(|d| *d <= Duration::from_millis(20)));
     }
 }
