@@ -36,7 +36,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Shape};
 use crate::security::{Security, RAW_PRINCIPAL, SERVER_NAME};
 
 /// How long a process may take to print its ready line, and a cluster to form.
@@ -991,6 +991,49 @@ impl Cluster {
         proxies.fetch.cut();
         proxies.master.cut();
         Ok(())
+    }
+
+    /// Makes worker `i`'s links sick (it must have been started `proxied`): `data` on its push
+    /// link (writers, and primaries forwarding to it as a replica) and its fetch link
+    /// (readers), `master` on its link to the master. `Shape::default()` heals them.
+    pub fn shape(&self, i: usize, data: Shape, master: Shape) -> anyhow::Result<()> {
+        self.shape_links(i, data, data, master)
+    }
+
+    /// Like [`Cluster::shape`], with the push and fetch links shaped apart. Each link draws its
+    /// jitter from its own seed, derived from its shape's seed, the worker and the link.
+    pub fn shape_links(
+        &self,
+        i: usize,
+        push: Shape,
+        fetch: Shape,
+        master: Shape,
+    ) -> anyhow::Result<()> {
+        let proxies = self.workers[i]
+            .proxies
+            .as_ref()
+            .ok_or_else(|| anyhow!("worker {} has no proxies", self.workers[i].id))?;
+        tracing::info!(worker = %self.workers[i].id, ?push, ?fetch, ?master, "links shaped");
+        let seeded = |shape: Shape, link: u64| Shape {
+            seed: shape.seed ^ ((i as u64 + 1) << 8) ^ link,
+            ..shape
+        };
+        proxies.push.shape(seeded(push, 1));
+        proxies.fetch.shape(seeded(fetch, 2));
+        proxies.master.shape(seeded(master, 3));
+        Ok(())
+    }
+
+    /// What the shaped proxies of worker `i` did so far: `(stalled, resets, delayed)` summed
+    /// over its links (zeros for a worker without proxies).
+    pub fn injected(&self, i: usize) -> (u64, u64, u64) {
+        let Some(proxies) = &self.workers[i].proxies else {
+            return (0, 0, 0);
+        };
+        [&proxies.push, &proxies.fetch, &proxies.master]
+            .iter()
+            .map(|p| p.injected().counts())
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
     }
 
     /// Reconnects worker `i`.

@@ -18,6 +18,10 @@
 //!   while reading, as the commit starts) or SIGSTOPped (the deposed leader must refuse a
 //!   write), a lone master restarted on its data directory (mid-stage, or with the commit
 //!   pending); each measures the failover, from the fault to the first write a master accepted.
+//! - [`degraded`]: links and a disk that are slow rather than dead (latency with jitter, a
+//!   bandwidth cap, stalls, resets mid-frame, 50-200 ms disk writes, a slow master), each run
+//!   clean and then sick in one invocation; the report gives the slowdown and the client's
+//!   revives, retries, timeouts and hedged reads.
 //! - [`memory`]: one worker loaded the ways that broke its memory budget (many writers, a
 //!   stalled replica, skewed merged pushes, loitering connections, zero-length slices); the
 //!   worker process's peak RSS must stay within budget + allowance. [`raw`] builds their raw
@@ -33,6 +37,7 @@
 //! [`run`] returns a [`Report`]; [`Report::table`] and [`Report::json`] print it.
 
 pub mod cluster;
+pub mod degraded;
 pub mod faults;
 pub mod ha;
 pub mod memory;
@@ -165,6 +170,42 @@ impl Report {
                 out.push_str(&format!(
                     "{:<28} {:>4} {:>8}\n",
                     o.scenario, o.replication, ms
+                ));
+            }
+        }
+        let degraded: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter_map(|o| Some((o, o.degraded.as_ref()?)))
+            .collect();
+        if !degraded.is_empty() {
+            out.push_str(&format!(
+                "\ndegraded runs against a clean run of the same workload (seconds; client counters \
+                 of the degraded run)\n{:<20} {:>4} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>6}\n",
+                "scenario",
+                "repl",
+                "clean",
+                "degraded",
+                "slowdown",
+                "revives",
+                "push_rt",
+                "fetch_rt",
+                "timeouts",
+                "hedges"
+            ));
+            for (o, d) in degraded {
+                out.push_str(&format!(
+                    "{:<20} {:>4} {:>7.2} {:>8.2} {:>7.2}x {:>7} {:>7} {:>7} {:>8} {:>6}\n",
+                    o.scenario,
+                    o.replication,
+                    d.clean_secs,
+                    d.degraded_secs,
+                    d.slowdown,
+                    d.revives,
+                    d.push_retries,
+                    d.fetch_retries,
+                    d.timeouts,
+                    d.hedges
                 ));
             }
         }

@@ -21,8 +21,9 @@ struct Cli {
     /// stop-while-pushing, restart, rolling-restart, partition, corrupt, disk-full,
     /// mem-writers, mem-stalled-replica, mem-skewed-merged, mem-idle-connections,
     /// mem-zero-slices, ha-kill-leader-push, ha-kill-leader-read, ha-kill-leader-commit,
-    /// ha-stop-leader, single-master-restart, single-master-restart-commit. `NAME/R` runs only
-    /// replication R.
+    /// ha-stop-leader, single-master-restart, single-master-restart-commit, slow-network,
+    /// slow-worker-link, thin-link, stalling-link, reset-link, slow-disk, slow-master. `NAME/R`
+    /// runs only replication R.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// A worker config key for every worker (repeatable), `KEY=VALUE`; VALUE is a TOML value,

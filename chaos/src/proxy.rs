@@ -17,6 +17,8 @@
 //! that arrive before a target is known wait for one.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -63,12 +65,39 @@ impl Shape {
     }
 }
 
+/// What a shaped proxy did to the traffic so far, so a scenario can tell its fault happened.
+#[derive(Debug, Default)]
+pub struct Injected {
+    /// Pieces of data held back by a stall.
+    pub stalled: AtomicU64,
+    /// Connections reset mid-stream.
+    pub resets: AtomicU64,
+    /// Pieces of data delivered late (latency, jitter or the bandwidth cap).
+    pub delayed: AtomicU64,
+}
+
+impl Injected {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(stalled, resets, delayed)` so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.stalled.load(Ordering::Relaxed),
+            self.resets.load(Ordering::Relaxed),
+            self.delayed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
     link: watch::Sender<Link>,
     target: watch::Sender<Option<SocketAddr>>,
     shape: watch::Sender<Shape>,
+    injected: Arc<Injected>,
     accept: JoinHandle<()>,
 }
 
@@ -81,14 +110,27 @@ impl Proxy {
         let (link, link_watch) = watch::channel(Link::Up);
         let (target, target_watch) = watch::channel(target);
         let (shape, shape_watch) = watch::channel(Shape::default());
-        let accept = tokio::spawn(accept_loop(listener, target_watch, link_watch, shape_watch));
+        let injected = Arc::new(Injected::default());
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target_watch,
+            link_watch,
+            shape_watch,
+            injected.clone(),
+        ));
         Ok(Proxy {
             addr,
             link,
             target,
             shape,
+            injected,
             accept,
         })
+    }
+
+    /// What the proxy's shape did to the traffic so far.
+    pub fn injected(&self) -> &Injected {
+        &self.injected
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -131,6 +173,7 @@ async fn accept_loop(
     target: watch::Receiver<Option<SocketAddr>>,
     link: watch::Receiver<Link>,
     shape: watch::Receiver<Shape>,
+    injected: Arc<Injected>,
 ) {
     let mut connections = 0u64;
     loop {
@@ -150,6 +193,7 @@ async fn accept_loop(
                 link,
                 shape.clone(),
                 connections,
+                injected.clone(),
             ));
         }
     }
@@ -175,6 +219,7 @@ async fn forward(
     mut link: watch::Receiver<Link>,
     shape: watch::Receiver<Shape>,
     connection: u64,
+    injected: Arc<Injected>,
 ) {
     let connect = async {
         let target = (*target.wait_for(Option::is_some).await.ok()?)?;
@@ -212,11 +257,15 @@ async fn forward(
     // must close with nothing but RST.)
     let (client_read, client_write) = tokio::io::split(client);
     let (server_read, server_write) = tokio::io::split(server);
+    let shaped = Shaped {
+        shape: shape.clone(),
+        started,
+        injected: &injected,
+    };
     let up = pump(
         client_read,
         server_write,
-        shape.clone(),
-        started,
+        &shaped,
         seed(&shape, connection, 0),
         Some(&reset),
         reset_watch.clone(),
@@ -224,8 +273,7 @@ async fn forward(
     let down = pump(
         server_read,
         client_write,
-        shape.clone(),
-        started,
+        &shaped,
         seed(&shape, connection, 1),
         None,
         reset_watch,
@@ -282,6 +330,14 @@ fn stalled_until(shape: &Shape, started: Instant, at: Instant) -> Option<Instant
     (into >= shape.stall_every).then(|| at + (period - into))
 }
 
+/// What both pumps of a shaped connection share: the shape, when the connection was shaped (its
+/// stalls count from then) and the proxy's counters.
+struct Shaped<'a> {
+    shape: watch::Receiver<Shape>,
+    started: Instant,
+    injected: &'a Injected,
+}
+
 /// Moves bytes one way: a reader stamps each piece with its due time, a writer delivers it
 /// then, within the bandwidth cap and outside stalls. At most 64 pieces of 64 KiB wait, so a
 /// slow link pushes back on the sender as a real one does. The upstream pump (`resetter`)
@@ -290,12 +346,17 @@ fn stalled_until(shape: &Shape, started: Instant, at: Instant) -> Option<Instant
 async fn pump(
     mut from: ReadHalf<TcpStream>,
     mut to: WriteHalf<TcpStream>,
-    shape: watch::Receiver<Shape>,
-    started: Instant,
+    shaped: &Shaped<'_>,
     seed: u64,
     resetter: Option<&watch::Sender<bool>>,
     mut reset: watch::Receiver<bool>,
 ) {
+    let Shaped {
+        shape,
+        started,
+        injected,
+    } = shaped;
+    let (shape, started, injected) = (shape.clone(), *started, *injected);
     let (queue, mut queued) = mpsc::channel::<(Instant, Vec<u8>)>(64);
     let reader_shape = shape.clone();
     let reader = async move {
@@ -318,14 +379,20 @@ async fn pump(
         let mut free_at = Instant::now();
         let mut moved = 0u64;
         while let Some((due_at, piece)) = queued.recv().await {
+            let mut late = due_at > Instant::now();
             tokio::time::sleep_until(due_at).await;
             let shape = *shape.borrow();
             if shape.bandwidth > 0 {
                 let cost = Duration::from_secs_f64(piece.len() as f64 / shape.bandwidth as f64);
                 free_at = free_at.max(Instant::now()) + cost;
+                late |= free_at > Instant::now();
                 tokio::time::sleep_until(free_at).await;
             }
+            if late {
+                Injected::add(&injected.delayed);
+            }
             if let Some(until) = stalled_until(&shape, started, Instant::now()) {
+                Injected::add(&injected.stalled);
                 tokio::time::sleep_until(until).await;
             }
             if let (Some(resetter), true) = (resetter, shape.reset_after > 0) {
@@ -333,6 +400,7 @@ async fn pump(
                 if piece.len() as u64 >= allowed {
                     // The peer gets a frame cut short, then a reset.
                     let _ = to.write_all(&piece[..allowed as usize]).await;
+                    Injected::add(&injected.resets);
                     resetter.send_replace(true);
                     return;
                 }
@@ -483,7 +551,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_link_resumes_with_nothing_lost() {
-        let (_proxy, mut stream) = shaped_echo(Shape {
+        let (proxy, mut stream) = shaped_echo(Shape {
             stall_every: Duration::from_millis(100),
             stall_for: Duration::from_millis(400),
             ..Shape::default()
@@ -497,6 +565,11 @@ mod tests {
         assert!(
             slowest >= Duration::from_millis(250),
             "no stall seen: {slowest:?}"
+        );
+        let (stalled, resets, _) = proxy.injected().counts();
+        assert!(
+            stalled > 0 && resets == 0,
+            "{stalled} stalled, {resets} resets"
         );
     }
 
@@ -525,6 +598,7 @@ mod tests {
         };
         assert_eq!(received, 1000);
         assert_eq!(ended, "reset");
+        assert_eq!(proxy.injected().counts().1, 1);
         // The client's side is reset too.
         let mut one = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut one)).await;

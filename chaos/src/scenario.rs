@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cluster::{Run, Skipped};
+use crate::degraded::{self, DegradedFigures, Sickness};
 use crate::faults;
 use crate::ha;
 use crate::memory::{self, MemoryFigures};
@@ -37,10 +38,17 @@ pub enum Scenario {
     HaStopLeader,
     SingleMasterRestart,
     SingleMasterRestartCommit,
+    SlowNetwork,
+    SlowWorkerLink,
+    ThinLink,
+    StallingLink,
+    ResetLink,
+    SlowDisk,
+    SlowMaster,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 19] = [
+    pub const ALL: [Scenario; 26] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
@@ -60,6 +68,13 @@ impl Scenario {
         Scenario::HaStopLeader,
         Scenario::SingleMasterRestart,
         Scenario::SingleMasterRestartCommit,
+        Scenario::SlowNetwork,
+        Scenario::SlowWorkerLink,
+        Scenario::ThinLink,
+        Scenario::StallingLink,
+        Scenario::ResetLink,
+        Scenario::SlowDisk,
+        Scenario::SlowMaster,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +98,13 @@ impl Scenario {
             Scenario::HaStopLeader => "ha-stop-leader",
             Scenario::SingleMasterRestart => "single-master-restart",
             Scenario::SingleMasterRestartCommit => "single-master-restart-commit",
+            Scenario::SlowNetwork => "slow-network",
+            Scenario::SlowWorkerLink => "slow-worker-link",
+            Scenario::ThinLink => "thin-link",
+            Scenario::StallingLink => "stalling-link",
+            Scenario::ResetLink => "reset-link",
+            Scenario::SlowDisk => "slow-disk",
+            Scenario::SlowMaster => "slow-master",
         }
     }
 
@@ -91,9 +113,13 @@ impl Scenario {
     }
 
     /// The replications the scenario runs with: 2 for the faults (and 1 too for a kill while
-    /// pushing); the memory scenarios load one worker with replication 1, except the stalled
-    /// replica, which needs a replica.
+    /// pushing, and for every degraded scenario: a slow worker must not lose data either); the
+    /// memory scenarios load one worker with replication 1, except the stalled replica, which
+    /// needs a replica.
     pub fn replications(self) -> &'static [u32] {
+        if self.sickness().is_some() {
+            return &[2, 1];
+        }
         match self {
             Scenario::KillWhilePushing => &[2, 1],
             Scenario::MemWriters
@@ -104,10 +130,24 @@ impl Scenario {
         }
     }
 
+    /// What a degraded scenario makes sick.
+    fn sickness(self) -> Option<Sickness> {
+        Some(match self {
+            Scenario::SlowNetwork => Sickness::SlowNetwork,
+            Scenario::SlowWorkerLink => Sickness::SlowWorkerLink,
+            Scenario::ThinLink => Sickness::ThinLink,
+            Scenario::StallingLink => Sickness::StallingLink,
+            Scenario::ResetLink => Sickness::ResetLink,
+            Scenario::SlowDisk => Sickness::SlowDisk,
+            Scenario::SlowMaster => Sickness::SlowMaster,
+            _ => return None,
+        })
+    }
+
     /// How long a run may take: the memory scenarios move up to 1.5 GiB through one worker,
-    /// so they get twice the faults' deadline.
+    /// and the degraded ones run their workload twice, so they get twice the faults' deadline.
     pub fn deadline(self, sizes: Sizes) -> Duration {
-        if self.name().starts_with("mem-") {
+        if self.name().starts_with("mem-") || self.sickness().is_some() {
             sizes.deadline * 2
         } else {
             sizes.deadline
@@ -136,6 +176,10 @@ impl Scenario {
             Scenario::HaStopLeader => ha::stop_leader(ctx).await,
             Scenario::SingleMasterRestart => ha::single_master_restart(ctx, false).await,
             Scenario::SingleMasterRestartCommit => ha::single_master_restart(ctx, true).await,
+            _ => match self.sickness() {
+                Some(sickness) => degraded::run(ctx, sickness).await,
+                None => anyhow::bail!("scenario {} has no body", self.name()),
+            },
         }
     }
 }
@@ -191,6 +235,9 @@ pub struct Outcome {
     /// The master scenarios: milliseconds from the fault to the first write a master accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failover_ms: Option<u64>,
+    /// The degraded scenarios: the sick run against a clean run of the same workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<DegradedFigures>,
 }
 
 impl Outcome {
@@ -208,6 +255,7 @@ impl Outcome {
             seconds: 0.0,
             memory: None,
             failover_ms: None,
+            degraded: None,
         }
     }
 }
@@ -316,6 +364,7 @@ fn judge(outcome: &mut Outcome, observed: Observed) {
     outcome.duplicated = tally.duplicated();
     outcome.corrupted = tally.corrupted;
     outcome.memory = observed.memory.clone();
+    outcome.degraded = observed.degraded.clone();
     outcome.failover_ms = observed
         .failover
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -63,6 +63,8 @@ pub(crate) struct Observed {
     pub memory: Option<MemoryFigures>,
     /// The master scenarios: from the fault to the first write a master accepted.
     pub failover: Option<Duration>,
+    /// The degraded scenarios: the sick run against the clean one.
+    pub degraded: Option<crate::degraded::DegradedFigures>,
 }
 
 /// Four plain workers: the cluster of the fault scenarios.

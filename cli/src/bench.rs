@@ -85,7 +85,41 @@ pub struct BenchOptions {
     /// With `master`: the pids of the cluster's workers on this machine, whose CPU time and
     /// memory the report then carries.
     pub worker_pids: Vec<u32>,
+    /// Rounds of the degraded comparison (embedded cluster only): each round runs the workload
+    /// once per condition of [`CONDITIONS`] (clean, a slow disk, a slow link). `None`: no
+    /// comparison.
+    pub degraded: Option<u32>,
+    /// What is wrong with the embedded cluster of a run (set by the degraded comparison for
+    /// each of its runs).
+    pub condition: Condition,
 }
+
+/// A condition of the embedded cluster the degraded comparison runs the workload under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// Nothing wrong.
+    #[default]
+    Clean,
+    /// Every disk write of every worker held 100 ms (`fault_write_delay = "100ms"`).
+    SlowDisk,
+    /// Every worker's push and fetch ports behind a proxy adding 20 ms + 0-10 ms of jitter each
+    /// way (seeded): writers, replica forwards and readers all cross it.
+    SlowLink,
+}
+
+impl Condition {
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::Clean => "clean",
+            Condition::SlowDisk => "slow-disk (100 ms writes)",
+            Condition::SlowLink => "slow-link (20 ms + 0-10 ms jitter)",
+        }
+    }
+}
+
+/// What `--degraded` compares, the first being the baseline of the slowdowns.
+pub const CONDITIONS: &[Condition] = &[Condition::Clean, Condition::SlowDisk, Condition::SlowLink];
 
 /// The batch codec of the benchmark's client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
@@ -220,6 +254,10 @@ pub struct BenchReport {
     /// other figures are then those of the last run of the first configuration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_overhead: Option<SecurityOverhead>,
+    /// With `degraded`: the workload's time under each condition and its slowdown against the
+    /// clean run. The report's other figures are then those of the last clean run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
     /// Whether the run had TLS on every port (`--tls`).
     pub tls: bool,
     /// Whether the run had a cluster secret and an authenticated client (`--auth`).
@@ -265,6 +303,36 @@ pub struct SecurityFigures {
     pub read_runs: Vec<f64>,
 }
 
+/// What a slow disk or a slow link costs: per condition, medians over the rounds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Degraded {
+    pub rounds: u32,
+    /// In the order of [`CONDITIONS`]; slowdowns are over the first (clean).
+    pub conditions: Vec<ConditionFigures>,
+    /// Summed over every run of the comparison.
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+}
+
+/// The workload under one condition.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConditionFigures {
+    pub condition: Condition,
+    /// Medians over the rounds: seconds to write and read everything, and throughputs.
+    pub secs: f64,
+    pub write_gbps: f64,
+    pub read_gbps: f64,
+    /// Median seconds over the clean run's median: 1.0 costs nothing, 2.0 takes twice as long.
+    pub slowdown: f64,
+    /// Each round's seconds, in round order.
+    pub secs_runs: Vec<f64>,
+    /// The client's counters summed over the condition's runs.
+    pub revives: u64,
+    pub timeouts: u64,
+    pub hedges: u64,
+}
+
 /// The client's totals (see [`ClientMetricsSnapshot`]).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClientFigures {
@@ -273,6 +341,8 @@ pub struct ClientFigures {
     pub revives: u64,
     pub fetch_retries: u64,
     pub data_lost: u64,
+    pub timeouts: u64,
+    pub hedges: u64,
 }
 
 impl From<ClientMetricsSnapshot> for ClientFigures {
@@ -283,6 +353,8 @@ impl From<ClientMetricsSnapshot> for ClientFigures {
             revives: s.revives,
             fetch_retries: s.fetch_retries,
             data_lost: s.data_lost,
+            timeouts: s.timeouts,
+            hedges: s.hedges,
         }
     }
 }
@@ -332,6 +404,10 @@ impl BenchReport {
             .security_overhead
             .as_ref()
             .is_none_or(|o| o.lost == 0 && o.duplicated == 0 && o.corrupted == 0);
+        let degraded_clean = self
+            .degraded
+            .as_ref()
+            .is_none_or(|o| o.lost == 0 && o.duplicated == 0 && o.corrupted == 0);
         self.error.is_none()
             && self.lost == 0
             && self.duplicated == 0
@@ -339,6 +415,7 @@ impl BenchReport {
             && baseline_clean
             && overhead_clean
             && security_clean
+            && degraded_clean
     }
 }
 
@@ -848,8 +925,17 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         "--tls and --auth set up the embedded cluster: drop --master"
     );
     anyhow::ensure!(
-        options.security_overhead.is_none() || options.metrics_overhead.is_none(),
-        "--security-overhead and --metrics-overhead: one comparison at a time"
+        options.degraded.is_none() || options.master.is_none(),
+        "--degraded runs its own embedded clusters: drop --master"
+    );
+    let comparisons = [
+        options.metrics_overhead.is_some(),
+        options.security_overhead.is_some(),
+        options.degraded.is_some(),
+    ];
+    anyhow::ensure!(
+        comparisons.iter().filter(|c| **c).count() <= 1,
+        "--security-overhead, --metrics-overhead and --degraded: one comparison at a time"
     );
     let loopback_gbps = if options.loopback_bytes > 0 {
         let bytes = options.loopback_bytes;
@@ -899,10 +985,17 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         (false, true) => Security::AUTH,
         (false, false) => Security::PLAIN,
     };
-    let mut report = match (options.metrics_overhead, options.security_overhead) {
-        (Some(rounds), _) => compare_metrics(options, &metrics, security, rounds.max(1)).await?,
-        (None, Some(rounds)) => compare_security(options, &metrics, rounds.max(1)).await?,
-        (None, None) => run_cluster(options, &metrics, true, security, true).await?,
+    let mut report = match (
+        options.metrics_overhead,
+        options.security_overhead,
+        options.degraded,
+    ) {
+        (Some(rounds), _, _) => compare_metrics(options, &metrics, security, rounds.max(1)).await?,
+        (None, Some(rounds), _) => compare_security(options, &metrics, rounds.max(1)).await?,
+        (None, None, Some(rounds)) => {
+            compare_degraded(options, &metrics, security, rounds.max(1)).await?
+        }
+        (None, None, None) => run_cluster(options, &metrics, true, security, true).await?,
     };
     report.loopback_gbps = loopback_gbps;
     report.client_metrics = metrics.snapshot().into();
@@ -1080,6 +1173,83 @@ async fn compare_security(
     Ok(report)
 }
 
+/// Runs the workload `rounds` times under each condition of [`CONDITIONS`], each on a fresh
+/// embedded cluster, the conditions taking turns (the order rotating every round).
+async fn compare_degraded(
+    options: &BenchOptions,
+    metrics: &ClientMetrics,
+    security: Security,
+    rounds: u32,
+) -> anyhow::Result<BenchReport> {
+    let mut degraded = Degraded {
+        rounds,
+        conditions: CONDITIONS
+            .iter()
+            .map(|c| ConditionFigures {
+                condition: *c,
+                ..ConditionFigures::default()
+            })
+            .collect(),
+        ..Degraded::default()
+    };
+    let mut runs: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); CONDITIONS.len()];
+    let mut last_clean = None;
+    let n = CONDITIONS.len();
+    for round in 0..rounds as usize {
+        for turn in 0..n {
+            let index = (round + turn) % n;
+            let condition = CONDITIONS[index];
+            eprintln!("round {}/{rounds}: {}", round + 1, condition.name());
+            let before = metrics.snapshot();
+            let run = BenchOptions {
+                condition,
+                ..options.clone()
+            };
+            let report = run_cluster(&run, metrics, true, security, false).await?;
+            let after = metrics.snapshot();
+            degraded.lost += report.lost;
+            degraded.duplicated += report.duplicated;
+            degraded.corrupted += report.corrupted;
+            let figures = &mut degraded.conditions[index];
+            figures.secs_runs.push(report.write_secs + report.read_secs);
+            figures.revives += after.revives - before.revives;
+            figures.timeouts += after.timeouts - before.timeouts;
+            figures.hedges += after.hedges - before.hedges;
+            runs[index].0.push(report.write_gbps);
+            runs[index].1.push(report.read_gbps);
+            if let Some(error) = &report.error {
+                anyhow::bail!("{}: {error}", condition.name());
+            }
+            if index == 0 {
+                last_clean = Some(report);
+            }
+        }
+    }
+    for (figures, (write, read)) in degraded.conditions.iter_mut().zip(&runs) {
+        figures.secs = median(&figures.secs_runs);
+        figures.write_gbps = median(write);
+        figures.read_gbps = median(read);
+    }
+    let clean = degraded.conditions[0].secs;
+    for figures in &mut degraded.conditions {
+        figures.slowdown = ratio(figures.secs, clean);
+        eprintln!(
+            "{}: {:.2} s ({:.2}x clean), write {:.3} GB/s, read {:.3} GB/s, {} revives, {} timeouts, {} hedged reads",
+            figures.condition.name(),
+            figures.secs,
+            figures.slowdown,
+            figures.write_gbps,
+            figures.read_gbps,
+            figures.revives,
+            figures.timeouts,
+            figures.hedges
+        );
+    }
+    let mut report = last_clean.context("no round ran")?;
+    report.degraded = Some(degraded);
+    Ok(report)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -1144,7 +1314,25 @@ async fn run_cluster(
             local.worker.metrics = server_metrics;
             local.tls = security.tls;
             local.secret = security.auth;
-            Some(LocalCluster::start(local).await?)
+            match options.condition {
+                Condition::Clean => {}
+                Condition::SlowDisk => local.worker.fault_write_delay = "100ms".into(),
+                Condition::SlowLink => local.proxied = true,
+            }
+            let cluster = LocalCluster::start(local).await?;
+            if options.condition == Condition::SlowLink {
+                for i in 0..options.workers {
+                    let link = |seed: u64| chaos::proxy::Shape {
+                        latency: Duration::from_millis(20),
+                        jitter: Duration::from_millis(10),
+                        seed,
+                        ..chaos::proxy::Shape::default()
+                    };
+                    let seed = 0x5eed_0f14 + 2 * i as u64;
+                    cluster.shape_worker(i, link(seed), link(seed + 1))?;
+                }
+            }
+            Some(cluster)
         }
     };
     let mut config = match (&options.master, &cluster, &children) {

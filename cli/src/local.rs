@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use chaos::proxy::{Proxy, Shape};
 use sluice_client::{ClientConfig, SluiceClient};
 use sluice_master::MasterConfig;
 use sluice_protocol::pb;
@@ -47,6 +48,10 @@ pub struct LocalOptions {
     /// A random cluster secret in `<data_dir>/cluster.secret` for masters and workers (clients
     /// then need application auth to push and fetch).
     pub secret: bool,
+    /// Every worker's push and fetch ports behind a fault-injecting proxy ([`chaos::proxy`]),
+    /// clean until [`LocalCluster::shape_worker`] makes its links slow: the benchmark's
+    /// degraded runs and tests of sick links.
+    pub proxied: bool,
 }
 
 impl LocalOptions {
@@ -65,6 +70,7 @@ impl LocalOptions {
             admin: true,
             tls: false,
             secret: false,
+            proxied: false,
         }
     }
 
@@ -125,6 +131,10 @@ struct LocalWorker {
     data_dir: PathBuf,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The proxies in front of its push and fetch ports, with `proxied`.
+    proxies: Option<(Proxy, Proxy)>,
+    /// The push port the master knows it by (its proxy's, with `proxied`).
+    advertised_push_port: u32,
 }
 
 #[derive(Debug)]
@@ -136,6 +146,7 @@ pub struct LocalCluster {
     /// The masters' admin ports (`host:port`) by id, when they have them.
     pub master_admins: Vec<String>,
     admin: bool,
+    proxied: bool,
     /// The CA file of the development certificates, when TLS is on.
     pub tls_ca_file: Option<PathBuf>,
     /// The cluster secret file, when one is set.
@@ -215,6 +226,7 @@ impl LocalCluster {
             masters,
             master_admins,
             admin: options.admin,
+            proxied: options.proxied,
             tls_ca_file,
             cluster_secret_file,
             shutdown,
@@ -262,6 +274,21 @@ impl LocalCluster {
         config.push_listen = push.local_addr()?.to_string();
         config.fetch_listen = fetch.local_addr()?.to_string();
         config.admin_listen = admin_addr.clone().unwrap_or_default();
+        let proxies = if self.proxied {
+            let push_proxy = Proxy::start(Some(push.local_addr()?)).await?;
+            let fetch_proxy = Proxy::start(Some(fetch.local_addr()?)).await?;
+            config.advertise_push_port = push_proxy.addr().port();
+            config.advertise_fetch_port = fetch_proxy.addr().port();
+            Some((push_proxy, fetch_proxy))
+        } else {
+            None
+        };
+        // The ports the worker itself listens on (a proxy in front of it forwards to them); the
+        // master knows the advertised push port.
+        let advertised_push_port = u32::from(match config.advertise_push_port {
+            0 => push.local_addr()?.port(),
+            port => port,
+        });
         let info = pb::WorkerInfo {
             id: config.id.clone(),
             host: config.host.clone(),
@@ -287,7 +314,23 @@ impl LocalCluster {
             data_dir,
             shutdown,
             task: Some(task),
+            proxies,
+            advertised_push_port,
         });
+        Ok(())
+    }
+
+    /// Makes worker `index`'s links sick: `push` on its push port's proxy (writers, and
+    /// primaries forwarding to it), `fetch` on its fetch port's (readers). Needs
+    /// [`LocalOptions::proxied`]; `Shape::default()` heals them.
+    pub fn shape_worker(&self, index: usize, push: Shape, fetch: Shape) -> anyhow::Result<()> {
+        let worker = self.workers.get(index).context("no such worker")?;
+        let (push_proxy, fetch_proxy) = worker
+            .proxies
+            .as_ref()
+            .context("the cluster was started without proxies (LocalOptions::proxied)")?;
+        push_proxy.shape(push);
+        fetch_proxy.shape(fetch);
         Ok(())
     }
 
@@ -322,16 +365,17 @@ impl LocalCluster {
                 bail!("worker {id} stopped during start-up");
             }
             if let Ok(status) = client.cluster_status().await {
-                let registered = |info: &pb::WorkerInfo| {
+                let registered = |worker: &LocalWorker| {
                     status.workers.iter().any(|w| {
                         w.alive
                             && w.worker.as_ref().is_some_and(|known| {
-                                known.id == info.id && known.push_port == info.push_port
+                                known.id == worker.info.id
+                                    && known.push_port == worker.advertised_push_port
                             })
                     })
                 };
-                let running = self.workers.iter().filter(|w| w.task.is_some());
-                if running.map(|w| &w.info).all(registered) {
+                let mut running = self.workers.iter().filter(|w| w.task.is_some());
+                if running.all(registered) {
                     return Ok(());
                 }
             }

@@ -155,6 +155,12 @@ enum Command {
         /// median throughputs and their ratios to plain (`security_overhead`).
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
         security_overhead: Option<u32>,
+        /// Measure what a sick cluster costs: run the workload ROUNDS times per condition
+        /// (clean; every disk write held 100 ms; every worker's push and fetch links 20 ms +
+        /// 0-10 ms jitter each way) on embedded clusters, taking turns, and report the median
+        /// times and their slowdown against clean (`degraded`).
+        #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
+        degraded: Option<u32>,
         /// How the client compresses batches.
         #[arg(long, value_enum, default_value_t = bench::Codec::Lz4)]
         compression: bench::Codec,
@@ -458,6 +464,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tls,
             auth,
             security_overhead,
+            degraded,
             compression,
             lz4_bytes,
             settle,
@@ -486,6 +493,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 settle,
                 data_dir,
                 worker_pids,
+                degraded,
+                condition: bench::Condition::Clean,
             };
             let report = bench::run(&options).await?;
             if let Some(error) = &report.error {

@@ -1,8 +1,9 @@
 //! The quick chaos subset on real `sluice` processes: a worker SIGKILLed while maps push (with
 //! replication 2 and 1), one SIGKILLed while reducers read, and a flipped byte in a committed
 //! file; every worker restarted in turn while maps push, and a memory bound; the leader of three
-//! masters SIGKILLed while maps push; and a worker and a leader SIGKILLed again with a cluster
-//! secret and TLS on every port (`--secure`).
+//! masters SIGKILLed while maps push; a slow disk, a slow replica link, a stalling link and
+//! resets mid-frame; and a worker and a leader SIGKILLed again with a cluster secret and TLS on
+//! every port (`--secure`).
 //! The full set: `cargo run -p chaos -- --all` (and `--all --secure`).
 
 use std::path::PathBuf;
@@ -52,6 +53,20 @@ async fn rolling_restart_and_memory_bound_pass() {
     quick(vec![
         (Scenario::RollingRestart, 2),
         (Scenario::MemZeroSlices, 1),
+    ])
+    .await;
+}
+
+/// Sick rather than dead: a slow disk (the master must call it slow and place the next shuffle
+/// elsewhere), a slow replica link, a stalling link and resets mid-frame, each run clean and
+/// then sick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_scenarios_pass() {
+    quick(vec![
+        (Scenario::SlowDisk, 2),
+        (Scenario::SlowWorkerLink, 2),
+        (Scenario::StallingLink, 2),
+        (Scenario::ResetLink, 1),
     ])
     .await;
 }

@@ -26,8 +26,12 @@ pub struct ClientConfig {
     pub compression: bool,
     /// Limit for opening a connection to a master or a worker.
     pub connect_timeout: Duration,
-    /// Limit for one push or fetch request.
+    /// Limit for one push or fetch request: the ceiling of the adaptive timeout, which is a
+    /// few times each worker's observed round trip.
     pub request_timeout: Duration,
+    /// The floor of the adaptive request timeout: a push or fetch to a fast worker still gets
+    /// this long.
+    pub request_timeout_min: Duration,
     /// How long a push keeps retrying while the worker answers `Busy` or is unreachable.
     pub push_retry_timeout: Duration,
     /// Chunks a reader fetches ahead.
@@ -73,6 +77,7 @@ impl ClientConfig {
             compression: true,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            request_timeout_min: Duration::from_secs(3),
             push_retry_timeout: Duration::from_secs(120),
             prefetch_chunks: 4,
             fetch_retries: 3,

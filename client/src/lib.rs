@@ -23,6 +23,7 @@
 mod backoff;
 pub mod config;
 pub mod error;
+pub mod latency;
 pub mod metrics;
 pub mod reader;
 pub mod writer;
@@ -56,6 +57,8 @@ pub(crate) struct Inner {
     /// Worker connections without authentication.
     workers: RpcPool,
     pub metrics: ClientMetrics,
+    /// Every worker's round trips, for request timeouts and hedged reads.
+    pub latency: latency::PeerLatency,
     /// The application this client authenticates as, once it registered it (see
     /// [`Inner::session`]).
     session: tokio::sync::OnceCell<Session>,
@@ -71,6 +74,33 @@ struct Session {
 }
 
 impl Inner {
+    /// A push or fetch request to `worker` through `pool`, with the timeout its observed
+    /// latency gives ([`latency`]); counts its round trip, or its timeout.
+    pub async fn call_worker(
+        &self,
+        pool: &RpcPool,
+        worker: &str,
+        frame: sluice_protocol::connection::OutFrame,
+        expected: sluice_protocol::frame::MessageType,
+    ) -> Result<sluice_protocol::frame::Frame, sluice_protocol::ProtocolError> {
+        let timeout = self.latency.timeout(
+            worker,
+            self.config.request_timeout_min,
+            self.config.request_timeout,
+        );
+        let sent = std::time::Instant::now();
+        let result = pool.call(worker, frame, expected, timeout).await;
+        match &result {
+            Ok(_) => self.latency.observe(worker, sent.elapsed()),
+            Err(e) if e.code() == sluice_protocol::ErrorCode::Timeout => {
+                self.latency.timed_out(worker);
+                self.metrics.timeout();
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
     /// The worker connections to use for application `app_id`'s shuffles. With an application
     /// secret, the first call registers the application with the master (which binds its id to
     /// the secret's key and answers its token) and from then on signs every master call and
@@ -164,6 +194,9 @@ pub struct ShuffleHandle {
     /// The placement the shuffle was registered with (epoch 0).
     pub locations: pb::ShuffleLocations,
     routes: std::sync::Mutex<Vec<Route>>,
+    /// Held while a revive is asked of the master: one at a time per shuffle in a process, and
+    /// one that waited asks only for the partitions no revive moved meanwhile.
+    revive_turn: tokio::sync::Mutex<()>,
 }
 
 /// Where a partition's batches go now.
@@ -201,6 +234,7 @@ impl ShuffleHandle {
             num_partitions,
             locations,
             routes: std::sync::Mutex::new(routes),
+            revive_turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -277,6 +311,7 @@ impl SluiceClient {
                 master,
                 workers,
                 metrics,
+                latency: latency::PeerLatency::default(),
                 session: tokio::sync::OnceCell::new(),
             }),
         })

@@ -26,6 +26,8 @@ pub struct ClientMetrics {
     revives: Counter,
     fetch_retries: Counter,
     data_lost: Counter,
+    timeouts: Counter,
+    hedges: Counter,
     totals: Arc<Totals>,
     push_latency: Arc<LatencyHistogram>,
 }
@@ -37,6 +39,8 @@ struct Totals {
     revives: AtomicU64,
     fetch_retries: AtomicU64,
     data_lost: AtomicU64,
+    timeouts: AtomicU64,
+    hedges: AtomicU64,
 }
 
 /// The client's totals at one moment.
@@ -53,27 +57,35 @@ pub struct ClientMetricsSnapshot {
     pub fetch_retries: u64,
     /// Data-loss errors returned to callers.
     pub data_lost: u64,
+    /// Push and fetch requests that got no answer within their (adaptive) timeout.
+    pub timeouts: u64,
+    /// Reads that moved to another copy because the copy being read was slow to answer.
+    pub hedges: u64,
 }
 
 impl ClientMetricsSnapshot {
     /// The names of [`ClientMetricsSnapshot::to_array`]'s values, in its order (the JVM's
     /// `SluiceNative.clientMetrics` answers in this order too).
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 7] = [
         "push_bytes",
         "push_retries",
         "revives",
         "fetch_retries",
         "data_lost",
+        "timeouts",
+        "hedges",
     ];
 
     /// The totals in the order of [`ClientMetricsSnapshot::NAMES`].
-    pub fn to_array(&self) -> [u64; 5] {
+    pub fn to_array(&self) -> [u64; 7] {
         [
             self.push_bytes,
             self.push_retries,
             self.revives,
             self.fetch_retries,
             self.data_lost,
+            self.timeouts,
+            self.hedges,
         ]
     }
 }
@@ -113,12 +125,24 @@ impl ClientMetrics {
             Unit::Count,
             "Data-loss errors returned to callers (shuffle output missing, corrupt, short or incomplete)."
         );
+        describe_counter!(
+            "sluice_client_timeouts_total",
+            Unit::Count,
+            "Push and fetch requests that got no answer within their timeout (adapted to each worker's observed latency)."
+        );
+        describe_counter!(
+            "sluice_client_hedges_total",
+            Unit::Count,
+            "Reads moved to another copy because the copy being read was slow to answer."
+        );
         ClientMetrics {
             push_bytes: metrics::counter!("sluice_client_push_bytes_total"),
             push_retries: metrics::counter!("sluice_client_push_retries_total"),
             revives: metrics::counter!("sluice_client_revives_total"),
             fetch_retries: metrics::counter!("sluice_client_fetch_retries_total"),
             data_lost: metrics::counter!("sluice_client_data_lost_total"),
+            timeouts: metrics::counter!("sluice_client_timeouts_total"),
+            hedges: metrics::counter!("sluice_client_hedges_total"),
             totals: Arc::default(),
             push_latency: Arc::new(LatencyHistogram::new()),
         }
@@ -134,6 +158,8 @@ impl ClientMetrics {
             revives: load(&t.revives),
             fetch_retries: load(&t.fetch_retries),
             data_lost: load(&t.data_lost),
+            timeouts: load(&t.timeouts),
+            hedges: load(&t.hedges),
         }
     }
 
@@ -165,6 +191,16 @@ impl ClientMetrics {
     pub(crate) fn fetch_retry(&self) {
         self.fetch_retries.increment(1);
         self.totals.fetch_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn timeout(&self) {
+        self.timeouts.increment(1);
+        self.totals.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn hedge(&self) {
+        self.hedges.increment(1);
+        self.totals.hedges.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts `error` if it reports data loss; hands it back.
@@ -353,8 +389,11 @@ mod tests {
         };
         let _ = metrics.check_loss(lost);
         let _ = metrics.check_loss(crate::ClientError::Timeout("not a loss".into()));
+        clone.timeout();
+        clone.timeout();
+        metrics.hedge();
         let snapshot = metrics.snapshot();
-        assert_eq!(snapshot.to_array(), [100, 1, 1, 1, 1]);
+        assert_eq!(snapshot.to_array(), [100, 1, 1, 1, 1, 2, 1]);
         assert_eq!(ClientMetricsSnapshot::NAMES[0], "push_bytes");
     }
 }

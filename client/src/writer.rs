@@ -443,8 +443,8 @@ async fn push_with_revive(
             let frame = OutFrame::new(kind, 0, &header).with_body(body.clone());
             let session = inner.session(&handle.key.app_id).await?;
             let sent = Instant::now();
-            let error = match session
-                .call(&addr, frame, MessageType::Ack, inner.config.request_timeout)
+            let error = match inner
+                .call_worker(session, &addr, frame, MessageType::Ack)
                 .await
             {
                 Ok(_) => {
@@ -511,6 +511,8 @@ async fn push_with_revive(
     Ok(Pushed::Acked)
 }
 
+/// Asks the master for new locations of the partitions of `slices` (unless another push moved
+/// them already) and takes them into `handle`.
 async fn revive(
     inner: &Inner,
     handle: &ShuffleHandle,
@@ -526,6 +528,14 @@ async fn revive(
         .collect();
     failed.sort_by_key(|f| (f.partition, f.epoch));
     failed.dedup();
+    // One revive at a time per shuffle: pushes that failed together (a slow or dead worker
+    // fails every push in flight to it) wait for the first, then ask only for what it did not
+    // move, so a sick worker costs a few revives, not one per push.
+    let _turn = handle.revive_turn.lock().await;
+    failed.retain(|f| handle.route(f.partition).epoch <= f.epoch);
+    if failed.is_empty() {
+        return Ok(());
+    }
     inner.metrics.revive();
     let request = pb::ReviveRequest {
         shuffle: Some(handle.key.to_pb()),

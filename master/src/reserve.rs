@@ -17,7 +17,8 @@ use crate::core::Core;
 use crate::error::{MasterError, MasterResult};
 use crate::placement::{self, Candidate, Domain};
 use crate::state::{
-    self, not_registered, worker_index, Placement, Registration, ReviveStep, Shape, WorkerEntry,
+    self, not_registered, slow_workers, worker_index, Placement, Registration, ReviveStep, Shape,
+    WorkerEntry,
 };
 
 /// Placement attempts when workers fail to reserve.
@@ -159,6 +160,13 @@ fn candidates(
     let trusted = live.iter().filter(|w| !w.is_suspect(now)).count();
     if trusted >= replication.max(1) as usize {
         live.retain(|w| !w.is_suspect(now));
+    }
+    // Slow workers (far slower pushes or flushes than their peers') only when too few others.
+    let slow = slow_workers(&live);
+    let fast = slow.iter().filter(|s| !**s).count();
+    if fast >= replication.max(1) as usize && fast < live.len() {
+        let mut slow = slow.into_iter();
+        live.retain(|_| !slow.next().unwrap_or(false));
     }
     live.sort_by(|a, b| a.info.id.cmp(&b.info.id));
     live.iter()

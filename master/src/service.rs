@@ -2,6 +2,7 @@
 //! ([`crate::reserve`] for placements, [`crate::commit`] for commits, [`crate::state`] for the
 //! registry).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use crate::config::MasterConfig;
 use crate::core::Core;
 use crate::error::MasterError;
 use crate::reserve;
-use crate::state::{self, not_registered, CommitState, MapResult, Shape};
+use crate::state::{self, not_registered, CommitState, MapResult, Shape, WorkerEntry};
 
 use pb::master_command::Command as Cmd;
 
@@ -203,9 +204,12 @@ impl Master for MasterService {
                         worker.state = request.state();
                         worker.last_seen = now;
                         worker.disks = request.disks;
+                        worker.note_latency(now, &request.replica_latency);
                         worker.memory_used = request.memory_used_bytes;
                         worker.memory_budget = request.memory_budget_bytes;
                         worker.active_partitions = request.active_partitions;
+                        worker.push_latency_us = request.push_latency_us;
+
                         worker
                             .traffic
                             .sample(request.pushed_bytes, request.fetched_bytes, now);
@@ -462,6 +466,13 @@ impl Master for MasterService {
         self.core.authorize(&request, Need::Any)?;
         let state = self.core.lock();
         let now = Instant::now();
+        let live: Vec<&WorkerEntry> = state.workers.values().filter(|w| w.alive).collect();
+        let slow: HashSet<&str> = live
+            .iter()
+            .zip(crate::state::slow_workers(&live))
+            .filter(|(_, slow)| *slow)
+            .map(|(w, _)| w.info.id.as_str())
+            .collect();
         let mut workers: Vec<pb::WorkerStatus> = state
             .workers
             .values()
@@ -472,6 +483,9 @@ impl Master for MasterService {
                 active_partitions: w.active_partitions,
                 disks: w.disks.clone(),
                 heartbeat_age_ms: now.saturating_duration_since(w.last_seen).as_millis() as u64,
+                slow: slow.contains(w.info.id.as_str()),
+                push_latency_us: w.push_latency_us,
+                replica_latency_us: crate::state::replica_latency_us(w, &live),
             })
             .collect();
         workers.sort_by(|a, b| {

@@ -154,6 +154,10 @@ pub struct WorkerConfig {
     pub tls_admin: bool,
     /// Dial masters and other workers' push ports with TLS (set when their ports have it on).
     pub tls_connect: bool,
+    /// Fault injection, for tests of slow disks only: hold every disk write this long before it
+    /// is issued, `"100ms"`, or a delay drawn per write from a range, `"50ms..200ms"` (the same
+    /// sequence on every run). Empty: writes go to the disk at once.
+    pub fault_write_delay: String,
 }
 
 impl Default for WorkerConfig {
@@ -198,6 +202,7 @@ impl Default for WorkerConfig {
             tls_fetch: false,
             tls_admin: false,
             tls_connect: false,
+            fault_write_delay: String::new(),
         }
     }
 }
@@ -219,6 +224,10 @@ impl WorkerConfig {
         }
         if self.max_frame_body.as_u64() > u64::from(u32::MAX) {
             return Err("max_frame_body: must be below 4GiB".into());
+        }
+        if !self.fault_write_delay.is_empty() {
+            crate::storage::engine::faulty::parse_delay(&self.fault_write_delay)
+                .map_err(|e| format!("fault_write_delay: {e}"))?;
         }
         if self.heartbeat_interval.is_zero() {
             return Err("heartbeat_interval: must be above 0".into());

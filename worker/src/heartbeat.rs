@@ -69,6 +69,8 @@ async fn heartbeat(
         shuffles,
         pushed_bytes: traffic.pushed.load(Ordering::Relaxed),
         fetched_bytes: traffic.fetched.load(Ordering::Relaxed),
+        push_latency_us: traffic.take_push_latency(),
+        replica_latency: traffic.take_replica_latency(),
     };
     let response = client
         .worker_heartbeat(signed(shared, request)?)
@@ -141,6 +143,11 @@ async fn run_with(shared: Arc<Shared>, master: String, shutdown: CancellationTok
     // The code of the current failure streak's error: each streak, and each change of what
     // fails, is logged once.
     let mut failing: Option<tonic::Code> = None;
+    // Heartbeats start every interval, however long the last one took to answer (a slow link
+    // to the master must not make a live worker look stale), never two at once.
+    let mut ticks = tokio::time::interval(shared.config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
     loop {
         let result = if registered {
             heartbeat(&mut client, &shared)
@@ -175,7 +182,7 @@ async fn run_with(shared: Arc<Shared>, master: String, shutdown: CancellationTok
             continue;
         }
         tokio::select! {
-            _ = tokio::time::sleep(shared.config.heartbeat_interval) => {}
+            _ = ticks.tick() => {}
             _ = shutdown.cancelled() => return,
         }
     }

@@ -84,6 +84,69 @@ pub struct Traffic {
     pub pushed: AtomicU64,
     /// Bytes of chunks served to readers.
     pub fetched: AtomicU64,
+    /// Microseconds and count of the pushes answered since the last heartbeat took them.
+    pub push_micros: AtomicU64,
+    pub pushes: AtomicU64,
+    /// Per replica push address: microseconds and count of the forwards to it since the last
+    /// heartbeat took them.
+    pub replica_micros: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+}
+
+impl Traffic {
+    /// Counts one push answered after `took`.
+    pub fn push_answered(&self, took: std::time::Duration) {
+        self.push_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one forward to the replica at `replica` that took `took` (answered or not).
+    pub fn forwarded(&self, replica: &str, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut replicas = self
+            .replica_micros
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match replicas.get_mut(replica) {
+            Some((sum, count)) => {
+                *sum = sum.saturating_add(micros);
+                *count += 1;
+            }
+            None => {
+                replicas.insert(replica.to_string(), (micros, 1));
+            }
+        }
+    }
+
+    /// Each replica's mean forward latency since the last call, and starts a new interval.
+    pub fn take_replica_latency(&self) -> Vec<sluice_protocol::pb::ReplicaLatency> {
+        let replicas = std::mem::take(
+            &mut *self
+                .replica_micros
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        replicas
+            .into_iter()
+            .map(
+                |(push_addr, (sum, count))| sluice_protocol::pb::ReplicaLatency {
+                    push_addr,
+                    latency_us: sum.checked_div(count).unwrap_or(0),
+                    forwards: count,
+                },
+            )
+            .collect()
+    }
+
+    /// The mean push latency in microseconds since the last call (0 with no push), and starts
+    /// a new interval.
+    pub fn take_push_latency(&self) -> u64 {
+        let micros = self.push_micros.swap(0, Ordering::Relaxed);
+        let pushes = self.pushes.swap(0, Ordering::Relaxed);
+        micros.checked_div(pushes).unwrap_or(0)
+    }
 }
 
 /// A data directory as the metrics name it: its path and its write engine.

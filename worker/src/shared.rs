@@ -113,8 +113,18 @@ pub(crate) fn start(
         std::fs::create_dir_all(dir).map_err(|e| {
             WorkerError::io(format!("creating data directory {}", dir.display()), e)
         })?;
-        let engine = storage::engine::open_engine(config.io_engine.into(), &i.to_string())
+        let mut engine = storage::engine::open_engine(config.io_engine.into(), &i.to_string())
             .map_err(|e| WorkerError::Config(format!("io_engine: {e}")))?;
+        if !config.fault_write_delay.is_empty() {
+            let delay = storage::engine::faulty::parse_delay(&config.fault_write_delay)
+                .map_err(|e| WorkerError::Config(format!("fault_write_delay: {e}")))?;
+            tracing::warn!(dir = %dir.display(), delay = %config.fault_write_delay, "fault injection: every disk write is delayed");
+            engine = Arc::new(storage::engine::FaultyEngine::slow(
+                engine,
+                delay,
+                i as u64 + 1,
+            ));
+        }
         tracing::info!(dir = %dir.display(), engine = engine.kind().as_str(), "data directory ready");
         engines.push((dir.clone(), engine));
     }

@@ -257,6 +257,7 @@ fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> 
             }
             "connect_timeout_ms" => config.connect_timeout = millis()?,
             "request_timeout_ms" => config.request_timeout = millis()?,
+            "request_timeout_min_ms" => config.request_timeout_min = millis()?,
             "push_retry_timeout_ms" => config.push_retry_timeout = millis()?,
             "layout_timeout_ms" => config.layout_timeout = millis()?,
             "master_retry_timeout_ms" => config.master_retry_timeout = millis()?,
@@ -576,12 +577,14 @@ mod tests {
             "batch_size=1024",
             "compression=false",
             "request_timeout_ms=1500",
+            "request_timeout_min_ms=250",
         ]
         .map(String::from);
         assert!(apply_settings(&mut config, &settings).is_ok());
         assert_eq!(config.batch_size, 1024);
         assert!(!config.compression);
         assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        assert_eq!(config.request_timeout_min, Duration::from_millis(250));
         let master = [
             "master_retry_timeout_ms=2500",
             "master_request_timeout_ms=90000",

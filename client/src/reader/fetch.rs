@@ -35,6 +35,8 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 pub(super) struct Fetcher {
     inner: Arc<Inner>,
     down: Arc<Mutex<HashSet<String>>>,
+    /// Workers a read moved away from because they were slow: their copies are read last.
+    slow: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Fetcher {
@@ -42,6 +44,7 @@ impl Fetcher {
         Fetcher {
             inner,
             down: Arc::default(),
+            slow: Arc::default(),
         }
     }
 
@@ -313,8 +316,7 @@ impl Fetcher {
             tries += 1;
             let result = self
                 .inner
-                .workers()
-                .call(worker, frame.clone(), expected, config.request_timeout)
+                .call_worker(self.inner.workers(), worker, frame.clone(), expected)
                 .await;
             let source = match result {
                 Ok(answer) => {
@@ -338,6 +340,18 @@ impl Fetcher {
             self.inner.metrics.fetch_retry();
             backoff.wait().await;
         }
+    }
+
+    pub fn mark_slow(&self, worker: &str) {
+        self.slow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(worker.to_string());
+    }
+
+    pub fn is_slow(&self, worker: &str) -> bool {
+        let slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        !slow.is_empty() && slow.contains(worker)
     }
 
     fn is_down(&self, worker: &str) -> bool {

@@ -62,6 +62,10 @@ const SMALL_CHUNK: u64 = FETCH_BATCH_BYTES / 4;
 const MIN_COST: u64 = FETCH_BATCH_BYTES / FETCH_BATCH_CHUNKS as u64;
 /// The most partitions opened together.
 const OPEN_BATCH: usize = 2048;
+/// A copy whose worker's round trips are this many times the fastest copy's is read last...
+const SLOW_COPY_FACTOR: u32 = 4;
+/// ...when they are above this too.
+const SLOW_COPY_FLOOR: Duration = Duration::from_millis(20);
 
 /// What a chunk costs in the fetch-ahead window.
 fn cost(chunk: &pb::Chunk) -> u64 {
@@ -296,7 +300,17 @@ impl ShuffleReader {
                     let pending = fetch.unwrap_or_else(|| {
                         Pending::Task(self.spawn_fetch(&copy, &chunk, !alternates.is_empty()))
                     });
-                    let fetched = pending.wait(&copy.worker).await.map_err(Unusable::Copy);
+                    let (fetched, hedged) = self
+                        .wait_or_hedge(partition, &copy, &alternates, pending)
+                        .await;
+                    if let Some(items) = hedged {
+                        self.inner.metrics.hedge();
+                        self.fetcher.mark_slow(&copy.worker);
+                        tracing::info!(shuffle = %self.key, partition, worker = %copy.worker, "copy slow to answer, reading another copy");
+                        self.drop_copy(&copy);
+                        self.queue_front(items);
+                        continue;
+                    }
                     match fetched.and_then(|bytes| self.take_chunk(partition, bytes)) {
                         Ok(()) => {}
                         Err(Unusable::Copy(reason)) => {
@@ -307,6 +321,108 @@ impl ShuffleReader {
                 }
                 Some(Item::End { layout, unread }) => self.end_partition(layout, unread)?,
             }
+        }
+    }
+
+    /// Waits for a chunk of `copy`. When other copies hold the same batches and `copy` has not
+    /// answered within its hedge delay ([`crate::latency::PeerLatency::hedge_after`]), opens
+    /// the next of them meanwhile: whichever answers first wins. Returns the chunk's bytes (or
+    /// why not), or, when the other copy won, its chunk items to read instead (this chunk is
+    /// then abandoned).
+    async fn wait_or_hedge(
+        &self,
+        partition: u32,
+        copy: &CopySource,
+        alternates: &[CopySource],
+        pending: Pending,
+    ) -> (Result<Bytes, Unusable>, Option<Vec<Item>>) {
+        let wait = pending.wait(&copy.worker);
+        tokio::pin!(wait);
+        if alternates.is_empty() {
+            return (wait.await.map_err(Unusable::Copy), None);
+        }
+        let hedge_after = self.inner.latency.hedge_after(&copy.worker);
+        if let Ok(fetched) = tokio::time::timeout(hedge_after, &mut wait).await {
+            return (fetched.map_err(Unusable::Copy), None);
+        }
+        let other = self.open_copies(partition, alternates.iter().cloned().collect(), Vec::new());
+        tokio::pin!(other);
+        tokio::select! {
+            biased;
+            fetched = &mut wait => (fetched.map_err(Unusable::Copy), None),
+            opened = &mut other => match opened {
+                Ok(mut items) => {
+                    // The slow copy still stands in if the other one fails later.
+                    for item in &mut items {
+                        if let Item::Chunk { alternates, .. } = item {
+                            alternates.push(copy.clone());
+                        }
+                    }
+                    (Err(Unusable::Copy("slow".into())), Some(items))
+                }
+                // The other copies cannot stand in: keep waiting on this one.
+                Err(_) => (wait.await.map_err(Unusable::Copy), None),
+            },
+        }
+    }
+
+    /// Puts the copies on slow workers last (they hold the same batches, so any may be read
+    /// first): those this reader moved away from, and those whose round trips are far above
+    /// the fastest copy's ([`SLOW_COPY_FACTOR`], at least [`SLOW_COPY_FLOOR`]). Otherwise the
+    /// placement's order stays.
+    fn order_by_speed(&self, copies: &mut [CopySource]) {
+        if copies.len() < 2 {
+            return;
+        }
+        let srtt: Vec<Option<Duration>> = copies
+            .iter()
+            .map(|c| self.inner.latency.srtt(&c.worker))
+            .collect();
+        let fastest = srtt.iter().flatten().min().copied();
+        let bar = fastest.map(|f| (f * SLOW_COPY_FACTOR).max(SLOW_COPY_FLOOR));
+        let slow: Vec<bool> = copies
+            .iter()
+            .zip(&srtt)
+            .map(|(copy, srtt)| {
+                self.fetcher.is_slow(&copy.worker)
+                    || matches!((srtt, bar), (Some(s), Some(bar)) if *s > bar)
+            })
+            .collect();
+        if slow.iter().any(|s| *s) {
+            let mut keyed: Vec<(bool, CopySource)> =
+                slow.into_iter().zip(copies.iter().cloned()).collect();
+            keyed.sort_by_key(|(slow, _)| *slow);
+            for (slot, (_, copy)) in copies.iter_mut().zip(keyed) {
+                *slot = copy;
+            }
+        }
+    }
+
+    /// Drops the queued chunks of `failed` (aborting their fetches).
+    fn drop_copy(&mut self, failed: &CopySource) {
+        let (mut queued, mut in_flight) = (0, 0);
+        self.queue.retain(|item| match item {
+            Item::Chunk {
+                copy, fetch, chunk, ..
+            } if copy == failed => {
+                queued += cost(chunk);
+                if let Some(pending) = fetch {
+                    pending.abort();
+                    in_flight += cost(chunk);
+                }
+                false
+            }
+            _ => true,
+        });
+        self.queued -= queued;
+        self.in_flight -= in_flight;
+    }
+
+    /// Queues `items` at the front, in their order.
+    fn queue_front(&mut self, items: Vec<Item>) {
+        for item in items.into_iter().rev() {
+            self.count_queued(&item);
+            self.queue.push_front(item);
         }
     }
 
@@ -433,7 +549,10 @@ impl ShuffleReader {
                         epoch.failed.join("; ")
                     ));
                 }
-                reads.extend(epoch_reads.into_iter().map(|copies| (epoch.epoch, copies)));
+                reads.extend(epoch_reads.into_iter().map(|mut copies| {
+                    self.order_by_speed(&mut copies);
+                    (epoch.epoch, copies)
+                }));
             }
             planned.push(Planned {
                 index,
@@ -593,22 +712,7 @@ impl ShuffleReader {
         alternates: Vec<CopySource>,
         reason: String,
     ) {
-        let (mut queued, mut in_flight) = (0, 0);
-        self.queue.retain(|item| match item {
-            Item::Chunk {
-                copy, fetch, chunk, ..
-            } if copy == failed => {
-                queued += cost(chunk);
-                if let Some(pending) = fetch {
-                    pending.abort();
-                    in_flight += cost(chunk);
-                }
-                false
-            }
-            _ => true,
-        });
-        self.queued -= queued;
-        self.in_flight -= in_flight;
+        self.drop_copy(failed);
         let epoch = failed.location.epoch;
         if alternates.is_empty() {
             tracing::warn!(shuffle = %self.key, partition, epoch, worker = %failed.worker, error = %reason, "copy failed and no other copy holds its batches; the end-of-partition check decides");
@@ -621,12 +725,7 @@ impl ShuffleReader {
             .open_copies(partition, VecDeque::from(alternates), Vec::new())
             .await
         {
-            Ok(items) => {
-                for item in items.into_iter().rev() {
-                    self.count_queued(&item);
-                    self.queue.push_front(item);
-                }
-            }
+            Ok(items) => self.queue_front(items),
             Err(more) => self.unread.push(format!(
                 "epoch {epoch} copy on {}: {reason}; {more}",
                 failed.worker

@@ -75,6 +75,14 @@ pub struct Worker {
     pub fetched_bytes: u64,
     /// Milliseconds since its last heartbeat (or registration).
     pub last_heartbeat_ms: u64,
+    /// Mean push latency over its last heartbeat interval, in microseconds (0: no push).
+    pub push_latency_us: u64,
+    /// The slowest mean time a primary saw it take to ack forwarded pushes as a replica, in
+    /// microseconds (0: none).
+    pub replica_latency_us: u64,
+    /// Far slower flushes, or acks as a replica, than its peers': placement gives new
+    /// partitions elsewhere while enough other workers remain.
+    pub slow: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +145,7 @@ fn millis(since: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
 }
 
-fn worker(w: &WorkerEntry, now: Instant) -> Worker {
+fn worker(w: &WorkerEntry, live: &[&WorkerEntry], slow: bool, now: Instant) -> Worker {
     Worker {
         id: w.info.id.clone(),
         host: w.info.host.clone(),
@@ -170,6 +178,9 @@ fn worker(w: &WorkerEntry, now: Instant) -> Worker {
         pushed_bytes: w.traffic.pushed_bytes,
         fetched_bytes: w.traffic.fetched_bytes,
         last_heartbeat_ms: millis(w.last_seen, now),
+        push_latency_us: w.push_latency_us,
+        replica_latency_us: crate::state::replica_latency_us(w, live),
+        slow,
     }
 }
 
@@ -196,7 +207,19 @@ pub fn workers(core: &Core) -> Vec<Worker> {
     let now = Instant::now();
     let mut workers: Vec<Worker> = {
         let state = core.lock();
-        state.workers.values().map(|w| worker(w, now)).collect()
+        let live: Vec<&WorkerEntry> = state.workers.values().filter(|w| w.alive).collect();
+        let slow = crate::state::slow_workers(&live);
+        let slow: std::collections::HashSet<&str> = live
+            .iter()
+            .zip(slow)
+            .filter(|(_, slow)| *slow)
+            .map(|(w, _)| w.info.id.as_str())
+            .collect();
+        state
+            .workers
+            .values()
+            .map(|w| worker(w, &live, slow.contains(w.info.id.as_str()), now))
+            .collect()
     };
     workers.sort_by(|a, b| a.id.cmp(&b.id));
     workers

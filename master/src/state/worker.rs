@@ -1,5 +1,6 @@
 //! What the master knows of one worker, and when it counts as live.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::pb;
@@ -27,6 +28,16 @@ pub struct WorkerEntry {
     pub heartbeat_interval: Duration,
     /// A reservation on this worker failed to reach it: no new partitions until then.
     pub avoid_until: Option<Instant>,
+    /// Mean push latency over the last heartbeat interval, in microseconds (0: no push).
+    pub push_latency_us: u64,
+    /// The latest mean flush latency its heartbeats carried (the slowest disk's, in
+    /// microseconds), and when. Heartbeats of an idle interval carry none and leave it; it is
+    /// forgotten after [`LATENCY_MEMORY`].
+    pub flush_latency: Option<(u64, Instant)>,
+    /// What its heartbeats said of its replicas: per replica push address, the latest mean time
+    /// it took to ack this worker's forwards (microseconds), and when; forgotten after
+    /// [`LATENCY_MEMORY`].
+    pub replica_latency: HashMap<String, (u64, Instant)>,
 }
 
 impl WorkerEntry {
@@ -48,6 +59,34 @@ impl WorkerEntry {
             traffic: Traffic::default(),
             heartbeat_interval,
             avoid_until: None,
+            push_latency_us: 0,
+            flush_latency: None,
+            replica_latency: HashMap::new(),
+        }
+    }
+
+    /// Takes the latency figures of a heartbeat received at `now`: its disks' (already in
+    /// `disks`) and its replicas'. Figures of an interval with no flush or no forward leave the
+    /// last ones in place.
+    pub fn note_latency(&mut self, now: Instant, replicas: &[pb::ReplicaLatency]) {
+        let flush = self.disks.iter().map(|d| d.flush_latency_us).max();
+        if let Some(flush) = flush.filter(|us| *us > 0) {
+            self.flush_latency = Some((flush, now));
+        }
+        for replica in replicas.iter().filter(|r| r.forwards > 0) {
+            self.replica_latency
+                .insert(replica.push_addr.clone(), (replica.latency_us, now));
+        }
+        self.replica_latency
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < LATENCY_MEMORY);
+    }
+
+    /// The latest mean flush latency of its slowest disk, in microseconds (0: none within
+    /// [`LATENCY_MEMORY`]).
+    pub fn flush_latency_us(&self) -> u64 {
+        match self.flush_latency {
+            Some((us, at)) if at.elapsed() < LATENCY_MEMORY => us,
+            _ => 0,
         }
     }
 
@@ -100,6 +139,65 @@ impl WorkerEntry {
     }
 }
 
+/// How long a worker's latency figures count after the heartbeat that carried them: a worker
+/// that placement avoids gets no new traffic to show it recovered, so its slowness is forgotten
+/// after this and it gets partitions again.
+pub const LATENCY_MEMORY: Duration = Duration::from_secs(60);
+
+/// A replica slower than this to ack forwarded pushes, on average, is never called slow:
+/// loopback and LAN forwards take well under it, so a cluster of idle or fast workers does not
+/// flap.
+pub const SLOW_REPLICA_FLOOR_US: u64 = 20_000;
+/// A flush slower than this on average is never called slow.
+pub const SLOW_FLUSH_FLOOR_US: u64 = 40_000;
+/// How many times its peers' median latency makes a worker slow.
+pub const SLOW_FACTOR: u64 = 4;
+
+/// The slowest mean ack time any of `workers` reported of `worker` as its replica (0: none).
+pub fn replica_latency_us(worker: &WorkerEntry, workers: &[&WorkerEntry]) -> u64 {
+    let addr = worker.info.push_addr();
+    workers
+        .iter()
+        .filter_map(|w| w.replica_latency.get(&addr))
+        .filter(|(_, at)| at.elapsed() < LATENCY_MEMORY)
+        .map(|(us, _)| *us)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Which of `workers` are slow: its disks' mean flush latency, or the time it takes to ack
+/// forwarded pushes as a replica (as its primaries report it), above both a floor and
+/// [`SLOW_FACTOR`] times the median of the workers' (those with a figure). A primary's own push
+/// latency is not used: it includes the wait for its replica, whose fault it is. A slow worker
+/// still works; placement gives new partitions (and revived ones) to its peers while enough of
+/// them remain, so a sick disk or link is left before it fails requests.
+pub fn slow_workers(workers: &[&WorkerEntry]) -> Vec<bool> {
+    fn median(mut values: Vec<u64>) -> u64 {
+        values.retain(|v| *v > 0);
+        values.sort_unstable();
+        // The lower median: with two workers, the faster one sets the bar.
+        values
+            .get(values.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0)
+    }
+    let replica: Vec<u64> = workers
+        .iter()
+        .map(|w| replica_latency_us(w, workers))
+        .collect();
+    let flush: Vec<u64> = workers.iter().map(|w| w.flush_latency_us()).collect();
+    let limit = |values: &[u64], floor: u64| floor.max(median(values.to_vec()) * SLOW_FACTOR);
+    let (replica_limit, flush_limit) = (
+        limit(&replica, SLOW_REPLICA_FLOOR_US),
+        limit(&flush, SLOW_FLUSH_FLOOR_US),
+    );
+    replica
+        .iter()
+        .zip(&flush)
+        .map(|(replica, flush)| *replica > replica_limit || *flush > flush_limit)
+        .collect()
+}
+
 /// A worker's traffic as its heartbeats report it: running totals, and the throughput between
 /// the last two heartbeats.
 #[derive(Debug, Clone, Default)]
@@ -135,6 +233,80 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_far_slower_than_its_peers_is_slow() {
+        // Worker i at 10.0.0.i:9098; `replicas` lists (replica, µs) this worker reported.
+        let worker = |i: u32, flush: u64, replicas: &[(u32, u64)]| {
+            let mut w = entry();
+            w.info.host = format!("10.0.0.{i}");
+            w.info.push_port = 9098;
+            w.disks[0].flush_latency_us = flush;
+            let replicas: Vec<_> = replicas
+                .iter()
+                .map(|(r, us)| pb::ReplicaLatency {
+                    push_addr: format!("10.0.0.{r}:9098"),
+                    latency_us: *us,
+                    forwards: 1,
+                })
+                .collect();
+            w.note_latency(Instant::now(), &replicas);
+            w
+        };
+        let slow = |workers: &[WorkerEntry]| slow_workers(&workers.iter().collect::<Vec<_>>());
+        // A disk taking 100 ms per flush among peers at 2 ms.
+        let cluster = [
+            worker(0, 2_000, &[]),
+            worker(1, 100_000, &[]),
+            worker(2, 1_500, &[]),
+        ];
+        assert_eq!(slow(&cluster), [false, true, false]);
+        // Worker 0 behind a 150 ms link: its primaries wait on it, and it is the one blamed.
+        let cluster = [
+            worker(0, 1_000, &[(1, 900), (2, 1_100)]),
+            worker(1, 1_000, &[(0, 300_000), (2, 800)]),
+            worker(2, 1_000, &[(0, 280_000), (1, 1_000)]),
+        ];
+        assert_eq!(slow(&cluster), [true, false, false]);
+        // Two workers: the faster one sets the bar.
+        let pair = [worker(0, 0, &[(1, 90_000)]), worker(1, 0, &[(0, 1_000)])];
+        assert_eq!(slow(&pair), [false, true]);
+        // Below the floors nothing is slow, however it compares; idle workers report 0.
+        let cluster = [
+            worker(0, 30_000, &[(1, 15_000)]),
+            worker(1, 100, &[]),
+            worker(2, 0, &[]),
+        ];
+        assert_eq!(slow(&cluster), [false, false, false]);
+        // Every worker equally slow (a slow network): none stands out.
+        let cluster = [
+            worker(0, 0, &[(1, 80_000)]),
+            worker(1, 0, &[(2, 90_000)]),
+            worker(2, 0, &[(0, 85_000)]),
+        ];
+        assert_eq!(slow(&cluster), [false, false, false]);
+    }
+
+    #[test]
+    fn latency_outlives_idle_heartbeats_but_not_its_memory() {
+        let mut w = entry();
+        let start = Instant::now();
+        w.disks[0].flush_latency_us = 150_000;
+        let forward = pb::ReplicaLatency {
+            push_addr: "10.0.0.9:9098".into(),
+            latency_us: 90_000,
+            forwards: 3,
+        };
+        w.note_latency(start, std::slice::from_ref(&forward));
+        // An idle interval: no flush, no forward.
+        w.disks[0].flush_latency_us = 0;
+        w.note_latency(start + Duration::from_secs(1), &[]);
+        assert_eq!(w.flush_latency_us(), 150_000);
+        assert_eq!(w.replica_latency["10.0.0.9:9098"].0, 90_000);
+        // Past the memory the replica figure goes (the flush one ages the same way, by the clock).
+        w.note_latency(start + LATENCY_MEMORY + Duration::from_secs(1), &[]);
+        assert!(w.replica_latency.is_empty());
+    }
 
     fn entry() -> WorkerEntry {
         let disk = pb::DiskStatus {

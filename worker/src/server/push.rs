@@ -65,10 +65,9 @@ pub async fn serve(stream: Accepted, peer: &str, shared: Arc<Shared>, shutdown: 
                         let (shared, tx) = (shared.clone(), tx.clone());
                         tokio::spawn(async move {
                             let answer = forward_to_replicas(&shared, id, forwards).await;
-                            shared
-                                .metrics
-                                .push_latency
-                                .record(started.elapsed().as_secs_f64());
+                            let took = started.elapsed();
+                            shared.metrics.push_latency.record(took.as_secs_f64());
+                            shared.metrics.traffic.push_answered(took);
                             let _ = tx.send(answer).await;
                         });
                         continue;
@@ -81,7 +80,9 @@ pub async fn serve(stream: Accepted, peer: &str, shared: Arc<Shared>, shutdown: 
                         error_frame(id, &e)
                     }
                 };
-                metrics.push_latency.record(started.elapsed().as_secs_f64());
+                let took = started.elapsed();
+                metrics.push_latency.record(took.as_secs_f64());
+                metrics.traffic.push_answered(took);
                 answer
             }
             MessageType::Reserve | MessageType::Commit | MessageType::Destroy => {
@@ -227,6 +228,7 @@ async fn forward_to_replicas(shared: &Arc<Shared>, id: u64, forwards: Vec<Forwar
             .increment(frame.body_len() as u64);
         let shared = shared.clone();
         calls.spawn(async move {
+            let sent = std::time::Instant::now();
             let result = shared
                 .peers
                 .call(
@@ -236,6 +238,7 @@ async fn forward_to_replicas(shared: &Arc<Shared>, id: u64, forwards: Vec<Forwar
                     shared.config.replica_timeout,
                 )
                 .await;
+            shared.metrics.traffic.forwarded(&replica, sent.elapsed());
             (replica, result)
         });
     }

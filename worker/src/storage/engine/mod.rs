@@ -499,6 +499,39 @@ mod tests {
         assert_eq!(data.len(), 3500);
         assert!(data[2500..].iter().all(|&b| b == 5));
         assert_eq!(faults.bytes_written(), 3500);
+
+        // A slow disk: every write held 30-60 ms, released in submission order.
+        faults.delay_writes(Duration::from_millis(30), Duration::from_millis(60), 7);
+        let started = std::time::Instant::now();
+        let pending: Vec<_> = (0..3u64)
+            .map(|i| {
+                faulty.submit(WriteRequest {
+                    file: file.clone(),
+                    offset: 3500 + i * 1000,
+                    bufs: block(6 + i as u8),
+                })
+            })
+            .collect();
+        for rx in pending {
+            rx.await.unwrap().result.unwrap();
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(30), "{took:?}");
+        let data = fs::read(&path).unwrap();
+        assert_eq!(data.len(), 6500);
+        assert!(data[5500..].iter().all(|&b| b == 8));
+        faults.clear();
+    }
+
+    #[test]
+    fn write_delays_parse_as_one_duration_or_a_range() {
+        use super::faulty::parse_delay;
+        let ms = Duration::from_millis;
+        assert_eq!(parse_delay("100ms"), Ok((ms(100), ms(100))));
+        assert_eq!(parse_delay("50ms..200ms"), Ok((ms(50), ms(200))));
+        assert!(parse_delay("200ms..50ms").is_err());
+        assert!(parse_delay("2min").is_err());
+        assert!(parse_delay("slow").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,7 +26,7 @@ import scala.Tuple2;
  *       <td>passed verbatim to the native client as {@code <key>=<value>} ({@code replication},
  *           {@code batch_size}, {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
  *           {@code compression}, {@code connect_timeout_ms}, {@code request_timeout_ms},
- *           {@code push_retry_timeout_ms}, {@code prefetch_chunks}, {@code layout_timeout_ms},
+ *           {@code request_timeout_min_ms}, {@code push_retry_timeout_ms}, {@code prefetch_chunks}, {@code layout_timeout_ms},
  *           {@code master_retry_timeout_ms}, {@code master_request_timeout_ms});
  *           sizes may be written {@code 1m}, {@code *_ms} durations {@code 30s}; an unknown key
  *           fails when the client is created</td></tr>

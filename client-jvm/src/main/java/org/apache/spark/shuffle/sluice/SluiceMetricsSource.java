@@ -27,7 +27,9 @@ final class SluiceMetricsSource implements Source {
   static final String SOURCE_NAME = "sluice";
 
   /** The gauges' names, in the order of {@link SluiceNative#clientMetrics}. */
-  static final String[] NAMES = {"pushBytes", "pushRetries", "revives", "fetchRetries", "dataLost"};
+  static final String[] NAMES = {
+    "pushBytes", "pushRetries", "revives", "fetchRetries", "dataLost", "timeouts", "hedges"
+  };
 
   /** The Spark environment the source was last registered with. */
   private static WeakReference<SparkEnv> registeredWith = new WeakReference<>(null);

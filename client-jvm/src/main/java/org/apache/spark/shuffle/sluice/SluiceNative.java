@@ -22,7 +22,8 @@ public final class SluiceNative {
    * and following their redirects). {@code settings} are {@code key=value} strings:
    * {@code batch_size}, {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
    * {@code compression} ({@code true|false}), {@code connect_timeout_ms},
-   * {@code request_timeout_ms}, {@code push_retry_timeout_ms}, {@code prefetch_chunks},
+   * {@code request_timeout_ms}, {@code request_timeout_min_ms}, {@code push_retry_timeout_ms},
+   * {@code prefetch_chunks},
    * {@code layout_timeout_ms}, {@code master_retry_timeout_ms},
    * {@code master_request_timeout_ms}. An unknown key or a malformed master list throws.
    */

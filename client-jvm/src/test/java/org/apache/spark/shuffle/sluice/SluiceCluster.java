@@ -309,28 +309,33 @@ public final class SluiceCluster implements AutoCloseable {
     throw new IllegalStateException("the leader " + leader + " is none of this cluster's masters");
   }
 
-  /** Starts one more worker process (only for {@link #separate} clusters). */
-  public Worker startWorker(String id) throws IOException {
+  /**
+   * Starts one more worker process (only for {@link #separate} clusters); {@code settings} are
+   * more of its config keys as flags ({@code "--fault-write-delay", "100ms"}).
+   */
+  public Worker startWorker(String id, String... settings) throws IOException {
     Path dir = dataRoot.resolve(id);
     Files.createDirectories(dir);
-    Proc proc =
-        start(
-            id,
-            "worker",
-            "--master",
-            master,
-            "--id",
-            id,
-            "--push-listen",
-            "127.0.0.1:0",
-            "--fetch-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dirs",
-            dir.toString(),
-            "--heartbeat-interval",
-            "500ms");
+    List<String> args =
+        new ArrayList<>(
+            List.of(
+                "worker",
+                "--master",
+                master,
+                "--id",
+                id,
+                "--push-listen",
+                "127.0.0.1:0",
+                "--fetch-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dirs",
+                dir.toString(),
+                "--heartbeat-interval",
+                "500ms"));
+    args.addAll(List.of(settings));
+    Proc proc = start(id, args.toArray(new String[0]));
     Worker worker =
         new Worker(
             text(proc.ready, "id", proc),
