@@ -17,7 +17,7 @@
 //!   and the client's link to the master get 20 ms + up to 10 ms of jitter each way;
 //! - slow worker link: one worker's links get 150 ms + up to 100 ms;
 //! - thin link: one worker's links carry 1 MB/s each way;
-//! - stalling link: one worker's links freeze for 3 s after every 300 ms, then move on;
+//! - stalling link: one worker's links freeze for 3 s after every 100 ms, then move on;
 //! - reset link: one worker's connections are reset (RST) mid-frame, pushes after 256 KiB and
 //!   fetches after 4 KiB of requests;
 //! - slow disk: one worker's disk writes take 50-200 ms each (its `fault_write_delay`);
@@ -62,7 +62,7 @@ impl Sickness {
             }
             Sickness::SlowWorkerLink => "w0's push, fetch and master links: 150 ms + 0-100 ms jitter",
             Sickness::ThinLink => "w0's push, fetch and master links: 1 MB/s each way",
-            Sickness::StallingLink => "w0's push, fetch and master links: frozen 3 s after every 300 ms",
+            Sickness::StallingLink => "w0's push, fetch and master links: frozen 3 s after every 100 ms",
             Sickness::ResetLink => {
                 "w0's connections reset mid-frame: pushes after 256 KiB, fetches after 4 KiB of requests"
             }
@@ -131,7 +131,7 @@ impl Sickness {
             }
             Sickness::StallingLink => {
                 let stalls = Shape {
-                    stall_every: Duration::from_millis(300),
+                    stall_every: Duration::from_millis(100),
                     stall_for: Duration::from_secs(3),
                     seed: SEED,
                     ..Shape::default()
@@ -382,8 +382,8 @@ async fn pass(ctx: &Ctx, sickness: Sickness, sick: bool) -> anyhow::Result<Pass>
     })
 }
 
-/// Registers shuffle `id`, writes `workload` and reads it back: what was seen, the seconds it
-/// took, and the shuffle's placement.
+/// Registers shuffle `id`, writes `workload` (every map at once) and reads it back: what was
+/// seen, the seconds it took, and the shuffle's placement.
 async fn shuffle(
     client: &SluiceClient,
     id: u32,
@@ -399,10 +399,23 @@ async fn shuffle(
         .register_shuffle(&key, workload.maps, workload.partitions)
         .await
         .context("registering the shuffle")?;
-    let mut writes = Writes::new(client.clone(), handle.clone(), workload.clone());
-    observed.write_error = writes.all().await.err();
-    observed.written = writes.written();
-    observed.maps_done = writes.finished_maps;
+    // Every map at once, as a stage's tasks run.
+    let mut maps = tokio::task::JoinSet::new();
+    for map in 0..workload.maps {
+        let mut writes = Writes::one_map(client.clone(), handle.clone(), workload.clone(), map, 0);
+        maps.spawn(async move {
+            let result = writes.all().await;
+            (result, writes.written(), writes.finished_maps)
+        });
+    }
+    while let Some(joined) = maps.join_next().await {
+        let (result, written, finished) = joined.context("a map task")?;
+        observed.written += written;
+        observed.maps_done += finished;
+        if let Err(e) = result {
+            observed.write_error.get_or_insert(e);
+        }
+    }
     if observed.write_error.is_none() {
         match Reads::open(client, &key, workload).await {
             Ok(mut reads) => {

@@ -109,34 +109,21 @@ async fn a_reader_moves_off_a_frozen_copy_to_the_other_copy() {
 /// behind 20 ms + jitter links, and reports each condition's time and slowdown.
 #[test]
 fn the_bench_compares_a_slow_disk_and_a_slow_link_with_a_clean_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "bench",
-            "--degraded",
-            "1",
-            "--workers",
-            "2",
-            "--maps",
-            "2",
-            "--partitions",
-            "4",
-            "--bytes-per-map",
-            "1MiB",
-            "--verify",
-            "--loopback-bytes",
-            "0",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = common::bench_report(&[
+        "--degraded",
+        "1",
+        "--workers",
+        "2",
+        "--maps",
+        "2",
+        "--partitions",
+        "4",
+        "--bytes-per-map",
+        "1MiB",
+        "--verify",
+        "--loopback-bytes",
+        "0",
+    ]);
     let degraded = &report["degraded"];
     let conditions: Vec<&str> = degraded["conditions"]
         .as_array()

@@ -747,34 +747,21 @@ async fn admin_changes_need_the_cluster_secret() {
 
 #[test]
 fn the_bench_compares_every_security_configuration_and_verifies_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "bench",
-            "--security-overhead",
-            "1",
-            "--workers",
-            "2",
-            "--maps",
-            "2",
-            "--partitions",
-            "4",
-            "--bytes-per-map",
-            "512KiB",
-            "--verify",
-            "--loopback-bytes",
-            "0",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let report = common::bench_report(&[
+        "--security-overhead",
+        "1",
+        "--workers",
+        "2",
+        "--maps",
+        "2",
+        "--partitions",
+        "4",
+        "--bytes-per-map",
+        "512KiB",
+        "--verify",
+        "--loopback-bytes",
+        "0",
+    ]);
     let overhead = &report["security_overhead"];
     let names: Vec<&str> = overhead["configs"]
         .as_array()
