@@ -225,8 +225,15 @@ impl Core {
                 locations,
             };
             let frame = OutFrame::new(MessageType::Reserve, 0, &header);
+            let sent = Instant::now();
             self.call_worker(worker, frame, MessageType::Ack, self.config.reserve_timeout)
                 .await?;
+            // A reservation is the same small work on every worker: its round trip shows a
+            // worker's link (and load) against its peers', even with one copy per partition.
+            let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+            if let Some(entry) = self.lock().workers.get_mut(&worker.id) {
+                entry.reserve_latency = Some((took, Instant::now()));
+            }
         }
         Ok(())
     }

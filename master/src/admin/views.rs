@@ -80,8 +80,10 @@ pub struct Worker {
     /// The slowest mean time a primary saw it take to ack forwarded pushes as a replica, in
     /// microseconds (0: none).
     pub replica_latency_us: u64,
-    /// Far slower flushes, or acks as a replica, than its peers': placement gives new
-    /// partitions elsewhere while enough other workers remain.
+    /// How long the master's last reservation on it took, in microseconds (0: none lately).
+    pub reserve_latency_us: u64,
+    /// Far slower flushes, acks as a replica or reservations than its peers': placement gives
+    /// new partitions elsewhere while enough other workers remain.
     pub slow: bool,
 }
 
@@ -180,6 +182,7 @@ fn worker(w: &WorkerEntry, live: &[&WorkerEntry], slow: bool, now: Instant) -> W
         last_heartbeat_ms: millis(w.last_seen, now),
         push_latency_us: w.push_latency_us,
         replica_latency_us: crate::state::replica_latency_us(w, live),
+        reserve_latency_us: w.reserve_latency_us(),
         slow,
     }
 }

@@ -38,6 +38,9 @@ pub struct WorkerEntry {
     /// it took to ack this worker's forwards (microseconds), and when; forgotten after
     /// [`LATENCY_MEMORY`].
     pub replica_latency: HashMap<String, (u64, Instant)>,
+    /// How long this master's last reservation on it took (microseconds), and when; forgotten
+    /// after [`LATENCY_MEMORY`].
+    pub reserve_latency: Option<(u64, Instant)>,
 }
 
 impl WorkerEntry {
@@ -62,6 +65,7 @@ impl WorkerEntry {
             push_latency_us: 0,
             flush_latency: None,
             replica_latency: HashMap::new(),
+            reserve_latency: None,
         }
     }
 
@@ -84,10 +88,13 @@ impl WorkerEntry {
     /// The latest mean flush latency of its slowest disk, in microseconds (0: none within
     /// [`LATENCY_MEMORY`]).
     pub fn flush_latency_us(&self) -> u64 {
-        match self.flush_latency {
-            Some((us, at)) if at.elapsed() < LATENCY_MEMORY => us,
-            _ => 0,
-        }
+        recent(self.flush_latency)
+    }
+
+    /// How long the last reservation on it took, in microseconds (0: none within
+    /// [`LATENCY_MEMORY`]).
+    pub fn reserve_latency_us(&self) -> u64 {
+        recent(self.reserve_latency)
     }
 
     pub fn free_bytes(&self) -> u64 {
@@ -148,10 +155,21 @@ pub const LATENCY_MEMORY: Duration = Duration::from_secs(60);
 /// loopback and LAN forwards take well under it, so a cluster of idle or fast workers does not
 /// flap.
 pub const SLOW_REPLICA_FLOOR_US: u64 = 20_000;
+/// A reservation slower than this is never called slow: one sample, not a mean, so its floor
+/// sits above what a busy machine's scheduling adds to a loopback call.
+pub const SLOW_RESERVE_FLOOR_US: u64 = 100_000;
 /// A flush slower than this on average is never called slow.
 pub const SLOW_FLUSH_FLOOR_US: u64 = 40_000;
 /// How many times its peers' median latency makes a worker slow.
 pub const SLOW_FACTOR: u64 = 4;
+
+/// A figure taken at `at`, while it counts; else 0.
+fn recent(figure: Option<(u64, Instant)>) -> u64 {
+    match figure {
+        Some((us, at)) if at.elapsed() < LATENCY_MEMORY => us,
+        _ => 0,
+    }
+}
 
 /// The slowest mean ack time any of `workers` reported of `worker` as its replica (0: none).
 pub fn replica_latency_us(worker: &WorkerEntry, workers: &[&WorkerEntry]) -> u64 {
@@ -165,12 +183,13 @@ pub fn replica_latency_us(worker: &WorkerEntry, workers: &[&WorkerEntry]) -> u64
         .unwrap_or(0)
 }
 
-/// Which of `workers` are slow: its disks' mean flush latency, or the time it takes to ack
-/// forwarded pushes as a replica (as its primaries report it), above both a floor and
-/// [`SLOW_FACTOR`] times the median of the workers' (those with a figure). A primary's own push
-/// latency is not used: it includes the wait for its replica, whose fault it is. A slow worker
-/// still works; placement gives new partitions (and revived ones) to its peers while enough of
-/// them remain, so a sick disk or link is left before it fails requests.
+/// Which of `workers` are slow: its disks' mean flush latency, the time it takes to ack
+/// forwarded pushes as a replica (as its primaries report it), or the time the master's last
+/// reservation on it took, above both a floor and [`SLOW_FACTOR`] times the median of the
+/// workers' (those with a figure). A primary's own push latency is not used: it includes the
+/// wait for its replica, whose fault it is. A slow worker still works; placement gives new
+/// partitions (and revived ones) to its peers while enough of them remain, so a sick disk or
+/// link is left before it fails requests.
 pub fn slow_workers(workers: &[&WorkerEntry]) -> Vec<bool> {
     fn median(mut values: Vec<u64>) -> u64 {
         values.retain(|v| *v > 0);
@@ -186,15 +205,15 @@ pub fn slow_workers(workers: &[&WorkerEntry]) -> Vec<bool> {
         .map(|w| replica_latency_us(w, workers))
         .collect();
     let flush: Vec<u64> = workers.iter().map(|w| w.flush_latency_us()).collect();
+    let reserve: Vec<u64> = workers.iter().map(|w| w.reserve_latency_us()).collect();
     let limit = |values: &[u64], floor: u64| floor.max(median(values.to_vec()) * SLOW_FACTOR);
-    let (replica_limit, flush_limit) = (
+    let (replica_limit, flush_limit, reserve_limit) = (
         limit(&replica, SLOW_REPLICA_FLOOR_US),
         limit(&flush, SLOW_FLUSH_FLOOR_US),
+        limit(&reserve, SLOW_RESERVE_FLOOR_US),
     );
-    replica
-        .iter()
-        .zip(&flush)
-        .map(|(replica, flush)| *replica > replica_limit || *flush > flush_limit)
+    (0..workers.len())
+        .map(|i| replica[i] > replica_limit || flush[i] > flush_limit || reserve[i] > reserve_limit)
         .collect()
 }
 
@@ -271,6 +290,13 @@ mod tests {
         // Two workers: the faster one sets the bar.
         let pair = [worker(0, 0, &[(1, 90_000)]), worker(1, 0, &[(0, 1_000)])];
         assert_eq!(slow(&pair), [false, true]);
+        // One copy per partition, so no replica figures: the master's own reservations tell a
+        // slow link.
+        let mut cluster = [worker(0, 0, &[]), worker(1, 0, &[]), worker(2, 0, &[])];
+        for (w, us) in cluster.iter_mut().zip([350_000, 900, 1_200]) {
+            w.reserve_latency = Some((us, Instant::now()));
+        }
+        assert_eq!(slow(&cluster), [true, false, false]);
         // Below the floors nothing is slow, however it compares; idle workers report 0.
         let cluster = [
             worker(0, 30_000, &[(1, 15_000)]),
