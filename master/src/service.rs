@@ -162,11 +162,22 @@ impl Master for MasterService {
         };
         let (push, fetch) = (info.push_addr(), info.fetch_addr());
         let (id, node, zone) = (info.id.clone(), info.node.clone(), info.zone.clone());
+        let refused = |e: &MasterError| tracing::warn!(worker = %id, push = %push, error = %e, "worker registration refused");
+        // A worker back at new addresses: the shuffles that list it point at them before the
+        // worker shows as registered there, so nobody who saw it registered reads a layout
+        // with its old addresses.
+        let (_, moving) = self.core.lock().admits(&info).inspect_err(refused)?;
+        if moving && self.core.leader_check().is_ok() {
+            let command = state::command(Cmd::WorkerMoved(pb::WorkerMoved {
+                worker: Some(info.clone()),
+            }));
+            self.core.propose(command).await?;
+        }
         let (returning, moved) = self
             .core
             .lock()
             .register_worker(info.clone(), request.disks, interval, state)
-            .inspect_err(|e| tracing::warn!(worker = %id, push = %push, error = %e, "worker registration refused"))?;
+            .inspect_err(refused)?;
         tracing::info!(worker = %id, push = %push, fetch = %fetch, node = %node, zone = %zone, heartbeat_interval = ?interval, returning, "worker registered");
         let again = if returning { " again" } else { "" };
         let leaving = match state {
@@ -178,7 +189,8 @@ impl Master for MasterService {
             &id,
             format!("worker {id} registered{again} at {push}{leaving}"),
         );
-        // Every master hears every worker; the leader records a move for all of them.
+        // Every master hears every worker; the leader records a move for all of them (again,
+        // should a shuffle have listed the old addresses meanwhile).
         if moved && self.core.leader_check().is_ok() {
             let command = state::command(Cmd::WorkerMoved(pb::WorkerMoved { worker: Some(info) }));
             self.core.propose(command).await?;

@@ -279,9 +279,29 @@ impl State {
         heartbeat_interval: Duration,
         state: pb::WorkerState,
     ) -> MasterResult<(bool, bool)> {
+        let (returning, moved) = self.admits(&info)?;
+        // A decommissioning asked of the same incarnation (same address) that it has not heard
+        // yet still holds; a new incarnation starts afresh.
+        let requested = self
+            .workers
+            .get(&info.id)
+            .is_some_and(|held| held.decommission_requested && held.same_address(&info));
+        let mut entry = WorkerEntry::new(info, disks, heartbeat_interval);
+        entry.decommission_requested = requested;
+        if state == pb::WorkerState::Decommissioning {
+            entry.state = state;
+        }
+        self.workers.insert(entry.info.id.clone(), entry);
+        Ok((returning, moved))
+    }
+
+    /// Whether a worker registering as `info` is admitted (its id is not held by a live worker
+    /// at another address), and if so whether it is `returning` (its id is known) and has
+    /// `moved` (shuffles list it at other addresses). Changes nothing.
+    pub fn admits(&self, info: &pb::WorkerInfo) -> MasterResult<(bool, bool)> {
         let now = Instant::now();
         if let Some(held) = self.workers.get(&info.id) {
-            if !held.same_address(&info) && held.is_fresh(now) {
+            if !held.same_address(info) && held.is_fresh(now) {
                 return Err(MasterError::WorkerIdTaken(format!(
                     "worker id {} is held by a live worker at {} (last heartbeat {} ms ago), \
                      not by {}; it is taken over once that worker misses {MISSED_HEARTBEATS} \
@@ -300,19 +320,7 @@ impl State {
             .shuffles
             .values()
             .flat_map(|entry| &entry.workers)
-            .any(|known| known.id == info.id && *known != info);
-        // A decommissioning asked of the same incarnation (same address) that it has not heard
-        // yet still holds; a new incarnation starts afresh.
-        let requested = self
-            .workers
-            .get(&info.id)
-            .is_some_and(|held| held.decommission_requested && held.same_address(&info));
-        let mut entry = WorkerEntry::new(info, disks, heartbeat_interval);
-        entry.decommission_requested = requested;
-        if state == pb::WorkerState::Decommissioning {
-            entry.state = state;
-        }
-        self.workers.insert(entry.info.id.clone(), entry);
+            .any(|known| known.id == info.id && known != info);
         Ok((returning, moved))
     }
 }
