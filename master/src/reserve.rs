@@ -161,7 +161,8 @@ fn candidates(
     if trusted >= replication.max(1) as usize {
         live.retain(|w| !w.is_suspect(now));
     }
-    // Slow workers (far slower pushes or flushes than their peers') only when too few others.
+    // Slow workers (far slower flushes, replica acks or reservations than their peers') only
+    // when too few others are left.
     let slow = slow_workers(&live);
     let fast = slow.iter().filter(|s| !**s).count();
     if fast >= replication.max(1) as usize && fast < live.len() {

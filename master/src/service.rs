@@ -2,7 +2,6 @@
 //! ([`crate::reserve`] for placements, [`crate::commit`] for commits, [`crate::state`] for the
 //! registry).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -479,12 +478,7 @@ impl Master for MasterService {
         let state = self.core.lock();
         let now = Instant::now();
         let live: Vec<&WorkerEntry> = state.workers.values().filter(|w| w.alive).collect();
-        let slow: HashSet<&str> = live
-            .iter()
-            .zip(crate::state::slow_workers(&live))
-            .filter(|(_, slow)| *slow)
-            .map(|(w, _)| w.info.id.as_str())
-            .collect();
+        let slow = crate::state::slow_worker_ids(&live);
         let mut workers: Vec<pb::WorkerStatus> = state
             .workers
             .values()

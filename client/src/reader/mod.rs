@@ -152,6 +152,14 @@ struct Opening {
     read_count: usize,
 }
 
+/// How a wait for a chunk ended.
+enum Waited {
+    /// The copy answered: the chunk's bytes, or why the copy could not give them.
+    Fetched(Result<Bytes, String>),
+    /// Another copy answered first: its chunk items, to read instead.
+    OtherCopy(Vec<Item>),
+}
+
 /// Why a fetched chunk could not be used.
 enum Unusable {
     /// This copy could not be fetched, or its bytes are damaged or misplaced: another copy
@@ -300,17 +308,20 @@ impl ShuffleReader {
                     let pending = fetch.unwrap_or_else(|| {
                         Pending::Task(self.spawn_fetch(&copy, &chunk, !alternates.is_empty()))
                     });
-                    let (fetched, hedged) = self
+                    let fetched = match self
                         .wait_or_hedge(partition, &copy, &alternates, pending)
-                        .await;
-                    if let Some(items) = hedged {
-                        self.inner.metrics.hedge();
-                        self.fetcher.mark_slow(&copy.worker);
-                        tracing::info!(shuffle = %self.key, partition, worker = %copy.worker, "copy slow to answer, reading another copy");
-                        self.drop_copy(&copy);
-                        self.queue_front(items);
-                        continue;
-                    }
+                        .await
+                    {
+                        Waited::Fetched(fetched) => fetched.map_err(Unusable::Copy),
+                        Waited::OtherCopy(items) => {
+                            self.inner.metrics.hedge();
+                            self.fetcher.mark_slow(&copy.worker);
+                            tracing::info!(shuffle = %self.key, partition, worker = %copy.worker, "copy slow to answer, reading another copy");
+                            self.drop_copy(&copy);
+                            self.queue_front(items);
+                            continue;
+                        }
+                    };
                     match fetched.and_then(|bytes| self.take_chunk(partition, bytes)) {
                         Ok(()) => {}
                         Err(Unusable::Copy(reason)) => {
@@ -326,30 +337,29 @@ impl ShuffleReader {
 
     /// Waits for a chunk of `copy`. When other copies hold the same batches and `copy` has not
     /// answered within its hedge delay ([`crate::latency::PeerLatency::hedge_after`]), opens
-    /// the next of them meanwhile: whichever answers first wins. Returns the chunk's bytes (or
-    /// why not), or, when the other copy won, its chunk items to read instead (this chunk is
-    /// then abandoned).
+    /// the next of them meanwhile: whichever answers first wins. When the other copy wins,
+    /// this chunk is abandoned for its chunk items.
     async fn wait_or_hedge(
         &self,
         partition: u32,
         copy: &CopySource,
         alternates: &[CopySource],
         pending: Pending,
-    ) -> (Result<Bytes, Unusable>, Option<Vec<Item>>) {
+    ) -> Waited {
         let wait = pending.wait(&copy.worker);
         tokio::pin!(wait);
         if alternates.is_empty() {
-            return (wait.await.map_err(Unusable::Copy), None);
+            return Waited::Fetched(wait.await);
         }
         let hedge_after = self.inner.latency.hedge_after(&copy.worker);
         if let Ok(fetched) = tokio::time::timeout(hedge_after, &mut wait).await {
-            return (fetched.map_err(Unusable::Copy), None);
+            return Waited::Fetched(fetched);
         }
         let other = self.open_copies(partition, alternates.iter().cloned().collect(), Vec::new());
         tokio::pin!(other);
         tokio::select! {
             biased;
-            fetched = &mut wait => (fetched.map_err(Unusable::Copy), None),
+            fetched = &mut wait => Waited::Fetched(fetched),
             opened = &mut other => match opened {
                 Ok(mut items) => {
                     // The slow copy still stands in if the other one fails later.
@@ -358,10 +368,10 @@ impl ShuffleReader {
                             alternates.push(copy.clone());
                         }
                     }
-                    (Err(Unusable::Copy("slow".into())), Some(items))
+                    Waited::OtherCopy(items)
                 }
                 // The other copies cannot stand in: keep waiting on this one.
-                Err(_) => (wait.await.map_err(Unusable::Copy), None),
+                Err(_) => Waited::Fetched(wait.await),
             },
         }
     }
@@ -374,28 +384,17 @@ impl ShuffleReader {
         if copies.len() < 2 {
             return;
         }
-        let srtt: Vec<Option<Duration>> = copies
-            .iter()
-            .map(|c| self.inner.latency.srtt(&c.worker))
-            .collect();
-        let fastest = srtt.iter().flatten().min().copied();
+        let srtt = |copy: &CopySource| self.inner.latency.srtt(&copy.worker);
+        let fastest = copies.iter().filter_map(srtt).min();
         let bar = fastest.map(|f| (f * SLOW_COPY_FACTOR).max(SLOW_COPY_FLOOR));
-        let slow: Vec<bool> = copies
-            .iter()
-            .zip(&srtt)
-            .map(|(copy, srtt)| {
-                self.fetcher.is_slow(&copy.worker)
-                    || matches!((srtt, bar), (Some(s), Some(bar)) if *s > bar)
-            })
-            .collect();
-        if slow.iter().any(|s| *s) {
-            let mut keyed: Vec<(bool, CopySource)> =
-                slow.into_iter().zip(copies.iter().cloned()).collect();
-            keyed.sort_by_key(|(slow, _)| *slow);
-            for (slot, (_, copy)) in copies.iter_mut().zip(keyed) {
-                *slot = copy;
-            }
-        }
+        // A stable sort: copies equally fast or slow keep the placement's order.
+        copies.sort_by_cached_key(|copy| {
+            self.fetcher.is_slow(&copy.worker)
+                || matches!(
+                    (srtt(copy), bar),
+                    (Some(s), Some(bar)) if s > bar
+                )
+        });
     }
 
     /// Drops the queued chunks of `failed` (aborting their fetches).

@@ -211,13 +211,7 @@ pub fn workers(core: &Core) -> Vec<Worker> {
     let mut workers: Vec<Worker> = {
         let state = core.lock();
         let live: Vec<&WorkerEntry> = state.workers.values().filter(|w| w.alive).collect();
-        let slow = crate::state::slow_workers(&live);
-        let slow: std::collections::HashSet<&str> = live
-            .iter()
-            .zip(slow)
-            .filter(|(_, slow)| *slow)
-            .map(|(w, _)| w.info.id.as_str())
-            .collect();
+        let slow = crate::state::slow_worker_ids(&live);
         state
             .workers
             .values()

@@ -29,7 +29,9 @@ pub use machine::{command, epochs_placed, shuffle_placed};
 pub use shuffle::{
     worker_index, CommitState, Figures, Location, MapResult, Shape, ShuffleEntry, NO_REPLICA,
 };
-pub use worker::{replica_latency_us, slow_workers, Traffic, WorkerEntry, MISSED_HEARTBEATS};
+pub use worker::{
+    replica_latency_us, slow_worker_ids, slow_workers, Traffic, WorkerEntry, MISSED_HEARTBEATS,
+};
 
 /// Where partitions went: a worker table and, per placed `(partition, epoch)`, the primary's
 /// and (with replication 2) the replica's index into it.

@@ -1,6 +1,6 @@
 //! What the master knows of one worker, and when it counts as live.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use sluice_protocol::pb;
@@ -214,6 +214,15 @@ pub fn slow_workers(workers: &[&WorkerEntry]) -> Vec<bool> {
     );
     (0..workers.len())
         .map(|i| replica[i] > replica_limit || flush[i] > flush_limit || reserve[i] > reserve_limit)
+        .collect()
+}
+
+/// The ids of the slow ones among `live` ([`slow_workers`]).
+pub fn slow_worker_ids<'a>(live: &[&'a WorkerEntry]) -> HashSet<&'a str> {
+    live.iter()
+        .zip(slow_workers(live))
+        .filter(|(_, slow)| *slow)
+        .map(|(w, _)| w.info.id.as_str())
         .collect()
 }
 
