@@ -422,12 +422,36 @@ pub async fn print_listing(admins: &str, listing: Listing, json: bool) -> anyhow
     Ok(())
 }
 
-/// Decommissions worker `id` through the leading master of `admins`.
-pub async fn decommission_through_master(admins: &str, id: &str) -> anyhow::Result<()> {
+/// The query asking for a drain within `deadline`.
+fn deadline_query(deadline: Option<std::time::Duration>) -> String {
+    match deadline {
+        Some(d) => format!("?deadline={}ms", d.as_millis()),
+        None => String::new(),
+    }
+}
+
+/// What a decommissioned worker does next.
+fn leaving(deadline: Option<std::time::Duration>) -> String {
+    match deadline {
+        Some(d) => format!(
+            "it drains within {}: hands over what no other copy outlives, reports the rest lost, then exits",
+            humantime::format_duration(d)
+        ),
+        None => "it takes no new partitions and keeps serving what it holds".into(),
+    }
+}
+
+/// Decommissions worker `id` through the leading master of `admins`, draining it within
+/// `deadline` when given.
+pub async fn decommission_through_master(
+    admins: &str,
+    id: &str,
+    deadline: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     if id.is_empty() || id.contains('/') {
         bail!("invalid worker id {id:?}");
     }
-    let path = format!("/api/workers/{id}/decommission");
+    let path = format!("/api/workers/{id}/decommission{}", deadline_query(deadline));
     let (addr, answer) = on_leader(admins, &path, true).await?;
     if answer.status == hyper::StatusCode::NOT_FOUND {
         bail!("unknown worker {id}: the leading master ({addr}) does not know it (see `sluice admin workers`)");
@@ -436,20 +460,25 @@ pub async fn decommission_through_master(admins: &str, id: &str) -> anyhow::Resu
         bail!("{addr}: {}", answer.error_message());
     }
     let state = text(&answer.json()["state"]);
-    println!("worker {id}: {state}; it takes no new partitions and keeps serving what it holds");
+    println!("worker {id}: {state}; {}", leaving(deadline));
     Ok(())
 }
 
-/// Decommissions the worker whose admin port is `addr` (the preStop form).
-pub async fn decommission_worker(addr: &str) -> anyhow::Result<()> {
-    let answer = crate::http::post(addr, "/api/decommission").await?;
+/// Decommissions the worker whose admin port is `addr` (the preStop form), draining it within
+/// `deadline` when given.
+pub async fn decommission_worker(
+    addr: &str,
+    deadline: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let path = format!("/api/decommission{}", deadline_query(deadline));
+    let answer = crate::http::post(addr, &path).await?;
     if !answer.status.is_success() {
         bail!("{addr}: {}", answer.error_message());
     }
     let id = text(&answer.json()["id"]);
     println!(
-        "worker {id}: decommissioning; the masters learn it from its next heartbeat, and it keeps \
-         serving what it holds"
+        "worker {id}: decommissioning; the masters learn it from its next heartbeat, and {}",
+        leaving(deadline)
     );
     Ok(())
 }

@@ -480,6 +480,23 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Waits for worker `index` to stop by itself (a drain ends with it), at most `timeout`.
+    pub async fn worker_stopped(
+        &mut self,
+        index: usize,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let worker = &mut self.workers[index];
+        let Some(task) = worker.task.as_mut() else {
+            return Ok(());
+        };
+        tokio::time::timeout(timeout, task)
+            .await
+            .context("the worker did not stop in time")???;
+        worker.task = None;
+        Ok(())
+    }
+
     /// Stops everything and waits for every task.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();

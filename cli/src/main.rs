@@ -226,9 +226,11 @@ enum AdminCommand {
     Shuffles(ListingArgs),
     /// The applications: their shuffles and when they were last heard from.
     Apps(ListingArgs),
-    /// Decommission a worker: it takes no new partitions and keeps serving what it holds.
-    /// Either WORKER_ID through the leading master, or `--worker` on the worker's own admin port
-    /// (what a Kubernetes preStop hook runs).
+    /// Decommission a worker: it takes no new partitions and keeps serving what it holds; with
+    /// `--deadline` it drains instead: hands over to other workers, within the deadline, every
+    /// copy no other copy outlives, reports the rest lost, and exits. Either WORKER_ID through
+    /// the leading master, or `--worker` on the worker's own admin port (what a Kubernetes
+    /// preStop hook runs).
     #[command(group(clap::ArgGroup::new("target").required(true).args(["worker_id", "worker"])))]
     Decommission {
         /// The worker's id, as `sluice admin workers` lists it.
@@ -240,6 +242,9 @@ enum AdminCommand {
         /// The worker's admin address (host:port) instead of an id.
         #[arg(long)]
         worker: Option<String>,
+        /// Drain within this (`30s` for a spot reclaim, `1h` for a planned drain), then exit.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<Duration>,
     },
     /// The effective configuration of any master or worker, from its admin port: TOML, or JSON.
     Config {
@@ -317,6 +322,36 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A worker's signals: SIGTERM drains it within `drain` (it stops when the drain ends; with
+/// `drain` 0 at once), SIGINT or a second SIGTERM cancels `token` at once.
+fn drain_on_signal(
+    drainer: sluice_worker::Drainer,
+    drain: Duration,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        let drains = tokio::select! {
+            _ = interrupt.recv() => false,
+            _ = terminate.recv() => !drain.is_zero(),
+        };
+        if drains {
+            tracing::info!(?drain, "SIGTERM: draining, then stopping");
+            let draining = tokio::spawn(async move { drainer.drain(drain, "SIGTERM").await });
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+                _ = draining => return,
+            }
+        }
+        tracing::info!("signal received, shutting down");
+        token.cancel();
+    });
+    Ok(())
+}
+
 fn load<T>(settings: &[String], env_prefix: &str) -> anyhow::Result<T>
 where
     T: serde::de::DeserializeOwned + serde::Serialize + Default,
@@ -374,6 +409,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 admin: bind_admin(&config.admin_listen).await?,
             };
             let admin = local_addr(listeners.admin.as_ref());
+            let drain = config.shutdown_drain;
             let worker = sluice_worker::Worker::start(config, listeners)?;
             let info = worker.info();
             let ready = serde_json::json!({
@@ -384,7 +420,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             });
             let mut registered = worker.registered();
             let shutdown = CancellationToken::new();
-            cancel_on_signal(shutdown.clone())?;
+            drain_on_signal(worker.drainer(), drain, shutdown.clone())?;
             let serving = tokio::spawn(worker.serve(shutdown.clone()));
             // Ready means placeable: print once the master has accepted the registration.
             tokio::select! {
@@ -537,9 +573,10 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
             worker_id,
             master,
             worker,
+            deadline,
         } => match (worker_id, worker) {
-            (_, Some(worker)) => admin::decommission_worker(&worker).await,
-            (Some(id), None) => admin::decommission_through_master(&master, &id).await,
+            (_, Some(worker)) => admin::decommission_worker(&worker, deadline).await,
+            (Some(id), None) => admin::decommission_through_master(&master, &id, deadline).await,
             (None, None) => anyhow::bail!("name a worker: WORKER_ID or --worker ADDR"),
         },
         AdminCommand::Config { admin, json } => admin::print_config(&admin, json).await,

@@ -19,6 +19,8 @@ pub enum Kind {
     WorkerRegistered,
     WorkerLost,
     WorkerDecommissioning,
+    /// A draining worker handed copies over to another worker.
+    HandedOver,
     /// Partitions moved to a new epoch after a failed push.
     Revive,
     /// Copies that did not commit (a worker lost, a disk failure).
@@ -34,7 +36,7 @@ impl Kind {
     /// `info`, `warn` or `error`: how much an operator should care.
     pub fn level(self) -> &'static str {
         match self {
-            Kind::WorkerRegistered | Kind::Leader | Kind::AppExpired => "info",
+            Kind::WorkerRegistered | Kind::Leader | Kind::AppExpired | Kind::HandedOver => "info",
             Kind::WorkerDecommissioning | Kind::Revive | Kind::CommitFailed => "warn",
             Kind::WorkerLost | Kind::PartitionsLost => "error",
         }

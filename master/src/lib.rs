@@ -12,6 +12,8 @@
 //! - `core`: the configuration, the state, and the master's client for its calls into workers
 //!   over their push port (`Reserve`, `Commit` in pages of bounded size, `Destroy`), each
 //!   bounded by a timeout.
+//! - `drain`: a leaving worker's drain plan (its copies no other copy outlives, and who takes
+//!   each) and the layouts re-pointed as it hands them over.
 //! - `background`: tickers that declare silent workers lost and delete expired applications'
 //!   data.
 //! - `admin`: the admin port's routes: the status page and its JSON (`/api/*`), built from
@@ -39,6 +41,7 @@ mod background;
 mod commit;
 pub mod config;
 mod core;
+mod drain;
 pub mod error;
 mod events;
 mod membership;

@@ -224,19 +224,23 @@ impl Master for MasterService {
                         worker
                             .traffic
                             .sample(request.pushed_bytes, request.fetched_bytes, now);
-                        // Told until it says it heard.
-                        let decommission = worker.decommission_requested
-                            && worker.state != pb::WorkerState::Decommissioning;
+                        // Told until it says it heard (a drain: until it asks for its plan).
+                        let drain = worker
+                            .drain_deadline
+                            .map(|at| at.saturating_duration_since(now).as_millis().max(1) as u64);
+                        let decommission = (worker.decommission_requested
+                            && worker.state != pb::WorkerState::Decommissioning)
+                            || drain.is_some();
                         (
                             worker.info.clone(),
-                            decommission,
+                            (decommission, drain.unwrap_or(0)),
                             !was_leaving && worker.decommissioning(),
                         )
                     }
                     _ => {
                         return Ok(Response::new(pb::WorkerHeartbeatResponse {
                             reregister: true,
-                            decommission: false,
+                            ..Default::default()
                         }))
                     }
                 };
@@ -266,7 +270,8 @@ impl Master for MasterService {
         }
         Ok(Response::new(pb::WorkerHeartbeatResponse {
             reregister: false,
-            decommission,
+            decommission: decommission.0,
+            drain_deadline_ms: decommission.1,
         }))
     }
 
@@ -505,6 +510,28 @@ impl Master for MasterService {
             shuffles: state.shuffles.len() as u64,
             applications: state.apps.len() as u64,
         }))
+    }
+
+    async fn drain_plan(
+        &self,
+        request: Request<pb::DrainPlanRequest>,
+    ) -> Result<Response<pb::DrainPlanResponse>, Status> {
+        self.core.leader_check()?;
+        self.core
+            .authorize(&request, Need::Worker(&request.get_ref().worker_id))?;
+        let plan = crate::drain::plan(&self.core, &request.get_ref().worker_id)?;
+        Ok(Response::new(plan))
+    }
+
+    async fn move_copies(
+        &self,
+        request: Request<pb::MoveCopiesRequest>,
+    ) -> Result<Response<pb::MoveCopiesResponse>, Status> {
+        self.core.leader_check()?;
+        self.core
+            .authorize(&request, Need::Worker(&request.get_ref().worker_id))?;
+        crate::drain::move_copies(&self.core, request.into_inner()).await?;
+        Ok(Response::new(pb::MoveCopiesResponse {}))
     }
 
     async fn register_application(

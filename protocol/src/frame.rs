@@ -95,6 +95,9 @@ pub enum MessageType {
     /// Answer to `FetchChunks`; the body is the chunks read, back to back. Header:
     /// `ChunksDataHeader` (each chunk's length or its own error).
     ChunksData = 18,
+    /// Worker -> worker, while draining: a piece of a committed location's data file.
+    /// Header: `HandOverHeader`. Answer: `Ack`.
+    HandOver = 19,
 }
 
 impl MessageType {
@@ -119,6 +122,7 @@ impl MessageType {
             16 => StreamsOpened,
             17 => FetchChunks,
             18 => ChunksData,
+            19 => HandOver,
             _ => return None,
         })
     }

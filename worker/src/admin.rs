@@ -62,6 +62,10 @@ struct Status {
     state: &'static str,
     /// Whether a master accepted the registration.
     registered: bool,
+    /// A drain (decommission with a deadline, or SIGTERM) is under way or done.
+    draining: bool,
+    /// What the drain did, once it ended.
+    drain: Option<crate::drain::DrainReport>,
     memory: Memory,
     disks: Vec<Disk>,
     /// Partition locations held (reserved, buffered, flushed or committed).
@@ -127,6 +131,12 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
             false => "active",
         },
         registered: *shared.registered.borrow(),
+        draining: shared.draining.load(Ordering::SeqCst),
+        drain: shared
+            .drain_report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
         memory: Memory {
             used_bytes: shared.store.memory().used(),
             budget_bytes: shared.store.memory().budget(),
@@ -141,12 +151,39 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
     })
 }
 
-/// `POST /api/decommission`: idempotent; says whether this call started it.
-async fn decommission(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct DecommissionQuery {
+    /// `30s`, `1h`: drain within this (hand over what no other copy outlives), then exit.
+    deadline: Option<String>,
+}
+
+/// `POST /api/decommission[?deadline=30s]`: idempotent; says whether this call started it.
+/// With a deadline the worker drains, then exits.
+async fn decommission(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<DecommissionQuery>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let deadline = match query.deadline.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            return sluice_ops::admin::error(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("deadline: {e} (write it as 30s, 5m or 1h)"),
+            )
+        }
+    };
     let started = shared.decommission("the admin port");
+    let draining = shared.draining.load(Ordering::SeqCst);
+    if let Some(deadline) = deadline.filter(|d| !d.is_zero()) {
+        shared.start_drain(deadline, "the admin port");
+    }
     Json(serde_json::json!({
         "id": shared.info.id,
         "state": "decommissioning",
-        "changed": started,
+        "changed": started || (deadline.is_some() && !draining),
+        "drain_deadline": deadline.map(|d| humantime::format_duration(d).to_string()),
     }))
+    .into_response()
 }

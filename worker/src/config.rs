@@ -91,6 +91,13 @@ pub struct WorkerConfig {
     /// How often the worker heartbeats to the master.
     #[serde(with = "sluice_protocol::duration")]
     pub heartbeat_interval: Duration,
+    /// On SIGTERM (Kubernetes stopping the pod, a spot node reclaimed) the worker drains for at
+    /// most this long: it takes no more pushes, hands over to other workers every copy that no
+    /// other copy outlives, reports what it could not save as lost, then exits. Keep it a few
+    /// seconds under the pod's `terminationGracePeriodSeconds`. `0s`: stop at once. A second
+    /// SIGTERM, or SIGINT, stops at once.
+    #[serde(with = "sluice_protocol::duration")]
+    pub shutdown_drain: Duration,
     /// How long a push waits for memory below the budget before the worker answers `Busy`. At
     /// most 1 minute.
     #[serde(with = "sluice_protocol::duration")]
@@ -182,6 +189,7 @@ impl Default for WorkerConfig {
             io_engine: IoEngineConfig::Auto,
             fsync_on_commit: false,
             heartbeat_interval: Duration::from_secs(3),
+            shutdown_drain: Duration::from_secs(25),
             busy_wait: Duration::from_millis(500),
             replica_timeout: Duration::from_secs(30),
             max_frame_body: ByteSize::mib(256),

@@ -33,6 +33,9 @@ pub enum WorkerError {
     TooManyConnections(String),
     #[error("cannot reach the master: {0}")]
     Master(String),
+    /// The worker is decommissioning: it takes no pushes, so writers move elsewhere at once.
+    #[error("worker {0} is leaving: push elsewhere")]
+    Leaving(String),
 }
 
 impl WorkerError {
@@ -45,7 +48,7 @@ impl WorkerError {
             WorkerError::Committed(_) => ErrorCode::Committed,
             WorkerError::Busy { .. } | WorkerError::TooManyConnections(_) => ErrorCode::Busy,
             WorkerError::Disk { .. } | WorkerError::PartitionFull { .. } => ErrorCode::DiskFull,
-            WorkerError::Master(_) => ErrorCode::Unavailable,
+            WorkerError::Master(_) | WorkerError::Leaving(_) => ErrorCode::Unavailable,
             WorkerError::PermissionDenied(_) => ErrorCode::PermissionDenied,
         }
     }

@@ -50,7 +50,7 @@ async fn register(
 
 async fn heartbeat(
     client: &mut MasterClient<Channel>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Result<pb::WorkerHeartbeatResponse, tonic::Status> {
     let shuffles = shared
         .store
@@ -78,6 +78,12 @@ async fn heartbeat(
         .into_inner();
     if response.decommission {
         shared.decommission("the master");
+    }
+    if response.drain_deadline_ms > 0 {
+        shared.start_drain(
+            Duration::from_millis(response.drain_deadline_ms),
+            "the master",
+        );
     }
     Ok(response)
 }

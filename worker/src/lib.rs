@@ -19,6 +19,7 @@
 
 mod admin;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod heartbeat;
 pub mod memory;
@@ -58,6 +59,22 @@ pub async fn run(
     Worker::start(config, listeners)?.serve(shutdown).await
 }
 
+/// Starts a worker's drain: for the binary's SIGTERM.
+#[derive(Debug, Clone)]
+pub struct Drainer(Arc<Shared>);
+
+impl Drainer {
+    /// Drains within `deadline`, then stops the worker (see [`drain`]). `None` when a drain
+    /// was already running.
+    pub async fn drain(
+        &self,
+        deadline: std::time::Duration,
+        by: &str,
+    ) -> Option<drain::DrainReport> {
+        drain::drain(self.0.clone(), deadline, by).await
+    }
+}
+
 /// A worker whose data directories and engines are open and whose ports are bound, not yet
 /// serving.
 #[derive(Debug)]
@@ -89,13 +106,20 @@ impl Worker {
         self.shared.registered.subscribe()
     }
 
-    /// Serves pushes and fetches and heartbeats until `shutdown` is cancelled.
+    /// A handle that drains this worker once it serves (see [`drain`]).
+    pub fn drainer(&self) -> Drainer {
+        Drainer(self.shared.clone())
+    }
+
+    /// Serves pushes and fetches and heartbeats until `shutdown` is cancelled, or a drain ends.
     pub async fn serve(self, shutdown: CancellationToken) -> WorkerResult<()> {
         let Worker {
             shared,
             listeners,
             flush_queues,
         } = self;
+        let shutdown = shutdown.child_token();
+        let _ = shared.stop.set(shutdown.clone());
         for (disk, queue) in shared.store.disks().iter().zip(flush_queues) {
             tokio::spawn(storage::disk::run_flusher(Arc::downgrade(disk), queue));
         }

@@ -48,6 +48,12 @@ pub struct WorkerMetrics {
     pub replication_forwards: Counter,
     pub replication_failures: Counter,
     pub replication_forward_bytes: Counter,
+    /// Bytes of locations this worker handed over while draining, and took from draining peers.
+    pub handed_over_bytes: Counter,
+    pub handed_in_bytes: Counter,
+    /// Copies a drain handed over, and copies it reported lost.
+    pub drain_copies_moved: Counter,
+    pub drain_copies_lost: Counter,
     /// Open connections per port, kept up to date as they open and close.
     pub connections_push: Gauge,
     pub connections_fetch: Gauge,
@@ -185,6 +191,10 @@ impl WorkerMetrics {
                 replication_forward_bytes: metrics::counter!(
                     "sluice_worker_replication_forward_bytes_total"
                 ),
+                handed_over_bytes: metrics::counter!("sluice_worker_handover_bytes_total", "direction" => "out"),
+                handed_in_bytes: metrics::counter!("sluice_worker_handover_bytes_total", "direction" => "in"),
+                drain_copies_moved: metrics::counter!("sluice_worker_drain_copies_total", "outcome" => "moved"),
+                drain_copies_lost: metrics::counter!("sluice_worker_drain_copies_total", "outcome" => "lost"),
                 connections_push: metrics::gauge!("sluice_worker_connections", "port" => "push"),
                 connections_fetch: metrics::gauge!("sluice_worker_connections", "port" => "fetch"),
                 memory_used: metrics::gauge!("sluice_worker_memory_used_bytes"),
@@ -307,6 +317,16 @@ fn describe() {
         "sluice_worker_replication_forward_bytes_total",
         Unit::Bytes,
         "Bytes of batches this primary forwarded to replicas."
+    );
+    describe_counter!(
+        "sluice_worker_handover_bytes_total",
+        Unit::Bytes,
+        "Bytes of committed locations handed over while draining (direction out) or taken from a draining peer (in)."
+    );
+    describe_counter!(
+        "sluice_worker_drain_copies_total",
+        Unit::Count,
+        "Copies a drain handed over to a peer (outcome moved) or reported lost at its deadline (lost)."
     );
     describe_gauge!(
         "sluice_worker_active_partitions",

@@ -37,6 +37,12 @@ pub struct Shared {
     /// Set once the worker is told to go (by the master or its own admin port): it is not
     /// ready, and the master places nothing new on it.
     pub decommissioning: std::sync::atomic::AtomicBool,
+    /// Set once a drain started (it runs once).
+    pub draining: std::sync::atomic::AtomicBool,
+    /// What the drain did, once it ended.
+    pub drain_report: std::sync::Mutex<Option<crate::drain::DrainReport>>,
+    /// Stops the worker's tasks; set when it starts serving (a drain ends with it).
+    pub stop: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
     /// This worker's metrics registry (served on its admin port) and its handles.
     pub telemetry: std::sync::Arc<sluice_ops::Telemetry>,
     pub metrics: WorkerMetrics,
@@ -69,6 +75,13 @@ impl Shared {
     /// Whether the worker was told to go.
     pub fn is_decommissioning(&self) -> bool {
         self.decommissioning.load(Ordering::SeqCst)
+    }
+
+    /// Starts a drain within `deadline` (see [`crate::drain`]) unless one runs already; the
+    /// worker stops when it ends.
+    pub fn start_drain(self: &Arc<Self>, deadline: std::time::Duration, by: &'static str) {
+        let shared = self.clone();
+        tokio::spawn(async move { crate::drain::drain(shared, deadline, by).await });
     }
 }
 
@@ -168,6 +181,9 @@ pub(crate) fn start(
         .with_tls(tls_client.clone());
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
+        draining: std::sync::atomic::AtomicBool::new(false),
+        drain_report: std::sync::Mutex::new(None),
+        stop: std::sync::OnceLock::new(),
         handshakes_refused: std::sync::atomic::AtomicU64::new(0),
         app_connections: crate::server::AppCounts::default(),
         telemetry,

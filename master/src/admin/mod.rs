@@ -131,17 +131,43 @@ async fn events(State(core): State<Arc<Core>>, Query(query): Query<EventsQuery>)
     Json(serde_json::json!({ "events": events })).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+struct DecommissionQuery {
+    /// `30s`, `1h`: hand over what the worker holds within this, then exit.
+    deadline: Option<String>,
+}
+
 /// Marks worker `id` as decommissioning on this (leading) master: placement skips it at once,
 /// and the answer to its next heartbeat tells it (it then reports the state to every master).
-async fn decommission(State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
+/// With `?deadline=30s` the worker also drains: it hands what it holds over within the
+/// deadline, then exits.
+async fn decommission(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+    Query(query): Query<DecommissionQuery>,
+) -> Response {
     if let Some(answer) = not_leading(&core) {
         return answer;
     }
+    let deadline = match query.deadline.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) if d > std::time::Duration::ZERO => Some(d),
+        Some(Ok(_)) => None,
+        Some(Err(e)) => {
+            return sluice_ops::admin::error(
+                StatusCode::BAD_REQUEST,
+                format!("deadline: {e} (write it as 30s, 5m or 1h)"),
+            )
+        }
+    };
     let found = {
         let mut state = core.lock();
         state.workers.get_mut(&id).map(|worker| {
             let was_leaving = worker.decommissioning();
             worker.decommission_requested = true;
+            if let Some(deadline) = deadline {
+                worker.drain_deadline = Some(std::time::Instant::now() + deadline);
+            }
             (was_leaving, worker.state_name())
         })
     };
@@ -156,5 +182,12 @@ async fn decommission(State(core): State<Arc<Core>>, Path(id): Path<String>) -> 
             format!("worker {id} decommissioning, asked on the master's admin port"),
         );
     }
-    Json(serde_json::json!({ "id": id, "state": state, "changed": !was_leaving })).into_response()
+    let deadline = deadline.map(|d| humantime::format_duration(d).to_string());
+    Json(serde_json::json!({
+        "id": id,
+        "state": state,
+        "changed": !was_leaving || deadline.is_some(),
+        "drain_deadline": deadline,
+    }))
+    .into_response()
 }

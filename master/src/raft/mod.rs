@@ -73,6 +73,7 @@ impl std::fmt::Display for Command {
             Some(C::AppRemoved(_)) => "AppRemoved",
             Some(C::AppRegistered(_)) => "AppRegistered",
             Some(C::WorkerMoved(_)) => "WorkerMoved",
+            Some(C::CopiesMoved(_)) => "CopiesMoved",
             None => "Empty",
         };
         f.write_str(name)

@@ -213,6 +213,17 @@ impl State {
         Ok(pb::MasterReply::default())
     }
 
+    fn apply_copies_moved(&mut self, moved: &pb::CopiesMoved) -> Result<pb::MasterReply, String> {
+        let (_, entry) = self.registered(moved.shuffle.as_ref())?;
+        let n = moved.partition.len();
+        if moved.epoch.len() != n || moved.role.len() != n {
+            return Err("copy lists of different lengths".into());
+        }
+        let copies = (0..n).map(|i| (moved.partition[i], moved.epoch[i], moved.role[i]));
+        entry.move_copies(&moved.from, copies, moved.to.as_ref(), &moved.reason);
+        Ok(pb::MasterReply::default())
+    }
+
     fn record(key: &ShuffleKey, entry: &ShuffleEntry) -> pb::ShuffleRecord {
         pb::ShuffleRecord {
             shuffle: Some(key.to_pb()),
@@ -372,6 +383,7 @@ impl Machine for State {
                 Ok(pb::MasterReply::default())
             }
             Some(C::WorkerMoved(moved)) => self.apply_worker_moved(moved),
+            Some(C::CopiesMoved(moved)) => self.apply_copies_moved(moved),
             None => Err("empty command".into()),
         };
         applied.unwrap_or_else(|error| {

@@ -296,6 +296,58 @@ impl ShuffleEntry {
         self.figures.max_epoch = self.figures.max_epoch.max(epoch);
     }
 
+    /// Moves the copies `(partition, epoch, role)` that worker `from` holds to `to`, or with no
+    /// `to` marks them lost: their commit results fail with `reason` (before the commit nothing
+    /// changes: the commit finds the worker gone). Copies not on `from` are left alone.
+    pub fn move_copies(
+        &mut self,
+        from: &str,
+        copies: impl Iterator<Item = (u32, u32, i32)>,
+        to: Option<&pb::WorkerInfo>,
+        reason: &str,
+    ) {
+        let Some(from) = self.workers.iter().position(|w| w.id == from) else {
+            return;
+        };
+        let to = to.map(|info| worker_index(&mut self.workers, info));
+        let mut done = match &*self.commit.borrow() {
+            CommitState::Waiting => None,
+            CommitState::Done(results) => Some(results.as_ref().clone()),
+        };
+        for (partition, epoch, role) in copies {
+            let Some(list) = self.locations.get_mut(partition as usize) else {
+                continue;
+            };
+            let Some(i) = list
+                .iter()
+                .position(|l| l.epoch == epoch && l.role as i32 == role && l.worker == from as u32)
+            else {
+                continue;
+            };
+            if let Some(to) = to {
+                list[i].worker = to;
+            }
+            if let Some(result) = done
+                .as_mut()
+                .and_then(|d| d.get_mut(partition as usize))
+                .and_then(|copies| copies.get_mut(i))
+            {
+                match to {
+                    Some(to) => result.worker = to,
+                    None => {
+                        result.ok = false;
+                        result.error = reason.to_string();
+                    }
+                }
+            }
+        }
+        if let Some(results) = done {
+            self.figures.lost_partitions = self.lost_partitions(&results);
+            self.commit
+                .send_replace(CommitState::Done(Arc::new(results)));
+        }
+    }
+
     /// Records a map's end. Returns the winning attempt and whether this call completed the
     /// shuffle (every map has ended). `map_id` must be below `num_maps`.
     pub fn map_ended(

@@ -22,6 +22,9 @@ pub struct WorkerEntry {
     /// An operator asked this master to decommission the worker: heartbeat answers tell it so
     /// until it reports DECOMMISSIONING itself.
     pub decommission_requested: bool,
+    /// An operator asked this master to drain the worker by then: heartbeat answers tell it so
+    /// until it asks for its drain plan.
+    pub drain_deadline: Option<Instant>,
     /// Traffic totals of the last heartbeat, and the throughput since the one before.
     pub traffic: Traffic,
     /// How often the worker heartbeats (it says so when it registers).
@@ -59,6 +62,7 @@ impl WorkerEntry {
             active_partitions: 0,
             state: pb::WorkerState::Active,
             decommission_requested: false,
+            drain_deadline: None,
             traffic: Traffic::default(),
             heartbeat_interval,
             avoid_until: None,

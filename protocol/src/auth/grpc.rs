@@ -58,6 +58,8 @@ signed_requests!(
     ChangeMastersRequest,
     RegisterApplicationRequest,
     RaftMessage,
+    DrainPlanRequest,
+    MoveCopiesRequest,
 );
 
 fn unix_ms(time: SystemTime) -> u64 {

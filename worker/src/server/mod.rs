@@ -271,6 +271,7 @@ impl Conn {
             {
                 self.may_replicate()
             }
+            MessageType::HandOver => self.may_replicate(),
             _ => true,
         };
         if allowed {

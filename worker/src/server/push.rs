@@ -89,6 +89,20 @@ pub async fn serve(stream: Accepted, peer: &str, shared: Arc<Shared>, shutdown: 
                 control::serve(&shared, frame, tx.clone());
                 continue;
             }
+            MessageType::HandOver => {
+                let (shared, tx) = (shared.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = match hand_in(&shared, frame).await {
+                        Ok(()) => ack(id),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "hand-over piece refused");
+                            error_frame(id, &e)
+                        }
+                    };
+                    let _ = tx.send(answer).await;
+                });
+                continue;
+            }
             other => error_frame(
                 id,
                 &WorkerError::InvalidRequest(format!("{other:?} is not served on the push port")),
@@ -118,6 +132,9 @@ fn handle(
         return Err(WorkerError::InvalidRequest(
             "a push must carry a frame checksum".into(),
         ));
+    }
+    if shared.is_decommissioning() {
+        return Err(WorkerError::Leaving(shared.info.id.clone()));
     }
     let header: pb::PushHeader = frame.decode_header("push")?;
     let shuffle =
@@ -165,6 +182,11 @@ fn handle(
             Err(e) => {
                 // The slices before this one were taken.
                 shared.metrics.pushed(offset as u64);
+                // A drain sealed the location after the check above: the writer must move
+                // on, not take the seal for another attempt's commit.
+                if matches!(e, WorkerError::Committed(_)) && shared.is_decommissioning() {
+                    return Err(WorkerError::Leaving(shared.info.id.clone()));
+                }
                 return Err(e);
             }
         }
@@ -190,6 +212,36 @@ fn handle(
             (replica, frame)
         })
         .collect())
+}
+
+/// Takes a piece of a location a draining peer hands over (see `storage::handover`).
+async fn hand_in(shared: &Shared, frame: Frame) -> WorkerResult<()> {
+    if shared.is_decommissioning() {
+        return Err(WorkerError::Leaving(shared.info.id.clone()));
+    }
+    let header: pb::HandOverHeader = frame.decode_header("hand-over")?;
+    let shuffle =
+        ShuffleKey::from_pb(header.shuffle.as_ref()).map_err(WorkerError::InvalidRequest)?;
+    let spec = header
+        .location
+        .ok_or_else(|| WorkerError::InvalidRequest("a hand-over names no location".into()))?;
+    let id = LocationId::of_spec(&spec)?;
+    let last = match (header.last, header.stats) {
+        (true, Some(stats)) => Some(stats),
+        (true, None) => {
+            return Err(WorkerError::InvalidRequest(
+                "the last piece of a hand-over carries no totals".into(),
+            ))
+        }
+        (false, _) => None,
+    };
+    let bytes = frame.body.len() as u64;
+    shared
+        .store
+        .hand_in(&shuffle, id, header.offset, frame.body, last)
+        .await?;
+    shared.metrics.handed_in_bytes.increment(bytes);
+    Ok(())
 }
 
 /// Slices must be non-empty, hold at least one batch head each, and add up to the body.

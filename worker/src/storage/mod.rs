@@ -6,10 +6,12 @@
 //! - [`layout`]: location ids, file names, the commit journal, and the scan of a data directory.
 //! - [`index`]: the batch index format and chunking.
 //! - [`recovery`]: what a location flushed before a restart verifiably holds.
+//! - [`handover`]: locations a draining peer hands over, written and recorded as committed.
 //! - [`read`]: opening streams over committed locations and sending their chunks.
 
 pub mod disk;
 pub mod engine;
+pub mod handover;
 pub mod index;
 pub mod layout;
 pub mod partition;
@@ -45,6 +47,8 @@ pub struct Store {
     buffered: Mutex<Vec<Arc<Partition>>>,
     next_disk: AtomicUsize,
     fsync_on_commit: bool,
+    /// Locations a draining peer is handing over, and the disk each goes to.
+    incoming: Mutex<handover::Incoming>,
 }
 
 impl Store {
@@ -56,6 +60,7 @@ impl Store {
             buffered: Mutex::default(),
             next_disk: AtomicUsize::new(0),
             fsync_on_commit,
+            incoming: Mutex::default(),
         }
     }
 
@@ -163,6 +168,14 @@ impl Store {
             locations.insert(id, Arc::new(partition));
         }
         Ok(())
+    }
+
+    /// The locations of `shuffle` this worker holds.
+    pub fn locations(&self, shuffle: &ShuffleKey) -> Vec<(LocationId, Arc<Partition>)> {
+        self.lock()
+            .get(shuffle)
+            .map(|l| l.iter().map(|(id, p)| (*id, p.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Looks up several locations of one shuffle under one lock.

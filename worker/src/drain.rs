@@ -1,0 +1,386 @@
+//! Draining: a worker told to go by a deadline (an operator's decommission with `--deadline`,
+//! or its own SIGTERM with `shutdown_drain`) makes what it holds outlive it, then exits.
+//!
+//! 1. It is leaving: no new partitions, and pushes are answered `Unavailable` so writers revive
+//!    elsewhere at once (replica forwards too, so a primary's writers move on as well).
+//! 2. It asks the leading master for its drain plan: its copies that no copy of the same epoch
+//!    on a live worker that stays stands in for, each with a worker to take it.
+//! 3. It commits those copies on itself (seals them: the last flushes, the commit journal), so
+//!    what it hands over is final. A later commit from the master answers the same totals.
+//! 4. It sends each copy's data file to its target in pieces (`HandOver` frames, a few copies at
+//!    a time); the target writes it, checks the batches add up to the totals and records the
+//!    commit. A target that fails is replaced by the next one of the plan.
+//! 5. It tells the master which copies moved where (`MoveCopies`): layouts, and the commit if it
+//!    is still to come, go there. The copies left when the deadline comes are reported lost at
+//!    once, so readers fail fast with `DataLost` and Spark re-runs the stage.
+//! 6. It stops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_protocol::connection::OutFrame;
+use sluice_protocol::frame::MessageType;
+use sluice_protocol::master_channel::{MasterChannel, MasterOptions};
+use sluice_protocol::rpc::Credentials;
+use sluice_protocol::{pb, ShuffleKey};
+
+use crate::shared::Shared;
+use crate::storage::layout::LocationId;
+
+/// Largest piece of a data file in one `HandOver` frame.
+const PIECE: u64 = 4 << 20;
+/// Copies handed over at once.
+const PARALLEL: usize = 4;
+/// Time kept back from the deadline to report what moved and what is lost.
+const REPORT_RESERVE: Duration = Duration::from_secs(2);
+
+/// What a drain did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DrainReport {
+    /// Copies the plan named (no other copy outlives them).
+    pub planned: u64,
+    /// Copies a copy on a live worker stands in for.
+    pub covered: u64,
+    pub moved: u64,
+    pub moved_bytes: u64,
+    pub lost: u64,
+    pub seconds: f64,
+    pub deadline_seconds: f64,
+}
+
+/// Drains within `deadline` (see the module overview), then stops the worker. Runs once: a
+/// second call while a drain runs returns `None`.
+pub async fn drain(shared: Arc<Shared>, deadline: Duration, by: &str) -> Option<DrainReport> {
+    if shared
+        .draining
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return None;
+    }
+    shared.decommission(by);
+    tracing::warn!(worker = %shared.info.id, by, ?deadline, "draining: handing over what no other copy outlives");
+    let report = run(&shared, deadline).await;
+    tracing::warn!(
+        worker = %shared.info.id,
+        moved = report.moved,
+        moved_bytes = report.moved_bytes,
+        lost = report.lost,
+        covered = report.covered,
+        seconds = report.seconds,
+        "drained; stopping"
+    );
+    *shared
+        .drain_report
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+    if let Some(stop) = shared.stop.get() {
+        stop.cancel();
+    }
+    Some(report)
+}
+
+/// The leading master, as this worker.
+fn masters(shared: &Shared, retry: Duration) -> Option<MasterChannel> {
+    let options = MasterOptions {
+        connect_timeout: Duration::from_secs(3),
+        call_timeout: Duration::from_secs(10),
+        retry_timeout: retry,
+        tls: shared.tls_client.clone(),
+        ..MasterOptions::default()
+    };
+    let channel = MasterChannel::new(&shared.config.master, options).ok()?;
+    if let Some(keyring) = &shared.keyring {
+        channel.set_credentials(Some(Credentials::cluster(
+            sluice_protocol::auth::Principal::Worker(shared.info.id.clone()),
+            keyring,
+        )));
+    }
+    Some(channel)
+}
+
+/// One copy to save: its shuffle, location, and the plan's target for it.
+#[derive(Debug, Clone)]
+struct Copy {
+    shuffle: ShuffleKey,
+    spec: pb::LocationSpec,
+    target: usize,
+}
+
+async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
+    let started = Instant::now();
+    let until = started + deadline;
+    let mut report = DrainReport {
+        deadline_seconds: deadline.as_secs_f64(),
+        ..DrainReport::default()
+    };
+    let left = || until.saturating_duration_since(Instant::now());
+    let Some(master) = masters(shared, left()) else {
+        tracing::error!("draining: invalid master endpoints");
+        return report;
+    };
+    let request = pb::DrainPlanRequest {
+        worker_id: shared.info.id.clone(),
+    };
+    let plan = match master
+        .call(request, |mut m, r| async move { m.drain_plan(r).await })
+        .await
+    {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!(error = %e, "draining: no drain plan from the masters; stopping with what is held");
+            report.seconds = started.elapsed().as_secs_f64();
+            return report;
+        }
+    };
+    report.covered = plan.covered;
+    report.planned = plan.copies.len() as u64;
+    let targets = plan.targets;
+    let mut copies: Vec<Copy> = Vec::with_capacity(plan.copies.len());
+    for (i, copy) in plan.copies.into_iter().enumerate() {
+        let Ok(shuffle) = ShuffleKey::from_pb(copy.shuffle.as_ref()) else {
+            continue;
+        };
+        copies.push(Copy {
+            shuffle,
+            spec: pb::LocationSpec {
+                partition: copy.partition,
+                epoch: copy.epoch,
+                role: copy.role,
+                replica: None,
+            },
+            target: plan.target.get(i).copied().unwrap_or(0) as usize,
+        });
+    }
+
+    // Seal (commit here) every planned copy, a shuffle at a time.
+    let mut sealed: HashMap<(ShuffleKey, LocationId), pb::BatchStats> = HashMap::new();
+    let mut by_shuffle: HashMap<ShuffleKey, Vec<pb::LocationSpec>> = HashMap::new();
+    for copy in &copies {
+        by_shuffle
+            .entry(copy.shuffle.clone())
+            .or_default()
+            .push(copy.spec.clone());
+    }
+    for (shuffle, specs) in by_shuffle {
+        for done in shared.store.commit(&shuffle, &specs).await {
+            let Some(spec) = done.location else { continue };
+            let (Ok(id), Some(stats)) = (LocationId::of_spec(&spec), done.stats) else {
+                tracing::warn!(shuffle = %shuffle, partition = spec.partition, error = %done.error, "draining: a copy could not be sealed");
+                continue;
+            };
+            if done.ok {
+                sealed.insert((shuffle.clone(), id), stats);
+            }
+        }
+    }
+
+    // Hand over, a few copies at a time, in the plan's order, while time is left.
+    let mut moved: Vec<(Copy, usize)> = Vec::new();
+    let mut pending = copies
+        .iter()
+        .cloned()
+        .collect::<std::collections::VecDeque<_>>();
+    let mut running = tokio::task::JoinSet::new();
+    let send_until = until.checked_sub(REPORT_RESERVE).unwrap_or(until);
+    loop {
+        while running.len() < PARALLEL && Instant::now() < send_until {
+            let Some(copy) = pending.pop_front() else {
+                break;
+            };
+            let Some(id) = LocationId::of_spec(&copy.spec).ok() else {
+                continue;
+            };
+            let Some(stats) = sealed.get(&(copy.shuffle.clone(), id)).copied() else {
+                continue;
+            };
+            let (shared, targets) = (shared.clone(), targets.clone());
+            running.spawn(async move {
+                let outcome = hand_over(&shared, &targets, &copy, id, stats, send_until).await;
+                (copy, outcome)
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let Ok((copy, outcome)) = joined else {
+            continue;
+        };
+        match outcome {
+            Ok((target, bytes)) => {
+                report.moved_bytes += bytes;
+                shared.metrics.handed_over_bytes.increment(bytes);
+                moved.push((copy, target));
+            }
+            Err(e) => {
+                tracing::warn!(shuffle = %copy.shuffle, partition = copy.spec.partition, epoch = copy.spec.epoch, error = %e, "draining: a copy was not handed over");
+            }
+        }
+    }
+
+    // Tell the master where they went, then what is lost.
+    let mut groups: HashMap<(ShuffleKey, Option<usize>), Vec<pb::LocationSpec>> = HashMap::new();
+    let moved_ids: std::collections::HashSet<(ShuffleKey, u32, u32, i32)> = moved
+        .iter()
+        .map(|(c, _)| {
+            (
+                c.shuffle.clone(),
+                c.spec.partition,
+                c.spec.epoch,
+                c.spec.role,
+            )
+        })
+        .collect();
+    for (copy, target) in &moved {
+        groups
+            .entry((copy.shuffle.clone(), Some(*target)))
+            .or_default()
+            .push(copy.spec.clone());
+    }
+    for copy in &copies {
+        let key = (
+            copy.shuffle.clone(),
+            copy.spec.partition,
+            copy.spec.epoch,
+            copy.spec.role,
+        );
+        if !moved_ids.contains(&key) {
+            groups
+                .entry((copy.shuffle.clone(), None))
+                .or_default()
+                .push(copy.spec.clone());
+        }
+    }
+    // Moves first: a copy reported moved is safe even if the losses cannot be reported.
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|((_, target), _)| target.is_none());
+    let reporter = masters(shared, left().max(REPORT_RESERVE));
+    for ((shuffle, target), specs) in groups {
+        let n = specs.len() as u64;
+        let request = pb::MoveCopiesRequest {
+            worker_id: shared.info.id.clone(),
+            shuffle: Some(shuffle.to_pb()),
+            partition: specs.iter().map(|s| s.partition).collect(),
+            epoch: specs.iter().map(|s| s.epoch).collect(),
+            role: specs.iter().map(|s| s.role).collect(),
+            to: target.and_then(|t| targets.get(t).cloned()),
+            reason: format!(
+                "worker {} left before handing it over (drain deadline {:?})",
+                shared.info.id, deadline
+            ),
+        };
+        let Some(master) = &reporter else { break };
+        let reported = master
+            .call(request, |mut m, r| async move { m.move_copies(r).await })
+            .await;
+        match (target, reported) {
+            (Some(_), Ok(_)) => {
+                report.moved += n;
+                shared.metrics.drain_copies_moved.increment(n);
+            }
+            (None, Ok(_)) => {
+                report.lost += n;
+                shared.metrics.drain_copies_lost.increment(n);
+            }
+            (Some(_), Err(e)) => {
+                // Handed over, but the layouts still point here: lost once this worker goes.
+                report.lost += n;
+                shared.metrics.drain_copies_lost.increment(n);
+                tracing::error!(shuffle = %shuffle, copies = n, error = %e, "draining: the master did not take the hand-over");
+            }
+            (None, Err(e)) => {
+                report.lost += n;
+                shared.metrics.drain_copies_lost.increment(n);
+                tracing::error!(shuffle = %shuffle, copies = n, error = %e, "draining: could not report lost copies");
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// Sends one sealed copy to the plan's target for it, or, when that fails, to the next targets
+/// in turn. Returns the target that took it and the bytes sent.
+async fn hand_over(
+    shared: &Shared,
+    targets: &[pb::WorkerInfo],
+    copy: &Copy,
+    id: LocationId,
+    stats: pb::BatchStats,
+    until: Instant,
+) -> Result<(usize, u64), String> {
+    let partition = shared
+        .store
+        .get(&copy.shuffle, id)
+        .map_err(|e| e.to_string())?;
+    let files = partition.committed_files().map_err(|e| e.to_string())?;
+    let mut last_error = "no worker to take it".to_string();
+    for step in 0..targets.len() {
+        let t = (copy.target + step) % targets.len();
+        if Instant::now() >= until {
+            return Err(format!("deadline reached; last error: {last_error}"));
+        }
+        match send_file(shared, &targets[t], copy, &files, stats, until).await {
+            Ok(bytes) => return Ok((t, bytes)),
+            Err(e) => {
+                tracing::warn!(target = %targets[t].id, shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: hand-over failed, trying another worker");
+                last_error = e;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+/// Sends a committed data file to `target` in pieces of [`PIECE`] bytes.
+async fn send_file(
+    shared: &Shared,
+    target: &pb::WorkerInfo,
+    copy: &Copy,
+    files: &crate::storage::partition::CommittedFiles,
+    stats: pb::BatchStats,
+    until: Instant,
+) -> Result<u64, String> {
+    let addr = target.push_addr();
+    let len = files.data_len;
+    let mut offset = 0u64;
+    loop {
+        let take = PIECE.min(len - offset);
+        let piece = match (&files.files, take) {
+            (Some(f), n) if n > 0 => {
+                let path = f.data.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    use std::os::unix::fs::FileExt;
+                    let file = std::fs::File::open(&path)?;
+                    let mut buf = vec![0u8; n as usize];
+                    file.read_exact_at(&mut buf, offset)?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading {}: {e}", copy.shuffle))?
+            }
+            _ => Vec::new(),
+        };
+        let last = offset + take == len;
+        let header = pb::HandOverHeader {
+            shuffle: Some(copy.shuffle.to_pb()),
+            location: Some(copy.spec.clone()),
+            offset,
+            last,
+            stats: last.then_some(stats),
+        };
+        let frame = OutFrame::new(MessageType::HandOver, 0, &header).with_body(vec![piece.into()]);
+        let wait = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(30));
+        shared
+            .peers
+            .call(&addr, frame, MessageType::Ack, wait)
+            .await
+            .map_err(|e| e.to_string())?;
+        offset += take;
+        if last {
+            return Ok(len);
+        }
+    }
+}
