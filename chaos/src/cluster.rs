@@ -400,6 +400,14 @@ impl Process {
     fn signal(&self, sig: libc::c_int) -> bool {
         signal(self.pid, sig)
     }
+
+    /// Waits up to `limit` for the process to exit by itself; whether it did.
+    async fn exited(&mut self, limit: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(limit, self.child.wait()).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 impl Drop for Process {
@@ -955,6 +963,32 @@ impl Cluster {
             .process
             .as_ref()
             .is_some_and(|p| p.signal(libc::SIGSTOP))
+    }
+
+    /// SIGTERMs worker `i` (a worker with `shutdown_drain` drains, then exits).
+    pub fn terminate(&self, i: usize) -> bool {
+        tracing::info!(worker = %self.workers[i].id, "SIGTERM");
+        self.workers[i]
+            .process
+            .as_ref()
+            .is_some_and(|p| p.signal(libc::SIGTERM))
+    }
+
+    /// Waits up to `limit` for worker `i` to exit by itself, and reaps it; whether it did.
+    pub async fn exited(&mut self, i: usize, limit: Duration) -> bool {
+        let Some(process) = self.workers[i].process.as_mut() else {
+            return true;
+        };
+        let exited = process.exited(limit).await;
+        if exited {
+            self.workers[i].process = None;
+        }
+        exited
+    }
+
+    /// What worker `i` logged so far.
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.workers[i].log).unwrap_or_default()
     }
 
     /// SIGCONTs worker `i`.

@@ -22,6 +22,9 @@
 //!   bandwidth cap, stalls, resets mid-frame, 50-200 ms disk writes, a slow master), each run
 //!   clean and then sick in one invocation; the report gives the slowdown and the client's
 //!   revives, retries, timeouts and hedged reads.
+//! - [`drain`]: workers told to go (SIGTERM with a grace period, as Kubernetes stops a pod or a
+//!   cloud reclaims a spot node) drain while writers push and while readers read, and with a
+//!   grace period too short for the data; each reports what moved, how fast, and what was lost.
 //! - [`memory`]: one worker loaded the ways that broke its memory budget (many writers, a
 //!   stalled replica, skewed merged pushes, loitering connections, zero-length slices); the
 //!   worker process's peak RSS must stay within budget + allowance. [`raw`] builds their raw
@@ -38,6 +41,7 @@
 
 pub mod cluster;
 pub mod degraded;
+pub mod drain;
 pub mod faults;
 pub mod ha;
 pub mod memory;

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::{Run, Skipped};
 use crate::degraded::{self, DegradedFigures, Sickness};
+use crate::drain;
 use crate::faults;
 use crate::ha;
 use crate::memory::{self, MemoryFigures};
@@ -45,10 +46,13 @@ pub enum Scenario {
     ResetLink,
     SlowDisk,
     SlowMaster,
+    SigtermDrain,
+    DrainWhileReading,
+    PreemptShort,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 26] = [
+    pub const ALL: [Scenario; 29] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
@@ -75,6 +79,9 @@ impl Scenario {
         Scenario::ResetLink,
         Scenario::SlowDisk,
         Scenario::SlowMaster,
+        Scenario::SigtermDrain,
+        Scenario::DrainWhileReading,
+        Scenario::PreemptShort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +112,9 @@ impl Scenario {
             Scenario::ResetLink => "reset-link",
             Scenario::SlowDisk => "slow-disk",
             Scenario::SlowMaster => "slow-master",
+            Scenario::SigtermDrain => "sigterm-drain",
+            Scenario::DrainWhileReading => "drain-while-reading",
+            Scenario::PreemptShort => "preempt-short",
         }
     }
 
@@ -121,7 +131,10 @@ impl Scenario {
             return &[2, 1];
         }
         match self {
-            Scenario::KillWhilePushing => &[2, 1],
+            Scenario::KillWhilePushing | Scenario::SigtermDrain | Scenario::DrainWhileReading => {
+                &[2, 1]
+            }
+            Scenario::PreemptShort => &[1],
             Scenario::MemWriters
             | Scenario::MemSkewedMerged
             | Scenario::MemIdleConnections
@@ -147,7 +160,11 @@ impl Scenario {
     /// How long a run may take: the memory scenarios move up to 1.5 GiB through one worker,
     /// and the degraded ones run their workload twice, so they get twice the faults' deadline.
     pub fn deadline(self, sizes: Sizes) -> Duration {
-        if self.name().starts_with("mem-") || self.sickness().is_some() {
+        let drains = matches!(
+            self,
+            Scenario::SigtermDrain | Scenario::DrainWhileReading | Scenario::PreemptShort
+        );
+        if self.name().starts_with("mem-") || self.sickness().is_some() || drains {
             sizes.deadline * 2
         } else {
             sizes.deadline
@@ -176,6 +193,9 @@ impl Scenario {
             Scenario::HaStopLeader => ha::stop_leader(ctx).await,
             Scenario::SingleMasterRestart => ha::single_master_restart(ctx, false).await,
             Scenario::SingleMasterRestartCommit => ha::single_master_restart(ctx, true).await,
+            Scenario::SigtermDrain => drain::sigterm_drain(ctx).await,
+            Scenario::DrainWhileReading => drain::drain_while_reading(ctx).await,
+            Scenario::PreemptShort => drain::preempt_short(ctx).await,
             _ => match self.sickness() {
                 Some(sickness) => degraded::run(ctx, sickness).await,
                 None => anyhow::bail!("scenario {} has no body", self.name()),

@@ -2,8 +2,9 @@
 //! replication 2 and 1), one SIGKILLed while reducers read, and a flipped byte in a committed
 //! file; every worker restarted in turn while maps push, and a memory bound; the leader of three
 //! masters SIGKILLed while maps push; a slow disk, a slow replica link, a stalling link and
-//! resets mid-frame; and a worker and a leader SIGKILLed again with a cluster secret and TLS on
-//! every port (`--secure`).
+//! resets mid-frame; workers drained on SIGTERM while maps push and while reducers read, and one
+//! whose grace period is too short; and a worker and a leader SIGKILLed again with a cluster
+//! secret and TLS on every port (`--secure`).
 //! The full set: `cargo run -p chaos -- --all` (and `--all --secure`).
 
 use std::path::PathBuf;
@@ -69,6 +70,20 @@ async fn degraded_scenarios_pass() {
         (Scenario::ResetLink, 1),
     ])
     .await;
+}
+
+/// Workers told to go (SIGTERM with a grace period): one while maps push and two one after the
+/// other while the reducer reads, at replication 1, must lose nothing; a grace period too short
+/// for the data must report the loss; a drain with a cluster secret and TLS hands over too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_scenarios_pass() {
+    quick(vec![
+        (Scenario::SigtermDrain, 1),
+        (Scenario::DrainWhileReading, 1),
+        (Scenario::PreemptShort, 1),
+    ])
+    .await;
+    run_quick(vec![(Scenario::SigtermDrain, 1)], true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

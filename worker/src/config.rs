@@ -189,7 +189,7 @@ impl Default for WorkerConfig {
             io_engine: IoEngineConfig::Auto,
             fsync_on_commit: false,
             heartbeat_interval: Duration::from_secs(3),
-            shutdown_drain: Duration::from_secs(25),
+            shutdown_drain: Duration::ZERO,
             busy_wait: Duration::from_millis(500),
             replica_timeout: Duration::from_secs(30),
             max_frame_body: ByteSize::mib(256),

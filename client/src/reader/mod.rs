@@ -31,7 +31,7 @@ mod fetch;
 mod plan;
 mod seen;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -190,6 +190,8 @@ pub struct ShuffleReader {
     groups: Vec<JoinHandle<()>>,
     /// The next batch of partitions, being opened ahead of the reader.
     opening: Option<Opening>,
+    /// Partitions (indexes into the layout) whose copies were asked for again.
+    refreshed: HashSet<usize>,
 }
 
 impl std::fmt::Debug for ShuffleReader {
@@ -278,6 +280,7 @@ impl ShuffleReader {
             in_flight: 0,
             groups: Vec::new(),
             opening: None,
+            refreshed: HashSet::new(),
         })
     }
 
@@ -330,7 +333,7 @@ impl ShuffleReader {
                         Err(Unusable::Lost(error)) => return Err(error),
                     }
                 }
-                Some(Item::End { layout, unread }) => self.end_partition(layout, unread)?,
+                Some(Item::End { layout, unread }) => self.end_partition(layout, unread).await?,
             }
         }
     }
@@ -917,22 +920,75 @@ impl ShuffleReader {
         Ok(())
     }
 
-    fn end_partition(&mut self, index: usize, mut unread: Vec<String>) -> ClientResult<()> {
-        let seen = std::mem::take(&mut self.seen);
+    async fn end_partition(&mut self, index: usize, mut unread: Vec<String>) -> ClientResult<()> {
         unread.append(&mut self.unread);
         let partition = &self.layout.partitions[index];
-        if let Err(reason) = seen.check(self.expected_in_range(partition)) {
+        if let Err(reason) = self.seen.check(self.expected_in_range(partition)) {
+            // Copies failed: a draining worker may have handed them over since the layout was
+            // read. Once per partition, read them where the master says they are now.
+            if !unread.is_empty() && self.refreshed.insert(index) && self.reread(index).await? {
+                return Ok(());
+            }
+            self.seen = Seen::default();
             let mut reason = reason;
             for note in &unread {
                 reason.push_str("; ");
                 reason.push_str(note);
             }
-            return Err(self.lost(partition.partition, reason));
+            return Err(self.lost(self.layout.partitions[index].partition, reason));
         }
+        self.seen = Seen::default();
         if !unread.is_empty() {
-            tracing::info!(shuffle = %self.key, partition = partition.partition, unread = ?unread, "copies could not be read, but the others held every batch");
+            let partition = self.layout.partitions[index].partition;
+            tracing::info!(shuffle = %self.key, partition, unread = ?unread, "copies could not be read, but the others held every batch");
         }
         Ok(())
+    }
+
+    /// Asks the master for the copies of the layout's partition `index` again. When they moved
+    /// (a draining worker handed them over), queues reads of them where they are now, ahead of
+    /// everything queued, with a new end marker; what was taken stays taken (repeats are
+    /// dropped). Returns whether it did.
+    async fn reread(&mut self, index: usize) -> ClientResult<bool> {
+        let p = self.layout.partitions[index].partition;
+        let request = pb::GetShuffleLayoutRequest {
+            shuffle: Some(self.key.to_pb()),
+            start_partition: p,
+            end_partition: p + 1,
+            wait_ms: 0,
+        };
+        let fresh = self
+            .inner
+            .master
+            .call(request, |mut master, request| async move {
+                master.get_shuffle_layout(request).await
+            })
+            .await?;
+        let Some(mut moved) = fresh.partitions.into_iter().find(|x| x.partition == p) else {
+            return Ok(false);
+        };
+        for location in &mut moved.locations {
+            let Some(info) = fresh.workers.get(location.worker as usize) else {
+                return Ok(false);
+            };
+            location.worker = match self.layout.workers.iter().position(|w| w == info) {
+                Some(known) => known as u32,
+                None => {
+                    self.layout.workers.push(info.clone());
+                    (self.layout.workers.len() - 1) as u32
+                }
+            };
+        }
+        if moved.locations == self.layout.partitions[index].locations {
+            return Ok(false);
+        }
+        tracing::info!(shuffle = %self.key, partition = p, "copies moved since the layout was read; reading them where they are now");
+        self.layout.partitions[index] = moved;
+        let behind = std::mem::take(&mut self.queue);
+        let opening = self.begin_open(index..index + 1);
+        let opened = self.finish_open(opening).await;
+        self.queue.extend(behind);
+        opened.map(|()| true)
     }
 }
 

@@ -1,0 +1,222 @@
+//! Workers that are told to go: SIGTERM with a grace period (`shutdown_drain`), as Kubernetes
+//! stops a pod or a cloud reclaims a spot node. The worker drains (it hands over to other
+//! workers every copy no other copy outlives, reports the rest lost) and exits by itself.
+//!
+//! - `sigterm-drain`: SIGTERM with 30 s to drain, half-way through the writes. At replication 1
+//!   too, every record must be read exactly once: nothing may be lost when the data fits the
+//!   hand-over rate.
+//! - `drain-while-reading`: two workers SIGTERMed one after the other while the reducer reads;
+//!   the reader finds the copies they handed over where the master says they are now.
+//! - `preempt-short`: a grace period too short for the data (1 s, less than a drain keeps to
+//!   report): the worker's copies are reported lost at once, and the reader says so
+//!   (`DataLost`), never returning short data.
+//!
+//! Each reports the copies and bytes moved, the time taken against the deadline, and lost /
+//! duplicated records.
+
+use std::time::{Duration, Instant};
+
+use crate::cluster::WorkerSpec;
+use crate::setup::{four_workers, write_with_faults, Ctx, Observed, Setup, BATCH_SIZE};
+use crate::workload::Reads;
+
+/// The grace period of the scenarios that must lose nothing.
+const GRACE: Duration = Duration::from_secs(30);
+
+fn draining_workers(grace: Duration) -> Vec<WorkerSpec> {
+    four_workers()
+        .into_iter()
+        .map(|w| w.set("shutdown_drain", format!("\"{}ms\"", grace.as_millis())))
+        .collect()
+}
+
+/// What a drained worker logged of its drain: `moved`, `moved_bytes`, `lost`, `covered`.
+fn drain_figures(log: &str) -> Option<(u64, u64, u64, u64)> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("drained; stopping"))?;
+    let field = |key: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((
+        field("moved")?,
+        field("moved_bytes")?,
+        field("lost")?,
+        field("covered")?,
+    ))
+}
+
+/// What a drain did, from the drained worker's log: copies moved, bytes moved, copies lost,
+/// copies covered by another copy.
+type Figures = (u64, u64, u64, u64);
+
+/// SIGTERMs worker `victim`, waits for it to exit (the grace period and 5 s more), and says
+/// what its drain did. A worker still running after that is a failure.
+async fn drain_one(
+    setup: &mut Setup,
+    failures: &mut Vec<String>,
+    victim: usize,
+    grace: Duration,
+) -> anyhow::Result<(String, Option<Figures>)> {
+    let id = setup.id(victim);
+    let started = Instant::now();
+    if !setup.cluster.terminate(victim) {
+        anyhow::bail!("{id} was not running");
+    }
+    let exited = setup
+        .cluster
+        .exited(victim, grace + Duration::from_secs(5))
+        .await;
+    let took = started.elapsed();
+    if !exited {
+        failures.push(format!(
+            "{id} did not exit within {:?} of SIGTERM",
+            grace + Duration::from_secs(5)
+        ));
+    }
+    let figures = drain_figures(&setup.cluster.log_text(victim));
+    let what = match figures {
+        Some((moved, bytes, lost, covered)) => {
+            let rate = bytes as f64 / took.as_secs_f64().max(1e-3) / 1e6;
+            format!(
+                "SIGTERM {id} ({:?} to drain): exited after {:.2} s, {moved} copies handed over \
+                 ({:.1} MB, {rate:.0} MB/s over the drain), {lost} reported lost, {covered} \
+                 covered by another copy",
+                grace,
+                took.as_secs_f64(),
+                bytes as f64 / 1e6
+            )
+        }
+        None => format!(
+            "SIGTERM {id}: exited after {:.2} s without a drain report",
+            took.as_secs_f64()
+        ),
+    };
+    Ok((what, figures))
+}
+
+/// SIGTERM with 30 s to drain half-way through the writes; nothing may be lost.
+pub(crate) async fn sigterm_drain(ctx: &Ctx) -> anyhow::Result<Observed> {
+    let mut setup = Setup::start(ctx, &draining_workers(GRACE), ctx.sizes.workload()).await?;
+    let mut observed = setup.observed();
+    let victim = setup.primary_of(0)?;
+    let at = [ctx.sizes.mid_write()];
+    write_with_faults(&mut setup, &mut observed, &at, async move |s, _| {
+        let mut failures = Vec::new();
+        let (what, _) = drain_one(s, &mut failures, victim, GRACE).await?;
+        if !failures.is_empty() {
+            anyhow::bail!("{}", failures.join("; "));
+        }
+        Ok(what)
+    })
+    .await?;
+    let figures = drain_figures(&setup.cluster.log_text(victim));
+    if matches!(figures, Some((0, _, _, 0))) {
+        observed.not_injected = Some("the drained worker held nothing to hand over".into());
+    }
+    setup.read_if_written(&mut observed).await;
+    if let Some(e) = &observed.read_error {
+        observed
+            .failures
+            .push(format!("a drain within its grace period lost data: {e}"));
+    }
+    setup.cluster.shutdown().await;
+    Ok(observed)
+}
+
+/// Two workers SIGTERMed one after the other while the reducer reads; nothing may be lost.
+pub(crate) async fn drain_while_reading(ctx: &Ctx) -> anyhow::Result<Observed> {
+    let mut setup = Setup::start(ctx, &draining_workers(GRACE), ctx.sizes.workload()).await?;
+    let mut observed = setup.observed();
+    setup.write_all(&mut observed).await;
+    if observed.write_error.is_some() {
+        setup.cluster.shutdown().await;
+        return Ok(observed);
+    }
+    ctx.phase.set("reading");
+    let mut reads = Reads::open(&setup.client, &setup.key, &setup.workload).await?;
+    let raw = setup.workload.records() * setup.workload.record_len as u64;
+    let third = (raw / BATCH_SIZE as u64 / 3).max(1);
+    let mut drained: Vec<usize> = Vec::new();
+    let mut result = Ok(());
+    for k in 1..=2u64 {
+        match reads.blocks(third * k).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        // The primary of the partition being read, else any worker still up.
+        let partition = reads.tally.last_partition.unwrap_or(0);
+        let victim = setup
+            .primary_of(partition)
+            .ok()
+            .filter(|v| !drained.contains(v))
+            .or_else(|| (0..setup.cluster.workers.len()).find(|v| !drained.contains(v)))
+            .ok_or_else(|| anyhow::anyhow!("no worker left to drain"))?;
+        ctx.phase
+            .set(format!("draining worker {victim} while reading"));
+        let (what, _) = drain_one(&mut setup, &mut observed.failures, victim, GRACE).await?;
+        observed
+            .injected
+            .push(format!("after {} blocks read: {what}", third * k));
+        drained.push(victim);
+    }
+    if result.is_ok() {
+        ctx.phase.set("reading after the drains");
+        result = reads.to_end().await;
+    }
+    if drained.len() < 2 {
+        observed.not_injected = Some("the reader ended before two workers were drained".into());
+    }
+    observed.tally = reads.tally;
+    observed.read_error = result.err();
+    if let Some(e) = &observed.read_error {
+        observed
+            .failures
+            .push(format!("drains within their grace period lost data: {e}"));
+    }
+    setup.cluster.shutdown().await;
+    Ok(observed)
+}
+
+/// A grace period too short for the data, once the shuffle is committed: the loss must be
+/// reported (`DataLost`), at once, never silent.
+pub(crate) async fn preempt_short(ctx: &Ctx) -> anyhow::Result<Observed> {
+    let grace = Duration::from_secs(1);
+    let mut setup = Setup::start(ctx, &draining_workers(grace), ctx.sizes.workload()).await?;
+    let mut observed = setup.observed();
+    setup.write_all(&mut observed).await;
+    if observed.write_error.is_some() {
+        setup.cluster.shutdown().await;
+        return Ok(observed);
+    }
+    setup.committed().await?;
+    let victim = setup.primary_of(0)?;
+    let (what, figures) = drain_one(&mut setup, &mut observed.failures, victim, grace).await?;
+    observed.injected.push(format!("after the commit: {what}"));
+    if matches!(figures, Some((_, _, 0, _))) {
+        observed.not_injected =
+            Some("the drain lost nothing: the data fit the grace period".into());
+    }
+    let started = Instant::now();
+    setup.read_all(&mut observed).await;
+    let took = started.elapsed();
+    match &observed.read_error {
+        Some(e) if e.is_data_loss() => observed.injected.push(format!(
+            "the reader reported the loss after {:.2} s",
+            took.as_secs_f64()
+        )),
+        _ if ctx.replication == 1 => observed.failures.push(
+            "a worker left without handing over its copies, yet the reader reported no loss".into(),
+        ),
+        _ => {}
+    }
+    setup.cluster.shutdown().await;
+    Ok(observed)
+}
