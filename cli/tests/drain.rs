@@ -191,3 +191,35 @@ async fn a_drain_cut_short_reports_its_copies_lost_and_readers_fail_fast() {
     );
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_drain_serves_reads_until_its_shuffles_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 1);
+    let key = ShuffleKey::new("drain-planned", 0);
+    let ids = write_records(&client, &key, (2, 8), 400, 900).await;
+    assert!(copies_on(&cluster, &key, 8, "worker-1").await > 0);
+
+    // An hour to go: the worker keeps its copies and serves them while the job reads.
+    let worker = cluster.worker_admins()[1].clone().unwrap();
+    let answer = sluice::http::post(&worker, "/api/decommission?deadline=1h")
+        .await
+        .unwrap();
+    assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
+    exactly_once(
+        &ids,
+        &read_records(&client, &key, 0..8, None).await.unwrap(),
+    );
+    assert!(copies_on(&cluster, &key, 8, "worker-1").await > 0);
+    let status = api_ok(&worker, "/api/status").await;
+    assert_eq!(status["draining"], true, "{status}");
+
+    // The job is done with the shuffle: once it is deleted there is nothing to hand over, and
+    // the worker goes.
+    client.unregister_shuffle(&key).await.unwrap();
+    cluster.worker_stopped(1, PATIENCE).await.unwrap();
+    cluster.shutdown().await.unwrap();
+}

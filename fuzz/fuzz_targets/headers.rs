@@ -135,6 +135,12 @@ fuzz_target!(|data: &[u8]| {
         6 => {
             let _ = decode::<pb::CommittedHeader>(MessageType::Committed, header);
         }
+        7 => {
+            if let Some(piece) = decode::<pb::HandOverHeader>(MessageType::HandOver, header) {
+                shuffle(piece.shuffle.as_ref());
+                locations(piece.location.as_slice());
+            }
+        }
         8 => {
             if let Some(open) = decode::<pb::OpenStreamsHeader>(MessageType::OpenStreams, header) {
                 if open.streams.len() <= MAX_OPEN_STREAMS {

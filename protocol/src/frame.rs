@@ -434,7 +434,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const KINDS: [MessageType; 18] = [
+    const KINDS: [MessageType; 19] = [
         MessageType::PushData,
         MessageType::PushMergedData,
         MessageType::Ack,
@@ -453,6 +453,7 @@ mod tests {
         MessageType::StreamsOpened,
         MessageType::FetchChunks,
         MessageType::ChunksData,
+        MessageType::HandOver,
     ];
 
     fn small_limits() -> FrameLimits {
@@ -606,7 +607,7 @@ mod tests {
     fn hello_and_welcome_are_known_types() {
         assert_eq!(MessageType::from_u8(13), Some(MessageType::Hello));
         assert_eq!(MessageType::from_u8(14), Some(MessageType::Welcome));
-        assert_eq!(MessageType::from_u8(19), None);
+        assert_eq!(MessageType::from_u8(20), None);
         for kind in KINDS {
             assert_eq!(MessageType::from_u8(kind as u8), Some(kind));
         }

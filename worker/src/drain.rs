@@ -2,7 +2,10 @@
 //! or its own SIGTERM with `shutdown_drain`) makes what it holds outlive it, then exits.
 //!
 //! 1. It is leaving: no new partitions, and pushes are answered `Unavailable` so writers revive
-//!    elsewhere at once (replica forwards too, so a primary's writers move on as well).
+//!    elsewhere at once (replica forwards too, so a primary's writers move on as well). With a
+//!    long deadline (a planned drain: `--deadline 1h`) it first keeps serving reads while its
+//!    shuffles are still held and more than twice the time a hand-over of everything would
+//!    take remains: shuffles that are read and deleted meanwhile need no hand-over.
 //! 2. It asks the leading master for its drain plan: its copies that no copy of the same epoch
 //!    on a live worker that stays stands in for, each with a worker to take it.
 //! 3. It commits those copies on itself (seals them: the last flushes, the commit journal), so
@@ -34,6 +37,11 @@ const PIECE: u64 = 4 << 20;
 const PARALLEL: usize = 4;
 /// Time kept back from the deadline to report what moved and what is lost.
 const REPORT_RESERVE: Duration = Duration::from_secs(2);
+/// The hand-over rate a planned drain counts on when it decides how long it may wait (a tenth
+/// of what a 2-core machine moves over loopback).
+const ASSUMED_RATE: u64 = 20 << 20;
+/// Time a planned drain keeps for the hand-over beyond what [`ASSUMED_RATE`] needs.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(30);
 
 /// What a drain did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -115,6 +123,7 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
         ..DrainReport::default()
     };
     let left = || until.saturating_duration_since(Instant::now());
+    wait_for_reads(shared, until).await;
     let Some(master) = masters(shared, left()) else {
         tracing::error!("draining: invalid master endpoints");
         return report;
@@ -297,6 +306,33 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
     }
     report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// A planned drain: waits while the worker holds shuffles and more than twice what handing them
+/// all over would take remains (readers keep reading them here; deleted ones need no hand-over).
+async fn wait_for_reads(shared: &Shared, until: Instant) {
+    let mut logged = false;
+    loop {
+        let held: u64 = shared
+            .store
+            .disks()
+            .iter()
+            .map(|d| d.usage().used_bytes)
+            .sum();
+        let handover = Duration::from_secs(held / ASSUMED_RATE) + HANDOVER_MARGIN;
+        let left = until.saturating_duration_since(Instant::now());
+        if shared.store.shuffle_keys(1).is_empty() || left <= handover * 2 {
+            return;
+        }
+        if !std::mem::replace(&mut logged, true) {
+            tracing::info!(
+                held_bytes = held,
+                ?left,
+                "draining: serving reads while shuffles are held; handing over what is left later"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Sends one sealed copy to the plan's target for it, or, when that fails, to the next targets
