@@ -47,7 +47,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
+# The DFS tests run against moto's S3 server (PyPI), installed here when missing.
 test-rust:
+	command -v moto_server >/dev/null 2>&1 || python3 -m pip install --quiet 'moto[server]'
 	cargo test --workspace
 
 # The tests build the native library and the sluice binary with cargo's dev profile (into

@@ -11,6 +11,10 @@
 //!   report): the worker's copies are reported lost at once, and the reader says so
 //!   (`DataLost`), never returning short data.
 //!
+//! - `drain-rate`: one of two workers SIGTERMed once eight times the usual workload is
+//!   committed at replication 1 (half of it on that worker): the hand-over rate to a peer, in
+//!   MB/s of the drain's own time, with every record read back exactly once.
+//!
 //! Each reports the copies and bytes moved, the time taken against the deadline, and lost /
 //! duplicated records.
 
@@ -32,21 +36,24 @@ fn draining_workers(grace: Duration) -> Vec<WorkerSpec> {
 
 /// What a drained worker logged of its drain: `moved`, `moved_bytes`, `lost`, `covered`.
 fn drain_figures(log: &str) -> Option<(u64, u64, u64, u64)> {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("drained; stopping"))?;
-    let field = |key: &str| -> Option<u64> {
-        line.split_whitespace()
-            .find_map(|word| word.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.parse().ok())
-    };
+    let field = |key: &str| log_field(log, key).and_then(|v| v.parse().ok());
     Some((
         field("moved")?,
         field("moved_bytes")?,
         field("lost")?,
         field("covered")?,
     ))
+}
+
+/// Field `key` of the drained worker's last drain report line.
+fn log_field(log: &str, key: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("drained; stopping"))?;
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{key}=")))
+        .map(String::from)
 }
 
 /// What a drain did, from the drained worker's log: copies moved, bytes moved, copies lost,
@@ -80,11 +87,9 @@ async fn drain_one(
     let figures = drain_figures(&setup.cluster.log_text(victim));
     let what = match figures {
         Some((moved, bytes, lost, covered)) => {
-            let rate = bytes as f64 / took.as_secs_f64().max(1e-3) / 1e6;
             format!(
                 "SIGTERM {id} ({:?} to drain): exited after {:.2} s, {moved} copies handed over \
-                 ({:.1} MB, {rate:.0} MB/s over the drain), {lost} reported lost, {covered} \
-                 covered by another copy",
+                 ({:.1} MB), {lost} reported lost, {covered} covered by another copy",
                 grace,
                 took.as_secs_f64(),
                 bytes as f64 / 1e6
@@ -216,6 +221,48 @@ pub(crate) async fn preempt_short(ctx: &Ctx) -> anyhow::Result<Observed> {
             "a worker left without handing over its copies, yet the reader reported no loss".into(),
         ),
         _ => {}
+    }
+    setup.cluster.shutdown().await;
+    Ok(observed)
+}
+
+/// Eight times the usual workload committed at replication 1 on two workers, then one of them
+/// SIGTERMed with two minutes to drain: the rate of its hand-over to the other.
+pub(crate) async fn drain_rate(ctx: &Ctx) -> anyhow::Result<Observed> {
+    let grace = Duration::from_secs(120);
+    let mut workload = ctx.sizes.workload();
+    workload.records_per_map *= 8;
+    let specs: Vec<WorkerSpec> = draining_workers(grace).into_iter().take(2).collect();
+    let mut setup = Setup::start(ctx, &specs, workload).await?;
+    let mut observed = setup.observed();
+    setup.write_all(&mut observed).await;
+    if observed.write_error.is_some() {
+        setup.cluster.shutdown().await;
+        return Ok(observed);
+    }
+    setup.committed().await?;
+    let (what, figures) = drain_one(&mut setup, &mut observed.failures, 0, grace).await?;
+    let seconds: f64 = log_field(&setup.cluster.log_text(0), "handover_seconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    match figures {
+        Some((moved, bytes, _, _)) if moved > 0 && seconds > 0.0 => {
+            observed.injected.push(format!(
+                "after the commit: {what}; hand-over rate {:.0} MB/s ({:.1} MB in {seconds:.2} s)",
+                bytes as f64 / seconds / 1e6,
+                bytes as f64 / 1e6
+            ));
+        }
+        _ => {
+            observed.injected.push(format!("after the commit: {what}"));
+            observed.not_injected = Some("the drained worker handed nothing over".into());
+        }
+    }
+    setup.read_all(&mut observed).await;
+    if let Some(e) = &observed.read_error {
+        observed
+            .failures
+            .push(format!("a drain within its grace period lost data: {e}"));
     }
     setup.cluster.shutdown().await;
     Ok(observed)

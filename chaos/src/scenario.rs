@@ -49,10 +49,11 @@ pub enum Scenario {
     SigtermDrain,
     DrainWhileReading,
     PreemptShort,
+    DrainRate,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 29] = [
+    pub const ALL: [Scenario; 30] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
@@ -82,6 +83,7 @@ impl Scenario {
         Scenario::SigtermDrain,
         Scenario::DrainWhileReading,
         Scenario::PreemptShort,
+        Scenario::DrainRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +117,7 @@ impl Scenario {
             Scenario::SigtermDrain => "sigterm-drain",
             Scenario::DrainWhileReading => "drain-while-reading",
             Scenario::PreemptShort => "preempt-short",
+            Scenario::DrainRate => "drain-rate",
         }
     }
 
@@ -134,7 +137,7 @@ impl Scenario {
             Scenario::KillWhilePushing | Scenario::SigtermDrain | Scenario::DrainWhileReading => {
                 &[2, 1]
             }
-            Scenario::PreemptShort => &[1],
+            Scenario::PreemptShort | Scenario::DrainRate => &[1],
             Scenario::MemWriters
             | Scenario::MemSkewedMerged
             | Scenario::MemIdleConnections
@@ -162,7 +165,10 @@ impl Scenario {
     pub fn deadline(self, sizes: Sizes) -> Duration {
         let drains = matches!(
             self,
-            Scenario::SigtermDrain | Scenario::DrainWhileReading | Scenario::PreemptShort
+            Scenario::SigtermDrain
+                | Scenario::DrainWhileReading
+                | Scenario::PreemptShort
+                | Scenario::DrainRate
         );
         if self.name().starts_with("mem-") || self.sickness().is_some() || drains {
             sizes.deadline * 2
@@ -196,6 +202,7 @@ impl Scenario {
             Scenario::SigtermDrain => drain::sigterm_drain(ctx).await,
             Scenario::DrainWhileReading => drain::drain_while_reading(ctx).await,
             Scenario::PreemptShort => drain::preempt_short(ctx).await,
+            Scenario::DrainRate => drain::drain_rate(ctx).await,
             _ => match self.sickness() {
                 Some(sickness) => degraded::run(ctx, sickness).await,
                 None => anyhow::bail!("scenario {} has no body", self.name()),

@@ -161,6 +161,16 @@ pub struct WorkerConfig {
     pub tls_admin: bool,
     /// Dial masters and other workers' push ports with TLS (set when their ports have it on).
     pub tls_connect: bool,
+    /// The DFS tier, through Apache OpenDAL: `s3://bucket/prefix` (any S3-compatible server;
+    /// credentials from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`), or `fs:///path` (a
+    /// shared file system every worker mounts). A draining worker uploads the copies it must
+    /// save there, and another worker serves them from there. Every worker of a cluster names
+    /// the same. Empty: no DFS (a drain hands files over to peers).
+    pub dfs: String,
+    /// The S3 endpoint of `dfs` (an S3-compatible server, `http://minio:9000`). Empty: AWS.
+    pub dfs_endpoint: String,
+    /// The S3 region of `dfs`.
+    pub dfs_region: String,
     /// Fault injection, for tests of slow disks only: hold every disk write this long before it
     /// is issued, `"100ms"`, or a delay drawn per write from a range, `"50ms..200ms"` (the same
     /// sequence on every run). Empty: writes go to the disk at once.
@@ -210,6 +220,9 @@ impl Default for WorkerConfig {
             tls_fetch: false,
             tls_admin: false,
             tls_connect: false,
+            dfs: String::new(),
+            dfs_endpoint: String::new(),
+            dfs_region: "us-east-1".into(),
             fault_write_delay: String::new(),
         }
     }
@@ -232,6 +245,10 @@ impl WorkerConfig {
         }
         if self.max_frame_body.as_u64() > u64::from(u32::MAX) {
             return Err("max_frame_body: must be below 4GiB".into());
+        }
+        if !self.dfs.is_empty() {
+            crate::storage::dfs::Dfs::open(&self.dfs, &self.dfs_endpoint, &self.dfs_region)
+                .map_err(|e| format!("dfs: {e}"))?;
         }
         if !self.fault_write_delay.is_empty() {
             crate::storage::engine::faulty::parse_delay(&self.fault_write_delay)

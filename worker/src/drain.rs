@@ -3,9 +3,10 @@
 //!
 //! 1. It is leaving: no new partitions, and pushes are answered `Unavailable` so writers revive
 //!    elsewhere at once (replica forwards too, so a primary's writers move on as well). With a
-//!    long deadline (a planned drain: `--deadline 1h`) it first keeps serving reads while its
-//!    shuffles are still held and more than twice the time a hand-over of everything would
-//!    take remains: shuffles that are read and deleted meanwhile need no hand-over.
+//!    deadline of [`PLANNED`] or more (a planned drain: `--deadline 1h`) it first keeps serving
+//!    reads while its shuffles are still held and more than twice the time a hand-over of
+//!    everything would take remains: shuffles that are read and deleted meanwhile need no
+//!    hand-over. A shorter deadline (a preemption) hands over at once.
 //! 2. It asks the leading master for its drain plan: its copies that no copy of the same epoch
 //!    on a live worker that stays stands in for, each with a worker to take it.
 //! 3. It commits those copies on itself (seals them: the last flushes, the commit journal), so
@@ -37,6 +38,8 @@ const PIECE: u64 = 4 << 20;
 const PARALLEL: usize = 4;
 /// Time kept back from the deadline to report what moved and what is lost.
 const REPORT_RESERVE: Duration = Duration::from_secs(2);
+/// A drain with at least this deadline is planned: it waits for readers first.
+pub const PLANNED: Duration = Duration::from_secs(300);
 /// The hand-over rate a planned drain counts on when it decides how long it may wait (a tenth
 /// of what a 2-core machine moves over loopback).
 const ASSUMED_RATE: u64 = 20 << 20;
@@ -54,6 +57,8 @@ pub struct DrainReport {
     pub moved_bytes: u64,
     pub lost: u64,
     pub seconds: f64,
+    /// Of which handing over (sealing, sending, reporting), after any wait for readers.
+    pub handover_seconds: f64,
     pub deadline_seconds: f64,
 }
 
@@ -76,6 +81,7 @@ pub async fn drain(shared: Arc<Shared>, deadline: Duration, by: &str) -> Option<
         lost = report.lost,
         covered = report.covered,
         seconds = report.seconds,
+        handover_seconds = report.handover_seconds,
         "drained; stopping"
     );
     *shared
@@ -123,7 +129,10 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
         ..DrainReport::default()
     };
     let left = || until.saturating_duration_since(Instant::now());
-    wait_for_reads(shared, until).await;
+    if deadline >= PLANNED {
+        wait_for_reads(shared, until).await;
+    }
+    let handing = Instant::now();
     let Some(master) = masters(shared, left()) else {
         tracing::error!("draining: invalid master endpoints");
         return report;
@@ -305,6 +314,7 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
+    report.handover_seconds = handing.elapsed().as_secs_f64();
     report
 }
 
@@ -351,6 +361,45 @@ async fn hand_over(
         .map_err(|e| e.to_string())?;
     let files = partition.committed_files().map_err(|e| e.to_string())?;
     let mut last_error = "no worker to take it".to_string();
+    // With a DFS: upload once, then any worker takes it by reference; the copy then outlives
+    // the worker that serves it too. A failed upload falls back to sending the file.
+    if let Some(dfs) = shared.store.dfs().filter(|_| files.dfs.is_none()) {
+        match dfs.upload(&copy.shuffle, id, &files).await {
+            Ok(uploaded) => {
+                shared.metrics.dfs_uploaded_bytes.increment(uploaded);
+                for step in 0..targets.len() {
+                    let t = (copy.target + step) % targets.len();
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    match send_reference(shared, &targets[t], copy, files.data_len, stats, until)
+                        .await
+                    {
+                        Ok(()) => return Ok((t, files.data_len)),
+                        Err(e) => {
+                            tracing::warn!(target = %targets[t].id, shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: a worker did not take a copy on the DFS");
+                            last_error = e;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dfs = dfs.url(), shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: upload to the DFS failed, handing the file over");
+                last_error = format!("upload to the DFS: {e}");
+            }
+        }
+    }
+    if files.dfs.is_some() {
+        // Already on the DFS: only the reference moves.
+        for step in 0..targets.len() {
+            let t = (copy.target + step) % targets.len();
+            match send_reference(shared, &targets[t], copy, files.data_len, stats, until).await {
+                Ok(()) => return Ok((t, 0)),
+                Err(e) => last_error = e,
+            }
+        }
+        return Err(last_error);
+    }
     for step in 0..targets.len() {
         let t = (copy.target + step) % targets.len();
         if Instant::now() >= until {
@@ -365,6 +414,36 @@ async fn hand_over(
         }
     }
     Err(last_error)
+}
+
+/// Tells `target` to serve a copy uploaded to the DFS.
+async fn send_reference(
+    shared: &Shared,
+    target: &pb::WorkerInfo,
+    copy: &Copy,
+    data_len: u64,
+    stats: pb::BatchStats,
+    until: Instant,
+) -> Result<(), String> {
+    let header = pb::HandOverHeader {
+        shuffle: Some(copy.shuffle.to_pb()),
+        location: Some(copy.spec.clone()),
+        offset: 0,
+        last: true,
+        stats: Some(stats),
+        on_dfs: true,
+        data_length: data_len,
+    };
+    let frame = OutFrame::new(MessageType::HandOver, 0, &header);
+    let wait = until
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(30));
+    shared
+        .peers
+        .call(&target.push_addr(), frame, MessageType::Ack, wait)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Sends a committed data file to `target` in pieces of [`PIECE`] bytes.
@@ -404,6 +483,8 @@ async fn send_file(
             offset,
             last,
             stats: last.then_some(stats),
+            on_dfs: false,
+            data_length: len,
         };
         let frame = OutFrame::new(MessageType::HandOver, 0, &header).with_body(vec![piece.into()]);
         let wait = until

@@ -54,6 +54,8 @@ pub struct WorkerMetrics {
     /// Copies a drain handed over, and copies it reported lost.
     pub drain_copies_moved: Counter,
     pub drain_copies_lost: Counter,
+    /// Bytes uploaded to the DFS.
+    pub dfs_uploaded_bytes: Counter,
     /// Open connections per port, kept up to date as they open and close.
     pub connections_push: Gauge,
     pub connections_fetch: Gauge,
@@ -195,6 +197,7 @@ impl WorkerMetrics {
                 handed_in_bytes: metrics::counter!("sluice_worker_handover_bytes_total", "direction" => "in"),
                 drain_copies_moved: metrics::counter!("sluice_worker_drain_copies_total", "outcome" => "moved"),
                 drain_copies_lost: metrics::counter!("sluice_worker_drain_copies_total", "outcome" => "lost"),
+                dfs_uploaded_bytes: metrics::counter!("sluice_worker_dfs_uploaded_bytes_total"),
                 connections_push: metrics::gauge!("sluice_worker_connections", "port" => "push"),
                 connections_fetch: metrics::gauge!("sluice_worker_connections", "port" => "fetch"),
                 memory_used: metrics::gauge!("sluice_worker_memory_used_bytes"),
@@ -322,6 +325,11 @@ fn describe() {
         "sluice_worker_handover_bytes_total",
         Unit::Bytes,
         "Bytes of committed locations handed over while draining (direction out) or taken from a draining peer (in)."
+    );
+    describe_counter!(
+        "sluice_worker_dfs_uploaded_bytes_total",
+        Unit::Bytes,
+        "Bytes of committed locations (data and index) uploaded to the DFS tier."
     );
     describe_counter!(
         "sluice_worker_drain_copies_total",

@@ -164,6 +164,12 @@ pub(crate) fn start(
         max_body: config.max_frame_body.as_u64() as u32,
     };
     let store = Store::new(disks, memory, config.fsync_on_commit);
+    if !config.dfs.is_empty() {
+        let dfs = storage::dfs::Dfs::open(&config.dfs, &config.dfs_endpoint, &config.dfs_region)
+            .map_err(|e| WorkerError::Config(format!("dfs: {e}")))?;
+        tracing::info!(dfs = %config.dfs, "DFS tier configured");
+        store.set_dfs(Arc::new(dfs));
+    }
     let (committed, flushed) = store.recover();
     if committed + flushed > 0 {
         tracing::info!(

@@ -149,6 +149,19 @@ async fn send_source(
     source: &ChunkSource,
     piece: &mut Vec<u8>,
 ) -> std::io::Result<()> {
+    if let Some(dfs) = &source.dfs {
+        // On the DFS: ranged reads of the data object, a piece at a time.
+        for range in &source.ranges {
+            let (mut offset, end) = (range.offset, range.offset + range.length);
+            while offset < end {
+                let len = (end - offset).min(crate::storage::dfs::READ_PIECE);
+                let bytes = dfs.read(offset, len).await?;
+                writer.write_body(&bytes).await?;
+                offset += len;
+            }
+        }
+        return Ok(());
+    }
     let Some(path) = &source.data else {
         return Ok(());
     };

@@ -235,6 +235,15 @@ async fn hand_in(shared: &Shared, frame: Frame) -> WorkerResult<()> {
         }
         (false, _) => None,
     };
+    if header.on_dfs {
+        let stats = last.ok_or_else(|| {
+            WorkerError::InvalidRequest("a hand-over on the DFS is one last piece".into())
+        })?;
+        return shared
+            .store
+            .hand_in_dfs(&shuffle, id, header.data_length, stats)
+            .await;
+    }
     let bytes = frame.body.len() as u64;
     shared
         .store

@@ -22,6 +22,56 @@ fn partial(files: &LocationFiles) -> std::path::PathBuf {
 }
 
 impl Store {
+    /// Takes location `id` of `shuffle`, which a draining peer uploaded to the DFS: checks its
+    /// objects against `data_len` and `stats` (the index must list `stats.batches` batches inside
+    /// the data), then serves it from there.
+    pub async fn hand_in_dfs(
+        &self,
+        shuffle: &ShuffleKey,
+        id: LocationId,
+        data_len: u64,
+        stats: pb::BatchStats,
+    ) -> WorkerResult<()> {
+        let name = format!("{shuffle}/{}", id.stem());
+        let dfs = self.dfs().cloned().ok_or_else(|| {
+            WorkerError::InvalidRequest(format!(
+                "{name} is on a DFS, and this worker has none (dfs)"
+            ))
+        })?;
+        let index_len = stats.batches * super::index::ENTRY_LEN as u64;
+        let failed = |reason: String| WorkerError::Disk {
+            location: name.clone(),
+            reason,
+        };
+        let (object, index) = dfs
+            .locate(shuffle, id, data_len, index_len)
+            .await
+            .map_err(|e| failed(format!("on the DFS: {e}")))?;
+        let entries = super::index::decode(&index, data_len).map_err(&failed)?;
+        let listed: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
+        if entries.len() as u64 != stats.batches || listed != data_len {
+            return Err(failed(format!(
+                "its index on the DFS lists {} batches of {listed} bytes, not {} of {data_len}",
+                entries.len(),
+                stats.batches
+            )));
+        }
+        let disk = self.pick_disk();
+        let files = LocationFiles::new(&disk.path, shuffle, id);
+        let partition = Arc::new(Partition::on_dfs(
+            name, disk, files, object, data_len, stats, index,
+        ));
+        let replaced = self
+            .lock()
+            .entry(shuffle.clone())
+            .or_default()
+            .insert(id, partition);
+        if let Some(old) = replaced {
+            old.discard();
+        }
+        Ok(())
+    }
+
     /// Writes one piece of location `id` of `shuffle`, handed over by a draining peer: `body`
     /// holds the data file's bytes from `offset`. Pieces must come in order, the first at
     /// offset 0 (which starts the location afresh). `last` carries the totals the peer

@@ -6,9 +6,12 @@
 //! - [`layout`]: location ids, file names, the commit journal, and the scan of a data directory.
 //! - [`index`]: the batch index format and chunking.
 //! - [`recovery`]: what a location flushed before a restart verifiably holds.
+//! - [`dfs`]: the DFS tier (S3, a shared file system) through OpenDAL: committed locations
+//!   uploaded there and served from there.
 //! - [`handover`]: locations a draining peer hands over, written and recorded as committed.
 //! - [`read`]: opening streams over committed locations and sending their chunks.
 
+pub mod dfs;
 pub mod disk;
 pub mod engine;
 pub mod handover;
@@ -49,6 +52,8 @@ pub struct Store {
     fsync_on_commit: bool,
     /// Locations a draining peer is handing over, and the disk each goes to.
     incoming: Mutex<handover::Incoming>,
+    /// The DFS (`dfs`), when configured.
+    dfs: std::sync::OnceLock<Arc<dfs::Dfs>>,
 }
 
 impl Store {
@@ -61,6 +66,7 @@ impl Store {
             next_disk: AtomicUsize::new(0),
             fsync_on_commit,
             incoming: Mutex::default(),
+            dfs: std::sync::OnceLock::new(),
         }
     }
 
@@ -107,6 +113,16 @@ impl Store {
 
     fn lock(&self) -> MutexGuard<'_, Shuffles> {
         self.shuffles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Uses `dfs` as the DFS tier (set once, at start).
+    pub fn set_dfs(&self, dfs: Arc<dfs::Dfs>) {
+        let _ = self.dfs.set(dfs);
+    }
+
+    /// The DFS tier, when configured.
+    pub fn dfs(&self) -> Option<&Arc<dfs::Dfs>> {
+        self.dfs.get()
     }
 
     pub fn disks(&self) -> &[Arc<Disk>] {
@@ -390,6 +406,11 @@ impl Store {
         .await;
         if let Err(e) = removed_dirs {
             tracing::warn!(error = %e, "shuffle deletion task failed");
+        }
+        if let Some(dfs) = self.dfs() {
+            if let Err(e) = dfs.remove(app_id, shuffle_id).await {
+                tracing::warn!(dfs = dfs.url(), app = app_id, shuffle = ?shuffle_id, error = %e, "cannot delete shuffle objects on the DFS");
+            }
         }
         tracing::info!(app = app_id, shuffle = ?shuffle_id, "deleted");
     }

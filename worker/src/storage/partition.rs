@@ -111,8 +111,11 @@ pub struct CommittedFiles {
     pub files: Option<LocationFiles>,
     pub data_len: u64,
     pub index_len: u64,
-    /// The whole index, when it is small enough to be kept in memory ([`SMALL_INDEX`]).
+    /// The whole index, when it is small enough to be kept in memory ([`SMALL_INDEX`]), or the
+    /// location is on the DFS.
     pub index: Option<Bytes>,
+    /// Where the location's data is, when it is on the DFS (then `files` is `None`).
+    pub dfs: Option<super::dfs::DfsObject>,
 }
 
 #[derive(Debug)]
@@ -124,6 +127,8 @@ pub struct Partition {
     flushed: Notify,
     /// On a primary with a replica: the replica's push address. Set by reservations.
     replica: Mutex<Option<String>>,
+    /// A committed location kept on the DFS rather than on this worker's disk.
+    dfs: Option<super::dfs::DfsObject>,
 }
 
 impl Partition {
@@ -151,7 +156,34 @@ impl Partition {
             }),
             flushed: Notify::new(),
             replica: Mutex::new(None),
+            dfs: None,
         }
+    }
+
+    /// A committed location whose data is the DFS object `dfs` (`data_len` bytes, `stats`) and
+    /// whose whole index is `index`. It holds nothing on `disk`.
+    pub fn on_dfs(
+        name: String,
+        disk: Arc<Disk>,
+        files: LocationFiles,
+        dfs: super::dfs::DfsObject,
+        data_len: u64,
+        stats: pb::BatchStats,
+        index: Bytes,
+    ) -> Partition {
+        let mut partition = Partition::new(name, disk, files);
+        partition.dfs = Some(dfs);
+        {
+            let state = partition.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            state.status = Status::Committed;
+            state.flushed_len = data_len;
+            state.index_len = index.len() as u64;
+            state.stats = stats;
+            state.committed_index = Some(index);
+            // Nothing on this worker's disk to give back when it is deleted.
+            state.discarded = true;
+        }
+        partition
     }
 
     /// Where pushes to this primary are forwarded before they are acked.
@@ -469,6 +501,7 @@ impl Partition {
                 data_len: state.flushed_len,
                 index_len: state.index_len,
                 index: state.committed_index.clone(),
+                dfs: self.dfs.clone(),
             }),
             Status::Failed(reason) => Err(WorkerError::Disk {
                 location: self.name.clone(),

@@ -93,9 +93,9 @@ fn page(
     budget: &mut PageBudget,
 ) -> WorkerResult<pb::StreamOpenedHeader> {
     let committed = partition.committed_files()?;
-    let Some(files) = committed.files else {
+    if committed.files.is_none() && committed.dfs.is_none() {
         return Ok(pb::StreamOpenedHeader::default());
-    };
+    }
     let (index_len, data_len) = (committed.index_len, committed.data_len);
     let start = header.index_offset;
     if start % ENTRY_LEN as u64 != 0 || start > index_len {
@@ -105,13 +105,20 @@ fn page(
         )));
     }
     let name = partition.name();
-    // A small index is served from memory; a larger one is read from its file a page at a time.
-    let source = match committed.index {
-        Some(index) => IndexSource::Memory(index),
-        None => IndexSource::File(
+    // A small index (or one of a location on the DFS) is served from memory; a larger one is
+    // read from its file a page at a time.
+    let source = match (committed.index, &committed.files) {
+        (Some(index), _) => IndexSource::Memory(index),
+        (None, Some(files)) => IndexSource::File(
             std::fs::File::open(&files.index)
                 .map_err(|e| WorkerError::io(format!("opening the index of {name}"), e))?,
         ),
+        (None, None) => {
+            return Err(WorkerError::Disk {
+                location: name.to_string(),
+                reason: "no index".into(),
+            })
+        }
     };
     let mut chunker = index::Chunker::new(header.start_map, header.end_map, chunk_size);
     let mut page = Vec::new();
@@ -162,8 +169,10 @@ fn page(
 /// meanwhile ran a worker out of them.
 #[derive(Debug)]
 pub struct ChunkSource {
-    /// `None` when the location holds no data (then `ranges` is empty).
+    /// `None` when the location holds no data (then `ranges` is empty), or is on the DFS.
     pub data: Option<std::path::PathBuf>,
+    /// The data object, when the location is on the DFS.
+    pub dfs: Option<super::dfs::DfsObject>,
     pub ranges: Vec<pb::Range>,
     pub len: u64,
 }
@@ -228,6 +237,14 @@ fn open_chunk(partition: &Partition, chunk: pb::Chunk, max_len: u64) -> WorkerRe
             )));
         }
     }
+    if let (Some(dfs), 1..) = (&committed.dfs, total) {
+        return Ok(ChunkSource {
+            data: None,
+            dfs: Some(dfs.clone()),
+            ranges: chunk.ranges,
+            len: total,
+        });
+    }
     let data = match (committed.files, total) {
         (Some(files), 1..) => {
             // Checked now, so a missing file is this chunk's own error in the answer.
@@ -241,6 +258,7 @@ fn open_chunk(partition: &Partition, chunk: pb::Chunk, max_len: u64) -> WorkerRe
     };
     Ok(ChunkSource {
         data,
+        dfs: None,
         ranges: chunk.ranges,
         len: total,
     })

@@ -1,0 +1,233 @@
+//! The DFS tier on real in-process clusters: a drained worker uploads what it must save to the
+//! DFS, and the worker that takes each copy serves it from there; deleting the shuffle deletes
+//! its objects. Against a real S3-compatible server (moto's, from PyPI: `pip install
+//! 'moto[server]'`, started here on a free port) and a shared file system (`fs://`); a DFS that
+//! is down falls back to handing the files to a peer.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{read_records, write_records};
+use sluice::local::{LocalCluster, LocalOptions};
+use sluice_client::{ClientConfig, SluiceClient};
+use sluice_protocol::ShuffleKey;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const BUCKET: &str = "sluice-dfs-test";
+
+/// A moto S3 server on a free loopback port; killed on drop.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `METHOD path` on `endpoint` (`http://host:port`): the status and the body.
+async fn http(endpoint: &str, method: &str, path: &str) -> (u16, String) {
+    common::http(endpoint.trim_start_matches("http://"), method, path, &[]).await
+}
+
+async fn moto() -> Moto {
+    let binary = std::env::var("SLUICE_MOTO").unwrap_or_else(|_| "moto_server".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {binary} ({e}): install moto's S3 server (`pip install 'moto[server]'`) \
+                 or set SLUICE_MOTO to its moto_server"
+            )
+        });
+    let moto = Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let started = Instant::now();
+    let addr = moto.endpoint.trim_start_matches("http://").to_string();
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(started.elapsed() < PATIENCE, "moto did not start on {addr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = http(&moto.endpoint, "PUT", &format!("/{BUCKET}")).await;
+    assert_eq!(status, 200, "moto did not create the bucket: {body}");
+    moto
+}
+
+/// The object keys under `prefix` in the test bucket.
+async fn keys(moto: &Moto, prefix: &str) -> Vec<String> {
+    let (status, body) = http(
+        &moto.endpoint,
+        "GET",
+        &format!("/{BUCKET}?list-type=2&prefix={prefix}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .map(String::from)
+        .collect()
+}
+
+fn set_credentials() {
+    // moto takes any credentials; the same values in every test of this binary.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "sluice-test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "sluice-test");
+}
+
+/// Three workers on `dfs`; writes a committed shuffle at replication 1, drains worker 0 and
+/// reads everything back exactly once. Returns the cluster and the shuffle.
+async fn drain_with_dfs(
+    dir: &Path,
+    dfs: &str,
+    endpoint: &str,
+) -> (LocalCluster, SluiceClient, ShuffleKey) {
+    let mut options = LocalOptions::new(3, dir);
+    options.worker.dfs = dfs.to_string();
+    options.worker.dfs_endpoint = endpoint.to_string();
+    let mut cluster = LocalCluster::start(options).await.unwrap();
+    let client = SluiceClient::new(ClientConfig {
+        replication: 1,
+        ..ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap();
+    let key = ShuffleKey::new("dfs", 0);
+    let ids = write_records(&client, &key, (4, 12), 800, 900).await;
+    let asked = sluice::http::post(
+        &cluster.master_admins[0],
+        "/api/workers/worker-0/decommission?deadline=20s",
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked.status.as_u16(), 200, "{}", asked.body);
+    cluster.worker_stopped(0, PATIENCE).await.unwrap();
+    let seen = read_records(&client, &key, 0..12, None).await.unwrap();
+    assert_eq!(seen.len(), ids.len(), "records missing");
+    for id in &ids {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "record {id:?} not read exactly once"
+        );
+    }
+    (cluster, client, key)
+}
+
+/// Bytes the staying workers (1 and 2) took as files from the drained one.
+async fn files_handed_in(cluster: &LocalCluster) -> f64 {
+    let mut total = 0.0;
+    for worker in [1, 2] {
+        let admin = cluster.worker_admins()[worker].clone().unwrap();
+        let (_, text) = common::get(&admin, "/metrics").await;
+        total += common::metric_sum(
+            &text,
+            "sluice_worker_handover_bytes_total",
+            "direction=\"in\"",
+        );
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_uploads_to_s3_and_the_copies_are_served_from_there() {
+    set_credentials();
+    let moto = moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("run-{}", std::process::id());
+    let (cluster, client, key) = drain_with_dfs(
+        dir.path(),
+        &format!("s3://{BUCKET}/{prefix}"),
+        &moto.endpoint,
+    )
+    .await;
+    // The copies went up as objects (data and index per copy), not as files to a peer.
+    let objects = keys(&moto, &prefix).await;
+    assert!(
+        objects.iter().any(|k| k.ends_with(".data"))
+            && objects.iter().any(|k| k.ends_with(".index")),
+        "{objects:?}"
+    );
+    assert_eq!(
+        files_handed_in(&cluster).await,
+        0.0,
+        "files were handed over though the DFS was up"
+    );
+
+    // Deleting the shuffle deletes its objects.
+    client.unregister_shuffle(&key).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let left = keys(&moto, &prefix).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "objects left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_uploads_to_a_shared_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let (cluster, _client, _key) =
+        drain_with_dfs(dir.path(), &format!("fs://{}", shared.path().display()), "").await;
+    let uploaded: Vec<_> = walk(shared.path());
+    assert!(
+        uploaded.iter().any(|p| p.ends_with(".data")),
+        "{uploaded:?}"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_with_the_dfs_down_hands_the_files_to_a_peer() {
+    set_credentials();
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1.
+    let (cluster, _client, _key) = drain_with_dfs(
+        dir.path(),
+        &format!("s3://{BUCKET}/down"),
+        "http://127.0.0.1:1",
+    )
+    .await;
+    assert!(
+        files_handed_in(&cluster).await > 0.0,
+        "no file was handed over"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+/// Every file under `dir`, as strings.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,231 @@
+//! The DFS tier: committed locations kept in an object store or a distributed file system
+//! (S3 or any S3-compatible server, or a shared file system), through Apache OpenDAL.
+//!
+//! Objects are named like local files, under the configured prefix:
+//! `<prefix>/<app>/<shuffle>/<partition>-<epoch>-<p|r>.data` and `.index` beside it. The data
+//! object holds the location's batches exactly as its data file does (batch heads, CRCs), the
+//! index object its whole batch index, so reads, map-range reads and their checks work the same.
+//! Data goes up as a multipart upload of [`PART`]-byte parts, read sequentially from the local
+//! file. Both sides derive names from the shuffle and location, so no request names a path.
+//!
+//! A worker that holds a location on the DFS serves it like a local one: the index is kept in
+//! memory, and chunks are read with ranged reads of the data object.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use opendal::Operator;
+use sluice_protocol::ShuffleKey;
+
+use super::layout::LocationId;
+use super::partition::CommittedFiles;
+
+/// Size of one part of a multipart upload (above S3's 5 MiB minimum).
+pub const PART: usize = 8 << 20;
+
+/// Largest piece a chunk is read from the DFS in.
+pub const READ_PIECE: u64 = 4 << 20;
+
+/// The configured DFS.
+#[derive(Debug)]
+pub struct Dfs {
+    operator: Operator,
+    /// What the config named, for logs (no credentials).
+    url: String,
+}
+
+/// A committed location kept on the DFS.
+#[derive(Debug, Clone)]
+pub struct DfsObject {
+    pub dfs: Arc<Dfs>,
+    /// The data object's path.
+    pub data: String,
+}
+
+impl DfsObject {
+    /// Reads `len` bytes of the data object from `offset`.
+    pub async fn read(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| std::io::Error::other("range overflows"))?;
+        let buffer = self
+            .dfs
+            .operator
+            .read_with(&self.data)
+            .range(offset..end)
+            .await
+            .map_err(io_error)?;
+        let bytes = buffer.to_bytes();
+        if bytes.len() as u64 != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} gave {} bytes of a range of {len}",
+                    self.data,
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+fn io_error(e: opendal::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// The object paths of a location's data and index.
+pub fn object_paths(shuffle: &ShuffleKey, id: LocationId) -> (String, String) {
+    let stem = format!("{}/{}/{}", shuffle.app_id, shuffle.shuffle_id, id.stem());
+    (format!("{stem}.data"), format!("{stem}.index"))
+}
+
+impl Dfs {
+    /// The DFS named by `url`: `s3://bucket/prefix` (credentials from `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`; `endpoint` for an S3-compatible server, `region`), or
+    /// `fs:///absolute/path` (a mounted shared file system). Touches nothing yet.
+    pub fn open(url: &str, endpoint: &str, region: &str) -> Result<Dfs, String> {
+        let operator = if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("{url:?} names no bucket (s3://bucket/prefix)"));
+            }
+            let mut builder = opendal::services::S3::default()
+                .bucket(bucket)
+                .root(&format!("/{prefix}"))
+                .region(region);
+            if !endpoint.is_empty() {
+                builder = builder.endpoint(endpoint);
+            }
+            if let (Ok(key), Ok(secret)) = (
+                std::env::var("AWS_ACCESS_KEY_ID"),
+                std::env::var("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                builder = builder.access_key_id(&key).secret_access_key(&secret);
+            }
+            Operator::new(builder).map_err(|e| e.to_string())?.finish()
+        } else if let Some(root) = url.strip_prefix("fs://") {
+            if !root.starts_with('/') {
+                return Err(format!("{url:?}: the path must be absolute (fs:///path)"));
+            }
+            let builder = opendal::services::Fs::default().root(root);
+            Operator::new(builder).map_err(|e| e.to_string())?.finish()
+        } else {
+            return Err(format!(
+                "{url:?}: a DFS is s3://bucket/prefix or fs:///path"
+            ));
+        };
+        Ok(Dfs {
+            operator,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Uploads a committed location: its data file as a multipart upload of [`PART`]-byte
+    /// parts, then its whole index. Returns the bytes uploaded.
+    pub async fn upload(
+        &self,
+        shuffle: &ShuffleKey,
+        id: LocationId,
+        committed: &CommittedFiles,
+    ) -> std::io::Result<u64> {
+        let (data_path, index_path) = object_paths(shuffle, id);
+        let mut writer = self
+            .operator
+            .writer_with(&data_path)
+            .chunk(PART)
+            .await
+            .map_err(io_error)?;
+        let mut offset = 0u64;
+        if let Some(files) = &committed.files {
+            let file = Arc::new(std::fs::File::open(&files.data)?);
+            while offset < committed.data_len {
+                let len = (committed.data_len - offset).min(PART as u64) as usize;
+                let file = file.clone();
+                let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, offset)?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                writer.write(piece).await.map_err(io_error)?;
+                offset += len as u64;
+            }
+        }
+        writer.close().await.map_err(io_error)?;
+        let index = match (&committed.index, &committed.files) {
+            (Some(index), _) => index.clone(),
+            (None, Some(files)) => {
+                let path = files.index.clone();
+                Bytes::from(
+                    tokio::task::spawn_blocking(move || std::fs::read(path))
+                        .await
+                        .map_err(std::io::Error::other)??,
+                )
+            }
+            (None, None) => Bytes::new(),
+        };
+        let index_len = index.len() as u64;
+        self.operator
+            .write(&index_path, index)
+            .await
+            .map_err(io_error)?;
+        Ok(offset + index_len)
+    }
+
+    /// The data object of a location and its whole index, checked: the data object is
+    /// `data_len` bytes long and the index object `index_len`.
+    pub async fn locate(
+        self: &Arc<Self>,
+        shuffle: &ShuffleKey,
+        id: LocationId,
+        data_len: u64,
+        index_len: u64,
+    ) -> std::io::Result<(DfsObject, Bytes)> {
+        let (data_path, index_path) = object_paths(shuffle, id);
+        let stored = self
+            .operator
+            .stat(&data_path)
+            .await
+            .map_err(io_error)?
+            .content_length();
+        if stored != data_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{data_path} holds {stored} bytes, not {data_len}"),
+            ));
+        }
+        let index = self
+            .operator
+            .read(&index_path)
+            .await
+            .map_err(io_error)?
+            .to_bytes();
+        if index.len() as u64 != index_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{index_path} holds {} bytes, not {index_len}", index.len()),
+            ));
+        }
+        let object = DfsObject {
+            dfs: self.clone(),
+            data: data_path,
+        };
+        Ok((object, index))
+    }
+
+    /// Deletes the objects of one shuffle (`Some`) or of a whole application.
+    pub async fn remove(&self, app_id: &str, shuffle_id: Option<u32>) -> std::io::Result<()> {
+        let dir = match shuffle_id {
+            Some(id) => format!("{app_id}/{id}/"),
+            None => format!("{app_id}/"),
+        };
+        self.operator.remove_all(&dir).await.map_err(io_error)
+    }
+}
