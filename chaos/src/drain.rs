@@ -14,13 +14,15 @@
 //! - `drain-rate`: one of two workers SIGTERMed once eight times the usual workload is
 //!   committed at replication 1 (half of it on that worker): the hand-over rate to a peer, in
 //!   MB/s of the drain's own time, with every record read back exactly once.
+//! - `drain-rate-s3`: the same with an S3 DFS (moto's S3 server, from PyPI, started here;
+//!   skipped without `moto_server`): the drain uploads, the other worker serves from S3.
 //!
 //! Each reports the copies and bytes moved, the time taken against the deadline, and lost /
 //! duplicated records.
 
 use std::time::{Duration, Instant};
 
-use crate::cluster::WorkerSpec;
+use crate::cluster::{toml_text, Skipped, WorkerSpec};
 use crate::setup::{four_workers, write_with_faults, Ctx, Observed, Setup, BATCH_SIZE};
 use crate::workload::Reads;
 
@@ -226,13 +228,95 @@ pub(crate) async fn preempt_short(ctx: &Ctx) -> anyhow::Result<Observed> {
     Ok(observed)
 }
 
+/// moto's S3 server on a free loopback port with one bucket, killed on drop.
+struct Moto {
+    _child: tokio::process::Child,
+    endpoint: String,
+}
+
+const BUCKET: &str = "sluice-chaos";
+
+async fn moto() -> anyhow::Result<Moto> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let binary = std::env::var("SLUICE_MOTO").unwrap_or_else(|_| "moto_server".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let args = ["-H", "127.0.0.1", "-p", &port.to_string()];
+    let spawn = |program: &str, pre: &[&str]| {
+        tokio::process::Command::new(program)
+            .args(pre)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+    };
+    // The script pip installs, or the module itself when the script is not on PATH.
+    let child = spawn(&binary, &[])
+        .or_else(|_| spawn("python3", &["-m", "moto.server"]))
+        .map_err(|e| {
+            Skipped(format!(
+                "cannot start {binary} (pip install 'moto[server]'): {e}"
+            ))
+        })?;
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(stream) => break stream,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => anyhow::bail!("moto did not start on {addr}: {e}"),
+        }
+    };
+    let request = format!(
+        "PUT /{BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("moto did not create the bucket: {answer}");
+    }
+    Ok(Moto {
+        _child: child,
+        endpoint: format!("http://{addr}"),
+    })
+}
+
 /// Eight times the usual workload committed at replication 1 on two workers, then one of them
 /// SIGTERMed with two minutes to drain: the rate of its hand-over to the other.
 pub(crate) async fn drain_rate(ctx: &Ctx) -> anyhow::Result<Observed> {
+    rate(ctx, None).await
+}
+
+/// [`drain_rate`] through an S3 DFS: the drained worker uploads, the other serves from S3.
+pub(crate) async fn drain_rate_s3(ctx: &Ctx) -> anyhow::Result<Observed> {
+    let moto = moto().await?;
+    // moto takes any credentials; the workers read these from the environment they inherit.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "sluice-chaos");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "sluice-chaos");
+    let observed = rate(ctx, Some(&moto)).await;
+    drop(moto);
+    observed
+}
+
+async fn rate(ctx: &Ctx, s3: Option<&Moto>) -> anyhow::Result<Observed> {
     let grace = Duration::from_secs(120);
     let mut workload = ctx.sizes.workload();
     workload.records_per_map *= 8;
-    let specs: Vec<WorkerSpec> = draining_workers(grace).into_iter().take(2).collect();
+    let specs: Vec<WorkerSpec> = draining_workers(grace)
+        .into_iter()
+        .take(2)
+        .map(|spec| match s3 {
+            Some(moto) => spec
+                .set("dfs", toml_text(&format!("s3://{BUCKET}/{}", ctx.name)))
+                .set("dfs_endpoint", toml_text(&moto.endpoint)),
+            None => spec,
+        })
+        .collect();
     let mut setup = Setup::start(ctx, &specs, workload).await?;
     let mut observed = setup.observed();
     setup.write_all(&mut observed).await;
@@ -248,9 +332,10 @@ pub(crate) async fn drain_rate(ctx: &Ctx) -> anyhow::Result<Observed> {
     match figures {
         Some((moved, bytes, _, _)) if moved > 0 && seconds > 0.0 => {
             observed.injected.push(format!(
-                "after the commit: {what}; hand-over rate {:.0} MB/s ({:.1} MB in {seconds:.2} s)",
+                "after the commit: {what}; hand-over rate {:.0} MB/s ({:.1} MB in {seconds:.2} s{})",
                 bytes as f64 / seconds / 1e6,
-                bytes as f64 / 1e6
+                bytes as f64 / 1e6,
+                if s3.is_some() { ", uploaded to S3" } else { ", to a peer" }
             ));
         }
         _ => {

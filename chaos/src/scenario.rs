@@ -50,10 +50,11 @@ pub enum Scenario {
     DrainWhileReading,
     PreemptShort,
     DrainRate,
+    DrainRateS3,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 30] = [
+    pub const ALL: [Scenario; 31] = [
         Scenario::KillWhilePushing,
         Scenario::KillWhileReading,
         Scenario::StopWhilePushing,
@@ -84,6 +85,7 @@ impl Scenario {
         Scenario::DrainWhileReading,
         Scenario::PreemptShort,
         Scenario::DrainRate,
+        Scenario::DrainRateS3,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +120,7 @@ impl Scenario {
             Scenario::DrainWhileReading => "drain-while-reading",
             Scenario::PreemptShort => "preempt-short",
             Scenario::DrainRate => "drain-rate",
+            Scenario::DrainRateS3 => "drain-rate-s3",
         }
     }
 
@@ -137,7 +140,7 @@ impl Scenario {
             Scenario::KillWhilePushing | Scenario::SigtermDrain | Scenario::DrainWhileReading => {
                 &[2, 1]
             }
-            Scenario::PreemptShort | Scenario::DrainRate => &[1],
+            Scenario::PreemptShort | Scenario::DrainRate | Scenario::DrainRateS3 => &[1],
             Scenario::MemWriters
             | Scenario::MemSkewedMerged
             | Scenario::MemIdleConnections
@@ -169,6 +172,7 @@ impl Scenario {
                 | Scenario::DrainWhileReading
                 | Scenario::PreemptShort
                 | Scenario::DrainRate
+                | Scenario::DrainRateS3
         );
         if self.name().starts_with("mem-") || self.sickness().is_some() || drains {
             sizes.deadline * 2
@@ -203,6 +207,7 @@ impl Scenario {
             Scenario::DrainWhileReading => drain::drain_while_reading(ctx).await,
             Scenario::PreemptShort => drain::preempt_short(ctx).await,
             Scenario::DrainRate => drain::drain_rate(ctx).await,
+            Scenario::DrainRateS3 => drain::drain_rate_s3(ctx).await,
             _ => match self.sickness() {
                 Some(sickness) => degraded::run(ctx, sickness).await,
                 None => anyhow::bail!("scenario {} has no body", self.name()),

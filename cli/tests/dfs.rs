@@ -1,6 +1,7 @@
 //! The DFS tier on real in-process clusters: a drained worker uploads what it must save to the
 //! DFS, and the worker that takes each copy serves it from there; deleting the shuffle deletes
-//! its objects. Against a real S3-compatible server (moto's, from PyPI: `pip install
+//! its objects, and a restarted worker serves what it took again. Against a real S3-compatible
+//! server (moto's, from PyPI: `pip install
 //! 'moto[server]'`, started here on a free port) and a shared file system (`fs://`); a DFS that
 //! is down falls back to handing the files to a peer.
 
@@ -43,11 +44,18 @@ async fn moto() -> Moto {
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(&binary)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let args = ["-H", "127.0.0.1", "-p", &port.to_string()];
+    let spawn = |program: &str, pre: &[&str]| {
+        Command::new(program)
+            .args(pre)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    // The script pip installs, or the module itself when the script is not on PATH.
+    let child = spawn(&binary, &[])
+        .or_else(|_| spawn("python3", &["-m", "moto.server"]))
         .unwrap_or_else(|e| {
             panic!(
                 "cannot start {binary} ({e}): install moto's S3 server (`pip install 'moto[server]'`) \
@@ -187,13 +195,20 @@ async fn a_drain_uploads_to_s3_and_the_copies_are_served_from_there() {
 async fn a_drain_uploads_to_a_shared_file_system() {
     let dir = tempfile::tempdir().unwrap();
     let shared = tempfile::tempdir().unwrap();
-    let (cluster, _client, _key) =
+    let (mut cluster, client, key) =
         drain_with_dfs(dir.path(), &format!("fs://{}", shared.path().display()), "").await;
     let uploaded: Vec<_> = walk(shared.path());
     assert!(
         uploaded.iter().any(|p| p.ends_with(".data")),
         "{uploaded:?}"
     );
+    // The workers that took the copies serve them again after a restart.
+    let before = read_records(&client, &key, 0..12, None).await.unwrap();
+    for worker in [1, 2] {
+        cluster.restart_worker(worker).await.unwrap();
+    }
+    let after = read_records(&client, &key, 0..12, None).await.unwrap();
+    assert_eq!(after, before);
     cluster.shutdown().await.unwrap();
 }
 

@@ -58,6 +58,24 @@ impl Store {
         }
         let disk = self.pick_disk();
         let files = LocationFiles::new(&disk.path, shuffle, id);
+        // Kept locally too, so a restart serves it again: its index, then its totals.
+        let marker = CommitMarker {
+            data_len,
+            index_len,
+            stats,
+            created: true,
+        };
+        let (local, local_index) = (files.clone(), index.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(dir) = local.data.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(local.dfs_index(), &local_index)?;
+            std::fs::write(local.dfs_marker(), marker.marker_text())
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(format!("recording it locally: {e}")))?;
         let partition = Arc::new(Partition::on_dfs(
             name, disk, files, object, data_len, stats, index,
         ));

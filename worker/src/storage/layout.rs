@@ -128,6 +128,16 @@ impl LocationFiles {
         self.data.with_extension("committed")
     }
 
+    /// For a location kept on the DFS: its totals (a marker), written last.
+    pub fn dfs_marker(&self) -> PathBuf {
+        self.data.with_extension("dfs")
+    }
+
+    /// For a location kept on the DFS: a local copy of its index.
+    pub fn dfs_index(&self) -> PathBuf {
+        self.data.with_extension("dfsindex")
+    }
+
     /// Opens the data file for writing, and the index file as `index` says; `create` makes
     /// (truncates) the data file and its directory. Blocking: call from the engine's thread or
     /// `spawn_blocking`.
@@ -255,6 +265,11 @@ impl CommitMarker {
         Some((id, CommitMarker::parse_fields(fields)?))
     }
 
+    /// The text of a marker file (what [`CommitMarker::parse`] reads).
+    pub fn marker_text(&self) -> String {
+        format!("{} {}\n", Self::MAGIC, self.fields())
+    }
+
     /// Writes the marker file of a worker before the commit journal (what [`CommitMarker::parse`]
     /// reads). Blocking.
     #[cfg(test)]
@@ -303,6 +318,8 @@ pub enum Commit {
     Recorded(CommitMarker),
     /// By a `<stem>.committed` file (workers before the journal).
     MarkerFile,
+    /// Kept on the DFS: `<stem>.dfs` holds its totals, `<stem>.dfsindex` its index.
+    OnDfs(CommitMarker),
 }
 
 /// A location found on disk by [`scan`].
@@ -352,6 +369,26 @@ pub fn scan(root: &Path) -> Vec<Found> {
                 let marker_file = match file.extension().and_then(|e| e.to_str()) {
                     Some("committed") => true,
                     Some("data") => false,
+                    Some("dfs") => {
+                        let found = file
+                            .file_stem()
+                            .and_then(|s| s.to_str())
+                            .and_then(LocationId::parse_stem)
+                            .zip(
+                                std::fs::read_to_string(&file)
+                                    .ok()
+                                    .and_then(|text| CommitMarker::parse(&text)),
+                            );
+                        if let Some((id, marker)) = found {
+                            out.push(Found {
+                                shuffle: shuffle.clone(),
+                                id,
+                                files: LocationFiles::in_dir(&shuffle_dir, id),
+                                commit: Commit::OnDfs(marker),
+                            });
+                        }
+                        continue;
+                    }
                     _ => continue,
                 };
                 let Some(id) = file

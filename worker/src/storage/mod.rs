@@ -79,6 +79,21 @@ impl Store {
         let mut shuffles = self.lock();
         for disk in &self.disks {
             for found in layout::scan(&disk.path) {
+                if let layout::Commit::OnDfs(marker) = found.commit {
+                    match self.recover_on_dfs(disk, &found, marker) {
+                        Ok(partition) => {
+                            shuffles
+                                .entry(found.shuffle)
+                                .or_default()
+                                .insert(found.id, Arc::new(partition));
+                            counts.0 += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(location = %found.files.dfs_marker().display(), error = %e, "location on the DFS not recovered")
+                        }
+                    }
+                    continue;
+                }
                 let committed = found.commit != layout::Commit::No;
                 let extent = match found.commit {
                     layout::Commit::No => recovery::flushed(&found.files),
@@ -86,6 +101,8 @@ impl Store {
                         recovery::committed(&found.files, Some(marker))
                     }
                     layout::Commit::MarkerFile => recovery::committed(&found.files, None),
+                    // Recovered above.
+                    layout::Commit::OnDfs(_) => continue,
                 };
                 let extent: Extent = match extent {
                     Ok(extent) => extent,
@@ -109,6 +126,40 @@ impl Store {
             }
         }
         counts
+    }
+
+    /// A location kept on the DFS, from its local marker and index (no DFS call). Blocking.
+    fn recover_on_dfs(
+        &self,
+        disk: &Arc<Disk>,
+        found: &layout::Found,
+        marker: CommitMarker,
+    ) -> Result<Partition, String> {
+        let dfs = self
+            .dfs()
+            .ok_or("it is on a DFS and this worker has none configured (dfs)")?;
+        let index = std::fs::read(found.files.dfs_index()).map_err(|e| e.to_string())?;
+        let entries = index::decode(&index, marker.data_len)?;
+        if entries.len() as u64 != marker.stats.batches {
+            return Err(format!(
+                "its index lists {} batches, not {}",
+                entries.len(),
+                marker.stats.batches
+            ));
+        }
+        let object = dfs::DfsObject {
+            dfs: dfs.clone(),
+            data: dfs::object_paths(&found.shuffle, found.id).0,
+        };
+        Ok(Partition::on_dfs(
+            format!("{}/{}", found.shuffle, found.id.stem()),
+            disk.clone(),
+            found.files.clone(),
+            object,
+            marker.data_len,
+            marker.stats,
+            bytes::Bytes::from(index),
+        ))
     }
 
     fn lock(&self) -> MutexGuard<'_, Shuffles> {
