@@ -58,6 +58,26 @@ fn log_field(log: &str, key: &str) -> Option<String> {
         .map(String::from)
 }
 
+/// Drains that had time for everything lose nothing: a read error is a failure, also at
+/// replication 1.
+fn nothing_may_be_lost(observed: &mut Observed) {
+    if let Some(e) = &observed.read_error {
+        observed
+            .failures
+            .push(format!("drains within their grace period lost data: {e}"));
+    }
+}
+
+/// Writes the whole workload; when that fails, stops the cluster (`None`).
+async fn write_everything(setup: Setup, observed: &mut Observed) -> Option<Setup> {
+    setup.write_all(observed).await;
+    if observed.write_error.is_some() {
+        setup.cluster.shutdown().await;
+        return None;
+    }
+    Some(setup)
+}
+
 /// What a drain did, from the drained worker's log: copies moved, bytes moved, copies lost,
 /// copies covered by another copy.
 type Figures = (u64, u64, u64, u64);
@@ -125,24 +145,18 @@ pub(crate) async fn sigterm_drain(ctx: &Ctx) -> anyhow::Result<Observed> {
         observed.not_injected = Some("the drained worker held nothing to hand over".into());
     }
     setup.read_if_written(&mut observed).await;
-    if let Some(e) = &observed.read_error {
-        observed
-            .failures
-            .push(format!("a drain within its grace period lost data: {e}"));
-    }
+    nothing_may_be_lost(&mut observed);
     setup.cluster.shutdown().await;
     Ok(observed)
 }
 
 /// Two workers SIGTERMed one after the other while the reducer reads; nothing may be lost.
 pub(crate) async fn drain_while_reading(ctx: &Ctx) -> anyhow::Result<Observed> {
-    let mut setup = Setup::start(ctx, &draining_workers(GRACE), ctx.sizes.workload()).await?;
+    let setup = Setup::start(ctx, &draining_workers(GRACE), ctx.sizes.workload()).await?;
     let mut observed = setup.observed();
-    setup.write_all(&mut observed).await;
-    if observed.write_error.is_some() {
-        setup.cluster.shutdown().await;
+    let Some(mut setup) = write_everything(setup, &mut observed).await else {
         return Ok(observed);
-    }
+    };
     ctx.phase.set("reading");
     let mut reads = Reads::open(&setup.client, &setup.key, &setup.workload).await?;
     let raw = setup.workload.records() * setup.workload.record_len as u64;
@@ -183,11 +197,7 @@ pub(crate) async fn drain_while_reading(ctx: &Ctx) -> anyhow::Result<Observed> {
     }
     observed.tally = reads.tally;
     observed.read_error = result.err();
-    if let Some(e) = &observed.read_error {
-        observed
-            .failures
-            .push(format!("drains within their grace period lost data: {e}"));
-    }
+    nothing_may_be_lost(&mut observed);
     setup.cluster.shutdown().await;
     Ok(observed)
 }
@@ -196,13 +206,11 @@ pub(crate) async fn drain_while_reading(ctx: &Ctx) -> anyhow::Result<Observed> {
 /// reported (`DataLost`), at once, never silent.
 pub(crate) async fn preempt_short(ctx: &Ctx) -> anyhow::Result<Observed> {
     let grace = Duration::from_secs(1);
-    let mut setup = Setup::start(ctx, &draining_workers(grace), ctx.sizes.workload()).await?;
+    let setup = Setup::start(ctx, &draining_workers(grace), ctx.sizes.workload()).await?;
     let mut observed = setup.observed();
-    setup.write_all(&mut observed).await;
-    if observed.write_error.is_some() {
-        setup.cluster.shutdown().await;
+    let Some(mut setup) = write_everything(setup, &mut observed).await else {
         return Ok(observed);
-    }
+    };
     setup.committed().await?;
     let victim = setup.primary_of(0)?;
     let (what, figures) = drain_one(&mut setup, &mut observed.failures, victim, grace).await?;
@@ -317,13 +325,11 @@ async fn rate(ctx: &Ctx, s3: Option<&Moto>) -> anyhow::Result<Observed> {
             None => spec,
         })
         .collect();
-    let mut setup = Setup::start(ctx, &specs, workload).await?;
+    let setup = Setup::start(ctx, &specs, workload).await?;
     let mut observed = setup.observed();
-    setup.write_all(&mut observed).await;
-    if observed.write_error.is_some() {
-        setup.cluster.shutdown().await;
+    let Some(mut setup) = write_everything(setup, &mut observed).await else {
         return Ok(observed);
-    }
+    };
     setup.committed().await?;
     let (what, figures) = drain_one(&mut setup, &mut observed.failures, 0, grace).await?;
     let seconds: f64 = log_field(&setup.cluster.log_text(0), "handover_seconds")
@@ -344,11 +350,7 @@ async fn rate(ctx: &Ctx, s3: Option<&Moto>) -> anyhow::Result<Observed> {
         }
     }
     setup.read_all(&mut observed).await;
-    if let Some(e) = &observed.read_error {
-        observed
-            .failures
-            .push(format!("a drain within its grace period lost data: {e}"));
-    }
+    nothing_may_be_lost(&mut observed);
     setup.cluster.shutdown().await;
     Ok(observed)
 }

@@ -126,14 +126,7 @@ async fn drain_with_dfs(
     assert_eq!(asked.status.as_u16(), 200, "{}", asked.body);
     cluster.worker_stopped(0, PATIENCE).await.unwrap();
     let seen = read_records(&client, &key, 0..12, None).await.unwrap();
-    assert_eq!(seen.len(), ids.len(), "records missing");
-    for id in &ids {
-        assert_eq!(
-            seen.get(id),
-            Some(&1),
-            "record {id:?} not read exactly once"
-        );
-    }
+    common::assert_exactly_once(&ids, &seen);
     (cluster, client, key)
 }
 

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{api_ok, read_records, write_records};
@@ -24,17 +23,6 @@ fn client(cluster: &LocalCluster, replication: u32) -> SluiceClient {
         ..ClientConfig::new(cluster.master_addr.clone())
     })
     .unwrap()
-}
-
-fn exactly_once(ids: &[RecordId], seen: &HashMap<RecordId, usize>) {
-    assert_eq!(seen.len(), ids.len(), "records missing");
-    for id in ids {
-        assert_eq!(
-            seen.get(id),
-            Some(&1),
-            "record {id:?} not read exactly once"
-        );
-    }
 }
 
 /// How many committed copies of `key` the layout puts on `worker` (waits for the commit).
@@ -122,11 +110,11 @@ async fn a_drained_worker_hands_over_committed_and_running_shuffles_at_replicati
         running_ids.extend(write_map(map).await);
     }
     assert_eq!(copies_on(&cluster, &running, 24, "worker-0").await, 0);
-    exactly_once(
+    common::assert_exactly_once(
         &done_ids,
         &read_records(&client, &done, 0..24, None).await.unwrap(),
     );
-    exactly_once(
+    common::assert_exactly_once(
         &running_ids,
         &read_records(&client, &running, 0..24, None).await.unwrap(),
     );
@@ -209,7 +197,7 @@ async fn a_planned_drain_serves_reads_until_its_shuffles_are_deleted() {
         .await
         .unwrap();
     assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
-    exactly_once(
+    common::assert_exactly_once(
         &ids,
         &read_records(&client, &key, 0..8, None).await.unwrap(),
     );

@@ -82,6 +82,21 @@ pub async fn read_records(
     Ok(seen)
 }
 
+/// Every id of `ids`, and nothing else, was read exactly once.
+pub fn assert_exactly_once(
+    ids: &[records::RecordId],
+    seen: &std::collections::HashMap<records::RecordId, usize>,
+) {
+    assert_eq!(seen.len(), ids.len(), "records missing or unknown");
+    for id in ids {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "record {id:?} not read exactly once"
+        );
+    }
+}
+
 // Low-level writing: batches pushed with the data-plane protocol and map ends reported to the
 // master by hand, to build states the client's writer never produces (batches that do not
 // decode, the same batches in two epochs, copies of one epoch that differ).

@@ -76,18 +76,21 @@ impl Store {
         .await
         .map_err(|e| failed(e.to_string()))?
         .map_err(|e| failed(format!("recording it locally: {e}")))?;
-        let partition = Arc::new(Partition::on_dfs(
-            name, disk, files, object, data_len, stats, index,
-        ));
+        let partition = Partition::on_dfs(name, disk, files, object, data_len, stats, index);
+        self.take_over(shuffle, id, partition);
+        Ok(())
+    }
+
+    /// Serves `partition` as location `id` of `shuffle` from now on, in place of any before it.
+    fn take_over(&self, shuffle: &ShuffleKey, id: LocationId, partition: Partition) {
         let replaced = self
             .lock()
             .entry(shuffle.clone())
             .or_default()
-            .insert(id, partition);
+            .insert(id, Arc::new(partition));
         if let Some(old) = replaced {
             old.discard();
         }
-        Ok(())
     }
 
     /// Writes one piece of location `id` of `shuffle`, handed over by a draining peer: `body`
@@ -140,15 +143,11 @@ impl Store {
         else {
             return Ok(());
         };
-        let partition = Arc::new(Partition::recovered(name, disk, files, extent, true));
-        let replaced = self
-            .lock()
-            .entry(shuffle.clone())
-            .or_default()
-            .insert(id, partition);
-        if let Some(old) = replaced {
-            old.discard();
-        }
+        self.take_over(
+            shuffle,
+            id,
+            Partition::recovered(name, disk, files, extent, true),
+        );
         Ok(())
     }
 }
