@@ -190,10 +190,9 @@ async fn a_drain_uploads_to_a_shared_file_system() {
     let shared = tempfile::tempdir().unwrap();
     let (mut cluster, client, key) =
         drain_with_dfs(dir.path(), &format!("fs://{}", shared.path().display()), "").await;
-    let uploaded: Vec<_> = walk(shared.path());
     assert!(
-        uploaded.iter().any(|p| p.ends_with(".data")),
-        "{uploaded:?}"
+        !common::data_files(shared.path()).is_empty(),
+        "nothing was uploaded"
     );
     // The workers that took the copies serve them again after a restart.
     let before = read_records(&client, &key, 0..12, None).await.unwrap();
@@ -223,19 +222,36 @@ async fn a_drain_with_the_dfs_down_hands_the_files_to_a_peer() {
     cluster.shutdown().await.unwrap();
 }
 
-/// Every file under `dir`, as strings.
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path.display().to_string());
-            }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_disk_reserve_committed_locations_move_to_the_dfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("fs://{}", shared.path().display());
+    // More than any disk here has free: every committed location moves.
+    options.worker.disk_reserve = bytesize::ByteSize::pib(1);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = SluiceClient::new(ClientConfig {
+        replication: 1,
+        ..ClientConfig::new(cluster.master_addr.clone())
+    })
+    .unwrap();
+    let key = ShuffleKey::new("dfs-reserve", 0);
+    let ids = write_records(&client, &key, (4, 12), 800, 900).await;
+    let started = Instant::now();
+    loop {
+        let local = common::data_files(dir.path());
+        let moved = common::data_files(shared.path()).len();
+        if local.is_empty() && moved > 0 {
+            break;
         }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "local data files left: {local:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    out
+    let seen = read_records(&client, &key, 0..12, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    cluster.shutdown().await.unwrap();
 }

@@ -30,6 +30,7 @@ const WORKER_METRICS: &[&str] = &[
     "sluice_worker_handover_bytes_total",
     "sluice_worker_drain_copies_total",
     "sluice_worker_dfs_uploaded_bytes_total",
+    "sluice_worker_dfs_offloaded_bytes_total",
     "sluice_worker_active_partitions",
     "sluice_worker_active_shuffles",
     "sluice_worker_disk_used_bytes",

@@ -167,6 +167,10 @@ pub struct WorkerConfig {
     /// save there, and another worker serves them from there. Every worker of a cluster names
     /// the same. Empty: no DFS (a drain hands files over to peers).
     pub dfs: String,
+    /// Free space each data directory keeps when there is a DFS: below it, the worker moves
+    /// committed locations of that directory to the DFS, largest first, until it is above again
+    /// (they are then served from the DFS). `0B`: never.
+    pub disk_reserve: ByteSize,
     /// The S3 endpoint of `dfs` (an S3-compatible server, `http://minio:9000`). Empty: AWS.
     pub dfs_endpoint: String,
     /// The S3 region of `dfs`.
@@ -222,6 +226,7 @@ impl Default for WorkerConfig {
             tls_connect: false,
             dfs: String::new(),
             dfs_endpoint: String::new(),
+            disk_reserve: ByteSize::b(0),
             dfs_region: "us-east-1".into(),
             fault_write_delay: String::new(),
         }

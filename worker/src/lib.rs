@@ -152,6 +152,9 @@ impl Worker {
             );
         }
         tasks.spawn(relieve_pressure(shared.clone(), shutdown.clone()));
+        if shared.store.dfs().is_some() && shared.config.disk_reserve.as_u64() > 0 {
+            tasks.spawn(keep_disk_reserve(shared.clone(), shutdown.clone()));
+        }
         tracing::info!(
             worker = %shared.info.id,
             push = %shared.info.push_addr(),
@@ -167,6 +170,34 @@ impl Worker {
 /// Flushes every partition's buffer whenever memory use crosses half the budget, and, every
 /// half `max_buffer_age`, what has waited longer than that (so a restart loses at most that
 /// much of what a partition received last, and a quiet partition pins no memory).
+/// With a DFS: every heartbeat interval, moves committed locations of a data directory whose
+/// free space is below `disk_reserve` to the DFS until it is above again.
+async fn keep_disk_reserve(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let reserve = shared.config.disk_reserve.as_u64();
+    let mut ticks = tokio::time::interval(shared.config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for disk in shared.store.disks() {
+            let status = disk.status().await;
+            if status.free_bytes >= reserve {
+                continue;
+            }
+            let freed = shared
+                .store
+                .offload(disk, reserve - status.free_bytes)
+                .await;
+            if freed > 0 {
+                shared.metrics.dfs_offloaded_bytes.increment(freed);
+                tracing::info!(disk = %disk.path.display(), freed, free = status.free_bytes, reserve, "below the disk reserve: locations moved to the DFS");
+            }
+        }
+    }
+}
+
 async fn relieve_pressure(shared: Arc<Shared>, shutdown: CancellationToken) {
     let age = shared.config.max_buffer_age;
     let mut ticks = tokio::time::interval((age / 2).max(std::time::Duration::from_millis(10)));

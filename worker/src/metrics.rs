@@ -54,8 +54,9 @@ pub struct WorkerMetrics {
     /// Copies a drain handed over, and copies it reported lost.
     pub drain_copies_moved: Counter,
     pub drain_copies_lost: Counter,
-    /// Bytes uploaded to the DFS.
+    /// Bytes uploaded to the DFS, and bytes of local files moved there to keep `disk_reserve`.
     pub dfs_uploaded_bytes: Counter,
+    pub dfs_offloaded_bytes: Counter,
     /// Open connections per port, kept up to date as they open and close.
     pub connections_push: Gauge,
     pub connections_fetch: Gauge,
@@ -198,6 +199,7 @@ impl WorkerMetrics {
                 drain_copies_moved: metrics::counter!("sluice_worker_drain_copies_total", "outcome" => "moved"),
                 drain_copies_lost: metrics::counter!("sluice_worker_drain_copies_total", "outcome" => "lost"),
                 dfs_uploaded_bytes: metrics::counter!("sluice_worker_dfs_uploaded_bytes_total"),
+                dfs_offloaded_bytes: metrics::counter!("sluice_worker_dfs_offloaded_bytes_total"),
                 connections_push: metrics::gauge!("sluice_worker_connections", "port" => "push"),
                 connections_fetch: metrics::gauge!("sluice_worker_connections", "port" => "fetch"),
                 memory_used: metrics::gauge!("sluice_worker_memory_used_bytes"),
@@ -330,6 +332,11 @@ fn describe() {
         "sluice_worker_dfs_uploaded_bytes_total",
         Unit::Bytes,
         "Bytes of committed locations (data and index) uploaded to the DFS tier."
+    );
+    describe_counter!(
+        "sluice_worker_dfs_offloaded_bytes_total",
+        Unit::Bytes,
+        "Bytes of committed local files moved to the DFS because a data directory was below disk_reserve."
     );
     describe_counter!(
         "sluice_worker_drain_copies_total",

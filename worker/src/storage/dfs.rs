@@ -229,3 +229,70 @@ impl Dfs {
         self.operator.remove_all(&dir).await.map_err(io_error)
     }
 }
+
+impl super::Store {
+    /// Moves committed locations of `disk` to the DFS, largest first, until about `wanted` bytes
+    /// are moved or none is left: each is uploaded, served from the DFS from then on (as a
+    /// location a draining peer handed over), and its local files are deleted. Returns the
+    /// bytes freed. Nothing happens without a DFS.
+    pub async fn offload(&self, disk: &Arc<super::disk::Disk>, wanted: u64) -> u64 {
+        let Some(dfs) = self.dfs().cloned() else {
+            return 0;
+        };
+        let mut candidates: Vec<(
+            ShuffleKey,
+            LocationId,
+            Arc<super::partition::Partition>,
+            u64,
+        )> = Vec::new();
+        for (shuffle, locations) in self.lock().iter() {
+            for (id, partition) in locations {
+                if !Arc::ptr_eq(partition.disk(), disk) {
+                    continue;
+                }
+                if let Ok(files) = partition.committed_files() {
+                    if files.dfs.is_none() && files.files.is_some() {
+                        candidates.push((shuffle.clone(), *id, partition.clone(), files.data_len));
+                    }
+                }
+            }
+        }
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.3));
+        let mut freed = 0u64;
+        for (shuffle, id, partition, _) in candidates {
+            if freed >= wanted {
+                break;
+            }
+            let (Ok(files), Ok(super::partition::Sealed::Committed(stats))) =
+                (partition.committed_files(), partition.seal().await)
+            else {
+                continue;
+            };
+            let Some(local) = files.files.clone() else {
+                continue;
+            };
+            let moved = async {
+                dfs.upload(&shuffle, id, &files).await?;
+                self.hand_in_dfs(&shuffle, id, files.data_len, stats)
+                    .await
+                    .map_err(std::io::Error::other)
+            };
+            if let Err(e) = moved.await {
+                tracing::warn!(dfs = dfs.url(), location = %partition.name(), error = %e, "moving a location to the DFS failed");
+                continue;
+            }
+            // Served from the DFS now; a read that had the file open finishes on it.
+            let removed = tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(&local.index);
+                std::fs::remove_file(&local.data)
+            })
+            .await;
+            if !matches!(removed, Ok(Ok(()))) {
+                tracing::warn!(location = %partition.name(), "a location moved to the DFS kept its local file");
+            }
+            freed += files.data_len;
+            tracing::info!(location = %partition.name(), bytes = files.data_len, dfs = dfs.url(), "location moved to the DFS");
+        }
+        freed
+    }
+}
