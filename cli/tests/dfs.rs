@@ -1,7 +1,7 @@
 //! The DFS tier on real in-process clusters: a drained worker uploads what it must save to the
 //! DFS, and the worker that takes each copy serves it from there; deleting the shuffle deletes
-//! its objects, and a restarted worker serves what it took again. Against a real S3-compatible
-//! server (moto's, from PyPI: `pip install
+//! its objects, and a restarted worker serves what it took again. Against a real HDFS (Hadoop's
+//! MiniDFSCluster from Maven Central, `tests/hdfs/`), a real S3-compatible server (moto's, from PyPI: `pip install
 //! 'moto[server]'`, started here on a free port) and a shared file system (`fs://`); a DFS that
 //! is down falls back to handing the files to a peer.
 
@@ -253,5 +253,116 @@ async fn below_the_disk_reserve_committed_locations_move_to_the_dfs() {
     }
     let seen = read_records(&client, &key, 0..12, None).await.unwrap();
     common::assert_exactly_once(&ids, &seen);
+    cluster.shutdown().await.unwrap();
+}
+
+/// A real HDFS: Hadoop's MiniDFSCluster (`tests/hdfs/MiniHdfs.java`) in a JVM of its own, its
+/// jars copied from Maven; stopped when dropped.
+struct MiniHdfs {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for MiniHdfs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mini_hdfs() -> MiniHdfs {
+    use std::io::BufRead;
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hdfs");
+    let dir = tempfile::tempdir().unwrap();
+    let (lib, classes) = (dir.path().join("lib"), dir.path().join("classes"));
+    let run = |command: &mut Command, what: &str| {
+        let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        Command::new("mvn")
+            .args(["-B", "-q", "-f"])
+            .arg(here.join("pom.xml"))
+            .arg("dependency:copy-dependencies")
+            .arg(format!("-DoutputDirectory={}", lib.display())),
+        "copying Hadoop's minicluster jars with mvn (needs Maven and Maven Central)",
+    );
+    let jars = format!("{}/*", lib.display());
+    run(
+        Command::new("javac")
+            .args(["-cp", &jars, "-d"])
+            .arg(&classes)
+            .arg(here.join("MiniHdfs.java")),
+        "compiling MiniHdfs.java (needs a JDK)",
+    );
+    let log = std::fs::File::create(dir.path().join("hdfs.log")).unwrap();
+    let mut child = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}:{jars}", classes.display()))
+        .arg("MiniHdfs")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first.trim().to_string();
+    assert!(
+        url.starts_with("hdfs://"),
+        "MiniDFSCluster did not start: {url:?} (log: {})",
+        std::fs::read_to_string(dir.path().join("hdfs.log")).unwrap_or_default()
+    );
+    MiniHdfs {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_uploads_to_hdfs_and_deleting_the_shuffle_deletes_its_files() {
+    let hdfs = tokio::task::spawn_blocking(mini_hdfs).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}/sluice", hdfs.url);
+    let (cluster, client, key) = drain_with_dfs(dir.path(), &url, "").await;
+    assert_eq!(
+        files_handed_in(&cluster).await,
+        0.0,
+        "files were handed over though HDFS was up"
+    );
+    // The copies are on HDFS: a fresh client of it lists them, and deleting the shuffle
+    // deletes them.
+    let dfs = sluice_worker::storage::dfs::Dfs::open(&url, "", "").unwrap();
+    let listed = |dfs: &sluice_worker::storage::dfs::Dfs| {
+        let dfs = dfs.operator().clone();
+        async move {
+            dfs.list_with("dfs/0/")
+                .await
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter(|e| e.path().ends_with(".data"))
+                        .count()
+                })
+                .unwrap_or(0)
+        }
+    };
+    assert!(listed(&dfs).await > 0, "nothing on HDFS");
+    client.unregister_shuffle(&key).await.unwrap();
+    let started = Instant::now();
+    while listed(&dfs).await > 0 {
+        assert!(started.elapsed() < PATIENCE, "files left on HDFS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.shutdown().await.unwrap();
 }

@@ -162,7 +162,8 @@ pub struct WorkerConfig {
     /// Dial masters and other workers' push ports with TLS (set when their ports have it on).
     pub tls_connect: bool,
     /// The DFS tier, through Apache OpenDAL: `s3://bucket/prefix` (any S3-compatible server;
-    /// credentials from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`), or `fs:///path` (a
+    /// credentials from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`),
+    /// `hdfs://namenode:port/prefix` (a pure-Rust HDFS client, no JVM), or `fs:///path` (a
     /// shared file system every worker mounts). A draining worker uploads the copies it must
     /// save there, and another worker serves them from there. Every worker of a cluster names
     /// the same. Empty: no DFS (a drain hands files over to peers).

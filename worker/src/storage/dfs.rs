@@ -1,5 +1,5 @@
 //! The DFS tier: committed locations kept in an object store or a distributed file system
-//! (S3 or any S3-compatible server, or a shared file system), through Apache OpenDAL.
+//! (S3 or any S3-compatible server, HDFS, or a shared file system), through Apache OpenDAL.
 //!
 //! Objects are named like local files, under the configured prefix:
 //! `<prefix>/<app>/<shuffle>/<partition>-<epoch>-<p|r>.data` and `.index` beside it. The data
@@ -82,8 +82,9 @@ pub fn object_paths(shuffle: &ShuffleKey, id: LocationId) -> (String, String) {
 
 impl Dfs {
     /// The DFS named by `url`: `s3://bucket/prefix` (credentials from `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY`; `endpoint` for an S3-compatible server, `region`), or
-    /// `fs:///absolute/path` (a mounted shared file system). Touches nothing yet.
+    /// `AWS_SECRET_ACCESS_KEY`; `endpoint` for an S3-compatible server, `region`),
+    /// `hdfs://namenode:port/prefix` (hdfs-native, no JVM), or `fs:///absolute/path` (a mounted
+    /// shared file system). Touches nothing yet.
     pub fn open(url: &str, endpoint: &str, region: &str) -> Result<Dfs, String> {
         let operator = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -104,6 +105,17 @@ impl Dfs {
                 builder = builder.access_key_id(&key).secret_access_key(&secret);
             }
             Operator::new(builder).map_err(|e| e.to_string())?.finish()
+        } else if let Some(rest) = url.strip_prefix("hdfs://") {
+            let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if authority.is_empty() {
+                return Err(format!(
+                    "{url:?} names no name node (hdfs://host:port/prefix)"
+                ));
+            }
+            let builder = opendal::services::HdfsNative::default()
+                .name_node(&format!("hdfs://{authority}"))
+                .root(&format!("/{prefix}"));
+            Operator::new(builder).map_err(|e| e.to_string())?.finish()
         } else if let Some(root) = url.strip_prefix("fs://") {
             if !root.starts_with('/') {
                 return Err(format!("{url:?}: the path must be absolute (fs:///path)"));
@@ -112,7 +124,7 @@ impl Dfs {
             Operator::new(builder).map_err(|e| e.to_string())?.finish()
         } else {
             return Err(format!(
-                "{url:?}: a DFS is s3://bucket/prefix or fs:///path"
+                "{url:?}: a DFS is s3://bucket/prefix, hdfs://host:port/prefix or fs:///path"
             ));
         };
         Ok(Dfs {
@@ -123,6 +135,11 @@ impl Dfs {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The OpenDAL operator (for tests that look at what is stored).
+    pub fn operator(&self) -> &Operator {
+        &self.operator
     }
 
     /// Uploads a committed location: its data file as a multipart upload of [`PART`]-byte
