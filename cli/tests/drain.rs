@@ -211,3 +211,28 @@ async fn a_planned_drain_serves_reads_until_its_shuffles_are_deleted() {
     cluster.worker_stopped(1, PATIENCE).await.unwrap();
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_deadline_brings_a_planned_drain_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
+        .await
+        .unwrap();
+    let client = client(&cluster, 1);
+    let key = ShuffleKey::new("drain-sooner", 0);
+    let ids = write_records(&client, &key, (2, 8), 400, 900).await;
+    let worker = cluster.worker_admins()[1].clone().unwrap();
+    for deadline in ["1h", "20s"] {
+        let path = format!("/api/decommission?deadline={deadline}");
+        let answer = sluice::http::post(&worker, &path).await.unwrap();
+        assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
+    }
+    // The SIGTERM-like request wins: the worker hands over now and goes.
+    cluster.worker_stopped(1, PATIENCE).await.unwrap();
+    assert_eq!(copies_on(&cluster, &key, 8, "worker-1").await, 0);
+    common::assert_exactly_once(
+        &ids,
+        &read_records(&client, &key, 0..8, None).await.unwrap(),
+    );
+    cluster.shutdown().await.unwrap();
+}

@@ -63,14 +63,28 @@ pub struct DrainReport {
 }
 
 /// Drains within `deadline` (see the module overview), then stops the worker. Runs once: a
-/// second call while a drain runs returns `None`.
+/// second call while a drain runs only brings its deadline forward when it is sooner (a
+/// SIGTERM during a planned drain), and returns `None`.
 pub async fn drain(shared: Arc<Shared>, deadline: Duration, by: &str) -> Option<DrainReport> {
-    if shared
-        .draining
-        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    let until = Instant::now() + deadline;
     {
-        return None;
+        let mut current = shared.drain_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = current.as_mut() {
+            if until < *current {
+                tracing::warn!(
+                    by,
+                    ?deadline,
+                    "a drain under way: its deadline comes sooner now"
+                );
+                *current = until;
+            }
+            return None;
+        }
+        *current = Some(until);
     }
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     shared.decommission(by);
     tracing::warn!(worker = %shared.info.id, by, ?deadline, "draining: handing over what no other copy outlives");
     let report = run(&shared, deadline).await;
@@ -123,15 +137,16 @@ struct Copy {
 
 async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
     let started = Instant::now();
-    let until = started + deadline;
     let mut report = DrainReport {
         deadline_seconds: deadline.as_secs_f64(),
         ..DrainReport::default()
     };
-    let left = || until.saturating_duration_since(Instant::now());
     if deadline >= PLANNED {
-        wait_for_reads(shared, until).await;
+        wait_for_reads(shared).await;
     }
+    // Brought forward by a later, shorter drain request (a SIGTERM) while waiting.
+    let until = deadline_of(shared).unwrap_or(started + deadline);
+    let left = || until.saturating_duration_since(Instant::now());
     let handing = Instant::now();
     let Some(master) = masters(shared, left()) else {
         tracing::error!("draining: invalid master endpoints");
@@ -318,11 +333,19 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
     report
 }
 
+/// The drain's deadline now.
+fn deadline_of(shared: &Shared) -> Option<Instant> {
+    *shared.drain_until.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A planned drain: waits while the worker holds shuffles and more than twice what handing them
 /// all over would take remains (readers keep reading them here; deleted ones need no hand-over).
-async fn wait_for_reads(shared: &Shared, until: Instant) {
+async fn wait_for_reads(shared: &Shared) {
     let mut logged = false;
     loop {
+        let Some(until) = deadline_of(shared) else {
+            return;
+        };
         let held: u64 = shared
             .store
             .disks()

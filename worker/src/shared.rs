@@ -39,6 +39,8 @@ pub struct Shared {
     pub decommissioning: std::sync::atomic::AtomicBool,
     /// Set once a drain started (it runs once).
     pub draining: std::sync::atomic::AtomicBool,
+    /// When the drain under way must be done (a later, shorter request brings it forward).
+    pub drain_until: std::sync::Mutex<Option<std::time::Instant>>,
     /// What the drain did, once it ended.
     pub drain_report: std::sync::Mutex<Option<crate::drain::DrainReport>>,
     /// Stops the worker's tasks; set when it starts serving (a drain ends with it).
@@ -188,6 +190,7 @@ pub(crate) fn start(
     let shared = Shared {
         decommissioning: std::sync::atomic::AtomicBool::new(false),
         draining: std::sync::atomic::AtomicBool::new(false),
+        drain_until: std::sync::Mutex::new(None),
         drain_report: std::sync::Mutex::new(None),
         stop: std::sync::OnceLock::new(),
         handshakes_refused: std::sync::atomic::AtomicU64::new(0),
