@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{read_records, write_records};
 use sluice::local::{LocalCluster, LocalOptions};
-use sluice_client::{ClientConfig, SluiceClient};
+use sluice_client::SluiceClient;
 use sluice_protocol::ShuffleKey;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -110,11 +110,7 @@ async fn drain_with_dfs(
     options.worker.dfs = dfs.to_string();
     options.worker.dfs_endpoint = endpoint.to_string();
     let mut cluster = LocalCluster::start(options).await.unwrap();
-    let client = SluiceClient::new(ClientConfig {
-        replication: 1,
-        ..ClientConfig::new(cluster.master_addr.clone())
-    })
-    .unwrap();
+    let client = common::client(&cluster, 1);
     let key = ShuffleKey::new("dfs", 0);
     let ids = write_records(&client, &key, (4, 12), 800, 900).await;
     let asked = sluice::http::post(
@@ -231,11 +227,7 @@ async fn below_the_disk_reserve_committed_locations_move_to_the_dfs() {
     // More than any disk here has free: every committed location moves.
     options.worker.disk_reserve = bytesize::ByteSize::pib(1);
     let cluster = LocalCluster::start(options).await.unwrap();
-    let client = SluiceClient::new(ClientConfig {
-        replication: 1,
-        ..ClientConfig::new(cluster.master_addr.clone())
-    })
-    .unwrap();
+    let client = common::client(&cluster, 1);
     let key = ShuffleKey::new("dfs-reserve", 0);
     let ids = write_records(&client, &key, (4, 12), 800, 900).await;
     let started = Instant::now();

@@ -10,20 +10,11 @@ use std::time::{Duration, Instant};
 use common::{api_ok, read_records, write_records};
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::records::RecordId;
-use sluice_client::{ClientConfig, SluiceClient};
 use sluice_protocol::pb;
 use sluice_protocol::pb::master_client::MasterClient;
 use sluice_protocol::ShuffleKey;
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn client(cluster: &LocalCluster, replication: u32) -> SluiceClient {
-    SluiceClient::new(ClientConfig {
-        replication,
-        ..ClientConfig::new(cluster.master_addr.clone())
-    })
-    .unwrap()
-}
 
 /// How many committed copies of `key` the layout puts on `worker` (waits for the commit).
 async fn copies_on(
@@ -60,7 +51,7 @@ async fn a_drained_worker_hands_over_committed_and_running_shuffles_at_replicati
     let mut cluster = LocalCluster::start(LocalOptions::new(3, dir.path()))
         .await
         .unwrap();
-    let client = client(&cluster, 1);
+    let client = common::client(&cluster, 1);
 
     // A committed shuffle, and one whose maps are half written.
     let done = ShuffleKey::new("drain", 0);
@@ -136,7 +127,7 @@ async fn a_drain_cut_short_reports_its_copies_lost_and_readers_fail_fast() {
     let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
         .await
         .unwrap();
-    let client = client(&cluster, 1);
+    let client = common::client(&cluster, 1);
     let key = ShuffleKey::new("drain-short", 0);
     write_records(&client, &key, (2, 8), 400, 900).await;
     assert!(copies_on(&cluster, &key, 8, "worker-1").await > 0);
@@ -186,7 +177,7 @@ async fn a_planned_drain_serves_reads_until_its_shuffles_are_deleted() {
     let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
         .await
         .unwrap();
-    let client = client(&cluster, 1);
+    let client = common::client(&cluster, 1);
     let key = ShuffleKey::new("drain-planned", 0);
     let ids = write_records(&client, &key, (2, 8), 400, 900).await;
     assert!(copies_on(&cluster, &key, 8, "worker-1").await > 0);
@@ -218,7 +209,7 @@ async fn a_shorter_deadline_brings_a_planned_drain_forward() {
     let mut cluster = LocalCluster::start(LocalOptions::new(2, dir.path()))
         .await
         .unwrap();
-    let client = client(&cluster, 1);
+    let client = common::client(&cluster, 1);
     let key = ShuffleKey::new("drain-sooner", 0);
     let ids = write_records(&client, &key, (2, 8), 400, 900).await;
     let worker = cluster.worker_admins()[1].clone().unwrap();
