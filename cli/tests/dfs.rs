@@ -358,3 +358,48 @@ async fn a_drain_uploads_to_hdfs_and_deleting_the_shuffle_deletes_its_files() {
     }
     cluster.shutdown().await.unwrap();
 }
+
+/// Two workers on `dfs` whose disks count as full (a reserve larger than any disk here): a
+/// shuffle at replication 2 is written straight to the DFS, nothing to the local disks, and
+/// every record reads back exactly once.
+async fn write_with_full_disks(dfs: &str, endpoint: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = dfs.to_string();
+    options.worker.dfs_endpoint = endpoint.to_string();
+    options.worker.disk_reserve = bytesize::ByteSize::pib(1);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 2);
+    let key = ShuffleKey::new("dfs-full", 0);
+    let ids = write_records(&client, &key, (4, 12), 800, 900).await;
+    let seen = read_records(&client, &key, 0..12, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    assert!(
+        common::data_files(dir.path()).is_empty(),
+        "{:?}",
+        common::data_files(dir.path())
+    );
+    // Both copies of every partition are on the DFS.
+    let stored = sluice_worker::storage::dfs::Dfs::open(dfs, endpoint, "us-east-1").unwrap();
+    let objects = stored.operator().list_with("dfs-full/0/").await.unwrap();
+    let data = objects
+        .iter()
+        .filter(|e| e.path().ends_with(".data"))
+        .count();
+    assert!(data >= 24, "{} data objects", data);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_disk_full_shuffles_are_written_to_s3() {
+    set_credentials();
+    let moto = moto().await;
+    let dfs = format!("s3://{BUCKET}/full-{}", std::process::id());
+    write_with_full_disks(&dfs, &moto.endpoint).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_disk_full_shuffles_are_written_to_hdfs() {
+    let hdfs = tokio::task::spawn_blocking(mini_hdfs).await.unwrap();
+    write_with_full_disks(&format!("{}/full", hdfs.url), "").await;
+}

@@ -170,7 +170,8 @@ pub struct WorkerConfig {
     pub dfs: String,
     /// Free space each data directory keeps when there is a DFS: below it, the worker moves
     /// committed locations of that directory to the DFS, largest first, until it is above again
-    /// (they are then served from the DFS). `0B`: never.
+    /// (they are then served from the DFS); and while every directory is below it, new
+    /// locations are written straight to the DFS. `0B`: never.
     pub disk_reserve: ByteSize,
     /// The S3 endpoint of `dfs` (an S3-compatible server, `http://minio:9000`). Empty: AWS.
     pub dfs_endpoint: String,

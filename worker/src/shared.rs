@@ -171,6 +171,7 @@ pub(crate) fn start(
             .map_err(|e| WorkerError::Config(format!("dfs: {e}")))?;
         tracing::info!(dfs = %config.dfs, "DFS tier configured");
         store.set_dfs(Arc::new(dfs));
+        store.set_disk_reserve(config.disk_reserve.as_u64());
     }
     let (committed, flushed) = store.recover();
     if committed + flushed > 0 {

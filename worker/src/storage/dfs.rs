@@ -313,3 +313,83 @@ impl super::Store {
         freed
     }
 }
+
+/// What a location written straight to the DFS asks of its writer task.
+pub enum WriteJob {
+    /// Append these slices (one flush), in order.
+    Write(
+        Vec<Bytes>,
+        tokio::sync::oneshot::Sender<std::io::Result<()>>,
+    ),
+    /// Complete the upload, then write `index` as the index object.
+    Close(Bytes, tokio::sync::oneshot::Sender<std::io::Result<()>>),
+}
+
+/// The writer of a location placed on the DFS (its worker's disks were below `disk_reserve`):
+/// one task per location owns the multipart upload and takes its flushes in order. Dropping
+/// the sender ends the task; an upload never closed is abandoned.
+pub fn spawn_writer(
+    dfs: Arc<Dfs>,
+    shuffle: &ShuffleKey,
+    id: LocationId,
+) -> tokio::sync::mpsc::UnboundedSender<WriteJob> {
+    let (data_path, index_path) = object_paths(shuffle, id);
+    let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<WriteJob>();
+    tokio::spawn(async move {
+        let mut writer: Option<opendal::Writer> = None;
+        let mut failed: Option<String> = None;
+        while let Some(job) = queue.recv().await {
+            match job {
+                WriteJob::Write(bufs, done) => {
+                    let result = match &failed {
+                        Some(reason) => Err(std::io::Error::other(reason.clone())),
+                        None => write_all(&dfs, &data_path, &mut writer, bufs).await,
+                    };
+                    if let Err(e) = &result {
+                        failed.get_or_insert_with(|| e.to_string());
+                    }
+                    let _ = done.send(result);
+                }
+                WriteJob::Close(index, done) => {
+                    let result = match (&failed, writer.take()) {
+                        (Some(reason), _) => Err(std::io::Error::other(reason.clone())),
+                        (None, Some(mut open)) => match open.close().await {
+                            Ok(_) => dfs.operator.write(&index_path, index).await.map(|_| ()),
+                            Err(e) => Err(e),
+                        }
+                        .map_err(io_error),
+                        // Nothing was ever written: an empty location, no objects.
+                        (None, None) => Ok(()),
+                    };
+                    let _ = done.send(result);
+                    return;
+                }
+            }
+        }
+    });
+    jobs
+}
+
+async fn write_all(
+    dfs: &Dfs,
+    path: &str,
+    writer: &mut Option<opendal::Writer>,
+    bufs: Vec<Bytes>,
+) -> std::io::Result<()> {
+    if writer.is_none() {
+        let open = dfs
+            .operator
+            .writer_with(path)
+            .chunk(PART)
+            .await
+            .map_err(io_error)?;
+        *writer = Some(open);
+    }
+    let Some(open) = writer.as_mut() else {
+        return Err(std::io::Error::other("no writer"));
+    };
+    for buf in bufs {
+        open.write(buf).await.map_err(io_error)?;
+    }
+    Ok(())
+}

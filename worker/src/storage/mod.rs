@@ -54,6 +54,9 @@ pub struct Store {
     incoming: Mutex<handover::Incoming>,
     /// The DFS (`dfs`), when configured.
     dfs: std::sync::OnceLock<Arc<dfs::Dfs>>,
+    /// Free space each disk keeps (`disk_reserve`); with a DFS, new locations of a worker whose
+    /// every disk is below it are written to the DFS.
+    disk_reserve: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -67,6 +70,7 @@ impl Store {
             fsync_on_commit,
             incoming: Mutex::default(),
             dfs: std::sync::OnceLock::new(),
+            disk_reserve: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -176,6 +180,23 @@ impl Store {
         self.dfs.get()
     }
 
+    /// Sets `disk_reserve`.
+    pub fn set_disk_reserve(&self, bytes: u64) {
+        self.disk_reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The DFS, when new locations go there: it is configured and every disk whose space is
+    /// known has less free than `disk_reserve` (or is unhealthy).
+    fn dfs_for_new_locations(&self) -> Option<&Arc<dfs::Dfs>> {
+        let dfs = self.dfs()?;
+        let reserve = self.disk_reserve.load(Ordering::Relaxed);
+        let full = |disk: &Arc<Disk>| {
+            let usage = disk.usage();
+            !disk.is_healthy() || (usage.space_answered && usage.free_bytes < reserve)
+        };
+        (reserve > 0 && self.disks.iter().all(full)).then_some(dfs)
+    }
+
     pub fn disks(&self) -> &[Arc<Disk>] {
         &self.disks
     }
@@ -230,7 +251,21 @@ impl Store {
             }
             let disk = self.pick_disk();
             let files = LocationFiles::new(&disk.path, shuffle, id);
-            let partition = Partition::new(format!("{shuffle}/{}", id.stem()), disk, files);
+            let name = format!("{shuffle}/{}", id.stem());
+            let partition = match self.dfs_for_new_locations() {
+                // The disks are full: written straight to the DFS.
+                Some(dfs) => Partition::writing_to_dfs(
+                    name,
+                    disk,
+                    files,
+                    dfs::DfsObject {
+                        dfs: dfs.clone(),
+                        data: dfs::object_paths(shuffle, id).0,
+                    },
+                    dfs::spawn_writer(dfs.clone(), shuffle, id),
+                ),
+                None => Partition::new(name, disk, files),
+            };
             partition.set_replica(replica);
             locations.insert(id, Arc::new(partition));
         }
@@ -340,6 +375,19 @@ impl Store {
                 Ok((i, Ok(Sealed::Committed(stats)))) => {
                     out[i].stats = Some(stats);
                     out[i].ok = true;
+                }
+                Ok((i, Ok(Sealed::Ready(marker, _))))
+                    if partitions[i].as_ref().is_some_and(|p| p.writes_to_dfs()) =>
+                {
+                    if let Some(partition) = &partitions[i] {
+                        match partition.finish_on_dfs(marker).await {
+                            Ok(stats) => {
+                                out[i].stats = Some(stats);
+                                out[i].ok = true;
+                            }
+                            Err(reason) => out[i].error = reason,
+                        }
+                    }
                 }
                 Ok((i, Ok(Sealed::Ready(marker, index_file)))) => {
                     if let Some(partition) = &partitions[i] {

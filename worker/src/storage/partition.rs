@@ -129,6 +129,8 @@ pub struct Partition {
     replica: Mutex<Option<String>>,
     /// A committed location kept on the DFS rather than on this worker's disk.
     dfs: Option<super::dfs::DfsObject>,
+    /// A location written straight to the DFS: its writer task.
+    dfs_writer: Option<tokio::sync::mpsc::UnboundedSender<super::dfs::WriteJob>>,
 }
 
 impl Partition {
@@ -157,7 +159,68 @@ impl Partition {
             flushed: Notify::new(),
             replica: Mutex::new(None),
             dfs: None,
+            dfs_writer: None,
         }
+    }
+
+    /// A location whose flushes go straight to the DFS (`object`, written by `writer`) rather
+    /// than to `disk`: its index stays in memory, and its commit completes the upload.
+    pub fn writing_to_dfs(
+        name: String,
+        disk: Arc<Disk>,
+        files: LocationFiles,
+        object: super::dfs::DfsObject,
+        writer: tokio::sync::mpsc::UnboundedSender<super::dfs::WriteJob>,
+    ) -> Partition {
+        let mut partition = Partition::new(name, disk, files);
+        partition.dfs = Some(object);
+        partition.dfs_writer = Some(writer);
+        // Nothing on this worker's disk to give back when it is deleted.
+        partition
+            .state
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .discarded = true;
+        partition
+    }
+
+    /// Whether this location is written straight to the DFS.
+    pub fn writes_to_dfs(&self) -> bool {
+        self.dfs_writer.is_some()
+    }
+
+    /// Ends the commit of a location written to the DFS once it is sealed: completes the
+    /// upload and writes the index object, then keeps its totals and index locally (as for a
+    /// location handed over on the DFS) so a restart serves it again.
+    pub async fn finish_on_dfs(&self, marker: CommitMarker) -> Result<pb::BatchStats, String> {
+        let Some(writer) = &self.dfs_writer else {
+            return Err("not written to the DFS".into());
+        };
+        let index = Bytes::from(self.lock().memory_index.clone());
+        let (done, closed) = oneshot::channel();
+        let closed = match writer.send(super::dfs::WriteJob::Close(index.clone(), done)) {
+            Ok(()) => closed
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("the DFS writer stopped"))),
+            Err(_) => Err(std::io::Error::other("the DFS writer stopped")),
+        };
+        let recorded = match closed {
+            Ok(()) => {
+                let files = self.files.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    if let Some(dir) = files.data.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::write(files.dfs_index(), &index)?;
+                    std::fs::write(files.dfs_marker(), marker.marker_text())
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|e| format!("recording a location written to the DFS: {e}"))
+            }
+            Err(e) => Err(format!("completing the upload to the DFS: {e}")),
+        };
+        self.finish_commit(recorded)
     }
 
     /// A committed location whose data is the DFS object `dfs` (`data_len` bytes, `stats`) and
@@ -355,6 +418,35 @@ impl Partition {
     /// while they fit in [`SMALL_INDEX`]; the flush that takes them past it creates the index
     /// file with all of them.
     fn flush_locked(self: &Arc<Self>, state: &mut State) {
+        if let Some(writer) = &self.dfs_writer {
+            // Straight to the DFS: the index stays in memory, nothing is held on the disk.
+            state.created = true;
+            state.pending_since = None;
+            let len = std::mem::take(&mut state.pending_len);
+            let entries = std::mem::take(&mut state.pending_index);
+            state.index_len += entries.len() as u64;
+            state.memory_index.extend_from_slice(&entries);
+            state.flushed_len += len;
+            let (done, outcome) = oneshot::channel();
+            let bufs = std::mem::take(&mut state.pending);
+            state.inflight += 1;
+            if writer
+                .send(super::dfs::WriteJob::Write(bufs, done))
+                .is_err()
+            {
+                state.inflight -= 1;
+                self.fail_locked(state, "the DFS writer stopped".into());
+                return;
+            }
+            let partition = self.clone();
+            tokio::spawn(async move {
+                let result = outcome
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the DFS writer stopped")));
+                partition.flush_done(result);
+            });
+            return;
+        }
         let create = !state.created;
         state.created = true;
         let len = std::mem::take(&mut state.pending_len);
@@ -497,7 +589,7 @@ impl Partition {
         let state = self.lock();
         match &state.status {
             Status::Committed => Ok(CommittedFiles {
-                files: state.created.then(|| self.files.clone()),
+                files: (state.created && self.dfs.is_none()).then(|| self.files.clone()),
                 data_len: state.flushed_len,
                 index_len: state.index_len,
                 index: state.committed_index.clone(),
