@@ -384,47 +384,49 @@ async fn hand_over(
         .map_err(|e| e.to_string())?;
     let files = partition.committed_files().map_err(|e| e.to_string())?;
     let mut last_error = "no worker to take it".to_string();
-    // With a DFS: upload once, then any worker takes it by reference; the copy then outlives
-    // the worker that serves it too. A failed upload falls back to sending the file.
-    if let Some(dfs) = shared.store.dfs().filter(|_| files.dfs.is_none()) {
-        match dfs.upload(&copy.shuffle, id, &files).await {
+    // With a DFS: upload once (unless it is there already), then any worker takes it by
+    // reference; the copy then outlives the worker that serves it too. A failed upload falls
+    // back to sending the file.
+    let on_dfs = match (files.dfs.is_some(), shared.store.dfs()) {
+        (true, _) => true,
+        (false, Some(dfs)) => match dfs.upload(&copy.shuffle, id, &files).await {
             Ok(uploaded) => {
                 shared.metrics.dfs_uploaded_bytes.increment(uploaded);
-                for step in 0..targets.len() {
-                    let t = (copy.target + step) % targets.len();
-                    if Instant::now() >= until {
-                        break;
-                    }
-                    match send_reference(shared, &targets[t], copy, files.data_len, stats, until)
-                        .await
-                    {
-                        Ok(()) => return Ok((t, files.data_len)),
-                        Err(e) => {
-                            tracing::warn!(target = %targets[t].id, shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: a worker did not take a copy on the DFS");
-                            last_error = e;
-                        }
-                    }
-                }
+                true
             }
             Err(e) => {
                 tracing::warn!(dfs = dfs.url(), shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: upload to the DFS failed, handing the file over");
                 last_error = format!("upload to the DFS: {e}");
+                false
             }
-        }
-    }
-    if files.dfs.is_some() {
-        // Already on the DFS: only the reference moves.
-        for step in 0..targets.len() {
-            let t = (copy.target + step) % targets.len();
+        },
+        (false, None) => false,
+    };
+    if on_dfs {
+        // Bytes moved: none when only the reference moves.
+        let moved = if files.dfs.is_some() {
+            0
+        } else {
+            files.data_len
+        };
+        for t in target_order(copy, targets.len()) {
+            if Instant::now() >= until {
+                break;
+            }
             match send_reference(shared, &targets[t], copy, files.data_len, stats, until).await {
-                Ok(()) => return Ok((t, 0)),
-                Err(e) => last_error = e,
+                Ok(()) => return Ok((t, moved)),
+                Err(e) => {
+                    tracing::warn!(target = %targets[t].id, shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: a worker did not take a copy on the DFS");
+                    last_error = e;
+                }
             }
         }
-        return Err(last_error);
+        if files.dfs.is_some() {
+            // No local file to send instead.
+            return Err(last_error);
+        }
     }
-    for step in 0..targets.len() {
-        let t = (copy.target + step) % targets.len();
+    for t in target_order(copy, targets.len()) {
         if Instant::now() >= until {
             return Err(format!("deadline reached; last error: {last_error}"));
         }
@@ -437,6 +439,11 @@ async fn hand_over(
         }
     }
     Err(last_error)
+}
+
+/// The targets to try for `copy`, of `n`: the plan's, then the next ones in turn.
+fn target_order(copy: &Copy, n: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..n).map(move |step| (copy.target + step) % n)
 }
 
 /// Tells `target` to serve a copy uploaded to the DFS.

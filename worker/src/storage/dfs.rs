@@ -70,6 +70,20 @@ impl DfsObject {
     }
 }
 
+/// Checks the whole index of a location on the DFS against its totals: `batches` entries,
+/// inside the data and covering all of its `data_len` bytes.
+pub fn check_index(index: &[u8], data_len: u64, batches: u64) -> Result<(), String> {
+    let entries = super::index::decode(index, data_len)?;
+    let listed: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
+    if entries.len() as u64 != batches || listed != data_len {
+        return Err(format!(
+            "its index lists {} batches of {listed} bytes, not {batches} of {data_len}",
+            entries.len()
+        ));
+    }
+    Ok(())
+}
+
 fn io_error(e: opendal::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }

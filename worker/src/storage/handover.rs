@@ -47,15 +47,8 @@ impl Store {
             .locate(shuffle, id, data_len, index_len)
             .await
             .map_err(|e| failed(format!("on the DFS: {e}")))?;
-        let entries = super::index::decode(&index, data_len).map_err(&failed)?;
-        let listed: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
-        if entries.len() as u64 != stats.batches || listed != data_len {
-            return Err(failed(format!(
-                "its index on the DFS lists {} batches of {listed} bytes, not {} of {data_len}",
-                entries.len(),
-                stats.batches
-            )));
-        }
+        super::dfs::check_index(&index, data_len, stats.batches)
+            .map_err(|e| failed(format!("on the DFS: {e}")))?;
         let disk = self.pick_disk();
         let files = LocationFiles::new(&disk.path, shuffle, id);
         // Kept locally too, so a restart serves it again: its index, then its totals.

@@ -143,14 +143,7 @@ impl Store {
             .dfs()
             .ok_or("it is on a DFS and this worker has none configured (dfs)")?;
         let index = std::fs::read(found.files.dfs_index()).map_err(|e| e.to_string())?;
-        let entries = index::decode(&index, marker.data_len)?;
-        if entries.len() as u64 != marker.stats.batches {
-            return Err(format!(
-                "its index lists {} batches, not {}",
-                entries.len(),
-                marker.stats.batches
-            ));
-        }
+        dfs::check_index(&index, marker.data_len, marker.stats.batches)?;
         let object = dfs::DfsObject {
             dfs: dfs.clone(),
             data: dfs::object_paths(&found.shuffle, found.id).0,

@@ -438,13 +438,7 @@ impl Partition {
                 self.fail_locked(state, "the DFS writer stopped".into());
                 return;
             }
-            let partition = self.clone();
-            tokio::spawn(async move {
-                let result = outcome
-                    .await
-                    .unwrap_or_else(|_| Err(std::io::Error::other("the DFS writer stopped")));
-                partition.flush_done(result);
-            });
+            self.clone().when_flushed(outcome, "the DFS writer stopped");
             return;
         }
         let create = !state.created;
@@ -496,12 +490,21 @@ impl Partition {
             self.fail_locked(state, "the disk's flusher has stopped".into());
             return;
         }
-        let partition = self.clone();
+        self.clone()
+            .when_flushed(outcome, "the disk's flusher has stopped");
+    }
+
+    /// Ends a flush when its `outcome` comes (`gone`: why, when its writer dropped it).
+    fn when_flushed(
+        self: Arc<Self>,
+        outcome: oneshot::Receiver<std::io::Result<()>>,
+        gone: &'static str,
+    ) {
         tokio::spawn(async move {
             let result = outcome
                 .await
-                .unwrap_or_else(|_| Err(std::io::Error::other("the disk's flusher has stopped")));
-            partition.flush_done(result);
+                .unwrap_or_else(|_| Err(std::io::Error::other(gone)));
+            self.flush_done(result);
         });
     }
 
