@@ -52,6 +52,8 @@ pub struct LocalOptions {
     /// clean until [`LocalCluster::shape_worker`] makes its links slow: the benchmark's
     /// degraded runs and tests of sick links.
     pub proxied: bool,
+    /// Changes the config of worker `i` from the template (a cluster whose workers differ).
+    pub configure_worker: Option<fn(usize, &mut WorkerConfig)>,
 }
 
 impl LocalOptions {
@@ -71,6 +73,7 @@ impl LocalOptions {
             tls: false,
             secret: false,
             proxied: false,
+            configure_worker: None,
         }
     }
 
@@ -242,11 +245,14 @@ impl LocalCluster {
             } else {
                 vec![data_dir.clone()]
             };
-            let config = WorkerConfig {
+            let mut config = WorkerConfig {
                 id: format!("worker-{i}"),
                 data_dirs,
                 ..options.worker.clone()
             };
+            if let Some(configure) = options.configure_worker {
+                configure(i, &mut config);
+            }
             cluster.start_worker(config, data_dir).await?;
         }
         cluster.wait_registered().await?;

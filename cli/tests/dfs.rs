@@ -403,3 +403,212 @@ async fn with_every_disk_full_shuffles_are_written_to_hdfs() {
     let hdfs = tokio::task::spawn_blocking(mini_hdfs).await.unwrap();
     write_with_full_disks(&format!("{}/full", hdfs.url), "").await;
 }
+
+/// The sum of `name` over every worker's metrics.
+async fn worker_metric(cluster: &LocalCluster, workers: std::ops::Range<usize>, name: &str) -> f64 {
+    let mut total = 0.0;
+    for worker in workers {
+        let admin = cluster.worker_admins()[worker].clone().unwrap();
+        let (_, text) = common::get(&admin, "/metrics").await;
+        total += common::metric_sum(&text, name, "");
+    }
+    total
+}
+
+/// An S3 that stops answering for two seconds while every location is written to it costs
+/// time, not data: the uploads hang on the cut link, fail when it comes back, and are retried.
+/// At replication 1, so a single lost upload would be a lost record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_s3_outage_costs_time_not_data() {
+    set_credentials();
+    let moto = moto().await;
+    let target = moto.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = chaos::proxy::Proxy::start(Some(target)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("s3://{BUCKET}/blip-{}", std::process::id());
+    options.worker.dfs_endpoint = format!("http://{}", proxy.addr());
+    options.worker.disk_reserve = bytesize::ByteSize::pib(1);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 1);
+    let key = ShuffleKey::new("dfs-blip", 0);
+    proxy.cut();
+    let ids = write_records(&client, &key, (4, 12), 800, 900).await;
+    // The commit is under way: its uploads wait on the cut link.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.heal();
+    let seen = read_records(&client, &key, 0..12, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    let retries = worker_metric(&cluster, 0..2, "sluice_worker_dfs_retries_total").await;
+    let failures = worker_metric(&cluster, 0..2, "sluice_worker_dfs_failures_total").await;
+    assert!(retries > 0.0, "no DFS request was retried");
+    assert_eq!(failures, 0.0);
+    assert!(common::data_files(dir.path()).is_empty());
+    cluster.shutdown().await.unwrap();
+}
+
+/// S3 goes away for good in the middle of a shuffle at replication 2 whose copies on worker 0
+/// are written to S3 (its disk counts as full) and on worker 1 to its disk. Worker 0 gives up
+/// on S3 after its retries: its S3 locations fail, writers revive, and worker 0 writes the new
+/// locations to its local disk. Every record reads back exactly once, from worker 1's copies of
+/// what was written before and from the revived locations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_mid_write_revives_to_a_local_disk() {
+    set_credentials();
+    let moto = moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("s3://{BUCKET}/outage-{}", std::process::id());
+    options.worker.dfs_endpoint = moto.endpoint.clone();
+    options.configure_worker = Some(|i, worker| {
+        if i == 0 {
+            worker.disk_reserve = bytesize::ByteSize::pib(1);
+        }
+    });
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 2);
+    let key = ShuffleKey::new("dfs-outage", 0);
+    let (maps, partitions, per_map, max_len) = (4, 3, 8000, 4000);
+    let handle = client
+        .register_shuffle(&key, maps, partitions)
+        .await
+        .unwrap();
+    // About 11 MB per location: a part of each of worker 0's uploads is on S3 when it goes.
+    let mut ids = common::write_maps(&client, &handle, 0..2, partitions, per_map, max_len).await;
+    assert!(common::data_files(&cluster.data_dir(0)).is_empty());
+    drop(moto);
+    // About 16 MB more per location: the next part of each upload fails.
+    ids.extend(common::write_maps(&client, &handle, 2..3, partitions, 3 * per_map, max_len).await);
+    common::eventually(
+        "worker 0 gives up on S3",
+        Duration::from_secs(60),
+        || async {
+            (worker_metric(&cluster, 0..1, "sluice_worker_dfs_failures_total").await > 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    ids.extend(common::write_maps(&client, &handle, 3..4, partitions, per_map, max_len).await);
+    let seen = read_records(&client, &key, 0..partitions, None)
+        .await
+        .unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    assert!(client.metrics().snapshot().revives > 0, "no writer revived");
+    assert!(
+        !common::data_files(&cluster.data_dir(0)).is_empty(),
+        "worker 0 wrote nothing to its local disk"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+/// A location that grows past `dfs_location_size` moves to S3 as it is written: what its file
+/// held is uploaded, the rest goes straight to S3, and its local files are deleted at commit.
+/// Every record reads back exactly once, and again from a restarted worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_that_outgrows_its_size_moves_to_s3_as_it_is_written() {
+    set_credentials();
+    let moto = moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("grown-{}", std::process::id());
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("s3://{BUCKET}/{prefix}");
+    options.worker.dfs_endpoint = moto.endpoint.clone();
+    options.worker.dfs_location_size = bytesize::ByteSize::mib(4);
+    let mut cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 1);
+    let key = ShuffleKey::new("dfs-grown", 0);
+    // About 21 MB per location.
+    let ids = write_records(&client, &key, (4, 3), 8000, 4000).await;
+    let seen = read_records(&client, &key, 0..3, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    let local = common::data_files(dir.path());
+    assert!(local.is_empty(), "local data files left: {local:?}");
+    let data = keys(&moto, &format!("{prefix}/dfs-grown/0/"))
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".data"))
+        .count();
+    assert_eq!(data, 3);
+    cluster.restart_worker(0).await.unwrap();
+    cluster.restart_worker(1).await.unwrap();
+    let seen = read_records(&client, &key, 0..3, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    cluster.shutdown().await.unwrap();
+}
+
+/// At replication 1, an S3 that goes for good before a shuffle's uploads complete loses what
+/// was written to it: the reader is told so (`DataLost`), never given short data. The worker
+/// then counts S3 as down, and the next shuffle is written to the local disks though they are
+/// below their reserve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_replication_1_a_dead_s3_is_reported_lost_and_new_shuffles_go_to_local_disks() {
+    set_credentials();
+    let moto = moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("s3://{BUCKET}/dead-{}", std::process::id());
+    options.worker.dfs_endpoint = moto.endpoint.clone();
+    options.worker.disk_reserve = bytesize::ByteSize::pib(1);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 1);
+    let key = ShuffleKey::new("dfs-dead", 0);
+    let handle = client.register_shuffle(&key, 2, 4).await.unwrap();
+    common::write_maps(&client, &handle, 0..1, 4, 800, 900).await;
+    drop(moto);
+    common::write_maps(&client, &handle, 1..2, 4, 800, 900).await;
+    let error = read_records(&client, &key, 0..4, None)
+        .await
+        .expect_err("records written to a dead S3 cannot be read");
+    assert_eq!(
+        error.code(),
+        sluice_protocol::ErrorCode::DataLost,
+        "{error}"
+    );
+    assert!(worker_metric(&cluster, 0..2, "sluice_worker_dfs_failures_total").await > 0.0);
+    assert!(common::data_files(dir.path()).is_empty());
+
+    let next = ShuffleKey::new("dfs-dead", 1);
+    let ids = write_records(&client, &next, (2, 4), 800, 900).await;
+    let seen = read_records(&client, &next, 0..4, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    assert!(!common::data_files(dir.path()).is_empty());
+    cluster.shutdown().await.unwrap();
+}
+
+/// Each location written to S3 holds up to a part (8 MiB) of pushed data in the memory budget
+/// until the part is sent. With a 32 MiB budget and disks below their reserve, a worker writes
+/// two locations to S3 at a time and the rest to its disk. Six locations of 8 MB each written
+/// to S3 at once would hold 48 MB that no flush can free, and the writers would wait forever
+/// (they do, without the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locations_written_to_s3_hold_at_most_half_the_memory_budget() {
+    set_credentials();
+    let moto = moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("budget-{}", std::process::id());
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("s3://{BUCKET}/{prefix}");
+    options.worker.dfs_endpoint = moto.endpoint.clone();
+    options.worker.disk_reserve = bytesize::ByteSize::pib(1);
+    options.worker.memory_budget = bytesize::ByteSize::mib(32);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 1);
+    let key = ShuffleKey::new("dfs-budget", 0);
+    // About 8 MB per location, 12 locations over 2 workers.
+    let written = tokio::time::timeout(
+        Duration::from_secs(60),
+        write_records(&client, &key, (4, 12), 18000, 4000),
+    )
+    .await;
+    let Ok(ids) = written else {
+        let used = worker_metric(&cluster, 0..2, "sluice_worker_memory_used_bytes").await;
+        panic!("the writers waited on memory held by S3 uploads ({used} bytes in use)");
+    };
+    let seen = read_records(&client, &key, 0..12, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    // The locations written to the disk moved to S3 once committed (the disk is below its
+    // reserve).
+    let offloaded = worker_metric(&cluster, 0..2, "sluice_worker_dfs_offloaded_bytes_total").await;
+    assert!(offloaded > 0.0, "every location was written to S3");
+    cluster.shutdown().await.unwrap();
+}

@@ -173,6 +173,11 @@ pub struct WorkerConfig {
     /// (they are then served from the DFS); and while every directory is below it, new
     /// locations are written straight to the DFS. `0B`: never.
     pub disk_reserve: ByteSize,
+    /// A location on a local disk that grows past this size moves to the DFS as it is written:
+    /// what its files hold is uploaded, and the rest of it goes straight to the DFS (its local
+    /// files are deleted at commit). For partitions larger than a disk should hold. `0B`:
+    /// never.
+    pub dfs_location_size: ByteSize,
     /// The S3 endpoint of `dfs` (an S3-compatible server, `http://minio:9000`). Empty: AWS.
     pub dfs_endpoint: String,
     /// The S3 region of `dfs`.
@@ -229,6 +234,7 @@ impl Default for WorkerConfig {
             dfs: String::new(),
             dfs_endpoint: String::new(),
             disk_reserve: ByteSize::b(0),
+            dfs_location_size: ByteSize::b(0),
             dfs_region: "us-east-1".into(),
             fault_write_delay: String::new(),
         }
@@ -256,6 +262,9 @@ impl WorkerConfig {
         if !self.dfs.is_empty() {
             crate::storage::dfs::Dfs::open(&self.dfs, &self.dfs_endpoint, &self.dfs_region)
                 .map_err(|e| format!("dfs: {e}"))?;
+        }
+        if self.dfs.is_empty() && self.dfs_location_size.as_u64() > 0 {
+            return Err("dfs_location_size: moves locations to a DFS, and no dfs is set".into());
         }
         if !self.fault_write_delay.is_empty() {
             crate::storage::engine::faulty::parse_delay(&self.fault_write_delay)
@@ -444,6 +453,13 @@ mod tests {
                 ..base()
             },
             "replica_timeout",
+        );
+        refused(
+            WorkerConfig {
+                dfs_location_size: ByteSize::gib(1),
+                ..base()
+            },
+            "dfs_location_size",
         );
         assert_eq!(base().validate(), Ok(()));
     }

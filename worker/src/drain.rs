@@ -386,21 +386,24 @@ async fn hand_over(
     let mut last_error = "no worker to take it".to_string();
     // With a DFS: upload once (unless it is there already), then any worker takes it by
     // reference; the copy then outlives the worker that serves it too. A failed upload falls
-    // back to sending the file.
+    // back to sending the file, without retries: the deadline is better spent on the peer. A
+    // DFS found down is not tried again.
     let on_dfs = match (files.dfs.is_some(), shared.store.dfs()) {
         (true, _) => true,
-        (false, Some(dfs)) => match dfs.upload(&copy.shuffle, id, &files).await {
-            Ok(uploaded) => {
-                shared.metrics.dfs_uploaded_bytes.increment(uploaded);
-                true
+        (false, Some(dfs)) if dfs.is_up() => {
+            match dfs.upload(&copy.shuffle, id, &files, true).await {
+                Ok(uploaded) => {
+                    shared.metrics.dfs_uploaded_bytes.increment(uploaded);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(dfs = dfs.url(), shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: upload to the DFS failed, handing the file over");
+                    last_error = format!("upload to the DFS: {e}");
+                    false
+                }
             }
-            Err(e) => {
-                tracing::warn!(dfs = dfs.url(), shuffle = %copy.shuffle, partition = copy.spec.partition, error = %e, "draining: upload to the DFS failed, handing the file over");
-                last_error = format!("upload to the DFS: {e}");
-                false
-            }
-        },
-        (false, None) => false,
+        }
+        (false, _) => false,
     };
     if on_dfs {
         // Bytes moved: none when only the reference moves.

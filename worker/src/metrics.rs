@@ -57,6 +57,9 @@ pub struct WorkerMetrics {
     /// Bytes uploaded to the DFS, and bytes of local files moved there to keep `disk_reserve`.
     pub dfs_uploaded_bytes: Counter,
     pub dfs_offloaded_bytes: Counter,
+    /// DFS requests retried, and DFS requests that failed after every retry.
+    pub dfs_retries: Counter,
+    pub dfs_failures: Counter,
     /// Open connections per port, kept up to date as they open and close.
     pub connections_push: Gauge,
     pub connections_fetch: Gauge,
@@ -200,6 +203,8 @@ impl WorkerMetrics {
                 drain_copies_lost: metrics::counter!("sluice_worker_drain_copies_total", "outcome" => "lost"),
                 dfs_uploaded_bytes: metrics::counter!("sluice_worker_dfs_uploaded_bytes_total"),
                 dfs_offloaded_bytes: metrics::counter!("sluice_worker_dfs_offloaded_bytes_total"),
+                dfs_retries: metrics::counter!("sluice_worker_dfs_retries_total"),
+                dfs_failures: metrics::counter!("sluice_worker_dfs_failures_total"),
                 connections_push: metrics::gauge!("sluice_worker_connections", "port" => "push"),
                 connections_fetch: metrics::gauge!("sluice_worker_connections", "port" => "fetch"),
                 memory_used: metrics::gauge!("sluice_worker_memory_used_bytes"),
@@ -332,6 +337,16 @@ fn describe() {
         "sluice_worker_dfs_uploaded_bytes_total",
         Unit::Bytes,
         "Bytes of committed locations (data and index) uploaded to the DFS tier."
+    );
+    describe_counter!(
+        "sluice_worker_dfs_retries_total",
+        Unit::Count,
+        "DFS requests retried after a failure (a DFS that is slow or briefly down)."
+    );
+    describe_counter!(
+        "sluice_worker_dfs_failures_total",
+        Unit::Count,
+        "DFS requests that failed after every retry: each marks the DFS down for 30 s, and new locations go to local disks meanwhile."
     );
     describe_counter!(
         "sluice_worker_dfs_offloaded_bytes_total",

@@ -170,8 +170,11 @@ pub(crate) fn start(
         let dfs = storage::dfs::Dfs::open(&config.dfs, &config.dfs_endpoint, &config.dfs_region)
             .map_err(|e| WorkerError::Config(format!("dfs: {e}")))?;
         tracing::info!(dfs = %config.dfs, "DFS tier configured");
+        dfs.count_with(metrics.dfs_retries.clone(), metrics.dfs_failures.clone());
+        dfs.set_memory(store.memory().clone());
         store.set_dfs(Arc::new(dfs));
         store.set_disk_reserve(config.disk_reserve.as_u64());
+        store.set_dfs_location_size(config.dfs_location_size.as_u64());
     }
     let (committed, flushed) = store.recover();
     if committed + flushed > 0 {

@@ -44,8 +44,21 @@ pub async fn write_records(
         .register_shuffle(key, maps, partitions)
         .await
         .unwrap();
+    write_maps(client, &handle, 0..maps, partitions, per_map, max_len).await
+}
+
+/// Writes maps `maps` of a registered shuffle as [`write_records`] does; returns their record
+/// ids.
+pub async fn write_maps(
+    client: &sluice_client::SluiceClient,
+    handle: &std::sync::Arc<sluice_client::ShuffleHandle>,
+    maps: std::ops::Range<u32>,
+    partitions: u32,
+    per_map: u32,
+    max_len: usize,
+) -> Vec<records::RecordId> {
     let mut ids = Vec::new();
-    for map in 0..maps {
+    for map in maps {
         let mut writer = client.writer(handle.clone(), map, 0).unwrap();
         let mut record = Vec::new();
         for seq in 0..per_map {

@@ -10,8 +10,14 @@
 //!
 //! A worker that holds a location on the DFS serves it like a local one: the index is kept in
 //! memory, and chunks are read with ranged reads of the data object.
+//!
+//! Every request is retried with backoff ([`RETRY`]), so a DFS that is down for a few seconds
+//! costs time, not data. A request that still fails marks the DFS down for [`DOWN_FOR`]: new
+//! locations then go to the local disks even below their reserve, and the locations whose
+//! writes failed answer pushes with a failure, so writers revive elsewhere at once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use opendal::Operator;
@@ -26,12 +32,65 @@ pub const PART: usize = 8 << 20;
 /// Largest piece a chunk is read from the DFS in.
 pub const READ_PIECE: u64 = 4 << 20;
 
+/// How long a DFS whose request failed after every retry counts as down.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
+
+/// Retries of a failed DFS request: 6, waiting 0.25 s doubling up to 5 s (about 13 s in all).
+const RETRY: (usize, Duration, Duration) = (6, Duration::from_millis(250), Duration::from_secs(5));
+
 /// The configured DFS.
 #[derive(Debug)]
 pub struct Dfs {
+    /// Retries failed requests ([`RETRY`]).
     operator: Operator,
+    /// Tries each request once: for a drain, which has a deadline and a peer to fall back on.
+    once: Operator,
     /// What the config named, for logs (no credentials).
     url: String,
+    /// Until when it counts as down (a request failed after every retry).
+    down_until: Mutex<Option<Instant>>,
+    /// The worker's counters of retried and failed requests, once set.
+    counters: Arc<OnceLock<Counters>>,
+    /// The size a location's writer buffers before it sends a part (S3: [`PART`], as parts
+    /// but the last must be at least 5 MiB); `None`: every flush goes out as it comes (HDFS,
+    /// a file system).
+    chunk: Option<usize>,
+    /// Location writers running, and how many may run: the data a writer buffers (up to a
+    /// part) is pushed data, held in the memory budget until the part is sent, so writers
+    /// that buffer may hold half the budget at most.
+    writers: Arc<std::sync::atomic::AtomicUsize>,
+    max_writers: std::sync::atomic::AtomicUsize,
+    /// The worker's memory budget, once set: what a writer buffers is copied under a lease of
+    /// its own, so the small slices it keeps do not pin whole pushed frames.
+    memory: OnceLock<Arc<crate::memory::MemoryBudget>>,
+}
+
+/// One running location writer, counted in [`Dfs::writers`] while it lives.
+struct WriterSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for WriterSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Counters of retried requests and of requests that failed after every retry.
+#[derive(Debug)]
+struct Counters {
+    retries: metrics::Counter,
+    failures: metrics::Counter,
+}
+
+/// Counts and logs each retried DFS request.
+struct RetryLog(Arc<OnceLock<Counters>>);
+
+impl opendal::layers::RetryInterceptor for RetryLog {
+    fn intercept(&self, err: &opendal::Error, dur: Duration) {
+        if let Some(counters) = self.0.get() {
+            counters.retries.increment(1);
+        }
+        tracing::warn!(error = %err, retry_in = ?dur, "a DFS request failed; retrying");
+    }
 }
 
 /// A committed location kept on the DFS.
@@ -100,6 +159,7 @@ impl Dfs {
     /// `hdfs://namenode:port/prefix` (hdfs-native, no JVM), or `fs:///absolute/path` (a mounted
     /// shared file system). Touches nothing yet.
     pub fn open(url: &str, endpoint: &str, region: &str) -> Result<Dfs, String> {
+        let chunk = url.starts_with("s3://").then_some(PART);
         let operator = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -141,10 +201,92 @@ impl Dfs {
                 "{url:?}: a DFS is s3://bucket/prefix, hdfs://host:port/prefix or fs:///path"
             ));
         };
+        // The timeout inside the retry: a request that hangs is retried like one that failed.
+        let (times, min, max) = RETRY;
+        let counters = Arc::new(OnceLock::new());
+        let once = operator.clone().layer(opendal::layers::TimeoutLayer::new());
+        let operator = operator.layer(opendal::layers::TimeoutLayer::new()).layer(
+            opendal::layers::RetryLayer::new()
+                .with_max_times(times)
+                .with_min_delay(min)
+                .with_max_delay(max)
+                .with_jitter()
+                .with_notify(RetryLog(counters.clone())),
+        );
         Ok(Dfs {
             operator,
+            once,
             url: url.to_string(),
+            down_until: Mutex::new(None),
+            counters,
+            chunk,
+            writers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_writers: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            memory: OnceLock::new(),
         })
+    }
+
+    /// Accounts what location writers buffer in `memory`, and sizes their number to it:
+    /// writers that buffer parts may hold half of it.
+    pub fn set_memory(&self, memory: Arc<crate::memory::MemoryBudget>) {
+        if let Some(chunk) = self.chunk {
+            let max = (memory.budget() / 2 / chunk as u64).max(1);
+            self.max_writers.store(
+                usize::try_from(max).unwrap_or(usize::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        let _ = self.memory.set(memory);
+    }
+
+    /// `bufs` as what a writer may keep: as they are when writes go out as they come, else
+    /// copied into one allocation under a lease of its own.
+    fn to_buffer(&self, bufs: Vec<Bytes>) -> Vec<Bytes> {
+        match (self.chunk, self.memory.get()) {
+            (Some(_), Some(memory)) if !bufs.is_empty() => {
+                let mut copy = Vec::with_capacity(bufs.iter().map(Bytes::len).sum());
+                for buf in &bufs {
+                    copy.extend_from_slice(buf);
+                }
+                let lease = memory.lease_now(copy.len() as u64);
+                vec![crate::memory::leased_bytes(copy, lease)]
+            }
+            _ => bufs,
+        }
+    }
+
+    /// Whether another location may be written to the DFS: it is up, and the writers running
+    /// leave room for one more.
+    pub fn takes_writers(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.is_up() && self.writers.load(Relaxed) < self.max_writers.load(Relaxed)
+    }
+
+    /// Counts retried requests in `retries` and requests that failed after every retry in
+    /// `failures` (set once).
+    pub fn count_with(&self, retries: metrics::Counter, failures: metrics::Counter) {
+        let _ = self.counters.set(Counters { retries, failures });
+    }
+
+    /// Whether the DFS takes new locations: no request failed after every retry in the last
+    /// [`DOWN_FOR`].
+    pub fn is_up(&self) -> bool {
+        let down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        down.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Records that a request failed after every retry: the DFS counts as down for
+    /// [`DOWN_FOR`].
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        if let Some(counters) = self.counters.get() {
+            counters.failures.increment(1);
+        }
+        let was_up = self.is_up();
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + DOWN_FOR);
+        if was_up {
+            tracing::error!(dfs = %self.url, error = %error, down_for = ?DOWN_FOR, "the DFS is down: new locations go to local disks");
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -157,16 +299,31 @@ impl Dfs {
     }
 
     /// Uploads a committed location: its data file as a multipart upload of [`PART`]-byte
-    /// parts, then its whole index. Returns the bytes uploaded.
+    /// parts, then its whole index. Returns the bytes uploaded. Requests are retried unless
+    /// `once`; a failure marks the DFS down.
     pub async fn upload(
         &self,
         shuffle: &ShuffleKey,
         id: LocationId,
         committed: &CommittedFiles,
+        once: bool,
+    ) -> std::io::Result<u64> {
+        let operator = if once { &self.once } else { &self.operator };
+        let uploaded = Self::upload_files(operator, shuffle, id, committed).await;
+        if let Err(e) = &uploaded {
+            self.failed(e);
+        }
+        uploaded
+    }
+
+    async fn upload_files(
+        operator: &Operator,
+        shuffle: &ShuffleKey,
+        id: LocationId,
+        committed: &CommittedFiles,
     ) -> std::io::Result<u64> {
         let (data_path, index_path) = object_paths(shuffle, id);
-        let mut writer = self
-            .operator
+        let mut writer = operator
             .writer_with(&data_path)
             .chunk(PART)
             .await
@@ -176,15 +333,7 @@ impl Dfs {
             let file = Arc::new(std::fs::File::open(&files.data)?);
             while offset < committed.data_len {
                 let len = (committed.data_len - offset).min(PART as u64) as usize;
-                let file = file.clone();
-                let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                    use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, offset)?;
-                    Ok(buf)
-                })
-                .await
-                .map_err(std::io::Error::other)??;
+                let piece = read_at(file.clone(), offset, len).await?;
                 writer.write(piece).await.map_err(io_error)?;
                 offset += len as u64;
             }
@@ -203,10 +352,7 @@ impl Dfs {
             (None, None) => Bytes::new(),
         };
         let index_len = index.len() as u64;
-        self.operator
-            .write(&index_path, index)
-            .await
-            .map_err(io_error)?;
+        operator.write(&index_path, index).await.map_err(io_error)?;
         Ok(offset + index_len)
     }
 
@@ -267,7 +413,7 @@ impl super::Store {
     /// location a draining peer handed over), and its local files are deleted. Returns the
     /// bytes freed. Nothing happens without a DFS.
     pub async fn offload(&self, disk: &Arc<super::disk::Disk>, wanted: u64) -> u64 {
-        let Some(dfs) = self.dfs().cloned() else {
+        let Some(dfs) = self.dfs().filter(|dfs| dfs.is_up()).cloned() else {
             return 0;
         };
         let mut candidates: Vec<(
@@ -303,7 +449,7 @@ impl super::Store {
                 continue;
             };
             let moved = async {
-                dfs.upload(&shuffle, id, &files).await?;
+                dfs.upload(&shuffle, id, &files, false).await?;
                 self.hand_in_dfs(&shuffle, id, files.data_len, stats)
                     .await
                     .map_err(std::io::Error::other)
@@ -330,18 +476,30 @@ impl super::Store {
 
 /// What a location written straight to the DFS asks of its writer task.
 pub enum WriteJob {
+    /// First of all (a local location moving to the DFS as it outgrew `dfs_location_size`):
+    /// upload what its local files hold, `data_len` bytes of data and `index_len` of index (in
+    /// memory when `index` is `None`, else in that file), as the start of the object.
+    Prefix {
+        data: std::path::PathBuf,
+        data_len: u64,
+        index: Option<std::path::PathBuf>,
+        index_len: u64,
+        done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+    },
     /// Append these slices (one flush), in order.
     Write(
         Vec<Bytes>,
         tokio::sync::oneshot::Sender<std::io::Result<()>>,
     ),
-    /// Complete the upload, then write `index` as the index object.
-    Close(Bytes, tokio::sync::oneshot::Sender<std::io::Result<()>>),
+    /// Complete the upload, then write the whole index (the prefix's entries, then these) as
+    /// the index object. Answers the whole index.
+    Close(Bytes, tokio::sync::oneshot::Sender<std::io::Result<Bytes>>),
 }
 
-/// The writer of a location placed on the DFS (its worker's disks were below `disk_reserve`):
-/// one task per location owns the multipart upload and takes its flushes in order. Dropping
-/// the sender ends the task; an upload never closed is abandoned.
+/// The writer of a location placed on the DFS (its worker's disks were below `disk_reserve`,
+/// or it outgrew `dfs_location_size`): one task per location owns the multipart upload and
+/// takes its flushes in order. Dropping the sender ends the task; an upload never closed is
+/// abandoned. A failure fails every later job, and marks the DFS down.
 pub fn spawn_writer(
     dfs: Arc<Dfs>,
     shuffle: &ShuffleKey,
@@ -349,32 +507,84 @@ pub fn spawn_writer(
 ) -> tokio::sync::mpsc::UnboundedSender<WriteJob> {
     let (data_path, index_path) = object_paths(shuffle, id);
     let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<WriteJob>();
+    dfs.writers
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = WriterSlot(dfs.writers.clone());
     tokio::spawn(async move {
+        // Given back, with the upload's buffered data, when a write fails.
+        let mut slot = Some(slot);
         let mut writer: Option<opendal::Writer> = None;
         let mut failed: Option<String> = None;
+        // The index entries of a local prefix.
+        let mut prefix_index = Vec::new();
+        let fail = |e: &std::io::Error, failed: &mut Option<String>| {
+            if failed.is_none() {
+                dfs.failed(e);
+                *failed = Some(e.to_string());
+            }
+        };
         while let Some(job) = queue.recv().await {
             match job {
+                WriteJob::Prefix {
+                    data,
+                    data_len,
+                    index,
+                    index_len,
+                    done,
+                } => {
+                    let result = match &failed {
+                        Some(reason) => Err(std::io::Error::other(reason.clone())),
+                        None => copy_prefix(
+                            &dfs,
+                            &data_path,
+                            &mut writer,
+                            data,
+                            data_len,
+                            index,
+                            index_len,
+                        )
+                        .await
+                        .map(|index| prefix_index = index),
+                    };
+                    if let Err(e) = &result {
+                        fail(e, &mut failed);
+                        (writer, slot) = (None, None);
+                    }
+                    let _ = done.send(result);
+                }
                 WriteJob::Write(bufs, done) => {
                     let result = match &failed {
                         Some(reason) => Err(std::io::Error::other(reason.clone())),
                         None => write_all(&dfs, &data_path, &mut writer, bufs).await,
                     };
                     if let Err(e) = &result {
-                        failed.get_or_insert_with(|| e.to_string());
+                        fail(e, &mut failed);
+                        (writer, slot) = (None, None);
                     }
                     let _ = done.send(result);
                 }
-                WriteJob::Close(index, done) => {
+                WriteJob::Close(entries, done) => {
+                    let mut index = std::mem::take(&mut prefix_index);
+                    index.extend_from_slice(&entries);
+                    let index = Bytes::from(index);
                     let result = match (&failed, writer.take()) {
                         (Some(reason), _) => Err(std::io::Error::other(reason.clone())),
                         (None, Some(mut open)) => match open.close().await {
-                            Ok(_) => dfs.operator.write(&index_path, index).await.map(|_| ()),
+                            Ok(_) => dfs
+                                .operator
+                                .write(&index_path, index.clone())
+                                .await
+                                .map(|_| index),
                             Err(e) => Err(e),
                         }
                         .map_err(io_error),
                         // Nothing was ever written: an empty location, no objects.
-                        (None, None) => Ok(()),
+                        (None, None) => Ok(index),
                     };
+                    if let Err(e) = &result {
+                        fail(e, &mut failed);
+                    }
+                    drop(slot);
                     let _ = done.send(result);
                     return;
                 }
@@ -384,6 +594,43 @@ pub fn spawn_writer(
     jobs
 }
 
+/// Uploads the first `data_len` bytes of the local file `data` as the start of the object, and
+/// returns the first `index_len` bytes of the local index file `index` (empty without one).
+async fn copy_prefix(
+    dfs: &Dfs,
+    path: &str,
+    writer: &mut Option<opendal::Writer>,
+    data: std::path::PathBuf,
+    data_len: u64,
+    index: Option<std::path::PathBuf>,
+    index_len: u64,
+) -> std::io::Result<Vec<u8>> {
+    let file = Arc::new(std::fs::File::open(&data)?);
+    let mut offset = 0u64;
+    while offset < data_len {
+        let len = (data_len - offset).min(PART as u64) as usize;
+        let piece = read_at(file.clone(), offset, len).await?;
+        write_all(dfs, path, writer, vec![Bytes::from(piece)]).await?;
+        offset += len as u64;
+    }
+    match index {
+        Some(index) => read_at(Arc::new(std::fs::File::open(index)?), 0, index_len as usize).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Reads `len` bytes of `file` at `offset`, off the runtime's threads.
+async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 async fn write_all(
     dfs: &Dfs,
     path: &str,
@@ -391,19 +638,83 @@ async fn write_all(
     bufs: Vec<Bytes>,
 ) -> std::io::Result<()> {
     if writer.is_none() {
-        let open = dfs
-            .operator
-            .writer_with(path)
-            .chunk(PART)
-            .await
-            .map_err(io_error)?;
-        *writer = Some(open);
+        let mut open = dfs.operator.writer_with(path);
+        if let Some(chunk) = dfs.chunk {
+            open = open.chunk(chunk);
+        }
+        *writer = Some(open.await.map_err(io_error)?);
     }
     let Some(open) = writer.as_mut() else {
         return Err(std::io::Error::other("no writer"));
     };
-    for buf in bufs {
+    for buf in dfs.to_buffer(bufs) {
         open.write(buf).await.map_err(io_error)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_for(what: &str, check: impl Fn() -> bool) -> impl std::future::Future<Output = ()> {
+        let what = what.to_string();
+        async move {
+            for _ in 0..200 {
+                if check() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn writers_that_buffer_parts_may_hold_half_the_memory_budget() {
+        // Nothing is sent: no server is needed to open and count writers.
+        let s3 =
+            Arc::new(Dfs::open("s3://bucket/prefix", "http://127.0.0.1:9", "us-east-1").unwrap());
+        let memory = Arc::new(crate::memory::MemoryBudget::new(4 * PART as u64));
+        s3.set_memory(memory.clone());
+        let shuffle = ShuffleKey::new("app", 0);
+        let id = |partition| LocationId {
+            partition,
+            epoch: 0,
+            role: sluice_protocol::pb::Role::Primary,
+        };
+        let first = spawn_writer(s3.clone(), &shuffle, id(0));
+        assert!(s3.takes_writers());
+        let second = spawn_writer(s3.clone(), &shuffle, id(1));
+        assert!(
+            !s3.takes_writers(),
+            "two writers of 8 MiB parts fill half of 32 MiB"
+        );
+        drop(first);
+        wait_for("a writer that ended gives its place back", || {
+            s3.takes_writers()
+        })
+        .await;
+        drop(second);
+
+        // A writer whose writes go out as they come holds nothing: no limit.
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(Dfs::open(&format!("fs://{}", dir.path().display()), "", "").unwrap());
+        fs.set_memory(memory);
+        let writers: Vec<_> = (0..8)
+            .map(|p| spawn_writer(fs.clone(), &shuffle, id(p)))
+            .collect();
+        assert!(fs.takes_writers());
+        drop(writers);
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_marks_the_dfs_down_for_a_while() {
+        let dfs = Dfs::open("s3://bucket/prefix", "http://127.0.0.1:9", "us-east-1").unwrap();
+        assert!(dfs.is_up() && dfs.takes_writers());
+        dfs.failed(&"connection refused");
+        assert!(!dfs.is_up() && !dfs.takes_writers());
+        *dfs.down_until.lock().unwrap() = Some(Instant::now());
+        assert!(dfs.is_up(), "up again once DOWN_FOR has passed");
+    }
 }

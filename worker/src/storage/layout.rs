@@ -332,8 +332,11 @@ pub struct Found {
 }
 
 /// Every location under a data directory: those its shuffle's commit journal or a marker file
-/// records as committed, and those with a data file but no commit record (flushed before a
-/// restart, never committed). Names that are not Sluice's are skipped.
+/// records as committed, those recorded as on the DFS (their `.dfs` marker wins over a journal
+/// record or a data file left from before they moved), and those with a data file but no
+/// commit record (flushed before a restart, never committed). Names that are not Sluice's are
+/// skipped. The `.handover` file of a hand-over cut off before it completed is deleted: nothing
+/// refers to it.
 pub fn scan(root: &Path) -> Vec<Found> {
     let entries = |dir: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(dir)
@@ -358,6 +361,12 @@ pub fn scan(root: &Path) -> Vec<Found> {
             let shuffle = ShuffleKey::new(app.as_str(), shuffle_id);
             let recorded = read_commits(&shuffle_dir);
             for (&id, marker) in &recorded {
+                if LocationFiles::in_dir(&shuffle_dir, id)
+                    .dfs_marker()
+                    .exists()
+                {
+                    continue; // moved to the DFS after it was committed here
+                }
                 out.push(Found {
                     shuffle: shuffle.clone(),
                     id,
@@ -389,6 +398,12 @@ pub fn scan(root: &Path) -> Vec<Found> {
                         }
                         continue;
                     }
+                    Some("handover") => {
+                        if let Err(e) = std::fs::remove_file(&file) {
+                            tracing::warn!(file = %file.display(), error = %e, "cannot delete an unfinished hand-over");
+                        }
+                        continue;
+                    }
                     _ => continue,
                 };
                 let Some(id) = file
@@ -399,8 +414,11 @@ pub fn scan(root: &Path) -> Vec<Found> {
                     continue;
                 };
                 let files = LocationFiles::in_dir(&shuffle_dir, id);
-                if recorded.contains_key(&id) || (!marker_file && files.marker().exists()) {
-                    continue; // listed through its record or its marker file
+                if recorded.contains_key(&id)
+                    || (!marker_file && files.marker().exists())
+                    || files.dfs_marker().exists()
+                {
+                    continue; // listed through its record, its marker file or its DFS marker
                 }
                 out.push(Found {
                     shuffle: shuffle.clone(),
@@ -521,6 +539,21 @@ mod tests {
         marker(0, true)
             .write_legacy(&LocationFiles::new(root.path(), &shuffle, at(5)).marker())
             .unwrap();
+        // 10: recorded, then moved to the DFS; 11: moved to the DFS as it was written, its
+        // local data file not deleted yet. Each is found once, on the DFS.
+        record_commits(&dir, &[(at(10), marker(0, true))], false).unwrap();
+        LocationFiles::new(root.path(), &shuffle, at(11))
+            .open_for_write(true, IndexOpen::No)
+            .unwrap();
+        for partition in [10, 11] {
+            let files = LocationFiles::new(root.path(), &shuffle, at(partition));
+            std::fs::write(files.dfs_marker(), marker(0, true).marker_text()).unwrap();
+        }
+        // An unfinished hand-over is deleted.
+        let handover = LocationFiles::new(root.path(), &shuffle, at(12))
+            .data
+            .with_extension("handover");
+        std::fs::write(&handover, "half").unwrap();
         std::fs::write(root.path().join("app-1/4/notes.txt"), "x").unwrap();
         std::fs::create_dir_all(root.path().join("not an app/1")).unwrap();
         let mut found: Vec<(u32, Commit)> = scan(root.path())
@@ -537,7 +570,10 @@ mod tests {
                 (7, Commit::Recorded(marker(0, false))),
                 (8, Commit::No),
                 (9, Commit::Recorded(marker(0, false))),
+                (10, Commit::OnDfs(marker(0, true))),
+                (11, Commit::OnDfs(marker(0, true))),
             ]
         );
+        assert!(!handover.exists());
     }
 }

@@ -57,6 +57,8 @@ pub struct Store {
     /// Free space each disk keeps (`disk_reserve`); with a DFS, new locations of a worker whose
     /// every disk is below it are written to the DFS.
     disk_reserve: std::sync::atomic::AtomicU64,
+    /// Size past which a local location moves to the DFS (`dfs_location_size`; 0: never).
+    dfs_location_size: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -71,6 +73,7 @@ impl Store {
             incoming: Mutex::default(),
             dfs: std::sync::OnceLock::new(),
             disk_reserve: std::sync::atomic::AtomicU64::new(0),
+            dfs_location_size: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -178,10 +181,15 @@ impl Store {
         self.disk_reserve.store(bytes, Ordering::Relaxed);
     }
 
-    /// The DFS, when new locations go there: it is configured and every disk whose space is
-    /// known has less free than `disk_reserve` (or is unhealthy).
+    /// Sets `dfs_location_size`.
+    pub fn set_dfs_location_size(&self, bytes: u64) {
+        self.dfs_location_size.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The DFS, when new locations go there: it is configured and up, and every disk whose
+    /// space is known has less free than `disk_reserve` (or is unhealthy).
     fn dfs_for_new_locations(&self) -> Option<&Arc<dfs::Dfs>> {
-        let dfs = self.dfs()?;
+        let dfs = self.dfs().filter(|dfs| dfs.takes_writers())?;
         let reserve = self.disk_reserve.load(Ordering::Relaxed);
         let full = |disk: &Arc<Disk>| {
             let usage = disk.usage();
@@ -257,7 +265,18 @@ impl Store {
                     },
                     dfs::spawn_writer(dfs.clone(), shuffle, id),
                 ),
-                None => Partition::new(name, disk, files),
+                None => {
+                    let local = Partition::new(name, disk, files);
+                    match (self.dfs(), self.dfs_location_size.load(Ordering::Relaxed)) {
+                        (Some(dfs), above) if above > 0 => local.with_spill(partition::Spill {
+                            dfs: dfs.clone(),
+                            shuffle: shuffle.clone(),
+                            id,
+                            above,
+                        }),
+                        _ => local,
+                    }
+                }
             };
             partition.set_replica(replica);
             locations.insert(id, Arc::new(partition));

@@ -13,7 +13,7 @@
 //! A location flushed before a restart and never committed comes back as `Recovered`: it takes no
 //! pushes (writers revive elsewhere) but commits and serves what its files verifiably hold.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::disk::{Disk, FlushJob, IndexWrite};
 use super::index::IndexEntry;
-use super::layout::{CommitMarker, LocationFiles};
+use super::layout::{CommitMarker, LocationFiles, LocationId};
 use crate::error::{WorkerError, WorkerResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,18 @@ struct State {
     memory_index: Vec<u8>,
     /// Once committed without an index file: `memory_index`, for reads.
     committed_index: Option<Bytes>,
+    /// Once a local location moved to the DFS as it outgrew its [`Spill`] size: the bytes and
+    /// files it left on its disk, deleted when its commit completes the upload.
+    left_on_disk: Option<(u64, u64)>,
+}
+
+/// Where a local location goes once it holds more than `above` bytes: the DFS.
+#[derive(Debug)]
+pub struct Spill {
+    pub dfs: Arc<super::dfs::Dfs>,
+    pub shuffle: sluice_protocol::ShuffleKey,
+    pub id: LocationId,
+    pub above: u64,
 }
 
 /// Index bytes a location keeps in memory instead of in an index file: ten entries. Creating a
@@ -127,10 +139,13 @@ pub struct Partition {
     flushed: Notify,
     /// On a primary with a replica: the replica's push address. Set by reservations.
     replica: Mutex<Option<String>>,
-    /// A committed location kept on the DFS rather than on this worker's disk.
-    dfs: Option<super::dfs::DfsObject>,
-    /// A location written straight to the DFS: its writer task.
-    dfs_writer: Option<tokio::sync::mpsc::UnboundedSender<super::dfs::WriteJob>>,
+    /// A location kept on the DFS rather than on this worker's disk.
+    dfs: OnceLock<super::dfs::DfsObject>,
+    /// A location written to the DFS (from the start, or once it outgrew `spill`): its writer
+    /// task.
+    dfs_writer: OnceLock<tokio::sync::mpsc::UnboundedSender<super::dfs::WriteJob>>,
+    /// Where this local location goes once it outgrows a size.
+    spill: Option<Spill>,
 }
 
 impl Partition {
@@ -155,12 +170,20 @@ impl Partition {
                 index_file: false,
                 memory_index: Vec::new(),
                 committed_index: None,
+                left_on_disk: None,
             }),
             flushed: Notify::new(),
             replica: Mutex::new(None),
-            dfs: None,
-            dfs_writer: None,
+            dfs: OnceLock::new(),
+            dfs_writer: OnceLock::new(),
+            spill: None,
         }
+    }
+
+    /// Moves this local location to the DFS once it holds more than `spill.above` bytes.
+    pub fn with_spill(mut self, spill: Spill) -> Partition {
+        self.spill = Some(spill);
+        self
     }
 
     /// A location whose flushes go straight to the DFS (`object`, written by `writer`) rather
@@ -173,8 +196,8 @@ impl Partition {
         writer: tokio::sync::mpsc::UnboundedSender<super::dfs::WriteJob>,
     ) -> Partition {
         let mut partition = Partition::new(name, disk, files);
-        partition.dfs = Some(object);
-        partition.dfs_writer = Some(writer);
+        let _ = partition.dfs.set(object);
+        let _ = partition.dfs_writer.set(writer);
         // Nothing on this worker's disk to give back when it is deleted.
         partition
             .state
@@ -186,37 +209,57 @@ impl Partition {
 
     /// Whether this location is written straight to the DFS.
     pub fn writes_to_dfs(&self) -> bool {
-        self.dfs_writer.is_some()
+        self.dfs_writer.get().is_some()
     }
 
     /// Ends the commit of a location written to the DFS once it is sealed: completes the
     /// upload and writes the index object, then keeps its totals and index locally (as for a
-    /// location handed over on the DFS) so a restart serves it again.
+    /// location handed over on the DFS) so a restart serves it again. A location that moved to
+    /// the DFS as it outgrew its size deletes what it left on its disk.
     pub async fn finish_on_dfs(&self, marker: CommitMarker) -> Result<pb::BatchStats, String> {
-        let Some(writer) = &self.dfs_writer else {
+        let Some(writer) = self.dfs_writer.get() else {
             return Err("not written to the DFS".into());
         };
-        let index = Bytes::from(self.lock().memory_index.clone());
+        let (entries, left_on_disk) = {
+            let state = self.lock();
+            (Bytes::from(state.memory_index.clone()), state.left_on_disk)
+        };
         let (done, closed) = oneshot::channel();
-        let closed = match writer.send(super::dfs::WriteJob::Close(index.clone(), done)) {
+        let closed = match writer.send(super::dfs::WriteJob::Close(entries, done)) {
             Ok(()) => closed
                 .await
                 .unwrap_or_else(|_| Err(std::io::Error::other("the DFS writer stopped"))),
             Err(_) => Err(std::io::Error::other("the DFS writer stopped")),
         };
         let recorded = match closed {
-            Ok(()) => {
+            Ok(index) => {
                 let files = self.files.clone();
-                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let kept = index.clone();
+                let recorded = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     if let Some(dir) = files.data.parent() {
                         std::fs::create_dir_all(dir)?;
                     }
-                    std::fs::write(files.dfs_index(), &index)?;
-                    std::fs::write(files.dfs_marker(), marker.marker_text())
+                    std::fs::write(files.dfs_index(), &kept)?;
+                    std::fs::write(files.dfs_marker(), marker.marker_text())?;
+                    if left_on_disk.is_some() {
+                        let _ = std::fs::remove_file(&files.index);
+                        std::fs::remove_file(&files.data)?;
+                    }
+                    Ok(())
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                .map_err(|e| format!("recording a location written to the DFS: {e}"))
+                .map_err(|e| format!("recording a location written to the DFS: {e}"));
+                if recorded.is_ok() {
+                    let mut state = self.lock();
+                    state.memory_index = index.to_vec();
+                    if let Some((bytes, files)) = state.left_on_disk.take() {
+                        if !std::mem::replace(&mut state.discarded, true) {
+                            self.disk.release(bytes, files);
+                        }
+                    }
+                }
+                recorded
             }
             Err(e) => Err(format!("completing the upload to the DFS: {e}")),
         };
@@ -235,7 +278,7 @@ impl Partition {
         index: Bytes,
     ) -> Partition {
         let mut partition = Partition::new(name, disk, files);
-        partition.dfs = Some(dfs);
+        let _ = partition.dfs.set(dfs);
         {
             let state = partition.state.get_mut().unwrap_or_else(|e| e.into_inner());
             state.status = Status::Committed;
@@ -418,7 +461,18 @@ impl Partition {
     /// while they fit in [`SMALL_INDEX`]; the flush that takes them past it creates the index
     /// file with all of them.
     fn flush_locked(self: &Arc<Self>, state: &mut State) {
-        if let Some(writer) = &self.dfs_writer {
+        if let Some(spill) = &self.spill {
+            // Grown past its size: the rest goes to the DFS, after what is on the disk. Once
+            // no flush is in flight, so the file holds everything flushed so far.
+            if self.dfs_writer.get().is_none()
+                && state.inflight == 0
+                && state.flushed_len + state.pending_len > spill.above
+                && spill.dfs.takes_writers()
+            {
+                self.move_to_dfs_locked(state, spill);
+            }
+        }
+        if let Some(writer) = self.dfs_writer.get() {
             // Straight to the DFS: the index stays in memory, nothing is held on the disk.
             state.created = true;
             state.pending_since = None;
@@ -492,6 +546,42 @@ impl Partition {
         }
         self.clone()
             .when_flushed(outcome, "the disk's flusher has stopped");
+    }
+
+    /// Starts writing this local location to the DFS: a new writer task first uploads what the
+    /// location's files hold, then takes every later flush.
+    fn move_to_dfs_locked(self: &Arc<Self>, state: &mut State, spill: &Spill) {
+        let writer = super::dfs::spawn_writer(spill.dfs.clone(), &spill.shuffle, spill.id);
+        let index_bytes = if state.index_file { state.index_len } else { 0 };
+        if state.created && state.flushed_len > 0 {
+            let (done, outcome) = oneshot::channel();
+            let prefix = super::dfs::WriteJob::Prefix {
+                data: self.files.data.clone(),
+                data_len: state.flushed_len,
+                index: state.index_file.then(|| self.files.index.clone()),
+                index_len: index_bytes,
+                done,
+            };
+            if writer.send(prefix).is_err() {
+                return;
+            }
+            state.inflight += 1;
+            self.clone().when_flushed(outcome, "the DFS writer stopped");
+        }
+        if !state.discarded {
+            state.left_on_disk = Some((
+                state.flushed_len + index_bytes,
+                u64::from(state.created) + u64::from(state.index_file),
+            ));
+        }
+        // The index now goes with the DFS writer: the file's entries first, then these.
+        state.index_file = false;
+        let _ = self.dfs.set(super::dfs::DfsObject {
+            dfs: spill.dfs.clone(),
+            data: super::dfs::object_paths(&spill.shuffle, spill.id).0,
+        });
+        let _ = self.dfs_writer.set(writer);
+        tracing::info!(location = %self.name, bytes = state.flushed_len + state.pending_len, dfs = spill.dfs.url(), "location outgrew dfs_location_size: it goes on on the DFS");
     }
 
     /// Ends a flush when its `outcome` comes (`gone`: why, when its writer dropped it).
@@ -592,11 +682,11 @@ impl Partition {
         let state = self.lock();
         match &state.status {
             Status::Committed => Ok(CommittedFiles {
-                files: (state.created && self.dfs.is_none()).then(|| self.files.clone()),
+                files: (state.created && self.dfs.get().is_none()).then(|| self.files.clone()),
                 data_len: state.flushed_len,
                 index_len: state.index_len,
                 index: state.committed_index.clone(),
-                dfs: self.dfs.clone(),
+                dfs: self.dfs.get().cloned(),
             }),
             Status::Failed(reason) => Err(WorkerError::Disk {
                 location: self.name.clone(),
@@ -613,9 +703,14 @@ impl Partition {
     pub fn discard(&self) {
         let mut state = self.lock();
         if !std::mem::replace(&mut state.discarded, true) {
-            let files = u64::from(state.created) + u64::from(state.index_file);
-            let index_bytes = if state.index_file { state.index_len } else { 0 };
-            self.disk.release(state.flushed_len + index_bytes, files);
+            let (bytes, files) = state.left_on_disk.take().unwrap_or_else(|| {
+                let index_bytes = if state.index_file { state.index_len } else { 0 };
+                (
+                    state.flushed_len + index_bytes,
+                    u64::from(state.created) + u64::from(state.index_file),
+                )
+            });
+            self.disk.release(bytes, files);
         }
         self.drop_pending_locked(&mut state, "deleted".into());
     }
