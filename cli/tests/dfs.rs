@@ -612,3 +612,32 @@ async fn locations_written_to_s3_hold_at_most_half_the_memory_budget() {
     assert!(offloaded > 0.0, "every location was written to S3");
     cluster.shutdown().await.unwrap();
 }
+
+/// An application that stops sending heartbeats expires, and leaves nothing behind: neither
+/// the objects of its locations written to the DFS nor their local records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_application_leaves_nothing_on_the_dfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("fs://{}", shared.path().display());
+    options.worker.disk_reserve = bytesize::ByteSize::pib(1);
+    options.master.app_timeout = Duration::from_secs(2);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 2);
+    let key = ShuffleKey::new("dfs-expiring", 0);
+    let ids = write_records(&client, &key, (2, 6), 400, 900).await;
+    let seen = read_records(&client, &key, 0..6, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    let objects = shared.path().join("dfs-expiring");
+    assert!(objects.exists());
+    let started = Instant::now();
+    while objects.exists() || (0..2).any(|w| cluster.data_dir(w).join("dfs-expiring").exists()) {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the expired application's data is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await.unwrap();
+}
