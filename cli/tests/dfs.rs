@@ -404,6 +404,14 @@ async fn with_every_disk_full_shuffles_are_written_to_hdfs() {
     write_with_full_disks(&format!("{}/full", hdfs.url), "").await;
 }
 
+/// Options for `workers` workers on moto's S3, under `prefix` of the test bucket.
+fn s3_options(workers: usize, dir: &Path, moto: &Moto, prefix: &str) -> LocalOptions {
+    let mut options = LocalOptions::new(workers, dir);
+    options.worker.dfs = format!("s3://{BUCKET}/{prefix}");
+    options.worker.dfs_endpoint = moto.endpoint.clone();
+    options
+}
+
 /// The sum of `name` over every worker's metrics.
 async fn worker_metric(cluster: &LocalCluster, workers: std::ops::Range<usize>, name: &str) -> f64 {
     let mut total = 0.0;
@@ -457,9 +465,8 @@ async fn an_s3_outage_mid_write_revives_to_a_local_disk() {
     set_credentials();
     let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut options = LocalOptions::new(2, dir.path());
-    options.worker.dfs = format!("s3://{BUCKET}/outage-{}", std::process::id());
-    options.worker.dfs_endpoint = moto.endpoint.clone();
+    let prefix = format!("outage-{}", std::process::id());
+    let mut options = s3_options(2, dir.path(), &moto, &prefix);
     options.configure_worker = Some(|i, worker| {
         if i == 0 {
             worker.disk_reserve = bytesize::ByteSize::pib(1);
@@ -510,9 +517,7 @@ async fn a_location_that_outgrows_its_size_moves_to_s3_as_it_is_written() {
     let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("grown-{}", std::process::id());
-    let mut options = LocalOptions::new(2, dir.path());
-    options.worker.dfs = format!("s3://{BUCKET}/{prefix}");
-    options.worker.dfs_endpoint = moto.endpoint.clone();
+    let mut options = s3_options(2, dir.path(), &moto, &prefix);
     options.worker.dfs_location_size = bytesize::ByteSize::mib(4);
     let mut cluster = LocalCluster::start(options).await.unwrap();
     let client = common::client(&cluster, 1);
@@ -545,9 +550,8 @@ async fn at_replication_1_a_dead_s3_is_reported_lost_and_new_shuffles_go_to_loca
     set_credentials();
     let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut options = LocalOptions::new(2, dir.path());
-    options.worker.dfs = format!("s3://{BUCKET}/dead-{}", std::process::id());
-    options.worker.dfs_endpoint = moto.endpoint.clone();
+    let prefix = format!("dead-{}", std::process::id());
+    let mut options = s3_options(2, dir.path(), &moto, &prefix);
     options.worker.disk_reserve = bytesize::ByteSize::pib(1);
     let cluster = LocalCluster::start(options).await.unwrap();
     let client = common::client(&cluster, 1);
@@ -586,9 +590,7 @@ async fn locations_written_to_s3_hold_at_most_half_the_memory_budget() {
     let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("budget-{}", std::process::id());
-    let mut options = LocalOptions::new(2, dir.path());
-    options.worker.dfs = format!("s3://{BUCKET}/{prefix}");
-    options.worker.dfs_endpoint = moto.endpoint.clone();
+    let mut options = s3_options(2, dir.path(), &moto, &prefix);
     options.worker.disk_reserve = bytesize::ByteSize::pib(1);
     options.worker.memory_budget = bytesize::ByteSize::mib(32);
     let cluster = LocalCluster::start(options).await.unwrap();
