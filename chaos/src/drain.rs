@@ -36,14 +36,16 @@ fn draining_workers(grace: Duration) -> Vec<WorkerSpec> {
         .collect()
 }
 
-/// What a drained worker logged of its drain: `moved`, `moved_bytes`, `lost`, `covered`.
-fn drain_figures(log: &str) -> Option<(u64, u64, u64, u64)> {
+/// What a drained worker logged of its drain: `moved`, `moved_bytes`, `lost`, `covered`,
+/// `restored`.
+fn drain_figures(log: &str) -> Option<(u64, u64, u64, u64, u64)> {
     let field = |key: &str| log_field(log, key).and_then(|v| v.parse().ok());
     Some((
         field("moved")?,
         field("moved_bytes")?,
         field("lost")?,
         field("covered")?,
+        field("restored")?,
     ))
 }
 
@@ -80,7 +82,7 @@ async fn write_everything(setup: Setup, observed: &mut Observed) -> Option<Setup
 
 /// What a drain did, from the drained worker's log: copies moved, bytes moved, copies lost,
 /// copies covered by another copy.
-type Figures = (u64, u64, u64, u64);
+type Figures = (u64, u64, u64, u64, u64);
 
 /// SIGTERMs worker `victim`, waits for it to exit (the grace period and 5 s more), and says
 /// what its drain did. A worker still running after that is a failure.
@@ -108,10 +110,11 @@ async fn drain_one(
     }
     let figures = drain_figures(&setup.cluster.log_text(victim));
     let what = match figures {
-        Some((moved, bytes, lost, covered)) => {
+        Some((moved, bytes, lost, covered, restored)) => {
             format!(
                 "SIGTERM {id} ({:?} to drain): exited after {:.2} s, {moved} copies handed over \
-                 ({:.1} MB), {lost} reported lost, {covered} covered by another copy",
+                 ({:.1} MB), {lost} reported lost, {covered} covered by another copy ({restored} \
+                 of them handed over too, keeping their partition's replication)",
                 grace,
                 took.as_secs_f64(),
                 bytes as f64 / 1e6
@@ -141,7 +144,7 @@ pub(crate) async fn sigterm_drain(ctx: &Ctx) -> anyhow::Result<Observed> {
     })
     .await?;
     let figures = drain_figures(&setup.cluster.log_text(victim));
-    if matches!(figures, Some((0, _, _, 0))) {
+    if matches!(figures, Some((0, _, _, 0, _))) {
         observed.not_injected = Some("the drained worker held nothing to hand over".into());
     }
     setup.read_if_written(&mut observed).await;
@@ -215,7 +218,7 @@ pub(crate) async fn preempt_short(ctx: &Ctx) -> anyhow::Result<Observed> {
     let victim = setup.primary_of(0)?;
     let (what, figures) = drain_one(&mut setup, &mut observed.failures, victim, grace).await?;
     observed.injected.push(format!("after the commit: {what}"));
-    if matches!(figures, Some((_, _, 0, _))) {
+    if matches!(figures, Some((_, _, 0, _, _))) {
         observed.not_injected =
             Some("the drain lost nothing: the data fit the grace period".into());
     }
@@ -336,7 +339,7 @@ async fn rate(ctx: &Ctx, s3: Option<&Moto>) -> anyhow::Result<Observed> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     match figures {
-        Some((moved, bytes, _, _)) if moved > 0 && seconds > 0.0 => {
+        Some((moved, bytes, _, _, _)) if moved > 0 && seconds > 0.0 => {
             observed.injected.push(format!(
                 "after the commit: {what}; hand-over rate {:.0} MB/s ({:.1} MB in {seconds:.2} s{})",
                 bytes as f64 / seconds / 1e6,

@@ -227,3 +227,37 @@ async fn a_shorter_deadline_brings_a_planned_drain_forward() {
     );
     cluster.shutdown().await.unwrap();
 }
+
+/// At replication 2 a drained worker's copies are covered by their other copies, and it hands
+/// them over anyway while time is left, each to a worker holding no copy of its partition: the
+/// partitions keep two copies. A second worker that then dies without a drain loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_at_replication_2_keeps_every_partition_at_two_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(LocalOptions::new(3, dir.path()))
+        .await
+        .unwrap();
+    let client = common::client(&cluster, 2);
+    let key = ShuffleKey::new("drain-r2", 0);
+    let ids = write_records(&client, &key, (4, 12), 800, 900).await;
+    let before = copies_on(&cluster, &key, 12, "worker-0").await;
+    assert!(before > 0);
+    let asked = sluice::http::post(
+        &cluster.master_admins[0],
+        "/api/workers/worker-0/decommission?deadline=20s",
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked.status.as_u16(), 200, "{}", asked.body);
+    cluster.worker_stopped(0, PATIENCE).await.unwrap();
+    assert_eq!(copies_on(&cluster, &key, 12, "worker-0").await, 0);
+    // Every partition has two committed copies, on the two workers left.
+    let on_1 = copies_on(&cluster, &key, 12, "worker-1").await;
+    let on_2 = copies_on(&cluster, &key, 12, "worker-2").await;
+    assert_eq!((on_1, on_2), (12, 12));
+
+    cluster.stop_worker(1).await.unwrap();
+    let seen = read_records(&client, &key, 0..12, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    cluster.shutdown().await.unwrap();
+}

@@ -3,7 +3,9 @@
 //!
 //! The worker drives its drain (`sluice_worker::drain`); the master answers two calls:
 //! - `DrainPlan`: marks the worker as leaving and lists its copies that have no copy of the same
-//!   epoch on a live worker that stays, each with a worker to hand it to;
+//!   epoch on a live worker that stays, each with a worker to hand it to; then its committed
+//!   copies that do, each with a worker holding no copy of the epoch, to restore the
+//!   partition's replication;
 //! - `MoveCopies`: records (through the log) that copies now live on another worker, or that
 //!   they are lost. It never runs beside the shuffle's commit: both take the shuffle's
 //!   `committing` mark, so a commit sees every copy where it is.
@@ -59,6 +61,8 @@ pub(crate) fn plan(core: &Core, worker: &str) -> MasterResult<pb::DrainPlanRespo
 
     // (committed first, bytes, copy, worker ids holding the epoch elsewhere)
     let mut todo: Vec<(bool, u64, pb::CopyRef, Vec<String>)> = Vec::new();
+    // Committed copies another copy stands in for: (bytes, copy, workers holding the epoch).
+    let mut restore: Vec<(u64, pb::CopyRef, Vec<String>)> = Vec::new();
     let mut covered = 0u64;
     for (key, shuffle) in &state.shuffles {
         let Some(mine) = shuffle.workers.iter().position(|w| w.id == worker) else {
@@ -85,10 +89,6 @@ pub(crate) fn plan(core: &Core, worker: &str) -> MasterResult<pb::DrainPlanRespo
                     .filter(|(j, _)| results.is_none() || result(*j).is_some_and(|r| r.ok))
                     .map(|(_, c)| shuffle.workers[c.worker as usize].id.clone())
                     .collect();
-                if others.iter().any(|id| stays(id)) {
-                    covered += 1;
-                    continue;
-                }
                 let bytes = result(i).and_then(|r| r.stats).map_or(0, |s| s.bytes);
                 let copy_ref = pb::CopyRef {
                     shuffle: Some(key.to_pb()),
@@ -96,6 +96,13 @@ pub(crate) fn plan(core: &Core, worker: &str) -> MasterResult<pb::DrainPlanRespo
                     epoch: copy.epoch,
                     role: copy.role as i32,
                 };
+                if others.iter().any(|id| stays(id)) {
+                    covered += 1;
+                    if results.is_some() {
+                        restore.push((bytes, copy_ref, others));
+                    }
+                    continue;
+                }
                 todo.push((results.is_some(), bytes, copy_ref, others));
             }
         }
@@ -114,14 +121,27 @@ pub(crate) fn plan(core: &Core, worker: &str) -> MasterResult<pb::DrainPlanRespo
         return Ok(answer);
     }
     let mut load: Vec<u64> = vec![0; targets.len()];
-    for (_, bytes, copy, others) in todo {
+    let mut least_loaded = |bytes: u64, others: &[String]| {
         let target = (0..targets.len())
             .filter(|&t| !others.contains(&targets[t].info.id))
-            .min_by_key(|&t| (load[t], t))
-            .unwrap_or(0);
+            .min_by_key(|&t| (load[t], t))?;
         load[target] += bytes.max(1);
+        Some(target as u32)
+    };
+    for (_, bytes, copy, others) in todo {
         answer.copies.push(copy);
-        answer.target.push(target as u32);
+        answer
+            .target
+            .push(least_loaded(bytes, &others).unwrap_or(0));
+    }
+    // Then the copies that keep partitions at their replication, smallest first; only where a
+    // worker without a copy of the epoch can take them.
+    restore.sort_by_key(|(bytes, _, _)| *bytes);
+    for (bytes, copy, others) in restore {
+        if let Some(target) = least_loaded(bytes, &others) {
+            answer.restore.push(copy);
+            answer.restore_target.push(target);
+        }
     }
     Ok(answer)
 }

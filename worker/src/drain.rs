@@ -8,7 +8,10 @@
 //!    everything would take remains: shuffles that are read and deleted meanwhile need no
 //!    hand-over. A shorter deadline (a preemption) hands over at once.
 //! 2. It asks the leading master for its drain plan: its copies that no copy of the same epoch
-//!    on a live worker that stays stands in for, each with a worker to take it.
+//!    on a live worker that stays stands in for, each with a worker to take it; then the
+//!    committed copies another copy does stand in for, each with a worker holding no copy of
+//!    its epoch, so their partitions keep their replication. Those go last, only while time is
+//!    left, and are never reported lost.
 //! 3. It commits those copies on itself (seals them: the last flushes, the commit journal), so
 //!    what it hands over is final. A later commit from the master answers the same totals.
 //! 4. It sends each copy's data file to its target in pieces (`HandOver` frames, a few copies at
@@ -53,6 +56,12 @@ pub struct DrainReport {
     pub planned: u64,
     /// Copies a copy on a live worker stands in for.
     pub covered: u64,
+    /// Copies the plan named to restore (covered, committed, a worker without a copy of their
+    /// epoch can take them), and of those, how many moved: their partitions keep their
+    /// replication.
+    pub to_restore: u64,
+    pub restored: u64,
+    /// Copies moved (planned and restored), their bytes, and planned copies reported lost.
     pub moved: u64,
     pub moved_bytes: u64,
     pub lost: u64,
@@ -94,6 +103,8 @@ pub async fn drain(shared: Arc<Shared>, deadline: Duration, by: &str) -> Option<
         moved_bytes = report.moved_bytes,
         lost = report.lost,
         covered = report.covered,
+        restored = report.restored,
+        to_restore = report.to_restore,
         seconds = report.seconds,
         handover_seconds = report.handover_seconds,
         "drained; stopping"
@@ -133,6 +144,9 @@ struct Copy {
     shuffle: ShuffleKey,
     spec: pb::LocationSpec,
     target: usize,
+    /// Another copy stands in for it: moved only to keep the partition's replication, never
+    /// reported lost.
+    restore: bool,
 }
 
 async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
@@ -168,9 +182,18 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
     };
     report.covered = plan.covered;
     report.planned = plan.copies.len() as u64;
+    report.to_restore = plan.restore.len() as u64;
     let targets = plan.targets;
-    let mut copies: Vec<Copy> = Vec::with_capacity(plan.copies.len());
-    for (i, copy) in plan.copies.into_iter().enumerate() {
+    // The copies to save, then those that keep partitions at their replication.
+    let mut copies: Vec<Copy> = Vec::with_capacity(plan.copies.len() + plan.restore.len());
+    // A planned copy without a target (there is nowhere to go) is still planned: it is then
+    // reported lost. A copy to restore without one is left alone.
+    let planned = plan.copies.into_iter().enumerate().map(|(i, c)| {
+        let target = plan.target.get(i).copied().unwrap_or(0);
+        ((c, target), false)
+    });
+    let restore = plan.restore.into_iter().zip(plan.restore_target);
+    for ((copy, target), restore) in planned.chain(restore.map(|c| (c, true))) {
         let Ok(shuffle) = ShuffleKey::from_pb(copy.shuffle.as_ref()) else {
             continue;
         };
@@ -182,7 +205,8 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
                 role: copy.role,
                 replica: None,
             },
-            target: plan.target.get(i).copied().unwrap_or(0) as usize,
+            target: target as usize,
+            restore,
         });
     }
 
@@ -252,7 +276,9 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
     }
 
     // Tell the master where they went, then what is lost.
-    let mut groups: HashMap<(ShuffleKey, Option<usize>), Vec<pb::LocationSpec>> = HashMap::new();
+    // By shuffle and target (none: lost): each copy, and whether it is one to restore.
+    type Group = (ShuffleKey, Option<usize>);
+    let mut groups: HashMap<Group, Vec<(pb::LocationSpec, bool)>> = HashMap::new();
     let moved_ids: std::collections::HashSet<(ShuffleKey, u32, u32, i32)> = moved
         .iter()
         .map(|(c, _)| {
@@ -268,9 +294,9 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
         groups
             .entry((copy.shuffle.clone(), Some(*target)))
             .or_default()
-            .push(copy.spec.clone());
+            .push((copy.spec.clone(), copy.restore));
     }
-    for copy in &copies {
+    for copy in copies.iter().filter(|c| !c.restore) {
         let key = (
             copy.shuffle.clone(),
             copy.spec.partition,
@@ -281,7 +307,7 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
             groups
                 .entry((copy.shuffle.clone(), None))
                 .or_default()
-                .push(copy.spec.clone());
+                .push((copy.spec.clone(), false));
         }
     }
     // Moves first: a copy reported moved is safe even if the losses cannot be reported.
@@ -290,12 +316,14 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
     let reporter = masters(shared, left().max(REPORT_RESERVE));
     for ((shuffle, target), specs) in groups {
         let n = specs.len() as u64;
+        // Copies to restore: another copy stands in for them whatever happens here.
+        let restoring = specs.iter().filter(|(_, restore)| *restore).count() as u64;
         let request = pb::MoveCopiesRequest {
             worker_id: shared.info.id.clone(),
             shuffle: Some(shuffle.to_pb()),
-            partition: specs.iter().map(|s| s.partition).collect(),
-            epoch: specs.iter().map(|s| s.epoch).collect(),
-            role: specs.iter().map(|s| s.role).collect(),
+            partition: specs.iter().map(|(s, _)| s.partition).collect(),
+            epoch: specs.iter().map(|(s, _)| s.epoch).collect(),
+            role: specs.iter().map(|(s, _)| s.role).collect(),
             to: target.and_then(|t| targets.get(t).cloned()),
             reason: format!(
                 "worker {} left before handing it over (drain deadline {:?})",
@@ -309,6 +337,7 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
         match (target, reported) {
             (Some(_), Ok(_)) => {
                 report.moved += n;
+                report.restored += restoring;
                 shared.metrics.drain_copies_moved.increment(n);
             }
             (None, Ok(_)) => {
@@ -317,8 +346,8 @@ async fn run(shared: &Arc<Shared>, deadline: Duration) -> DrainReport {
             }
             (Some(_), Err(e)) => {
                 // Handed over, but the layouts still point here: lost once this worker goes.
-                report.lost += n;
-                shared.metrics.drain_copies_lost.increment(n);
+                report.lost += n - restoring;
+                shared.metrics.drain_copies_lost.increment(n - restoring);
                 tracing::error!(shuffle = %shuffle, copies = n, error = %e, "draining: the master did not take the hand-over");
             }
             (None, Err(e)) => {
