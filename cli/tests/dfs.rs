@@ -643,3 +643,23 @@ async fn an_expired_application_leaves_nothing_on_the_dfs() {
     }
     cluster.shutdown().await.unwrap();
 }
+
+/// With a `dfs_location_size` below one flush, every location moves to the DFS at its first
+/// flush, before it has a local file: nothing reaches the disks, every record reads back once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_larger_than_its_size_at_its_first_flush_never_touches_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut options = LocalOptions::new(2, dir.path());
+    options.worker.dfs = format!("fs://{}", shared.path().display());
+    options.worker.dfs_location_size = bytesize::ByteSize::b(1);
+    let cluster = LocalCluster::start(options).await.unwrap();
+    let client = common::client(&cluster, 2);
+    let key = ShuffleKey::new("dfs-first-flush", 0);
+    let ids = write_records(&client, &key, (4, 12), 800, 900).await;
+    let seen = read_records(&client, &key, 0..12, None).await.unwrap();
+    common::assert_exactly_once(&ids, &seen);
+    assert!(common::data_files(dir.path()).is_empty());
+    assert_eq!(common::data_files(shared.path()).len(), 24);
+    cluster.shutdown().await.unwrap();
+}

@@ -243,7 +243,10 @@ impl Partition {
                     std::fs::write(files.dfs_marker(), marker.marker_text())?;
                     if left_on_disk.is_some() {
                         let _ = std::fs::remove_file(&files.index);
-                        std::fs::remove_file(&files.data)?;
+                        match std::fs::remove_file(&files.data) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
+                        }
                     }
                     Ok(())
                 })
@@ -568,10 +571,13 @@ impl Partition {
             state.inflight += 1;
             self.clone().when_flushed(outcome, "the DFS writer stopped");
         }
-        if !state.discarded {
+        if !state.created {
+            // Nothing on the disk: nothing to give back when it is deleted.
+            state.discarded = true;
+        } else if !state.discarded {
             state.left_on_disk = Some((
                 state.flushed_len + index_bytes,
-                u64::from(state.created) + u64::from(state.index_file),
+                1 + u64::from(state.index_file),
             ));
         }
         // The index now goes with the DFS writer: the file's entries first, then these.
@@ -581,7 +587,7 @@ impl Partition {
             data: super::dfs::object_paths(&spill.shuffle, spill.id).0,
         });
         let _ = self.dfs_writer.set(writer);
-        tracing::info!(location = %self.name, bytes = state.flushed_len + state.pending_len, dfs = spill.dfs.url(), "location outgrew dfs_location_size: it goes on on the DFS");
+        tracing::info!(location = %self.name, bytes = state.flushed_len + state.pending_len, dfs = spill.dfs.url(), "location outgrew dfs_location_size: the rest of it goes to the DFS");
     }
 
     /// Ends a flush when its `outcome` comes (`gone`: why, when its writer dropped it).
