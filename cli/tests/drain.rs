@@ -82,13 +82,11 @@ async fn a_drained_worker_hands_over_committed_and_running_shuffles_at_replicati
 
     // Drain worker 0 through the master, within 20 s.
     let started = Instant::now();
-    let asked = sluice::http::post(
+    let asked = common::post_ok(
         &cluster.master_admins[0],
         "/api/workers/worker-0/decommission?deadline=20s",
     )
-    .await
-    .unwrap();
-    assert_eq!(asked.status.as_u16(), 200, "{}", asked.body);
+    .await;
     assert_eq!(asked.json()["drain_deadline"], "20s");
     cluster.worker_stopped(0, PATIENCE).await.unwrap();
     let took = started.elapsed();
@@ -134,10 +132,7 @@ async fn a_drain_cut_short_reports_its_copies_lost_and_readers_fail_fast() {
 
     // A deadline shorter than the time a drain keeps for its reports: nothing is handed over.
     let worker = cluster.worker_admins()[1].clone().unwrap();
-    let answer = sluice::http::post(&worker, "/api/decommission?deadline=1s")
-        .await
-        .unwrap();
-    assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
+    common::post_ok(&worker, "/api/decommission?deadline=1s").await;
     cluster.worker_stopped(1, PATIENCE).await.unwrap();
 
     // The layout says so at once: the reader fails with DataLost, without retrying a worker
@@ -184,10 +179,7 @@ async fn a_planned_drain_serves_reads_until_its_shuffles_are_deleted() {
 
     // An hour to go: the worker keeps its copies and serves them while the job reads.
     let worker = cluster.worker_admins()[1].clone().unwrap();
-    let answer = sluice::http::post(&worker, "/api/decommission?deadline=1h")
-        .await
-        .unwrap();
-    assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
+    common::post_ok(&worker, "/api/decommission?deadline=1h").await;
     common::assert_exactly_once(
         &ids,
         &read_records(&client, &key, 0..8, None).await.unwrap(),
@@ -215,8 +207,7 @@ async fn a_shorter_deadline_brings_a_planned_drain_forward() {
     let worker = cluster.worker_admins()[1].clone().unwrap();
     for deadline in ["1h", "20s"] {
         let path = format!("/api/decommission?deadline={deadline}");
-        let answer = sluice::http::post(&worker, &path).await.unwrap();
-        assert_eq!(answer.status.as_u16(), 200, "{}", answer.body);
+        common::post_ok(&worker, &path).await;
     }
     // The SIGTERM-like request wins: the worker hands over now and goes.
     cluster.worker_stopped(1, PATIENCE).await.unwrap();
@@ -242,13 +233,11 @@ async fn a_drain_at_replication_2_keeps_every_partition_at_two_copies() {
     let ids = write_records(&client, &key, (4, 12), 800, 900).await;
     let before = copies_on(&cluster, &key, 12, "worker-0").await;
     assert!(before > 0);
-    let asked = sluice::http::post(
+    common::post_ok(
         &cluster.master_admins[0],
         "/api/workers/worker-0/decommission?deadline=20s",
     )
-    .await
-    .unwrap();
-    assert_eq!(asked.status.as_u16(), 200, "{}", asked.body);
+    .await;
     cluster.worker_stopped(0, PATIENCE).await.unwrap();
     assert_eq!(copies_on(&cluster, &key, 12, "worker-0").await, 0);
     // Every partition has two committed copies, on the two workers left.

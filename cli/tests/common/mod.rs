@@ -236,6 +236,13 @@ pub async fn api(addr: &str, path: &str) -> (u16, serde_json::Value) {
     (answer.status.as_u16(), answer.json())
 }
 
+/// `POST path` on the admin port `addr`, which must answer 200; the answer.
+pub async fn post_ok(addr: &str, path: &str) -> sluice::http::Answer {
+    let answer = sluice::http::post(addr, path).await.unwrap();
+    assert_eq!(answer.status.as_u16(), 200, "POST {path}: {}", answer.body);
+    answer
+}
+
 /// The JSON at `path` of the admin port `addr`, which must answer 200.
 pub async fn api_ok(addr: &str, path: &str) -> serde_json::Value {
     let (status, json) = api(addr, path).await;
