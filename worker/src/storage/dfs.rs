@@ -102,6 +102,14 @@ pub struct DfsObject {
 }
 
 impl DfsObject {
+    /// The data object of location `id` of `shuffle` on `dfs`.
+    pub fn new(dfs: &Arc<Dfs>, shuffle: &ShuffleKey, id: LocationId) -> DfsObject {
+        DfsObject {
+            dfs: dfs.clone(),
+            data: object_paths(shuffle, id).0,
+        }
+    }
+
     /// Reads `len` bytes of the data object from `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> std::io::Result<Bytes> {
         let end = offset
@@ -159,8 +167,10 @@ impl Dfs {
     /// `hdfs://namenode:port/prefix` (hdfs-native, no JVM), or `fs:///absolute/path` (a mounted
     /// shared file system). Touches nothing yet.
     pub fn open(url: &str, endpoint: &str, region: &str) -> Result<Dfs, String> {
-        let chunk = url.starts_with("s3://").then_some(PART);
+        // S3 takes parts of at least 5 MiB (but the last): its writers buffer a part.
+        let mut chunk = None;
         let operator = if let Some(rest) = url.strip_prefix("s3://") {
+            chunk = Some(PART);
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(format!("{url:?} names no bucket (s3://bucket/prefix)"));
@@ -242,16 +252,25 @@ impl Dfs {
     /// `bufs` as what a writer may keep: as they are when writes go out as they come, else
     /// copied into one allocation under a lease of its own.
     fn to_buffer(&self, bufs: Vec<Bytes>) -> Vec<Bytes> {
+        if self.chunk.is_none() || self.memory.get().is_none() || bufs.is_empty() {
+            return bufs;
+        }
+        let mut copy = Vec::with_capacity(bufs.iter().map(Bytes::len).sum());
+        for buf in &bufs {
+            copy.extend_from_slice(buf);
+        }
+        vec![self.leased(copy)]
+    }
+
+    /// `bytes` under a lease of the memory budget when writers buffer what they are given
+    /// (and the budget is set).
+    fn leased(&self, bytes: Vec<u8>) -> Bytes {
         match (self.chunk, self.memory.get()) {
-            (Some(_), Some(memory)) if !bufs.is_empty() => {
-                let mut copy = Vec::with_capacity(bufs.iter().map(Bytes::len).sum());
-                for buf in &bufs {
-                    copy.extend_from_slice(buf);
-                }
-                let lease = memory.lease_now(copy.len() as u64);
-                vec![crate::memory::leased_bytes(copy, lease)]
+            (Some(_), Some(memory)) => {
+                let lease = memory.lease_now(bytes.len() as u64);
+                crate::memory::leased_bytes(bytes, lease)
             }
-            _ => bufs,
+            _ => Bytes::from(bytes),
         }
     }
 
@@ -330,13 +349,8 @@ impl Dfs {
             .map_err(io_error)?;
         let mut offset = 0u64;
         if let Some(files) = &committed.files {
-            let file = Arc::new(std::fs::File::open(&files.data)?);
-            while offset < committed.data_len {
-                let len = (committed.data_len - offset).min(PART as u64) as usize;
-                let piece = read_at(file.clone(), offset, len).await?;
-                writer.write(piece).await.map_err(io_error)?;
-                offset += len as u64;
-            }
+            write_file(&mut writer, &files.data, committed.data_len, Bytes::from).await?;
+            offset = committed.data_len;
         }
         writer.close().await.map_err(io_error)?;
         let index = match (&committed.index, &committed.files) {
@@ -605,14 +619,9 @@ async fn copy_prefix(
     index: Option<std::path::PathBuf>,
     index_len: u64,
 ) -> std::io::Result<Vec<u8>> {
-    let file = Arc::new(std::fs::File::open(&data)?);
-    let mut offset = 0u64;
-    while offset < data_len {
-        let len = (data_len - offset).min(PART as u64) as usize;
-        let piece = read_at(file.clone(), offset, len).await?;
-        write_all(dfs, path, writer, vec![Bytes::from(piece)]).await?;
-        offset += len as u64;
-    }
+    // Each piece is read into memory of its own: leased as it is, not copied again.
+    let open = open_writer(dfs, path, writer).await?;
+    write_file(open, &data, data_len, |piece| dfs.leased(piece)).await?;
     match index {
         Some(index) => read_at(Arc::new(std::fs::File::open(index)?), 0, index_len as usize).await,
         None => Ok(Vec::new()),
@@ -631,12 +640,31 @@ async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> std::io::
     .map_err(std::io::Error::other)?
 }
 
-async fn write_all(
+/// Writes the first `len` bytes of the local file `path` to `writer` in [`PART`]-byte pieces,
+/// each as `piece` makes it.
+async fn write_file(
+    writer: &mut opendal::Writer,
+    path: &std::path::Path,
+    len: u64,
+    piece: impl Fn(Vec<u8>) -> Bytes,
+) -> std::io::Result<()> {
+    let file = Arc::new(std::fs::File::open(path)?);
+    let mut offset = 0u64;
+    while offset < len {
+        let n = (len - offset).min(PART as u64) as usize;
+        let read = read_at(file.clone(), offset, n).await?;
+        writer.write(piece(read)).await.map_err(io_error)?;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// The location's writer, opened on first use.
+async fn open_writer<'w>(
     dfs: &Dfs,
     path: &str,
-    writer: &mut Option<opendal::Writer>,
-    bufs: Vec<Bytes>,
-) -> std::io::Result<()> {
+    writer: &'w mut Option<opendal::Writer>,
+) -> std::io::Result<&'w mut opendal::Writer> {
     if writer.is_none() {
         let mut open = dfs.operator.writer_with(path);
         if let Some(chunk) = dfs.chunk {
@@ -644,9 +672,18 @@ async fn write_all(
         }
         *writer = Some(open.await.map_err(io_error)?);
     }
-    let Some(open) = writer.as_mut() else {
-        return Err(std::io::Error::other("no writer"));
-    };
+    writer
+        .as_mut()
+        .ok_or_else(|| std::io::Error::other("no writer"))
+}
+
+async fn write_all(
+    dfs: &Dfs,
+    path: &str,
+    writer: &mut Option<opendal::Writer>,
+    bufs: Vec<Bytes>,
+) -> std::io::Result<()> {
+    let open = open_writer(dfs, path, writer).await?;
     for buf in dfs.to_buffer(bufs) {
         open.write(buf).await.map_err(io_error)?;
     }

@@ -147,10 +147,7 @@ impl Store {
             .ok_or("it is on a DFS and this worker has none configured (dfs)")?;
         let index = std::fs::read(found.files.dfs_index()).map_err(|e| e.to_string())?;
         dfs::check_index(&index, marker.data_len, marker.stats.batches)?;
-        let object = dfs::DfsObject {
-            dfs: dfs.clone(),
-            data: dfs::object_paths(&found.shuffle, found.id).0,
-        };
+        let object = dfs::DfsObject::new(dfs, &found.shuffle, found.id);
         Ok(Partition::on_dfs(
             format!("{}/{}", found.shuffle, found.id.stem()),
             disk.clone(),
@@ -259,10 +256,7 @@ impl Store {
                     name,
                     disk,
                     files,
-                    dfs::DfsObject {
-                        dfs: dfs.clone(),
-                        data: dfs::object_paths(shuffle, id).0,
-                    },
+                    dfs::DfsObject::new(dfs, shuffle, id),
                     dfs::spawn_writer(dfs.clone(), shuffle, id),
                 ),
                 None => {

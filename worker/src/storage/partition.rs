@@ -582,10 +582,11 @@ impl Partition {
         }
         // The index now goes with the DFS writer: the file's entries first, then these.
         state.index_file = false;
-        let _ = self.dfs.set(super::dfs::DfsObject {
-            dfs: spill.dfs.clone(),
-            data: super::dfs::object_paths(&spill.shuffle, spill.id).0,
-        });
+        let _ = self.dfs.set(super::dfs::DfsObject::new(
+            &spill.dfs,
+            &spill.shuffle,
+            spill.id,
+        ));
         let _ = self.dfs_writer.set(writer);
         tracing::info!(location = %self.name, bytes = state.flushed_len + state.pending_len, dfs = spill.dfs.url(), "location outgrew dfs_location_size: the rest of it goes to the DFS");
     }
