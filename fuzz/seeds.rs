@@ -38,9 +38,9 @@ fn batches() -> Vec<u8> {
         attempt,
         batch_id,
     };
-    batch::encode_into(&mut out, tag(1, 0, 0), &text, true).expect("batch");
-    batch::encode_into(&mut out, tag(1, 0, 1), b"short record", true).expect("batch");
-    batch::encode_into(&mut out, tag(2, 1, 0), b"", true).expect("batch");
+    batch::encode_into(&mut out, tag(1, 0, 0), &text, batch::Codec::Lz4).expect("batch");
+    batch::encode_into(&mut out, tag(1, 0, 1), b"short record", batch::Codec::Lz4).expect("batch");
+    batch::encode_into(&mut out, tag(2, 1, 0), b"", batch::Codec::Lz4).expect("batch");
     out
 }
 
@@ -103,7 +103,7 @@ fn main() {
     };
 
     // Frames.
-    let ack = frame(MessageType::Ack, 1, &pb::Ack {}, b"", true);
+    let ack = frame(MessageType::Ack, 1, &pb::Ack {}, b"", batch::Codec::Lz4);
     let pushed = frame(MessageType::PushMergedData, 2, &push, &batches, true);
     let chunk_data = frame(MessageType::ChunkData, 3, &pb::Ack {}, &batches, false);
     let stream = [ack.clone(), pushed.clone(), chunk_data.clone()].concat();

@@ -1,4 +1,4 @@
-//! Batches: built with and without LZ4, verified, decompressed, and walked in a chunk.
+//! Batches: built with LZ4, with zstd and stored, verified, decompressed, and walked in a chunk.
 //!
 //! Byte throughputs count raw (record) bytes for building and decompressing, the stored batch
 //! for CRC verification; the walk and the (zero-copy) decoding of a stored batch count batches.
@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice_benches::{chunk, records, BATCH_SIZE};
-use sluice_protocol::batch::{self, BatchIter, BatchTag};
+use sluice_protocol::batch::{self, BatchIter, BatchTag, Codec};
 
 const TAG: BatchTag = BatchTag {
     partition: 3,
@@ -23,12 +23,16 @@ fn build(c: &mut Criterion) {
     let raw = records(0, BATCH_SIZE, 100);
     let mut group = c.benchmark_group("batch/build_256KiB");
     group.throughput(Throughput::Bytes(raw.len() as u64));
-    for (name, compress) in [("lz4", true), ("stored", false)] {
+    for (name, codec) in [
+        ("lz4", Codec::Lz4),
+        ("zstd", Codec::Zstd),
+        ("stored", Codec::None),
+    ] {
         let mut out = Vec::with_capacity(2 * BATCH_SIZE);
         group.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
-                batch::encode_into(&mut out, TAG, black_box(&raw), compress)
+                batch::encode_into(&mut out, TAG, black_box(&raw), codec)
                     .expect("a batch below the limit")
             })
         });
@@ -37,15 +41,19 @@ fn build(c: &mut Criterion) {
 }
 
 fn verify_and_decompress(c: &mut Criterion) {
-    for (name, compress) in [("lz4", true), ("stored", false)] {
-        let whole = chunk(1, BATCH_SIZE, compress);
+    for (name, codec) in [
+        ("lz4", Codec::Lz4),
+        ("zstd", Codec::Zstd),
+        ("stored", Codec::None),
+    ] {
+        let whole = chunk(1, BATCH_SIZE, codec);
         let head = batch::parse_head(&whole).expect("a valid head");
         let mut group = c.benchmark_group(format!("batch/{name}_256KiB"));
         group.throughput(Throughput::Bytes(whole.len() as u64));
         group.bench_function("verify_crc", |b| {
             b.iter(|| batch::verify(&head, black_box(&whole)).expect("an intact batch"))
         });
-        group.throughput(if compress {
+        group.throughput(if codec != Codec::None {
             Throughput::Bytes(u64::from(head.raw_len))
         } else {
             // A stored batch's data is handed out as a slice: count batches, not bytes.
@@ -59,7 +67,7 @@ fn verify_and_decompress(c: &mut Criterion) {
 }
 
 fn walk(c: &mut Criterion) {
-    let buf = chunk(WALK_BATCHES, 4096, true);
+    let buf = chunk(WALK_BATCHES, 4096, Codec::Lz4);
     let mut group = c.benchmark_group("batch/iter_4KiB_batches");
     group.throughput(Throughput::Elements(u64::from(WALK_BATCHES)));
     group.bench_function("walk", |b| {

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sluice_benches::{chunk, current_thread, BATCH_SIZE, PUSH_SIZE};
-use sluice_protocol::batch::BatchIter;
+use sluice_protocol::batch::{BatchIter, Codec};
 use sluice_protocol::connection::{FrameReader, FrameWriter, OutFrame};
 use sluice_protocol::frame::{self, FrameLimits, MessageType};
 use sluice_protocol::{pb, ShuffleKey};
@@ -19,10 +19,13 @@ const FRAMES_PER_STREAM: usize = 16;
 
 /// A merged push of `PUSH_SIZE / BATCH_SIZE` compressed batches, one per slice.
 fn push_frame() -> OutFrame {
-    let batches: Vec<Bytes> =
-        BatchIter::new(chunk((PUSH_SIZE / BATCH_SIZE) as u32, BATCH_SIZE, true))
-            .map(|item| item.expect("a well-formed chunk").1)
-            .collect();
+    let batches: Vec<Bytes> = BatchIter::new(chunk(
+        (PUSH_SIZE / BATCH_SIZE) as u32,
+        BATCH_SIZE,
+        Codec::Lz4,
+    ))
+    .map(|item| item.expect("a well-formed chunk").1)
+    .collect();
     let header = pb::PushHeader {
         shuffle: Some(ShuffleKey::new("bench", 0).to_pb()),
         slices: batches

@@ -18,7 +18,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use sluice_benches::{chunk, records, BenchCluster, BATCH_SIZE};
-use sluice_protocol::batch::{self, BatchIter};
+use sluice_protocol::batch::{self, BatchIter, Codec};
 use sluice_protocol::ShuffleKey;
 
 /// The worker's default `chunk_size`.
@@ -30,8 +30,8 @@ const RECORD_SIZE: usize = 100;
 
 /// Fills a chunk of about [`CHUNK_SIZE`] with LZ4 batches of the default size.
 fn fetched_chunk() -> bytes::Bytes {
-    let one = chunk(1, BATCH_SIZE, true).len();
-    chunk((CHUNK_SIZE / one) as u32, BATCH_SIZE, true)
+    let one = chunk(1, BATCH_SIZE, Codec::Lz4).len();
+    chunk((CHUNK_SIZE / one) as u32, BATCH_SIZE, Codec::Lz4)
 }
 
 fn decode_chunk(c: &mut Criterion) {

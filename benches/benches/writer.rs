@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use sluice_benches::{records, BenchCluster, BATCH_SIZE};
+use sluice_protocol::batch::Codec;
 use sluice_protocol::ShuffleKey;
 
 const PARTITIONS: u32 = 32;
@@ -29,7 +30,11 @@ fn write(c: &mut Criterion) {
     // rare, large steps (a batch cut every few dozen records, a writer replaced every few hundred
     // thousand), which samples of equal size share evenly.
     group.sampling_mode(SamplingMode::Flat);
-    for (codec, compression) in [("lz4", true), ("none", false)] {
+    for (codec, compression) in [
+        ("lz4", Codec::Lz4),
+        ("zstd", Codec::Zstd),
+        ("none", Codec::None),
+    ] {
         for record_size in [100usize, 1000] {
             let client = cluster
                 .client(|config| {

@@ -6,7 +6,7 @@
 //!
 //! - `frame`: frame heads, whole-frame encode and parse, and [`FrameReader`]/[`FrameWriter`]
 //!   over in-memory streams (protocol `frame.rs`, `connection.rs`).
-//! - `batch`: batch build with and without LZ4, CRC verify, decompress, and the [`BatchIter`]
+//! - `batch`: batch build with LZ4, zstd and stored, CRC verify, decompress, and the [`BatchIter`]
 //!   walk (protocol `batch.rs`).
 //! - `writer`: [`ShuffleWriter::write`] per record, against an in-process cluster, with pushes
 //!   held back so only the client's own work is timed (client `writer.rs`).
@@ -27,7 +27,7 @@ use bytes::Bytes;
 use sluice::local::{LocalCluster, LocalOptions};
 use sluice::records;
 use sluice_client::{ClientConfig, SluiceClient};
-use sluice_protocol::batch::{self, BatchTag};
+use sluice_protocol::batch::{self, BatchTag, Codec};
 
 /// The client's default batch size (`ClientConfig::batch_size`): what writers cut and readers
 /// decode.
@@ -51,7 +51,7 @@ pub fn records(map: u32, total: usize, record_size: usize) -> Vec<u8> {
 
 /// `count` batches of `batch_len` raw bytes of 100-byte records, back to back, as a worker
 /// stores them and a chunk carries them: partition 0, map 0, batch ids `0..count`.
-pub fn chunk(count: u32, batch_len: usize, compress: bool) -> Bytes {
+pub fn chunk(count: u32, batch_len: usize, codec: Codec) -> Bytes {
     let raw = records(0, batch_len, 100);
     let mut out = Vec::new();
     for batch_id in 0..count {
@@ -61,7 +61,7 @@ pub fn chunk(count: u32, batch_len: usize, compress: bool) -> Bytes {
             attempt: 0,
             batch_id,
         };
-        batch::encode_into(&mut out, tag, &raw, compress).expect("a batch below the limit");
+        batch::encode_into(&mut out, tag, &raw, codec).expect("a batch below the limit");
     }
     Bytes::from(out)
 }

@@ -396,7 +396,7 @@ pub(crate) async fn skewed_merged(ctx: &Ctx) -> anyhow::Result<Observed> {
         config.batch_size = 2 << 20;
         config.max_buffered = 1 << 20;
         config.push_size = 1 << 20;
-        config.compression = false;
+        config.compression = sluice_protocol::batch::Codec::None;
     })
     .await?;
     let mut observed = setup.observed();

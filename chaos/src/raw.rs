@@ -41,7 +41,7 @@ pub(crate) fn push_frames(key: &ShuffleKey, locations: &[(u32, u32)], len: usize
                 attempt: 0,
                 batch_id: 0,
             };
-            let (_, body) = batch::encode(tag, &raw, false).ok()?;
+            let (_, body) = batch::encode(tag, &raw, batch::Codec::None).ok()?;
             let header = pb::PushHeader {
                 shuffle: Some(key.to_pb()),
                 slices: vec![pb::PushSlice {

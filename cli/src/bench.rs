@@ -34,6 +34,7 @@ use anyhow::Context;
 use serde::Serialize;
 use sluice_client::{ClientConfig, ClientMetrics, ClientMetricsSnapshot, SluiceClient};
 use sluice_ops::Telemetry;
+use sluice_protocol::batch;
 use sluice_protocol::ShuffleKey;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -128,13 +129,20 @@ pub enum Codec {
     None,
     #[default]
     Lz4,
+    Zstd,
 }
 
 impl Codec {
     pub fn name(self) -> &'static str {
+        self.batch_codec().name()
+    }
+
+    /// The client's setting.
+    pub fn batch_codec(self) -> batch::Codec {
         match self {
-            Codec::None => "none",
-            Codec::Lz4 => "lz4",
+            Codec::None => batch::Codec::None,
+            Codec::Lz4 => batch::Codec::Lz4,
+            Codec::Zstd => batch::Codec::Zstd,
         }
     }
 }
@@ -208,14 +216,20 @@ pub struct BenchReport {
     pub verified: bool,
     /// This machine's loopback TCP throughput in GB/s, measured in the same run.
     pub loopback_gbps: f64,
-    /// The client's batch codec: `none` or `lz4`.
+    /// The client's batch codec: `none`, `lz4` or `zstd`.
     pub compression: String,
     /// What LZ4 alone does on this machine in the same run (`lz4_bytes` 0: absent).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lz4: Option<Lz4Figures>,
+    pub lz4: Option<CodecFigures>,
+    /// What zstd alone does, on as many bytes, when the client uses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zstd: Option<CodecFigures>,
     /// `write_gbps` over what LZ4 alone compresses per second on as many threads: how close the
-    /// write path comes to its codec's limit (with compression on and LZ4 measured).
+    /// write path comes to its codec's limit (with LZ4 the client's codec, and measured).
     pub write_of_lz4: Option<f64>,
+    /// The same for zstd, when it is the client's codec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_of_zstd: Option<f64>,
     /// Push requests acked in the run, and their round trips as the client saw them (send to
     /// ack), in milliseconds: the upper bound of the histogram bucket holding the percentile.
     pub pushes: u64,
@@ -266,9 +280,9 @@ pub struct BenchReport {
     pub error: Option<String>,
 }
 
-/// What LZ4 alone does on this machine: raw GB/s over all threads.
+/// What a codec alone does on this machine: raw GB/s over all threads.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Lz4Figures {
+pub struct CodecFigures {
     pub threads: usize,
     pub compress_gbps: f64,
     pub decompress_gbps: f64,
@@ -460,14 +474,16 @@ pub fn measure_loopback(bytes: u64) -> anyhow::Result<f64> {
 }
 
 /// Compresses, then decompresses, `bytes` of benchmark records cut into batches of
-/// `batch_size` with lz4_flex (the client's codec, through the same block functions) on
-/// `threads` threads at once; returns raw GB/s over all threads for each.
-pub fn measure_lz4(
+/// `batch_size` with `codec` (through the functions the client's batches use) on `threads`
+/// threads at once; returns raw GB/s over all threads for each.
+pub fn measure_codec(
+    codec: batch::Codec,
     bytes: u64,
     threads: usize,
     record_size: usize,
     batch_size: usize,
-) -> anyhow::Result<Lz4Figures> {
+) -> anyhow::Result<CodecFigures> {
+    anyhow::ensure!(codec != batch::Codec::None, "no codec to measure");
     /// Distinct batches each thread cycles through, so the input is not one cache-hot buffer.
     const BATCHES: usize = 16;
     let threads = threads.max(1);
@@ -479,12 +495,12 @@ pub fn measure_lz4(
             let mut seq = 0u32;
             (0..BATCHES)
                 .map(|_| {
-                    let mut batch = Vec::with_capacity(batch_size + record_size);
-                    while batch.len() + record_size <= batch_size.max(record_size) {
-                        records::encode(&mut batch, thread as u32, seq, record_size);
+                    let mut block = Vec::with_capacity(batch_size + record_size);
+                    while block.len() + record_size <= batch_size.max(record_size) {
+                        records::encode(&mut block, thread as u32, seq, record_size);
                         seq += 1;
                     }
-                    batch
+                    block
                 })
                 .collect()
         })
@@ -504,17 +520,15 @@ pub fn measure_lz4(
                 scope.spawn(move || -> anyhow::Result<Vec<Vec<u8>>> {
                     let mut out: Vec<Vec<u8>> = mine
                         .iter()
-                        .map(|b| vec![0; lz4_flex::block::get_maximum_output_size(b.len())])
+                        .map(|b| Vec::with_capacity(2 * b.len()))
                         .collect();
-                    let mut lens = vec![0; mine.len()];
                     barrier.wait();
                     for _ in 0..rounds {
-                        for (i, batch) in mine.iter().enumerate() {
-                            lens[i] = lz4_flex::block::compress_into(batch, &mut out[i])?;
+                        for (i, block) in mine.iter().enumerate() {
+                            out[i].clear();
+                            let shrunk = batch::compress_into(codec, block, &mut out[i]);
+                            anyhow::ensure!(shrunk, "{codec} did not shrink the records");
                         }
-                    }
-                    for (buffer, len) in out.iter_mut().zip(lens) {
-                        buffer.truncate(len);
                     }
                     Ok(out)
                 })
@@ -526,7 +540,7 @@ pub fn measure_lz4(
             .into_iter()
             .map(|w| {
                 w.join()
-                    .map_err(|_| anyhow::anyhow!("lz4 thread panicked"))?
+                    .map_err(|_| anyhow::anyhow!("{codec} thread panicked"))?
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::Ok((started.elapsed().as_secs_f64(), compressed))
@@ -541,12 +555,13 @@ pub fn measure_lz4(
                     let mut out: Vec<Vec<u8>> = raw.iter().map(|b| vec![0; b.len()]).collect();
                     barrier.wait();
                     for _ in 0..rounds {
-                        for (i, batch) in mine.iter().enumerate() {
-                            let n = lz4_flex::block::decompress_into(batch, &mut out[i])?;
-                            anyhow::ensure!(n == raw[i].len(), "lz4 round trip lost bytes");
+                        for (i, block) in mine.iter().enumerate() {
+                            let n = batch::decompress_into(codec, block, &mut out[i])
+                                .map_err(|e| anyhow::anyhow!("{codec}: {e}"))?;
+                            anyhow::ensure!(n == raw[i].len(), "{codec} round trip lost bytes");
                         }
                     }
-                    anyhow::ensure!(out == *raw, "lz4 round trip changed bytes");
+                    anyhow::ensure!(out == *raw, "{codec} round trip changed bytes");
                     Ok(())
                 })
             })
@@ -556,13 +571,13 @@ pub fn measure_lz4(
         for worker in workers {
             worker
                 .join()
-                .map_err(|_| anyhow::anyhow!("lz4 thread panicked"))??;
+                .map_err(|_| anyhow::anyhow!("{codec} thread panicked"))??;
         }
         Ok(started.elapsed().as_secs_f64())
     })?;
     let packed: u64 = compressed.iter().flatten().map(|b| b.len() as u64).sum();
     let unpacked: u64 = batches.iter().flatten().map(|b| b.len() as u64).sum();
-    Ok(Lz4Figures {
+    Ok(CodecFigures {
         threads,
         compress_gbps: gbps(raw, compress_secs),
         decompress_gbps: gbps(raw, decompress_secs),
@@ -944,21 +959,28 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         0.0
     };
     eprintln!("loopback tcp: {loopback_gbps:.2} GB/s");
-    let lz4 = if options.lz4_bytes > 0 {
+    let alone = |codec: batch::Codec| async move {
         let (bytes, record_size) = (options.lz4_bytes, options.record_size);
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let batch_size = ClientConfig::new("").batch_size;
         let figures = tokio::task::spawn_blocking(move || {
-            measure_lz4(bytes, threads, record_size, batch_size)
+            measure_codec(codec, bytes, threads, record_size, batch_size)
         })
         .await??;
         eprintln!(
-            "lz4 alone on {} threads: compress {:.2} GB/s, decompress {:.2} GB/s, ratio {:.3}",
+            "{codec} alone on {} threads: compress {:.2} GB/s, decompress {:.2} GB/s, ratio {:.3}",
             figures.threads, figures.compress_gbps, figures.decompress_gbps, figures.ratio
         );
-        Some(figures)
-    } else {
-        None
+        anyhow::Ok(Some(figures))
+    };
+    let measured = options.lz4_bytes > 0;
+    let lz4 = match measured {
+        true => alone(batch::Codec::Lz4).await?,
+        false => None,
+    };
+    let zstd = match measured && options.compression == Codec::Zstd {
+        true => alone(batch::Codec::Zstd).await?,
+        false => None,
     };
     let telemetry = Telemetry::new(true, &[]);
     let metrics = telemetry.register(ClientMetrics::new);
@@ -1004,7 +1026,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         (Some(lz4), Codec::Lz4) => Some(ratio(report.write_gbps, lz4.compress_gbps)),
         _ => None,
     };
+    report.write_of_zstd = zstd
+        .as_ref()
+        .map(|zstd| ratio(report.write_gbps, zstd.compress_gbps));
     report.lz4 = lz4;
+    report.zstd = zstd;
     report.settle_secs = options.settle.as_secs_f64();
     summarize(&report);
     Ok(report)
@@ -1017,6 +1043,9 @@ fn summarize(report: &BenchReport) {
         |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1}", v as f64 / 1048576.0));
     if let Some(of) = report.write_of_lz4 {
         eprintln!("write is {:.1}% of what lz4 alone compresses", of * 100.0);
+    }
+    if let Some(of) = report.write_of_zstd {
+        eprintln!("write is {:.1}% of what zstd alone compresses", of * 100.0);
     }
     eprintln!(
         "pushes: {}, p50 {} ms, p99 {} ms",
@@ -1341,7 +1370,7 @@ async fn run_cluster(
         (None, None, Some(children)) => ClientConfig::new(children.master_addr.clone()),
         (None, None, None) => anyhow::bail!("no cluster to run on"),
     };
-    config.compression = options.compression == Codec::Lz4;
+    config.compression = options.compression.batch_codec();
     if security.auth {
         config.app_secret = Some(sluice_protocol::auth::Secret::new(
             BENCH_APP_SECRET.to_vec(),
@@ -1595,11 +1624,14 @@ mod tests {
     }
 
     #[test]
-    fn lz4_alone_round_trips_and_measures_something() {
-        let figures = measure_lz4(4 << 20, 2, 100, 256 * 1024).unwrap();
-        assert_eq!(figures.threads, 2);
-        assert!(figures.compress_gbps > 0.0 && figures.decompress_gbps > 0.0);
-        assert!(figures.ratio > 0.0 && figures.ratio < 1.0, "{figures:?}");
+    fn codecs_alone_round_trip_and_measure_something() {
+        for codec in [batch::Codec::Lz4, batch::Codec::Zstd] {
+            let figures = measure_codec(codec, 4 << 20, 2, 100, 256 * 1024).unwrap();
+            assert_eq!(figures.threads, 2);
+            assert!(figures.compress_gbps > 0.0 && figures.decompress_gbps > 0.0);
+            assert!(figures.ratio > 0.0 && figures.ratio < 1.0, "{figures:?}");
+        }
+        assert!(measure_codec(batch::Codec::None, 4 << 20, 2, 100, 256 * 1024).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sluice_client::ClientConfig;
 use sluice_master::MasterConfig;
+use sluice_protocol::batch::Codec;
 use sluice_worker::config::IoEngineConfig;
 use sluice_worker::WorkerConfig;
 
@@ -160,6 +161,12 @@ pub fn client_keys() -> anyhow::Result<Vec<Key>> {
         ("tls_ca_file", None),
         ("tls_server_name", None),
     ];
+    let codecs = [(
+        "Codec",
+        [Codec::None, Codec::Lz4, Codec::Zstd]
+            .map(|codec| (codec.name().to_string(), String::new()))
+            .to_vec(),
+    )];
     let declared = declared(CLIENT_SOURCE, "ClientConfig")?;
     let shown: Vec<&str> = defaults.iter().map(|(name, _)| *name).collect();
     let fields: Vec<&str> = declared.iter().map(|field| field.name.as_str()).collect();
@@ -171,7 +178,7 @@ pub fn client_keys() -> anyhow::Result<Vec<Key>> {
         .zip(defaults)
         .map(|(field, (_, default))| {
             Ok(Key {
-                kind: kind(&field.ty, &[])?,
+                kind: kind(&field.ty, &codecs)?,
                 doc: paragraph(&field.doc),
                 name: field.name,
                 default,

@@ -1,5 +1,5 @@
 //! `sluice bench` on its own cluster (child processes): the report carries the codec, what LZ4
-//! alone does, push latency percentiles, CPU seconds per GB of the client and the workers, and
+//! (and zstd, when the client uses it) alone does, push latency percentiles, CPU seconds per GB of the client and the workers, and
 //! the workers' memory over the run. Only that the figures are there and consistent is checked,
 //! never a threshold: they depend on the machine.
 
@@ -41,8 +41,14 @@ fn number(report: &serde_json::Value, field: &str) -> f64 {
 
 #[test]
 fn the_bench_reports_codec_latency_cpu_and_worker_memory() {
-    for (codec, extra) in [("lz4", &[][..]), ("none", &["--compression", "none"][..])] {
+    let mut pushed = std::collections::HashMap::new();
+    for (codec, extra) in [
+        ("lz4", &[][..]),
+        ("none", &["--compression", "none"][..]),
+        ("zstd", &["--compression", "zstd"][..]),
+    ] {
         let report = bench(extra);
+        pushed.insert(codec, number(&report["client_metrics"], "push_bytes"));
         assert_eq!(report["compression"], codec, "{report}");
         assert_eq!(
             (report["lost"].as_u64(), report["duplicated"].as_u64()),
@@ -54,6 +60,16 @@ fn the_bench_reports_codec_latency_cpu_and_worker_memory() {
             assert!(number(&report, "write_of_lz4") > 0.0, "{report}");
         } else {
             assert!(report["write_of_lz4"].is_null(), "{report}");
+        }
+        if codec == "zstd" {
+            assert!(number(&report["zstd"], "compress_gbps") > 0.0, "{report}");
+            assert!(number(&report, "write_of_zstd") > 0.0, "{report}");
+            assert!(
+                number(&report["zstd"], "ratio") < number(&report["lz4"], "ratio"),
+                "{report}"
+            );
+        } else {
+            assert!(report.get("zstd").is_none(), "{report}");
         }
         assert!(number(&report, "pushes") >= 1.0, "{report}");
         let (p50, p99) = (
@@ -76,4 +92,9 @@ fn the_bench_reports_codec_latency_cpu_and_worker_memory() {
         assert!(settled > 0.0 && settled <= peak, "{report}");
         assert_eq!(number(&report, "settle_secs"), 0.0);
     }
+    // The same records, verified as read back each time, took fewer bytes with each codec.
+    assert!(
+        pushed["zstd"] < pushed["lz4"] && pushed["lz4"] < pushed["none"],
+        "{pushed:?}"
+    );
 }

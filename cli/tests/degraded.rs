@@ -27,7 +27,7 @@ async fn a_reader_moves_off_a_frozen_copy_to_the_other_copy() {
     let cluster = LocalCluster::start(options).await.unwrap();
     let writer = SluiceClient::new(ClientConfig {
         replication: 2,
-        compression: false,
+        compression: sluice_protocol::batch::Codec::None,
         ..ClientConfig::new(cluster.master_addr.clone())
     })
     .unwrap();

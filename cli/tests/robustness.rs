@@ -1102,7 +1102,9 @@ async fn pushes_of_damaged_or_misrouted_batches_are_refused_and_the_worker_keeps
             attempt: 0,
             batch_id: 0,
         };
-        batch::encode(tag, &[7u8; 500], false).unwrap().1
+        batch::encode(tag, &[7u8; 500], batch::Codec::None)
+            .unwrap()
+            .1
     };
     let push = |id: u64, slices: Vec<(u32, u32)>, body: Vec<Bytes>| {
         let header = pb::PushHeader {

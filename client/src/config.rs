@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use sluice_protocol::auth::Secret;
+use sluice_protocol::batch::Codec;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
@@ -22,8 +23,10 @@ pub struct ClientConfig {
     pub max_inflight_pushes: usize,
     /// Raw bytes a writer buffers over all partitions before it cuts every buffer into batches.
     pub max_buffered: usize,
-    /// LZ4-compress batches.
-    pub compression: bool,
+    /// The codec batches are compressed with: `lz4`, cheap on CPU; `zstd`, fewer bytes for more
+    /// CPU, for slow or billed links and DFS tiers; or `none`. A batch the codec would not
+    /// shrink is stored as is.
+    pub compression: Codec,
     /// Limit for opening a connection to a master or a worker.
     pub connect_timeout: Duration,
     /// Limit for one push or fetch request: the ceiling of the adaptive timeout, which is a
@@ -74,7 +77,7 @@ impl ClientConfig {
             push_size: 1024 * 1024,
             max_inflight_pushes: 16,
             max_buffered: 64 * 1024 * 1024,
-            compression: true,
+            compression: Codec::Lz4,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             request_timeout_min: Duration::from_secs(3),

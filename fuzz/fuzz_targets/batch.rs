@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 if verified {
                     // A writer encoding the same raw bytes gets a batch that reads back to them.
-                    let (again, encoded) = batch::encode(head.tag(), &raw, true)
+                    let (again, encoded) = batch::encode(head.tag(), &raw, batch::Codec::Lz4)
                         .expect("raw bytes of a batch re-encode");
                     batch::verify(&again, &encoded).expect("a fresh batch verifies");
                     assert_eq!(

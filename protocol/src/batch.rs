@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Big-endian. `crc32` covers bytes 0..28 of the head and then the data, so a flipped byte
-//! anywhere in a batch is caught. `data` is LZ4 block-compressed (`codec` 1) or stored as is
-//! (`codec` 0, used when compression would not shrink it). `partition` is the partition the
+//! anywhere in a batch is caught. `data` is an LZ4 block (`codec` 1), a zstd frame (`codec` 2)
+//! or stored as is (`codec` 0, also used when the writer's codec would not shrink it). `partition` is the partition the
 //! writer cut the batch for: a worker appending it to, or a reader reading it from, any other
 //! partition has a misrouted batch. `batch id` grows per `(map, attempt)`; readers drop repeats
 //! of `(map, batch id)` and batches of losing attempts.
@@ -32,11 +32,53 @@ pub struct BatchTag {
     pub batch_id: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a batch's data is stored, and which codec a writer tries on its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
 pub enum Codec {
+    /// Stored as is.
     None = 0,
+    /// An LZ4 block: cheap on CPU, the default.
+    #[default]
     Lz4 = 1,
+    /// A zstd frame at [`ZSTD_LEVEL`]: about twice LZ4's CPU to write, for a smaller batch where
+    /// bytes cost more than cores (a slow or billed link, a DFS tier).
+    Zstd = 2,
+}
+
+/// The zstd level writers use: the fastest of the standard levels.
+pub const ZSTD_LEVEL: i32 = 1;
+
+impl Codec {
+    /// Its name in configuration and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    /// `none`, `lz4` or `zstd`; `true` and `false` too (LZ4 and none), the values of the
+    /// boolean setting this one replaced.
+    fn from_str(value: &str) -> Result<Codec, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "none" | "false" => Ok(Codec::None),
+            "lz4" | "true" => Ok(Codec::Lz4),
+            "zstd" => Ok(Codec::Zstd),
+            _ => Err(format!("{value:?} is not a codec (none, lz4 or zstd)")),
+        }
+    }
 }
 
 /// The decoded head of a batch.
@@ -108,6 +150,7 @@ pub fn parse_head(buf: &[u8]) -> Result<BatchHead, BatchError> {
     let codec = match buf[24] {
         0 => Codec::None,
         1 => Codec::Lz4,
+        2 => Codec::Zstd,
         other => return Err(BatchError::UnknownCodec(other)),
     };
     Ok(BatchHead {
@@ -142,13 +185,13 @@ fn crc_for(head_prefix: &[u8], data: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Encodes `raw` as one batch, LZ4-compressing it when that makes it smaller. Appends to `out`
-/// (so a caller can reuse one buffer) and returns the head written.
+/// Encodes `raw` as one batch, compressed with `codec` when that makes it smaller, else stored.
+/// Appends to `out` (so a caller can reuse one buffer) and returns the head written.
 pub fn encode_into(
     out: &mut Vec<u8>,
     tag: BatchTag,
     raw: &[u8],
-    compress: bool,
+    codec: Codec,
 ) -> Result<BatchHead, BatchError> {
     let raw_len = u32::try_from(raw.len())
         .ok()
@@ -156,22 +199,89 @@ pub fn encode_into(
         .ok_or(BatchError::TooLarge(u32::MAX))?;
     let start = out.len();
     out.resize(start + BATCH_HEAD_LEN, 0);
-    let mut codec = Codec::None;
-    if compress && raw.len() >= 64 {
-        let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-        out.resize(start + BATCH_HEAD_LEN + bound, 0);
-        match lz4_flex::block::compress_into(raw, &mut out[start + BATCH_HEAD_LEN..]) {
-            Ok(written) if written < raw.len() => {
-                out.truncate(start + BATCH_HEAD_LEN + written);
-                codec = Codec::Lz4;
-            }
-            _ => out.truncate(start + BATCH_HEAD_LEN),
+    let codec = if compress_into(codec, raw, out) {
+        codec
+    } else {
+        out.extend_from_slice(raw);
+        Codec::None
+    };
+    Ok(seal_head(out, start, tag, codec, raw_len))
+}
+
+/// Appends `raw` compressed with `codec` to `out` and returns true, or leaves `out` as it was
+/// and returns false when the codec is `None`, `raw` is too short to bother, or compressing
+/// would not shrink it. (A batch's data; public for measuring a codec alone.)
+pub fn compress_into(codec: Codec, raw: &[u8], out: &mut Vec<u8>) -> bool {
+    if raw.len() < 64 {
+        return false;
+    }
+    let start = out.len();
+    let written = match codec {
+        Codec::None => return false,
+        Codec::Lz4 => {
+            out.resize(
+                start + lz4_flex::block::get_maximum_output_size(raw.len()),
+                0,
+            );
+            lz4_flex::block::compress_into(raw, &mut out[start..]).ok()
+        }
+        Codec::Zstd => {
+            // Only a frame smaller than the raw bytes is kept, so that much room is enough: a
+            // frame that would not fit fails, and the batch is stored.
+            out.resize(start + raw.len() - 1, 0);
+            zstd_context::compress(raw, &mut out[start..])
+        }
+    };
+    match written {
+        Some(written) if written < raw.len() => {
+            out.truncate(start + written);
+            true
+        }
+        _ => {
+            out.truncate(start);
+            false
         }
     }
-    if codec == Codec::None {
-        out.extend_from_slice(raw);
+}
+
+/// zstd contexts, one of each per thread: a context holds tables that cost more to set up
+/// than a batch costs to compress at level 1.
+mod zstd_context {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { RefCell::new(None) };
+        static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
     }
-    Ok(seal_head(out, start, tag, codec, raw_len))
+
+    /// Compresses `raw` into `out` and returns the frame's length, or None when it does not fit.
+    pub fn compress(raw: &[u8], out: &mut [u8]) -> Option<usize> {
+        COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = zstd::bulk::Compressor::new(super::ZSTD_LEVEL).ok();
+            }
+            cell.as_mut()?.compress_to_buffer(raw, out).ok()
+        })
+    }
+
+    /// Decompresses the frame `data` into `out` (exactly its size) and returns the bytes written.
+    pub fn decompress(data: &[u8], out: &mut [u8]) -> Result<usize, String> {
+        DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            match cell.as_mut() {
+                Some(decompressor) => decompressor
+                    .decompress_to_buffer(data, out)
+                    .map_err(|e| e.to_string()),
+                None => Err("no zstd context".into()),
+            }
+        })
+    }
 }
 
 /// A batch built in place: the head's bytes reserved at the front of one buffer, the raw records
@@ -230,12 +340,12 @@ impl BatchBuf {
         self.0.get(BATCH_HEAD_LEN..).unwrap_or_default()
     }
 
-    /// Makes the batch: LZ4-compressed into a new buffer when `compress` and that makes it
-    /// smaller (then this buffer comes back, for the next batch), else in place.
+    /// Makes the batch: compressed with `codec` into a new buffer when that makes it smaller
+    /// (then this buffer comes back, for the next batch), else in place.
     pub fn seal(
         mut self,
         tag: BatchTag,
-        compress: bool,
+        codec: Codec,
     ) -> Result<(BatchHead, Bytes, Option<Vec<u8>>), BatchError> {
         if self.0.is_empty() {
             self.0.resize(BATCH_HEAD_LEN, 0);
@@ -245,15 +355,11 @@ impl BatchBuf {
             .ok()
             .filter(|len| *len <= MAX_BATCH_LEN)
             .ok_or(BatchError::TooLarge(u32::MAX))?;
-        if compress && raw.len() >= 64 {
-            let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-            let mut out = vec![0u8; BATCH_HEAD_LEN + bound];
-            if let Ok(written) = lz4_flex::block::compress_into(raw, &mut out[BATCH_HEAD_LEN..]) {
-                if written < raw.len() {
-                    out.truncate(BATCH_HEAD_LEN + written);
-                    let head = seal_head(&mut out, 0, tag, Codec::Lz4, raw_len);
-                    return Ok((head, Bytes::from(out), Some(self.0)));
-                }
+        if codec != Codec::None && raw.len() >= 64 {
+            let mut out = vec![0u8; BATCH_HEAD_LEN];
+            if compress_into(codec, raw, &mut out) {
+                let head = seal_head(&mut out, 0, tag, codec, raw_len);
+                return Ok((head, Bytes::from(out), Some(self.0)));
             }
         }
         let head = seal_head(&mut self.0, 0, tag, Codec::None, raw_len);
@@ -262,9 +368,9 @@ impl BatchBuf {
 }
 
 /// Encodes `raw` as one batch into a fresh buffer.
-pub fn encode(tag: BatchTag, raw: &[u8], compress: bool) -> Result<(BatchHead, Bytes), BatchError> {
+pub fn encode(tag: BatchTag, raw: &[u8], codec: Codec) -> Result<(BatchHead, Bytes), BatchError> {
     let mut out = Vec::with_capacity(BATCH_HEAD_LEN + raw.len() + raw.len() / 255 + 16);
-    let head = encode_into(&mut out, tag, raw, compress)?;
+    let head = encode_into(&mut out, tag, raw, codec)?;
     Ok((head, Bytes::from(out)))
 }
 
@@ -347,13 +453,13 @@ pub fn decompress(head: &BatchHead, batch: &Bytes) -> Result<Bytes, BatchError> 
             }
             Ok(data)
         }
-        Codec::Lz4 => {
+        Codec::Lz4 | Codec::Zstd => {
             let mut out = vec![0u8; head.raw_len as usize];
-            let written = lz4_flex::block::decompress_into(&data, &mut out).map_err(|e| {
+            let written = decompress_into(head.codec, &data, &mut out).map_err(|reason| {
                 BatchError::Decompress {
                     map_id: head.map_id,
                     batch_id: head.batch_id,
-                    reason: e.to_string(),
+                    reason,
                 }
             })?;
             if written != out.len() {
@@ -365,6 +471,17 @@ pub fn decompress(head: &BatchHead, batch: &Bytes) -> Result<Bytes, BatchError> 
             }
             Ok(Bytes::from(out))
         }
+    }
+}
+
+/// Decodes `data`, compressed with `codec` (not `None`), into `out`, which must be exactly as
+/// long as the raw bytes, and returns the bytes written. (A batch's data; public for measuring
+/// a codec alone.)
+pub fn decompress_into(codec: Codec, data: &[u8], out: &mut [u8]) -> Result<usize, String> {
+    match codec {
+        Codec::None => Err("stored data is not decoded".into()),
+        Codec::Lz4 => lz4_flex::block::decompress_into(data, out).map_err(|e| e.to_string()),
+        Codec::Zstd => zstd_context::decompress(data, out),
     }
 }
 
@@ -423,23 +540,26 @@ mod tests {
         let tag = tag(3, 1, 2, 9);
         let text: Vec<u8> = b"sluice ".iter().copied().cycle().take(5000).collect();
         let noise = noise(5000, 0x9E37_79B9_7F4A_7C15);
-        for (raw, compress, compressed) in [
-            (&text[..], true, true),
-            (&text[..], false, false),
-            (&noise[..], true, false),
-            (&text[..10], true, false),
-            (&[][..], true, false),
+        for (raw, codec, compressed) in [
+            (&text[..], Codec::Lz4, true),
+            (&text[..], Codec::Zstd, true),
+            (&text[..], Codec::None, false),
+            (&noise[..], Codec::Lz4, false),
+            (&noise[..], Codec::Zstd, false),
+            (&text[..10], Codec::Lz4, false),
+            (&[][..], Codec::Zstd, false),
         ] {
-            let (want_head, want) = encode(tag, raw, compress).unwrap();
+            let (want_head, want) = encode(tag, raw, codec).unwrap();
             let mut buf = BatchBuf::default();
             assert!(buf.is_empty());
             let (first, second) = raw.split_at(raw.len() / 3);
             buf.extend_from_slice(first);
             buf.append_zeroed(second.len()).copy_from_slice(second);
             assert_eq!((buf.raw_len(), buf.raw()), (raw.len(), raw));
-            let (head, bytes, spare) = buf.seal(tag, compress).unwrap();
+            let (head, bytes, spare) = buf.seal(tag, codec).unwrap();
             assert_eq!((head, &bytes), (want_head, &want));
-            assert_eq!(head.codec == Codec::Lz4, compressed);
+            assert_eq!(head.codec, if compressed { codec } else { Codec::None });
+            assert_eq!(&decompress(&head, &bytes).unwrap()[..], raw);
             // A compressed batch gives its buffer back, which starts the next batch empty.
             assert_eq!(spare.is_some(), compressed);
             if let Some(spare) = spare {
@@ -460,12 +580,16 @@ mod tests {
         }
     }
 
+    fn codecs() -> impl Strategy<Value = Codec> {
+        prop_oneof![Just(Codec::None), Just(Codec::Lz4), Just(Codec::Zstd)]
+    }
+
     proptest! {
         #[test]
-        fn round_trip(raw in proptest::collection::vec(any::<u8>(), 0..8192), repeat in 1usize..8, compress: bool, partition: u32, map_id: u32, attempt: u32, batch_id: u32) {
+        fn round_trip(raw in proptest::collection::vec(any::<u8>(), 0..8192), repeat in 1usize..8, codec in codecs(), partition: u32, map_id: u32, attempt: u32, batch_id: u32) {
             let raw = raw.repeat(repeat);
             let tag = tag(partition, map_id, attempt, batch_id);
-            let (head, bytes) = encode(tag, &raw, compress).unwrap();
+            let (head, bytes) = encode(tag, &raw, codec).unwrap();
             let parsed = parse_head(&bytes).unwrap();
             prop_assert_eq!(parsed, head);
             prop_assert_eq!(parsed.tag(), tag);
@@ -475,8 +599,8 @@ mod tests {
         }
 
         #[test]
-        fn any_flipped_bit_is_detected(raw in proptest::collection::vec(any::<u8>(), 1..2048), position: prop::sample::Index, bit in 0u8..8) {
-            let (_, bytes) = encode(tag(7, 1, 0, 3), &raw.repeat(3), true).unwrap();
+        fn any_flipped_bit_is_detected(raw in proptest::collection::vec(any::<u8>(), 1..2048), position: prop::sample::Index, bit in 0u8..8, codec in codecs()) {
+            let (_, bytes) = encode(tag(7, 1, 0, 3), &raw.repeat(3), codec).unwrap();
             let mut corrupted = bytes.to_vec();
             let at = position.index(corrupted.len());
             corrupted[at] ^= 1 << bit;
@@ -499,10 +623,12 @@ mod tests {
     #[test]
     fn incompressible_data_is_stored() {
         let raw = noise(4096, 0x1234_5678);
-        let (head, bytes) = encode(tag(0, 0, 0, 0), &raw, true).unwrap();
-        assert_eq!(head.codec, Codec::None);
-        assert_eq!(head.data_len as usize, raw.len());
-        assert_eq!(&decompress(&head, &bytes).unwrap()[..], &raw[..]);
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            let (head, bytes) = encode(tag(0, 0, 0, 0), &raw, codec).unwrap();
+            assert_eq!(head.codec, Codec::None);
+            assert_eq!(head.data_len as usize, raw.len());
+            assert_eq!(&decompress(&head, &bytes).unwrap()[..], &raw[..]);
+        }
     }
 
     #[test]
@@ -513,7 +639,7 @@ mod tests {
                 &mut buf,
                 tag(4, 2, 1, id),
                 &vec![id as u8; 100 * id as usize],
-                true,
+                Codec::Lz4,
             )
             .unwrap();
         }
@@ -525,7 +651,7 @@ mod tests {
 
     #[test]
     fn a_lying_length_is_an_error_not_an_allocation() {
-        let (_, bytes) = encode(tag(0, 0, 0, 0), b"hello", false).unwrap();
+        let (_, bytes) = encode(tag(0, 0, 0, 0), b"hello", Codec::None).unwrap();
         for field in [16..20, 20..24] {
             let mut lying = bytes.to_vec();
             lying[field].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -535,7 +661,7 @@ mod tests {
 
     #[test]
     fn the_partition_is_in_the_head_and_under_the_checksum() {
-        let (head, bytes) = encode(tag(9, 1, 0, 2), b"records", false).unwrap();
+        let (head, bytes) = encode(tag(9, 1, 0, 2), b"records", Codec::None).unwrap();
         assert_eq!(&bytes[0..4], &9u32.to_be_bytes());
         assert_eq!(parse_head(&bytes).unwrap().partition, 9);
         // Another partition id with the old CRC: the batch fails verification.
@@ -556,22 +682,60 @@ mod tests {
     #[test]
     fn a_stored_batch_can_carry_data_that_does_not_decode() {
         let garbage = [0xF0u8; 40];
-        let (head, bytes) = encode_stored(tag(3, 1, 0, 1), Codec::Lz4, 500, &garbage).unwrap();
-        assert_eq!(bytes.len(), BATCH_HEAD_LEN + garbage.len());
-        let parsed = parse_head(&bytes).unwrap();
-        assert_eq!(parsed, head);
-        verify(&parsed, &bytes).unwrap();
-        assert!(matches!(
-            decompress(&parsed, &bytes),
-            Err(BatchError::Decompress {
-                map_id: 1,
-                batch_id: 1,
-                ..
-            })
-        ));
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            let (head, bytes) = encode_stored(tag(3, 1, 0, 1), codec, 500, &garbage).unwrap();
+            assert_eq!(bytes.len(), BATCH_HEAD_LEN + garbage.len());
+            let parsed = parse_head(&bytes).unwrap();
+            assert_eq!(parsed, head);
+            verify(&parsed, &bytes).unwrap();
+            assert!(matches!(
+                decompress(&parsed, &bytes),
+                Err(BatchError::Decompress {
+                    map_id: 1,
+                    batch_id: 1,
+                    ..
+                })
+            ));
+        }
         assert_eq!(
             encode_stored(tag(0, 0, 0, 0), Codec::None, MAX_BATCH_LEN + 1, b""),
             Err(BatchError::TooLarge(MAX_BATCH_LEN + 1))
         );
+    }
+
+    /// A zstd frame that decodes to more or fewer bytes than the head says is an error: a frame
+    /// claiming more cannot make the reader allocate it, one holding less is not read short.
+    #[test]
+    fn a_zstd_frame_of_another_length_is_an_error() {
+        let text: Vec<u8> = b"shuffle ".iter().copied().cycle().take(4000).collect();
+        let frame = zstd::bulk::compress(&text, ZSTD_LEVEL).unwrap();
+        for claimed in [3999, 4001, 16] {
+            let (head, bytes) =
+                encode_stored(tag(0, 2, 0, 5), Codec::Zstd, claimed, &frame).unwrap();
+            assert!(matches!(
+                decompress(&head, &bytes),
+                Err(BatchError::Decompress {
+                    map_id: 2,
+                    batch_id: 5,
+                    ..
+                })
+            ));
+        }
+        let (head, bytes) = encode_stored(tag(0, 2, 0, 5), Codec::Zstd, 4000, &frame).unwrap();
+        assert_eq!(&decompress(&head, &bytes).unwrap()[..], &text[..]);
+    }
+
+    #[test]
+    fn codecs_are_named_in_configuration() {
+        for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+            assert_eq!(codec.name().parse::<Codec>(), Ok(codec));
+        }
+        assert_eq!(" ZSTD ".parse::<Codec>(), Ok(Codec::Zstd));
+        assert_eq!("true".parse::<Codec>(), Ok(Codec::Lz4));
+        assert_eq!("false".parse::<Codec>(), Ok(Codec::None));
+        assert!("snappy"
+            .parse::<Codec>()
+            .unwrap_err()
+            .contains("none, lz4 or zstd"));
     }
 }

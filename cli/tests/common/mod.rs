@@ -127,7 +127,7 @@ pub fn record_batch(partition: u32, map: u32, batch_id: u32, seqs: std::ops::Ran
         attempt: 0,
         batch_id,
     };
-    let (head, bytes) = batch::encode(tag, &raw, true).unwrap();
+    let (head, bytes) = batch::encode(tag, &raw, batch::Codec::Lz4).unwrap();
     assert_eq!(head.codec, batch::Codec::Lz4);
     bytes
 }

@@ -249,11 +249,9 @@ fn apply_settings(config: &mut ClientConfig, settings: &[String]) -> Result<()> 
             }
             "fetch_retry_wait_ms" => config.fetch_retry_wait = millis()?,
             "compression" => {
-                config.compression = value.trim().parse().map_err(|_| {
-                    Error::Invalid(format!(
-                        "setting compression: {value:?} is not true or false"
-                    ))
-                })?
+                config.compression = value
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("setting compression: {e}")))?
             }
             "connect_timeout_ms" => config.connect_timeout = millis()?,
             "request_timeout_ms" => config.request_timeout = millis()?,
@@ -582,7 +580,9 @@ mod tests {
         .map(String::from);
         assert!(apply_settings(&mut config, &settings).is_ok());
         assert_eq!(config.batch_size, 1024);
-        assert!(!config.compression);
+        assert_eq!(config.compression, sluice_protocol::batch::Codec::None);
+        assert!(apply_settings(&mut config, &["compression=zstd".to_string()]).is_ok());
+        assert_eq!(config.compression, sluice_protocol::batch::Codec::Zstd);
         assert_eq!(config.request_timeout, Duration::from_millis(1500));
         assert_eq!(config.request_timeout_min, Duration::from_millis(250));
         let master = [

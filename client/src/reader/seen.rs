@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_batch_that_does_not_decompress_is_neither_seen_nor_counted() {
-        let (_, good) = encode(tag(0, 1, 0), &[7u8; 300], true).unwrap();
+        let (_, good) = encode(tag(0, 1, 0), &[7u8; 300], Codec::Lz4).unwrap();
         // The same (map, batch id) as a CRC-valid batch whose "LZ4" data is garbage.
         let (_, bad) = encode_stored(tag(0, 1, 0), Codec::Lz4, 300, &[0xF0; 40]).unwrap();
         let mut seen = Seen::default();
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn damaged_or_misplaced_batches_fail_verification() {
-        let (_, good) = encode(tag(4, 1, 0), b"records", false).unwrap();
+        let (_, good) = encode(tag(4, 1, 0), b"records", Codec::None).unwrap();
         assert!(read(4, &good).is_ok());
         let error = read(5, &good).unwrap_err();
         assert!(
@@ -181,7 +181,11 @@ mod tests {
 
     #[test]
     fn the_check_finds_missing_extra_and_unexpected_maps() {
-        let batch = |map, id| encode(tag(0, map, id), &[id as u8; 100], true).unwrap().1;
+        let batch = |map, id| {
+            encode(tag(0, map, id), &[id as u8; 100], Codec::Lz4)
+                .unwrap()
+                .1
+        };
         let (a0, a1, b0) = (batch(0, 0), batch(0, 1), batch(1, 0));
         let take = |seen: &mut Seen, b: &Bytes| {
             seen.take(read(0, b).unwrap().decompress().unwrap())

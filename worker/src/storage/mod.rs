@@ -580,7 +580,9 @@ mod tests {
             attempt: 0,
             batch_id: 0,
         };
-        let (_, batch) = sluice_protocol::batch::encode(tag, &[7; 500], false).unwrap();
+        let (_, batch) =
+            sluice_protocol::batch::encode(tag, &[7; 500], sluice_protocol::batch::Codec::None)
+                .unwrap();
         let id = LocationId::of_spec(&spec).unwrap();
         let partition = store.get(&key, id).unwrap();
         partition.append(3, batch.clone(), 1, u64::MAX).unwrap();
@@ -618,7 +620,12 @@ mod tests {
                     attempt: 0,
                     batch_id,
                 };
-                let (_, batch) = sluice_protocol::batch::encode(tag, &[9; 100], false).unwrap();
+                let (_, batch) = sluice_protocol::batch::encode(
+                    tag,
+                    &[9; 100],
+                    sluice_protocol::batch::Codec::None,
+                )
+                .unwrap();
                 location
                     .as_ref()
                     .unwrap()
@@ -704,7 +711,7 @@ mod tests {
             attempt: 0,
             batch_id: 0,
         };
-        sluice_protocol::batch::encode(tag, &vec![9; payload], false)
+        sluice_protocol::batch::encode(tag, &vec![9; payload], sluice_protocol::batch::Codec::None)
             .unwrap()
             .1
             .len() as u64

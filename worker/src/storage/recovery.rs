@@ -159,7 +159,7 @@ mod tests {
             attempt: 0,
             batch_id: id,
         };
-        batch::encode_into(&mut out, tag, &[fill; 100], false).unwrap();
+        batch::encode_into(&mut out, tag, &[fill; 100], batch::Codec::None).unwrap();
         out
     }
 

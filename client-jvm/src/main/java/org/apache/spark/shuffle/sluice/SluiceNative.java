@@ -21,7 +21,7 @@ public final class SluiceNative {
    * commas when the masters are replicated (calls go to the leader, found by trying them in order
    * and following their redirects). {@code settings} are {@code key=value} strings:
    * {@code batch_size}, {@code push_size}, {@code max_inflight_pushes}, {@code max_buffered},
-   * {@code compression} ({@code true|false}), {@code connect_timeout_ms},
+   * {@code compression} ({@code lz4|zstd|none}), {@code connect_timeout_ms},
    * {@code request_timeout_ms}, {@code request_timeout_min_ms}, {@code push_retry_timeout_ms},
    * {@code prefetch_chunks},
    * {@code layout_timeout_ms}, {@code master_retry_timeout_ms},
