@@ -591,6 +591,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(alloc::release_thread_cache)
         .build()
     {
         Ok(runtime) => runtime,
