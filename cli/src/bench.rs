@@ -971,16 +971,18 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             "{codec} alone on {} threads: compress {:.2} GB/s, decompress {:.2} GB/s, ratio {:.3}",
             figures.threads, figures.compress_gbps, figures.decompress_gbps, figures.ratio
         );
-        anyhow::Ok(Some(figures))
+        anyhow::Ok(figures)
     };
     let measured = options.lz4_bytes > 0;
-    let lz4 = match measured {
-        true => alone(batch::Codec::Lz4).await?,
-        false => None,
+    let lz4 = if measured {
+        Some(alone(batch::Codec::Lz4).await?)
+    } else {
+        None
     };
-    let zstd = match measured && options.compression == Codec::Zstd {
-        true => alone(batch::Codec::Zstd).await?,
-        false => None,
+    let zstd = if measured && options.compression == Codec::Zstd {
+        Some(alone(batch::Codec::Zstd).await?)
+    } else {
+        None
     };
     let telemetry = Telemetry::new(true, &[]);
     let metrics = telemetry.register(ClientMetrics::new);

@@ -165,8 +165,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = bench::Codec::Lz4)]
         compression: bench::Codec,
         /// Raw bytes LZ4 alone (and zstd alone, with `--compression zstd`) compresses and
-        /// decompresses on as many threads as this process has, to report what the codec can do here (0 skips it; default: the --loopback-bytes
-        /// amount, so --loopback-bytes 0 skips both measures of the machine).
+        /// decompresses on as many threads as this process has, to report what the codec can
+        /// do here (0 skips it; default: the --loopback-bytes amount, so --loopback-bytes 0
+        /// skips both measures of the machine).
         #[arg(long)]
         lz4_bytes: Option<bytesize::ByteSize>,
         /// After the benchmark's shuffle is deleted, how long to wait before the workers'

@@ -163,7 +163,7 @@ pub fn client_keys() -> anyhow::Result<Vec<Key>> {
     ];
     let codecs = [(
         "Codec",
-        [Codec::None, Codec::Lz4, Codec::Zstd]
+        Codec::ALL
             .map(|codec| (codec.name().to_string(), String::new()))
             .to_vec(),
     )];

@@ -10,9 +10,9 @@
 //!
 //! Big-endian. `crc32` covers bytes 0..28 of the head and then the data, so a flipped byte
 //! anywhere in a batch is caught. `data` is an LZ4 block (`codec` 1), a zstd frame (`codec` 2)
-//! or stored as is (`codec` 0, also used when the writer's codec would not shrink it). `partition` is the partition the
-//! writer cut the batch for: a worker appending it to, or a reader reading it from, any other
-//! partition has a misrouted batch. `batch id` grows per `(map, attempt)`; readers drop repeats
+//! or stored as is (`codec` 0, also used when the writer's codec would not shrink it).
+//! `partition` is the partition the writer cut the batch for: a worker appending it to, or a
+//! reader reading it from, any other partition has a misrouted batch. `batch id` grows per `(map, attempt)`; readers drop repeats
 //! of `(map, batch id)` and batches of losing attempts.
 
 use bytes::Bytes;
@@ -49,7 +49,13 @@ pub enum Codec {
 /// The zstd level writers use: the fastest of the standard levels.
 pub const ZSTD_LEVEL: i32 = 1;
 
+/// Raw bytes below this are stored as they are: too few to be worth a codec's call.
+const MIN_COMPRESSED: usize = 64;
+
 impl Codec {
+    /// Every codec, in the order of their bytes.
+    pub const ALL: [Codec; 3] = [Codec::None, Codec::Lz4, Codec::Zstd];
+
     /// Its name in configuration and reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -212,17 +218,14 @@ pub fn encode_into(
 /// and returns false when the codec is `None`, `raw` is too short to bother, or compressing
 /// would not shrink it. (A batch's data; public for measuring a codec alone.)
 pub fn compress_into(codec: Codec, raw: &[u8], out: &mut Vec<u8>) -> bool {
-    if raw.len() < 64 {
+    if raw.len() < MIN_COMPRESSED {
         return false;
     }
     let start = out.len();
     let written = match codec {
         Codec::None => return false,
         Codec::Lz4 => {
-            out.resize(
-                start + lz4_flex::block::get_maximum_output_size(raw.len()),
-                0,
-            );
+            out.resize(start + max_compressed_len(raw.len()), 0);
             lz4_flex::block::compress_into(raw, &mut out[start..]).ok()
         }
         Codec::Zstd => {
@@ -244,6 +247,12 @@ pub fn compress_into(codec: Codec, raw: &[u8], out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// The most bytes [`compress_into`] appends for `raw_len` raw bytes, with any codec (LZ4's bound;
+/// a zstd frame is kept only when shorter than the raw bytes).
+fn max_compressed_len(raw_len: usize) -> usize {
+    lz4_flex::block::get_maximum_output_size(raw_len)
+}
+
 /// zstd contexts, one of each per thread: a context holds tables that cost more to set up
 /// than a batch costs to compress at level 1.
 mod zstd_context {
@@ -260,10 +269,11 @@ mod zstd_context {
     pub fn compress(raw: &[u8], out: &mut [u8]) -> Option<usize> {
         COMPRESSOR.with(|cell| {
             let mut cell = cell.borrow_mut();
-            if cell.is_none() {
-                *cell = zstd::bulk::Compressor::new(super::ZSTD_LEVEL).ok();
-            }
-            cell.as_mut()?.compress_to_buffer(raw, out).ok()
+            let compressor = match cell.as_mut() {
+                Some(compressor) => compressor,
+                None => cell.insert(zstd::bulk::Compressor::new(super::ZSTD_LEVEL).ok()?),
+            };
+            compressor.compress_to_buffer(raw, out).ok()
         })
     }
 
@@ -271,15 +281,13 @@ mod zstd_context {
     pub fn decompress(data: &[u8], out: &mut [u8]) -> Result<usize, String> {
         DECOMPRESSOR.with(|cell| {
             let mut cell = cell.borrow_mut();
-            if cell.is_none() {
-                *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
-            }
-            match cell.as_mut() {
-                Some(decompressor) => decompressor
-                    .decompress_to_buffer(data, out)
-                    .map_err(|e| e.to_string()),
-                None => Err("no zstd context".into()),
-            }
+            let decompressor = match cell.as_mut() {
+                Some(decompressor) => decompressor,
+                None => cell.insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?),
+            };
+            decompressor
+                .decompress_to_buffer(data, out)
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -355,8 +363,10 @@ impl BatchBuf {
             .ok()
             .filter(|len| *len <= MAX_BATCH_LEN)
             .ok_or(BatchError::TooLarge(u32::MAX))?;
-        if codec != Codec::None && raw.len() >= 64 {
-            let mut out = vec![0u8; BATCH_HEAD_LEN];
+        if codec != Codec::None && raw.len() >= MIN_COMPRESSED {
+            // Room for the largest result up front: one allocation per batch.
+            let mut out = Vec::with_capacity(BATCH_HEAD_LEN + max_compressed_len(raw.len()));
+            out.resize(BATCH_HEAD_LEN, 0);
             if compress_into(codec, raw, &mut out) {
                 let head = seal_head(&mut out, 0, tag, codec, raw_len);
                 return Ok((head, Bytes::from(out), Some(self.0)));
@@ -369,7 +379,7 @@ impl BatchBuf {
 
 /// Encodes `raw` as one batch into a fresh buffer.
 pub fn encode(tag: BatchTag, raw: &[u8], codec: Codec) -> Result<(BatchHead, Bytes), BatchError> {
-    let mut out = Vec::with_capacity(BATCH_HEAD_LEN + raw.len() + raw.len() / 255 + 16);
+    let mut out = Vec::with_capacity(BATCH_HEAD_LEN + max_compressed_len(raw.len()));
     let head = encode_into(&mut out, tag, raw, codec)?;
     Ok((head, Bytes::from(out)))
 }
@@ -581,7 +591,7 @@ mod tests {
     }
 
     fn codecs() -> impl Strategy<Value = Codec> {
-        prop_oneof![Just(Codec::None), Just(Codec::Lz4), Just(Codec::Zstd)]
+        prop::sample::select(Codec::ALL.to_vec())
     }
 
     proptest! {
@@ -727,7 +737,7 @@ mod tests {
 
     #[test]
     fn codecs_are_named_in_configuration() {
-        for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+        for codec in Codec::ALL {
             assert_eq!(codec.name().parse::<Codec>(), Ok(codec));
         }
         assert_eq!(" ZSTD ".parse::<Codec>(), Ok(Codec::Zstd));
