@@ -599,6 +599,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_commits_at_once_both_succeed_and_keep_the_small_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_disk, store) = store_on(dir.path(), false);
+        let key = ShuffleKey::new("app-twice", 0);
+        let spec = pb::LocationSpec::default();
+        store.reserve(&key, std::slice::from_ref(&spec)).unwrap();
+        let location = store
+            .get(&key, LocationId::of_spec(&spec).unwrap())
+            .unwrap();
+        let tag = sluice_protocol::batch::BatchTag {
+            partition: 0,
+            map_id: 0,
+            attempt: 0,
+            batch_id: 0,
+        };
+        let (_, batch) =
+            sluice_protocol::batch::encode(tag, &[5; 300], sluice_protocol::batch::Codec::None)
+                .unwrap();
+        location.append(0, batch.clone(), 1, u64::MAX).unwrap();
+        // Both commits seal the location while its last flush is in flight, so both find it
+        // ready and both record it.
+        let specs = std::slice::from_ref(&spec);
+        let (first, second) = tokio::join!(store.commit(&key, specs), store.commit(&key, specs));
+        assert!(first[0].ok && second[0].ok, "{first:?} {second:?}");
+        let header = pb::OpenStreamHeader {
+            location: Some(pb::LocationRef::default()),
+            ..Default::default()
+        };
+        let opened = read::open_stream(location, header, 1 << 20).await.unwrap();
+        assert_eq!(opened.chunks.len(), 1, "{opened:?}");
+        assert_eq!(opened.chunks[0].ranges[0].length, batch.len() as u64);
+    }
+
+    #[tokio::test]
     async fn commits_go_to_one_journal_and_small_indexes_are_served_from_memory() {
         let dir = tempfile::tempdir().unwrap();
         let (_disk, store) = store_on(dir.path(), true);

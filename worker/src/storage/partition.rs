@@ -662,8 +662,12 @@ impl Partition {
     /// (and, when asked, the files' fsync) made it to disk.
     pub fn finish_commit(&self, recorded: Result<(), String>) -> Result<pb::BatchStats, String> {
         let mut state = self.lock();
-        if let Status::Failed(reason) = &state.status {
-            return Err(reason.clone());
+        match &state.status {
+            Status::Failed(reason) => return Err(reason.clone()),
+            // Two commits of one location (a retried request beside the first) both seal it and
+            // both record it; the first to end already keeps the index for reads.
+            Status::Committed => return Ok(state.stats),
+            Status::Open | Status::Recovered | Status::Sealing => {}
         }
         if let Err(reason) = recorded {
             self.fail_locked(&mut state, reason.clone());
