@@ -144,7 +144,35 @@ impl ShuffleWriter {
     /// Appends one record (or several whole records) to `partition`. The bytes of one call never
     /// straddle two batches, so readers get records whole.
     pub async fn write(&mut self, partition: u32, record: &[u8]) -> ClientResult<()> {
+        if self.append_in_place(partition, record) {
+            return Ok(());
+        }
         self.append(partition, Record::Borrowed(record)).await
+    }
+
+    /// Appends `record` to `partition`'s buffer when that seals nothing, before or after, and
+    /// returns whether it did. Most records of a per-record caller take this path, which never
+    /// builds `append`'s future (it holds the state of every seal and send it may await): with
+    /// 100-byte records that future cost more than the copy of the record.
+    fn append_in_place(&mut self, partition: u32, record: &[u8]) -> bool {
+        let batch_size = self.inner.config.batch_size.min(MAX_BATCH_LEN as usize);
+        let max_buffered = self.inner.config.max_buffered;
+        let p = partition as usize;
+        let Some(buffer) = self.buffers.get_mut(p) else {
+            return false;
+        };
+        let len = record.len();
+        if self.stage_ended
+            || buffer.capacity() == 0
+            || buffer.raw_len() + len >= batch_size
+            || self.buffered + len > max_buffered
+        {
+            return false;
+        }
+        buffer.extend_from_slice(record);
+        self.buffered += len;
+        self.raw[p] += len as u64;
+        true
     }
 
     /// [`write`](Self::write) for bytes the caller built as a batch and hands over: when the
@@ -561,14 +589,9 @@ mod tests {
 
     use crate::{ClientConfig, ClientError, ShuffleHandle, SluiceClient};
 
-    #[tokio::test]
-    async fn running_out_of_batch_ids_is_an_error_not_a_wrap() {
-        // Nothing is pushed: the master connects lazily and batches stay below the push size.
-        let client = SluiceClient::new(ClientConfig {
-            batch_size: 4,
-            ..ClientConfig::new("127.0.0.1:1")
-        })
-        .unwrap();
+    /// A handle on one partition of one (unreachable) worker: nothing is pushed as long as the
+    /// batches stay below the push size, and the master connects lazily.
+    fn one_partition(name: &str) -> Arc<ShuffleHandle> {
         let locations = pb::ShuffleLocations {
             workers: vec![pb::WorkerInfo {
                 id: "w".into(),
@@ -581,13 +604,55 @@ mod tests {
             epoch: vec![0],
             replica_worker: vec![u32::MAX],
         };
-        let handle = Arc::new(ShuffleHandle::new(
-            ShuffleKey::new("ids", 0),
+        Arc::new(ShuffleHandle::new(
+            ShuffleKey::new(name, 0),
             1,
             1,
             locations,
-        ));
-        let mut writer = client.writer(handle, 0, 0).unwrap();
+        ))
+    }
+
+    #[tokio::test]
+    async fn records_fill_a_batch_whole_and_the_buffered_bytes_stay_bounded() {
+        let client = SluiceClient::new(ClientConfig {
+            batch_size: 10,
+            max_buffered: 14,
+            ..ClientConfig::new("127.0.0.1:1")
+        })
+        .unwrap();
+        let mut writer = client.writer(one_partition("fill"), 0, 0).unwrap();
+        // Three records of 3 bytes fit a batch of 10; the fourth starts the next batch.
+        let mut raw = Vec::new();
+        for record in [b"abc", b"def", b"ghi"] {
+            writer.write(0, record).await.unwrap();
+            raw.extend_from_slice(record);
+            assert_eq!(writer.buffers[0].raw(), &raw[..]);
+            assert_eq!(writer.stats[0].batches, 0);
+        }
+        writer.write(0, b"jkl").await.unwrap();
+        assert_eq!(writer.stats[0].batches, 1);
+        assert_eq!(writer.buffers[0].raw(), b"jkl");
+        // A record that reaches the batch size seals it at once.
+        writer.write(0, b"mnopqrs").await.unwrap();
+        assert_eq!(writer.stats[0].batches, 2);
+        assert!(writer.buffers[0].is_empty());
+        // More than `max_buffered` across batches sealed but not yet pushed, and in buffers,
+        // is sealed; what is buffered never passes it.
+        for _ in 0..20 {
+            writer.write(0, b"tu").await.unwrap();
+            assert!(writer.buffers[0].raw_len() < 10);
+            assert!(writer.buffered <= 14, "{}", writer.buffered);
+        }
+    }
+
+    #[tokio::test]
+    async fn running_out_of_batch_ids_is_an_error_not_a_wrap() {
+        let client = SluiceClient::new(ClientConfig {
+            batch_size: 4,
+            ..ClientConfig::new("127.0.0.1:1")
+        })
+        .unwrap();
+        let mut writer = client.writer(one_partition("ids"), 0, 0).unwrap();
         writer.next_batch_id = Some(u32::MAX - 1);
         // Batch ids u32::MAX - 1 and u32::MAX are still free.
         writer.write(0, b"abcd").await.unwrap();
