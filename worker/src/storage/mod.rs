@@ -633,6 +633,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_commits_at_once_of_a_location_on_the_dfs_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _store) = store_on(dir.path(), false);
+        let objects = tempfile::tempdir().unwrap();
+        let dfs = Arc::new(
+            dfs::Dfs::open(&format!("fs://{}", objects.path().display()), "", "").unwrap(),
+        );
+        dfs.set_memory(Arc::new(MemoryBudget::new(1 << 20)));
+        let key = ShuffleKey::new("app-twice-dfs", 0);
+        let id = LocationId::new(0, 0, 0).unwrap();
+        let location = Arc::new(Partition::writing_to_dfs(
+            "0-0-p".into(),
+            disk,
+            LocationFiles::new(dir.path(), &key, id),
+            dfs::DfsObject::new(&dfs, &key, id),
+            dfs::spawn_writer(dfs.clone(), &key, id),
+        ));
+        let tag = sluice_protocol::batch::BatchTag {
+            partition: 0,
+            map_id: 0,
+            attempt: 0,
+            batch_id: 0,
+        };
+        let (_, batch) =
+            sluice_protocol::batch::encode(tag, &[6; 300], sluice_protocol::batch::Codec::None)
+                .unwrap();
+        location.append(0, batch.clone(), 1, u64::MAX).unwrap();
+        // The writer closes once: the second commit must take the first's answer, not fail
+        // the location because its writer is gone.
+        let commit = || async {
+            match location.seal().await? {
+                Sealed::Committed(stats) => Ok(stats),
+                Sealed::Ready(marker, _) => location.finish_on_dfs(marker).await,
+            }
+        };
+        let (first, second) = tokio::join!(commit(), commit());
+        assert_eq!(first, second);
+        assert_eq!(first.unwrap().bytes, batch.len() as u64);
+        let files = location.committed_files().unwrap();
+        assert_eq!(files.index.map(|i| i.len()), Some(index::ENTRY_LEN));
+    }
+
+    #[tokio::test]
     async fn commits_go_to_one_journal_and_small_indexes_are_served_from_memory() {
         let dir = tempfile::tempdir().unwrap();
         let (_disk, store) = store_on(dir.path(), true);

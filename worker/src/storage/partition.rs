@@ -144,6 +144,9 @@ pub struct Partition {
     /// A location written to the DFS (from the start, or once it outgrew `spill`): its writer
     /// task.
     dfs_writer: OnceLock<tokio::sync::mpsc::UnboundedSender<super::dfs::WriteJob>>,
+    /// How the commit of a location written to the DFS ended: its writer closes once, so a
+    /// second commit running beside the first waits for the first's answer.
+    dfs_committed: tokio::sync::OnceCell<Result<pb::BatchStats, String>>,
     /// Where this local location goes once it outgrows a size.
     spill: Option<Spill>,
 }
@@ -175,6 +178,7 @@ impl Partition {
             flushed: Notify::new(),
             replica: Mutex::new(None),
             dfs: OnceLock::new(),
+            dfs_committed: tokio::sync::OnceCell::new(),
             dfs_writer: OnceLock::new(),
             spill: None,
         }
@@ -217,6 +221,14 @@ impl Partition {
     /// location handed over on the DFS) so a restart serves it again. A location that moved to
     /// the DFS as it outgrew its size deletes what it left on its disk.
     pub async fn finish_on_dfs(&self, marker: CommitMarker) -> Result<pb::BatchStats, String> {
+        self.dfs_committed
+            .get_or_init(|| self.close_on_dfs(marker))
+            .await
+            .clone()
+    }
+
+    /// [`Partition::finish_on_dfs`], run once.
+    async fn close_on_dfs(&self, marker: CommitMarker) -> Result<pb::BatchStats, String> {
         let Some(writer) = self.dfs_writer.get() else {
             return Err("not written to the DFS".into());
         };
