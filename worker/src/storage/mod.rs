@@ -563,6 +563,19 @@ mod tests {
         (disk, store)
     }
 
+    /// Batch `batch_id` of map 0 for `partition`, holding `payload` uncompressed.
+    fn stored_batch(partition: u32, batch_id: u32, payload: &[u8]) -> bytes::Bytes {
+        let tag = sluice_protocol::batch::BatchTag {
+            partition,
+            map_id: 0,
+            attempt: 0,
+            batch_id,
+        };
+        sluice_protocol::batch::encode(tag, payload, sluice_protocol::batch::Codec::None)
+            .unwrap()
+            .1
+    }
+
     #[tokio::test]
     async fn a_disk_counts_the_bytes_and_files_its_locations_hold_until_deleted() {
         let dir = tempfile::tempdir().unwrap();
@@ -574,15 +587,7 @@ mod tests {
         };
         store.reserve(&key, std::slice::from_ref(&spec)).unwrap();
         assert_eq!(disk.usage().files, 0, "a reservation touches no disk");
-        let tag = sluice_protocol::batch::BatchTag {
-            partition: 3,
-            map_id: 0,
-            attempt: 0,
-            batch_id: 0,
-        };
-        let (_, batch) =
-            sluice_protocol::batch::encode(tag, &[7; 500], sluice_protocol::batch::Codec::None)
-                .unwrap();
+        let batch = stored_batch(3, 0, &[7; 500]);
         let id = LocationId::of_spec(&spec).unwrap();
         let partition = store.get(&key, id).unwrap();
         partition.append(3, batch.clone(), 1, u64::MAX).unwrap();
@@ -608,15 +613,7 @@ mod tests {
         let location = store
             .get(&key, LocationId::of_spec(&spec).unwrap())
             .unwrap();
-        let tag = sluice_protocol::batch::BatchTag {
-            partition: 0,
-            map_id: 0,
-            attempt: 0,
-            batch_id: 0,
-        };
-        let (_, batch) =
-            sluice_protocol::batch::encode(tag, &[5; 300], sluice_protocol::batch::Codec::None)
-                .unwrap();
+        let batch = stored_batch(0, 0, &[5; 300]);
         location.append(0, batch.clone(), 1, u64::MAX).unwrap();
         // Both commits seal the location while its last flush is in flight, so both find it
         // ready and both record it.
@@ -650,15 +647,7 @@ mod tests {
             dfs::DfsObject::new(&dfs, &key, id),
             dfs::spawn_writer(dfs.clone(), &key, id),
         ));
-        let tag = sluice_protocol::batch::BatchTag {
-            partition: 0,
-            map_id: 0,
-            attempt: 0,
-            batch_id: 0,
-        };
-        let (_, batch) =
-            sluice_protocol::batch::encode(tag, &[6; 300], sluice_protocol::batch::Codec::None)
-                .unwrap();
+        let batch = stored_batch(0, 0, &[6; 300]);
         location.append(0, batch.clone(), 1, u64::MAX).unwrap();
         // The writer closes once: the second commit must take the first's answer, not fail
         // the location because its writer is gone.
@@ -691,18 +680,7 @@ mod tests {
         for (partition, batches) in [(0u32, 1u32), (1, 20)] {
             let location = store.get(&key, LocationId::new(partition, 0, 0).unwrap());
             for batch_id in 0..batches {
-                let tag = sluice_protocol::batch::BatchTag {
-                    partition,
-                    map_id: 0,
-                    attempt: 0,
-                    batch_id,
-                };
-                let (_, batch) = sluice_protocol::batch::encode(
-                    tag,
-                    &[9; 100],
-                    sluice_protocol::batch::Codec::None,
-                )
-                .unwrap();
+                let batch = stored_batch(partition, batch_id, &[9; 100]);
                 location
                     .as_ref()
                     .unwrap()
