@@ -153,7 +153,7 @@ impl ShuffleWriter {
     /// Appends `record` to `partition`'s buffer when that seals nothing, before or after, and
     /// returns whether it did. Most records of a per-record caller take this path, which never
     /// builds `append`'s future (it holds the state of every seal and send it may await): with
-    /// 100-byte records that future cost more than the copy of the record.
+    /// 100-byte records, building it took about a tenth of the writing client's CPU.
     fn append_in_place(&mut self, partition: u32, record: &[u8]) -> bool {
         let batch_size = self.inner.config.batch_size.min(MAX_BATCH_LEN as usize);
         let max_buffered = self.inner.config.max_buffered;
