@@ -309,13 +309,8 @@ impl MasterChannel {
 
     /// Sends `request` with `rpc` to the leading master, following redirects and moving past
     /// unreachable masters until it gets an answer or `retry_timeout` has passed (see the module
-    /// overview). For example:
-    ///
-    /// ```ignore
-    /// let response = masters
-    ///     .call(request, |mut master, request| async move { master.revive(request).await })
-    ///     .await?;
-    /// ```
+    /// overview). `rpc` makes one attempt on a master, e.g.
+    /// `|mut master, request| async move { master.revive(request).await }`.
     pub async fn call<Req, Resp, F, Fut>(
         &self,
         request: Req,
