@@ -207,9 +207,12 @@ async fn only_the_winning_attempt_of_each_map_is_read() {
             .collect()
     };
 
-    write_map(&client, &handle, 0, 0, &records(500, 0))
+    let map0_bytes: u64 = write_map(&client, &handle, 0, 0, &records(500, 0))
         .await
-        .unwrap();
+        .unwrap()
+        .partition_bytes
+        .iter()
+        .sum();
 
     // Map 1, attempt 0 dies half-way: its first half reached the workers (flushed and acked),
     // then the task is gone without MapperEnd. Its records carry seq >= 2_000_000.
@@ -274,6 +277,12 @@ async fn only_the_winning_attempt_of_each_map_is_read() {
     assert_eq!(straggler.partition_bytes, map3.partition_bytes);
     let again = read_all(&client, &key, 0..partitions, None).await.unwrap();
     assert_eq!(again, seen);
+
+    // A reader counts the stored bytes of the batches it took: the winners' sizes, once each,
+    // though both copies and the losing attempts' batches were there to read.
+    let mut reader = client.reader(&key, 0..partitions, None).await.unwrap();
+    while reader.next().await.unwrap().is_some() {}
+    assert_eq!(reader.bytes_read(), map0_bytes + winners_bytes);
     cluster.shutdown().await.unwrap();
 }
 

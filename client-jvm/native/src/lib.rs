@@ -551,6 +551,18 @@ pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_next(
 }
 
 #[no_mangle]
+pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_bytesRead(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) -> jlong {
+    guard(&mut env, 0, |_| {
+        let reader = borrow::<ShuffleReader>(handle)?;
+        Ok(reader.bytes_read() as jlong)
+    })
+}
+
+#[no_mangle]
 pub extern "system" fn Java_org_apache_spark_shuffle_sluice_SluiceNative_closeReader(
     mut env: JNIEnv,
     _class: JClass,

@@ -192,6 +192,8 @@ pub struct ShuffleReader {
     opening: Option<Opening>,
     /// Partitions (indexes into the layout) whose copies were asked for again.
     refreshed: HashSet<usize>,
+    /// Stored bytes (batch heads included) of every batch taken so far.
+    bytes_read: u64,
 }
 
 impl std::fmt::Debug for ShuffleReader {
@@ -281,7 +283,16 @@ impl ShuffleReader {
             groups: Vec::new(),
             opening: None,
             refreshed: HashSet::new(),
+            bytes_read: 0,
         })
+    }
+
+    /// The stored bytes (as written, compressed, batch heads included) of every batch this
+    /// reader has taken so far, each batch counted once however many copies brought it. Once
+    /// the reader has reached its end this is the sum of the writers' partition sizes for its
+    /// range: what Spark reports as the shuffle read size.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
     }
 
     /// The next block of raw bytes (one batch's records), or `None` at the end of the range.
@@ -911,7 +922,9 @@ impl ShuffleReader {
                     ),
                 ))
             })?;
+            let stored_len = accepted.stored_len();
             if let Some(raw) = self.seen.take(accepted) {
+                self.bytes_read += stored_len;
                 if !raw.is_empty() {
                     self.out.push_back(raw);
                 }

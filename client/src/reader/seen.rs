@@ -54,6 +54,13 @@ pub(super) struct Accepted {
     raw: Bytes,
 }
 
+impl Accepted {
+    /// The batch's length as stored (head included): what its writer counted for it.
+    pub fn stored_len(&self) -> u64 {
+        self.stored_len
+    }
+}
+
 /// The batches taken from the partition being read, and their totals per map.
 #[derive(Debug, Default)]
 pub(super) struct Seen {

@@ -97,5 +97,12 @@ public final class SluiceNative {
    */
   public static native byte[] next(long reader);
 
+  /**
+   * The stored bytes (as written: compressed, batch heads included) of every batch the reader
+   * has taken so far. At the end of the reader this is the sum of the writers' partition sizes
+   * for its range, so it is what the task reports as its shuffle read size.
+   */
+  public static native long bytesRead(long reader);
+
   public static native void closeReader(long reader);
 }

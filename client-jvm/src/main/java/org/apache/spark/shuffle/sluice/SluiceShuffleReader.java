@@ -268,6 +268,8 @@ final class SluiceShuffleReader<K, C> implements ShuffleReader<K, C> {
     private Iterator<Tuple2<Object, Object>> chunk;
     private long waitNanos;
     private long waitMillisReported;
+    /** What {@link SluiceNative#bytesRead} said last, already added to the task's metrics. */
+    private long bytesReported;
 
     RecordIterator(int attempt) {
       this.attempt = attempt;
@@ -352,14 +354,19 @@ final class SluiceShuffleReader<K, C> implements ShuffleReader<K, C> {
                   endPartition,
                   startMap,
                   endMap);
+          bytesReported = 0;
         }
         byte[] next = SluiceNative.next(reader);
+        // The size as stored, like the writers' (and Spark's own shuffle's): the decoded
+        // block is larger when the batches were compressed.
+        long read = SluiceNative.bytesRead(reader);
+        metrics.incRemoteBytesRead(read - bytesReported);
+        bytesReported = read;
         if (next == null) {
           closeReader();
           return null;
         }
         metrics.incRemoteBlocksFetched(1);
-        metrics.incRemoteBytesRead(next.length);
         return next;
       } catch (SluiceException e) {
         closeReader();

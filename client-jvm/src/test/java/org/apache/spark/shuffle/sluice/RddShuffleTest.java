@@ -16,9 +16,13 @@ import java.util.HexFormat;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Random;
+import java.util.concurrent.atomic.LongAdder;
 import org.apache.spark.HashPartitioner;
 import org.apache.spark.SparkEnv;
 import org.apache.spark.api.java.JavaPairRDD;
+import org.apache.spark.executor.TaskMetrics;
+import org.apache.spark.scheduler.SparkListener;
+import org.apache.spark.scheduler.SparkListenerTaskEnd;
 import org.junit.jupiter.api.Test;
 import scala.Tuple2;
 
@@ -278,6 +282,40 @@ class RddShuffleTest extends ShuffleSuite {
     assertNotNull(pushBytes, "no pushBytes gauge");
     long value = (Long) pushBytes.getValue();
     assertTrue(value > 0, "pushBytes " + value);
+  }
+
+  /**
+   * A task's shuffle read size is the stored size of what it read, as with Spark's own shuffle,
+   * so a stage that reads a whole shuffle once reports what the maps wrote (not the decoded,
+   * larger size).
+   */
+  @Test
+  void theShuffleReadSizeIsTheShuffleWriteSize() throws Exception {
+    assumeFalse(TestSessions.BUILTIN_ONLY, "no Sluice client in builtin-only mode");
+    LongAdder written = new LongAdder();
+    LongAdder read = new LongAdder();
+    SparkListener sizes =
+        new SparkListener() {
+          @Override
+          public void onTaskEnd(SparkListenerTaskEnd end) {
+            TaskMetrics metrics = end.taskMetrics();
+            if (metrics != null) {
+              written.add(metrics.shuffleWriteMetrics().bytesWritten());
+              read.add(
+                  metrics.shuffleReadMetrics().remoteBytesRead()
+                      + metrics.shuffleReadMetrics().localBytesRead());
+            }
+          }
+        };
+    spark.sparkContext().addSparkListener(sizes);
+    try {
+      assertMatchesBuiltin(REDUCE_BY_KEY);
+      spark.sparkContext().listenerBus().waitUntilEmpty(60_000);
+    } finally {
+      spark.sparkContext().removeSparkListener(sizes);
+    }
+    assertTrue(written.sum() > 0, "no shuffle bytes written");
+    assertEquals(written.sum(), read.sum(), "shuffle bytes read against written");
   }
 
   @Test
