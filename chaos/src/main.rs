@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chaos::{Options, Scenario};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,13 +17,8 @@ struct Cli {
     /// Run every scenario.
     #[arg(long)]
     all: bool,
-    /// Run this scenario (repeatable): kill-while-pushing, kill-while-reading,
-    /// stop-while-pushing, restart, rolling-restart, partition, corrupt, disk-full,
-    /// mem-writers, mem-stalled-replica, mem-skewed-merged, mem-idle-connections,
-    /// mem-zero-slices, ha-kill-leader-push, ha-kill-leader-read, ha-kill-leader-commit,
-    /// ha-stop-leader, single-master-restart, single-master-restart-commit, slow-network,
-    /// slow-worker-link, thin-link, stalling-link, reset-link, slow-disk, slow-master. `NAME/R`
-    /// runs only replication R.
+    /// Run this scenario (repeatable); `NAME/R` runs only replication R. The help lists the
+    /// names (`scenario_help`).
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// A worker config key for every worker (repeatable), `KEY=VALUE`; VALUE is a TOML value,
@@ -44,6 +39,24 @@ struct Cli {
     /// Directory for logs and data (default: a new directory under the system temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+}
+
+/// The help of `--scenario`, naming every scenario `Scenario::ALL` holds, so it never misses one.
+fn scenario_help() -> String {
+    let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+    format!(
+        "Run this scenario (repeatable): {}. `NAME/R` runs only replication R",
+        names.join(", ")
+    )
+}
+
+/// The command line's definition, with `--scenario`'s help built from the scenarios.
+fn command() -> clap::Command {
+    Cli::command().mut_arg("scenarios", |arg| arg.help(scenario_help()))
+}
+
+fn parse_cli() -> Cli {
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 fn runs(cli: &Cli) -> anyhow::Result<Vec<(Scenario, u32)>> {
@@ -106,7 +119,7 @@ fn main() -> ExitCode {
 }
 
 fn main_inner() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let runs = runs(&cli)?;
     let sluice = match &cli.sluice {
         Some(path) => path.clone(),
@@ -169,5 +182,17 @@ mod tests {
         assert_eq!(setting("fsync_on_commit=true").1, "true");
         assert_eq!(setting("data_dirs=[\"/a\"]").1, "[\"/a\"]");
         assert!(worker_setting("no-value").is_err());
+    }
+
+    #[test]
+    fn the_help_names_every_scenario() {
+        let help = command().render_help().to_string();
+        for scenario in Scenario::ALL {
+            assert!(
+                help.contains(scenario.name()),
+                "{} missing",
+                scenario.name()
+            );
+        }
     }
 }
