@@ -27,26 +27,41 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// allocate through their own caches first, which keeps two arenas from contending much; on
 /// many cores, compare `sluice bench` with `_RJEM_MALLOC_CONF=narenas:8` before raising it.
 ///
-/// The thread caches also keep freed blocks of up to 8 MiB (`tcache_max`; jemalloc's default
+/// The thread caches also keep freed blocks of up to 1 MiB (`tcache_max`; jemalloc's default
 /// is 32 KiB). A reader decompresses every 256 KiB batch into a new buffer and frees it soon
 /// after; above the default each such buffer came from the arena as fresh pages, and a tenth of
 /// the client's read time went to page faults zeroing them. Measured with `sluice bench --master
 /// M --replication 1 --maps 4 --partitions 64 --bytes-per-map 256MiB --verify` against one
 /// worker, two runs each: read 0.78 and 0.82 GB/s before, 0.88 and 0.89 after; client CPU per GB
-/// read 2.21 and 2.14 s before, 1.93 and 1.89 after. The worker keeps its memory promise: the
-/// 100k-partition run of docs/operations.md settled at 27.0 MiB against 23.0 before (idle
-/// 12.9 MiB, peak 224 MiB either way).
+/// read 2.21 and 2.14 s before, 1.93 and 1.89 after.
+///
+/// Not more than 1 MiB, and blocks of 2 MiB or more come from jemalloc's own arena for large
+/// blocks, whose freed pages go back at once (`oversize_threshold`, 8 MiB by default). A worker
+/// reads every push into one block of its length, and its memory budget counts those blocks
+/// only while they hold data: freed blocks a thread cache or an arena keeps are outside it.
+/// With caches of up to 8 MiB, the `mem-writers` chaos scenario (40 writers pushing 1-4 MiB
+/// frames at a 64 MiB budget) peaked at 184-216 MiB, against the 112 MiB it allows; with caches
+/// of 1 MiB and the default threshold, 110-117 MiB; with these settings, 76-104 MiB in five
+/// runs (96-103 MiB with glibc malloc before jemalloc). The cost falls on blocks above 1 MiB,
+/// which no thread cache keeps, and most on those of 2 MiB and more, which start on fresh pages:
+/// a reader's 4 MiB chunks. `sluice bench --workers 1 --replication 1 --maps 4 --partitions 64
+/// --bytes-per-map 256MiB --verify`, three runs each, taking turns: write 0.81-0.83 GB/s
+/// before, 0.76-0.80 after; read 1.90-2.24 before, 1.38-1.47 after (the client's CPU per GB
+/// read 0.55-0.61 s before, 0.86-0.89 after); the worker's CPU per GB written and read
+/// 0.70-0.77 s before, 0.79-0.86 after. A memory bound that holds is worth that. The Spark
+/// plug-in's native library allocates through the JVM's malloc, not this.
 ///
 /// Those caches belong to threads, and jemalloc empties a thread's cache only as that thread
 /// allocates again: a runtime thread that goes idle keeps what it cached, which the background
 /// purge never reaches. With 8 MiB blocks cached, a worker a minute after a 100k-partition
 /// shuffle was deleted held 50.3 MiB against 15.9 idle (27.8 with jemalloc's default
 /// `tcache_max`), so the runtime's threads give their caches back as they park, at most once a
-/// [`CACHE_FLUSH_EVERY`] ([`release_thread_cache`]).
+/// [`CACHE_FLUSH_EVERY`] ([`release_thread_cache`]). With the settings above, the same run
+/// settles at 30.3 MiB against 15.5 idle.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,\
-narenas:2,tcache_max:8388608\0"[0];
+narenas:2,tcache_max:1048576,oversize_threshold:2097152\0"[0];
 
 /// How often a runtime thread at most gives its cached blocks back.
 pub const CACHE_FLUSH_EVERY: Duration = Duration::from_secs(1);
