@@ -38,26 +38,28 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Not more than 1 MiB, and blocks of 2 MiB or more come from jemalloc's own arena for large
 /// blocks, whose freed pages go back at once (`oversize_threshold`, 8 MiB by default). A worker
 /// reads every push into one block of its length, and its memory budget counts those blocks
-/// only while they hold data: freed blocks a thread cache or an arena keeps are outside it.
-/// With caches of up to 8 MiB, the `mem-writers` chaos scenario (40 writers pushing 1-4 MiB
-/// frames at a 64 MiB budget) peaked at 184-216 MiB, against the 112 MiB it allows; with caches
-/// of 1 MiB and the default threshold, 110-117 MiB; with these settings, 76-104 MiB in five
-/// runs (96-103 MiB with glibc malloc before jemalloc). The cost falls on blocks above 1 MiB,
-/// which no thread cache keeps, and most on those of 2 MiB and more, which start on fresh pages:
-/// a reader's 4 MiB chunks. `sluice bench --workers 1 --replication 1 --maps 4 --partitions 64
-/// --bytes-per-map 256MiB --verify`, three runs each, taking turns: write 0.81-0.83 GB/s
-/// before, 0.76-0.80 after; read 1.90-2.24 before, 1.38-1.47 after (the client's CPU per GB
-/// read 0.55-0.61 s before, 0.86-0.89 after); the worker's CPU per GB written and read
-/// 0.70-0.77 s before, 0.79-0.86 after. A memory bound that holds is worth that. The Spark
-/// plug-in's native library allocates through the JVM's malloc, not this.
+/// only while they hold data: freed blocks a thread cache or an arena keeps are outside it. So
+/// a worker also purges its arenas when a push must wait for the budget ([`purge_freed`]). With
+/// caches of up to 8 MiB, the `mem-writers` chaos scenario (40 writers pushing 1-4 MiB frames
+/// at a 64 MiB budget) peaked at 184-216 MiB, against the 112 MiB it allows; with caches of
+/// 1 MiB and the default threshold, 110-117 MiB; with these settings, 91-114 MiB; with the
+/// purge too, 84-96 MiB in five runs (96-103 MiB with glibc malloc before jemalloc).
+///
+/// The cost falls on pushes of about 1 MiB, which no thread cache keeps now and which sometimes
+/// land on pages the arena gave back. `sluice bench --workers 1 --replication 1 --maps 4
+/// --partitions 64 --bytes-per-map 256MiB --verify`, four runs each, taking turns: write
+/// 0.81-0.86 GB/s before, 0.78-0.81 after; the worker's CPU per GB written and read 0.68-0.75 s
+/// before, 0.75-0.81 after. A reader's 4 MiB chunks would start on fresh pages too; the client
+/// reads them into buffers it takes again (`sluice_protocol::connection::BodyPool`), and reads
+/// as fast as before (1.92-2.52 GB/s before, 1.98-2.20 after). The Spark plug-in's native
+/// library allocates through the JVM's malloc, not this.
 ///
 /// Those caches belong to threads, and jemalloc empties a thread's cache only as that thread
 /// allocates again: a runtime thread that goes idle keeps what it cached, which the background
 /// purge never reaches. With 8 MiB blocks cached, a worker a minute after a 100k-partition
 /// shuffle was deleted held 50.3 MiB against 15.9 idle (27.8 with jemalloc's default
 /// `tcache_max`), so the runtime's threads give their caches back as they park, at most once a
-/// [`CACHE_FLUSH_EVERY`] ([`release_thread_cache`]). With the settings above, the same run
-/// settles at 30.3 MiB against 15.5 idle.
+/// [`CACHE_FLUSH_EVERY`] ([`release_thread_cache`]).
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,\
@@ -83,16 +85,30 @@ pub fn release_thread_cache() {
             return;
         }
         flushed.set(Some(now));
-        // SAFETY: `thread.tcache.flush` reads and writes nothing (null old and new values, zero
-        // length), and the name is a NUL-terminated string that lives for the call.
-        unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"thread.tcache.flush".as_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            );
-        }
+        mallctl_run(c"thread.tcache.flush");
     });
+}
+
+/// Gives every arena's unused pages back to the system now (`arena.<all>.purge`), and this
+/// thread's cached blocks to its arena first. A worker runs it when a push must wait for its
+/// memory budget (`sluice_worker::memory::on_budget_full`), at most every 100 ms: the budget is
+/// full, so pages freed since the last purge count as much as the pushed bytes it holds.
+pub fn purge_freed() {
+    mallctl_run(c"thread.tcache.flush");
+    mallctl_run(c"arena.4096.purge");
+}
+
+/// Runs a jemalloc control that reads and writes nothing (4096 is `MALLCTL_ARENAS_ALL`).
+fn mallctl_run(name: &std::ffi::CStr) {
+    // SAFETY: the control reads and writes nothing (null old and new values, zero length), and
+    // the name is a NUL-terminated string that lives for the call.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
 }

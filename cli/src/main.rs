@@ -590,6 +590,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(cli.log_format);
+    sluice_worker::memory::on_budget_full(alloc::purge_freed);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(alloc::release_thread_cache)

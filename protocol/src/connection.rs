@@ -42,6 +42,90 @@ pub enum ReadError {
     Auth(#[from] AuthError),
 }
 
+/// Buffers for large frame bodies, taken again once every `Bytes` of the body they held is
+/// dropped. A reader fetches chunks of megabytes one after another; the `sluice` binary's
+/// allocator gives blocks of 2 MiB or more back to the system as they are freed, so without
+/// reuse every chunk was read into fresh pages, and zeroing them cost the reading client more
+/// CPU than decoding the chunk. At most `keep` buffers of up to `largest` bytes wait here.
+#[derive(Debug)]
+pub struct BodyPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+    largest: usize,
+}
+
+impl BodyPool {
+    pub const fn new(keep: usize, largest: usize) -> BodyPool {
+        BodyPool {
+            free: std::sync::Mutex::new(Vec::new()),
+            keep,
+            largest,
+        }
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty vector with room for `len` bytes: a waiting one if one fits, with room for at
+    /// most a quarter more (about what the allocator rounds a block of that size up to), else a
+    /// new one.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let mut free = self.free();
+        let fits = |body: &Vec<u8>| (len..=len + len / 4).contains(&body.capacity());
+        match free.iter().position(fits) {
+            Some(i) => free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// `body` as `Bytes` that give the vector back to this pool when the last of them drops.
+    pub fn wrap(&'static self, body: Vec<u8>) -> Bytes {
+        self.wrap_with(body, ())
+    }
+
+    /// Like [`BodyPool::wrap`], also holding `with` (e.g. a memory lease) until then.
+    pub fn wrap_with<T: Send + 'static>(&'static self, body: Vec<u8>, with: T) -> Bytes {
+        Bytes::from_owner(PooledBody {
+            body,
+            pool: self,
+            _with: with,
+        })
+    }
+
+    /// How many buffers wait to be taken.
+    pub fn waiting(&self) -> usize {
+        self.free().len()
+    }
+}
+
+/// A body read into a [`BodyPool`]'s vector, and what it holds with it.
+struct PooledBody<T> {
+    body: Vec<u8>,
+    pool: &'static BodyPool,
+    _with: T,
+}
+
+impl<T> AsRef<[u8]> for PooledBody<T> {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl<T> Drop for PooledBody<T> {
+    fn drop(&mut self) {
+        if self.body.capacity() > self.pool.largest {
+            return;
+        }
+        let mut free = self.pool.free();
+        if free.len() < self.pool.keep {
+            let mut body = std::mem::take(&mut self.body);
+            body.clear();
+            free.push(body);
+        }
+    }
+}
+
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
@@ -159,10 +243,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         head: &frame::FrameHead,
         wrap: impl FnOnce(Vec<u8>) -> Bytes,
     ) -> Result<Frame, ReadError> {
+        self.read_rest_into(head, Vec::with_capacity, wrap).await
+    }
+
+    /// Like [`FrameReader::read_rest`], reading the body into the empty vector `alloc` returns
+    /// for the body's length (e.g. one of a [`BodyPool`]). `alloc` runs only once the tag and
+    /// header are checked.
+    pub async fn read_rest_into(
+        &mut self,
+        head: &frame::FrameHead,
+        alloc: impl FnOnce(usize) -> Vec<u8>,
+        wrap: impl FnOnce(Vec<u8>) -> Bytes,
+    ) -> Result<Frame, ReadError> {
         let (tag, header) = self.read_tag_and_header(head).await?;
         self.open(head, tag.as_ref(), &header)?;
         let body_len = head.body_len as usize;
-        let mut body = Vec::with_capacity(body_len);
+        let mut body = alloc(body_len);
+        body.clear();
         let buffered = self.buf.len().min(body_len);
         body.extend_from_slice(&self.buf[..buffered]);
         self.buf.advance(buffered);
@@ -460,6 +557,58 @@ mod tests {
         let next = reader.read_frame().await.unwrap().unwrap();
         assert_eq!((next.request_id, next.tag), (2, None));
         assert!(reader.read_frame().await.unwrap().is_none());
+    }
+
+    /// Bodies read into a pool's buffers come back whole, in order, each buffer taken again
+    /// only once every `Bytes` of its body is gone; the pool keeps at most `keep` buffers and
+    /// none above `largest`.
+    #[tokio::test]
+    async fn bodies_read_into_a_pool_give_their_buffers_back_when_dropped() {
+        static POOL: BodyPool = BodyPool::new(2, 64 << 10);
+        let bodies: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 40 << 10]).collect();
+        let mut bytes = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let body = [Bytes::copy_from_slice(body)];
+            bytes.extend(
+                frame::encode_to_vec(MessageType::FetchChunk, i as u64, b"h", &body, true).unwrap(),
+            );
+        }
+        let huge = [Bytes::from(vec![9u8; 100 << 10])];
+        bytes.extend(frame::encode_to_vec(MessageType::FetchChunk, 3, b"h", &huge, true).unwrap());
+        let mut reader = FrameReader::with_capacity(&bytes[..], FrameLimits::default(), 16);
+        let mut read = Vec::new();
+        for _ in 0..4 {
+            let head = reader.read_head().await.unwrap().unwrap();
+            let frame = reader
+                .read_rest_into(&head, |len| POOL.take(len), |body| POOL.wrap(body))
+                .await
+                .unwrap();
+            read.push(frame.body);
+        }
+        for (body, expected) in read.iter().zip(&bodies) {
+            assert_eq!(&body[..], &expected[..]);
+        }
+        assert_eq!(&read[3][..], &huge[0][..]);
+        assert_eq!(POOL.waiting(), 0);
+        let slice = read[0].slice(10..20);
+        let first = read.remove(0);
+        drop(first);
+        assert_eq!(
+            POOL.waiting(),
+            0,
+            "a slice of the body still holds the buffer"
+        );
+        drop(slice);
+        assert_eq!(POOL.waiting(), 1);
+        drop(read);
+        assert_eq!(
+            POOL.waiting(),
+            2,
+            "kept more than 2 or the body above 64 KiB"
+        );
+        let again = POOL.take(40 << 10);
+        assert!(again.is_empty() && again.capacity() >= 40 << 10);
+        assert_eq!(POOL.waiting(), 1);
     }
 
     #[tokio::test]

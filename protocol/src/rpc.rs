@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{client_handshake, Keyring, Principal, PrincipalKeys};
-use crate::connection::{write_queued, FrameReader, FrameWriter, OutFrame};
+use crate::connection::{write_queued, BodyPool, FrameReader, FrameWriter, OutFrame};
 use crate::frame::{Frame, FrameLimits, MessageType};
 use crate::tls::{host_of, is_refusal, TlsClient};
 use crate::transport::{ReadHalf, Stream};
@@ -263,6 +263,14 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// Answers with bodies of at least this many bytes (fetched chunks) are read into buffers of
+/// [`LARGE_BODIES`].
+const POOLED_BODY: usize = 1 << 20;
+
+/// The buffers large answers are read into, for every connection of the process: as many as a
+/// reader's chunks in flight (`prefetch_chunks`), so an idle process keeps at most 4 x 8 MiB.
+static LARGE_BODIES: BodyPool = BodyPool::new(4, 8 << 20);
+
 async fn read_loop(
     mut reader: FrameReader<ReadHalf>,
     pending: Pending,
@@ -273,7 +281,20 @@ async fn read_loop(
     // itself (e.g. "this port requires TLS") and closes it. Every waiting caller gets it.
     let mut refused: Option<(ErrorCode, String)> = None;
     let error = loop {
-        match reader.read_frame().await {
+        let next = match reader.read_head().await {
+            Ok(Some(head)) if head.body_len as usize >= POOLED_BODY => reader
+                .read_rest_into(
+                    &head,
+                    |len| LARGE_BODIES.take(len),
+                    |body| LARGE_BODIES.wrap(body),
+                )
+                .await
+                .map(Some),
+            Ok(Some(_)) => reader.read_frame().await,
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match next {
             Ok(Some(frame)) if frame.request_id == 0 && frame.kind == MessageType::Error => {
                 if let Ok(error) = frame.decode_header::<pb::ErrorHeader>("error") {
                     tracing::warn!(peer = %peer, error = %error.message, "the peer refused the connection");

@@ -12,14 +12,58 @@
 //! other cannot deadlock on full budgets. A worker holding nothing admits any one frame, so a
 //! frame larger than the whole budget cannot wedge it. Whenever usage crosses half the budget,
 //! the pressure signal wakes the task that flushes every partition's buffer, so small partitions
-//! cannot pin memory.
+//! cannot pin memory. A push that has to wait for memory also has the process give its freed
+//! pages back ([`on_budget_full`]): the budget counts pushed bytes, not what the allocator keeps
+//! after they are freed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+
+/// What gives the process's freed memory back to the system, set once by the program that runs
+/// the worker (the `sluice` binary purges its allocator's unused pages); nothing when unset.
+static RELEASE_FREED: OnceLock<fn()> = OnceLock::new();
+
+/// When [`RELEASE_FREED`] last ran, in milliseconds since [`released_at_origin`].
+static RELEASED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// How often [`RELEASE_FREED`] runs at most.
+const RELEASE_EVERY: Duration = Duration::from_millis(100);
+
+/// Sets what a full budget runs to give freed memory back (at most every 100 ms, while a push
+/// waits for memory). The budget counts the bytes pushes hold, not the blocks the allocator
+/// keeps after they are freed: without this, a worker whose budget is full could hold as much
+/// again in freed pages that its allocator gives back only later. Later calls are ignored.
+pub fn on_budget_full(release: fn()) {
+    let _ = RELEASE_FREED.set(release);
+}
+
+fn released_at_origin() -> std::time::Instant {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+/// Runs [`RELEASE_FREED`] unless it ran in the last [`RELEASE_EVERY`].
+fn release_freed() {
+    let Some(release) = RELEASE_FREED.get() else {
+        return;
+    };
+    // 0 is "never", so the clock starts at 1.
+    let now = released_at_origin().elapsed().as_millis() as u64 + 1;
+    let last = RELEASED_AT.load(Ordering::Relaxed);
+    if last != 0 && now < last + RELEASE_EVERY.as_millis() as u64 {
+        return;
+    }
+    if RELEASED_AT
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        release();
+    }
+}
 
 /// Who is asking for memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +166,7 @@ impl MemoryBudget {
             return Some(lease);
         }
         self.pressure.notify_one();
+        release_freed();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let released = self.released.notified();
@@ -208,6 +253,38 @@ pub fn copy_leased(budget: &Arc<MemoryBudget>, slice: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A push that must wait for memory runs the release set with [`on_budget_full`], at most
+    /// once per [`RELEASE_EVERY`] however many wait.
+    #[tokio::test]
+    async fn a_full_budget_gives_freed_memory_back_at_most_every_100ms() {
+        static RELEASES: AtomicU64 = AtomicU64::new(0);
+        fn count() {
+            RELEASES.fetch_add(1, Ordering::Relaxed);
+        }
+        on_budget_full(count);
+        let budget = Arc::new(MemoryBudget::new(100));
+        let _fits = budget
+            .lease(60, Class::Client, Duration::ZERO)
+            .await
+            .unwrap();
+        // Other tests of this process may run it too, so only "at least" and "not every time".
+        tokio::time::sleep(RELEASE_EVERY).await;
+        for _ in 0..50 {
+            assert!(budget
+                .lease(60, Class::Client, Duration::ZERO)
+                .await
+                .is_none());
+        }
+        let after_burst = RELEASES.load(Ordering::Relaxed);
+        assert!((1..50).contains(&after_burst), "{after_burst} releases");
+        tokio::time::sleep(RELEASE_EVERY).await;
+        assert!(budget
+            .lease(60, Class::Client, Duration::ZERO)
+            .await
+            .is_none());
+        assert!(RELEASES.load(Ordering::Relaxed) > after_burst);
+    }
 
     #[tokio::test]
     async fn a_waiter_gets_its_lease_when_memory_is_released() {
