@@ -42,8 +42,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// a worker also purges its arenas when a push must wait for the budget ([`purge_freed`]). With
 /// caches of up to 8 MiB, the `mem-writers` chaos scenario (40 writers pushing 1-4 MiB frames
 /// at a 64 MiB budget) peaked at 184-216 MiB, against the 112 MiB it allows; with caches of
-/// 1 MiB and the default threshold, 110-117 MiB; with these settings, 91-114 MiB; with the
-/// purge too, 84-96 MiB in five runs (96-103 MiB with glibc malloc before jemalloc).
+/// 1 MiB and the default threshold, 110-117 MiB; with these settings alone, 76-114 MiB over
+/// nine runs (some failing); with the purge too, 84-96 MiB in five runs (96-103 MiB with glibc
+/// malloc before jemalloc).
 ///
 /// The cost falls on pushes of about 1 MiB, which no thread cache keeps now and which sometimes
 /// land on pages the arena gave back. `sluice bench --workers 1 --replication 1 --maps 4

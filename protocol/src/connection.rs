@@ -81,16 +81,7 @@ impl BodyPool {
 
     /// `body` as `Bytes` that give the vector back to this pool when the last of them drops.
     pub fn wrap(&'static self, body: Vec<u8>) -> Bytes {
-        self.wrap_with(body, ())
-    }
-
-    /// Like [`BodyPool::wrap`], also holding `with` (e.g. a memory lease) until then.
-    pub fn wrap_with<T: Send + 'static>(&'static self, body: Vec<u8>, with: T) -> Bytes {
-        Bytes::from_owner(PooledBody {
-            body,
-            pool: self,
-            _with: with,
-        })
+        Bytes::from_owner(PooledBody { body, pool: self })
     }
 
     /// How many buffers wait to be taken.
@@ -99,20 +90,19 @@ impl BodyPool {
     }
 }
 
-/// A body read into a [`BodyPool`]'s vector, and what it holds with it.
-struct PooledBody<T> {
+/// A body read into a [`BodyPool`]'s vector.
+struct PooledBody {
     body: Vec<u8>,
     pool: &'static BodyPool,
-    _with: T,
 }
 
-impl<T> AsRef<[u8]> for PooledBody<T> {
+impl AsRef<[u8]> for PooledBody {
     fn as_ref(&self) -> &[u8] {
         &self.body
     }
 }
 
-impl<T> Drop for PooledBody<T> {
+impl Drop for PooledBody {
     fn drop(&mut self) {
         if self.body.capacity() > self.pool.largest {
             return;
