@@ -17,8 +17,8 @@
 //! after they are freed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -27,8 +27,8 @@ use tokio::sync::Notify;
 /// the worker (the `sluice` binary purges its allocator's unused pages); nothing when unset.
 static RELEASE_FREED: OnceLock<fn()> = OnceLock::new();
 
-/// When [`RELEASE_FREED`] last ran, in milliseconds since [`released_at_origin`].
-static RELEASED_AT: AtomicU64 = AtomicU64::new(0);
+/// When [`RELEASE_FREED`] last ran.
+static RELEASED_AT: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// How often [`RELEASE_FREED`] runs at most.
 const RELEASE_EVERY: Duration = Duration::from_millis(100);
@@ -41,28 +41,19 @@ pub fn on_budget_full(release: fn()) {
     let _ = RELEASE_FREED.set(release);
 }
 
-fn released_at_origin() -> std::time::Instant {
-    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(std::time::Instant::now)
-}
-
-/// Runs [`RELEASE_FREED`] unless it ran in the last [`RELEASE_EVERY`].
+/// Runs [`RELEASE_FREED`] unless it ran in the last [`RELEASE_EVERY`] or runs now.
 fn release_freed() {
     let Some(release) = RELEASE_FREED.get() else {
         return;
     };
-    // 0 is "never", so the clock starts at 1.
-    let now = released_at_origin().elapsed().as_millis() as u64 + 1;
-    let last = RELEASED_AT.load(Ordering::Relaxed);
-    if last != 0 && now < last + RELEASE_EVERY.as_millis() as u64 {
+    let Ok(mut last) = RELEASED_AT.try_lock() else {
+        return;
+    };
+    if last.is_some_and(|at| at.elapsed() < RELEASE_EVERY) {
         return;
     }
-    if RELEASED_AT
-        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
-    {
-        release();
-    }
+    *last = Some(Instant::now());
+    release();
 }
 
 /// Who is asking for memory.
